@@ -1,0 +1,1 @@
+"""Detectors (drift, toxicity, quality): arrive with the detectors issue."""

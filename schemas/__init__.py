@@ -1,0 +1,1 @@
+"""Event models (pydantic v2), their JSON Schema files, and the shared exception tree."""

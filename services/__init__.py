@@ -1,0 +1,1 @@
+"""Processes and commands: settings, the embedded broker, the worker, replay and the demo."""

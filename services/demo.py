@@ -1,0 +1,312 @@
+"""``loopwatch demo``: real traffic through the whole loop, and a summary of what happened.
+
+The demo starts what it needs (the embedded broker unless ``--bootstrap`` names
+a Kafka, and one worker), replays real HH-RLHF and OASST1 exchanges with their
+human feedback plus malformed messages derived from them, then reads the
+output topics like any downstream consumer would and reports what it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from schemas.errors import LoopwatchError
+from schemas.events import MAX_TEXT_CHARS
+from services import sample_data
+from services.broker import free_port, start_broker
+from services.processes import spawn, stop_process
+from services.replay import Replayer
+from services.settings import Settings, Topics
+
+
+@dataclass
+class Traffic:
+    """Messages to send, in order, and what a correct pipeline must make of them."""
+
+    messages: list[tuple[str, bytes]] = field(default_factory=list)  # (topic, value)
+    expected_rejections: Counter[str] = field(default_factory=Counter)
+    valid_inference: int = 0
+    expected_joins: int = 0
+    expected_unmatched: int = 0
+    duplicates: int = 0
+    feedback_first: int = 0
+
+    def count(self, topic: str) -> int:
+        """How many messages go to ``topic``."""
+        return sum(1 for t, _ in self.messages if t == topic)
+
+
+# Each rule breaks a real event the way producers really do; the value is the
+# reason the dead letter must carry.
+_BREAKAGES: list[tuple[str, Any]] = [
+    ("invalid_utf8", lambda e: json.dumps(e).encode().replace(b'"response": "', b'"response": "\xff', 1)),
+    ("malformed_json", lambda e: json.dumps(e).encode()[: len(json.dumps(e)) // 2]),
+    ("not_an_object", lambda e: json.dumps([e]).encode()),
+    ("unknown_schema_version", lambda e: json.dumps({**e, "schema_version": "2"}).encode()),
+    ("missing_field", lambda e: json.dumps({k: v for k, v in e.items() if k != "model"}).encode()),
+    ("unknown_field", lambda e: json.dumps({**e, "respose": e["response"]}).encode()),
+    ("wrong_type", lambda e: json.dumps({**e, "latency_ms": "fast"}).encode()),
+    ("oversize", lambda e: json.dumps({**e, "response": "x" * (MAX_TEXT_CHARS + 1)}).encode()),
+    ("invalid_value", lambda e: json.dumps({**e, "latency_ms": -5}).encode()),
+]
+
+
+def build_traffic(data_dir: Path, topics: Topics, *, pairs: int, oasst: int, seed: int = 7) -> Traffic:
+    """The demo's traffic: real exchanges and feedback, shuffled in realistic ways, plus breakage."""
+    rng = random.Random(seed)
+    exchanges = []
+    for chosen, rejected in sample_data.hh_rlhf(data_dir):
+        if len(exchanges) >= 2 * pairs:
+            break
+        exchanges += [chosen, rejected]
+    for n, exchange in enumerate(sample_data.oasst1(data_dir)):
+        if n >= oasst:
+            break
+        exchanges.append(exchange)
+
+    traffic = Traffic()
+    early_feedback: list[tuple[str, bytes]] = []
+    start = sample_data.now()
+    for n, exchange in enumerate(exchanges):
+        at = start + timedelta(seconds=n)
+        inference = sample_data.inference_event(exchange, at, rng)
+        feedback = [json.dumps(f).encode() for f in sample_data.feedback_events(exchange, at)]
+        broken = _BREAKAGES[n // 3] if n % 3 == 0 and n // 3 < len(_BREAKAGES) else None
+        if broken:
+            reason, breaker = broken
+            traffic.messages.append((topics.inference, breaker(inference)))
+            traffic.expected_rejections[reason] += 1
+            traffic.expected_unmatched += len(feedback)
+        else:
+            traffic.messages.append((topics.inference, json.dumps(inference).encode()))
+            traffic.valid_inference += 1
+            traffic.expected_joins += len(feedback)
+        for value in feedback:
+            if rng.random() < 0.15:
+                early_feedback.append((topics.feedback, value))
+                traffic.feedback_first += 0 if broken else 1
+            else:
+                traffic.messages.append((topics.feedback, value))
+            if rng.random() < 0.05:
+                traffic.messages.append((topics.feedback, value))  # a client retry
+                traffic.duplicates += 1
+    # Feedback from a client that leaks raw e-mail addresses: refused, never stored.
+    leaky = sample_data.feedback_events(exchanges[1], start)[0]
+    traffic.messages.append((topics.feedback, json.dumps({**leaky, "user_id": "jane@example.com"}).encode()))
+    traffic.expected_rejections["invalid_value"] += 1
+    traffic.messages = early_feedback + traffic.messages
+    return traffic
+
+
+@dataclass
+class Observed:
+    """What the output topics held once the pipeline settled."""
+
+    enriched: int = 0
+    joined: int = 0
+    unmatched: int = 0
+    rejections: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+
+def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) -> Observed:
+    """Read the output topics until every expected record arrived, or ``timeout`` passes."""
+    consumer = KafkaConsumer(
+        topics.deadletter, topics.enriched, topics.joined, topics.unmatched,
+        bootstrap_servers=bootstrap.split(","),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    seen = Observed()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.topic == topics.deadletter:
+                        letter = json.loads(record.value)
+                        seen.rejections[letter["reason"]] += 1
+                        seen.examples.setdefault(letter["reason"], letter["error"])
+                    elif record.topic == topics.enriched:
+                        seen.enriched += 1
+                    elif record.topic == topics.joined:
+                        seen.joined += 1
+                    else:
+                        seen.unmatched += 1
+            if (
+                seen.rejections == traffic.expected_rejections
+                and seen.joined >= traffic.expected_joins
+                and seen.unmatched >= traffic.expected_unmatched
+                and seen.enriched >= traffic.valid_inference
+            ):
+                break
+    finally:
+        consumer.close()
+    return seen
+
+
+def _metric(metrics_text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def _wait_healthy(url: str, worker: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise LoopwatchError(f"the demo worker exited with code {worker.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise LoopwatchError(f"the demo worker was not healthy within {timeout:.0f}s ({url})")
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    bootstrap: str | None = None,
+    pairs: int = 150,
+    oasst: int = 150,
+    summary_json: Path | None = None,
+    timeout: float = 180,
+    out: Any = sys.stdout,
+) -> dict[str, Any]:
+    """Run the whole demo and return (and print) its summary."""
+    started = time.monotonic()
+    run_id = f"{int(time.time())}-{os.getpid()}"
+    broker = None
+    if bootstrap is None:
+        port = free_port()
+        broker = start_broker(port)
+        bootstrap = f"127.0.0.1:{port}"
+        topics = settings.topics
+        where = f"embedded Tansu broker at {bootstrap}"
+    else:
+        # A shared Kafka may already hold these topics: keep this run's apart.
+        topics = Topics(**{k: f"demo-{run_id}.{v}" for k, v in settings.topics.model_dump().items()})
+        where = f"Kafka at {bootstrap}"
+    web_port = free_port()
+    env = {
+        **os.environ,
+        "LOOPWATCH_KAFKA_BOOTSTRAP": bootstrap,
+        "LOOPWATCH_APP_ID": f"loopwatch-demo-{run_id}",
+        "LOOPWATCH_WEB_PORT": str(web_port),
+        "LOOPWATCH_JOIN_TTL_SECONDS": "6",
+        "LOOPWATCH_JOIN_SWEEP_SECONDS": "1",
+        "LOOPWATCH_COMMIT_INTERVAL_SECONDS": "0.5",
+        "LOOPWATCH_DATA_DIR": str(settings.data_dir / f"demo-{run_id}"),
+        "LOOPWATCH_LOG_LEVEL": "warning",
+        **{f"LOOPWATCH_TOPIC_{k.upper()}": v for k, v in topics.model_dump().items()},
+    }
+    worker_log = settings.data_dir / f"demo-{run_id}.log"
+    worker_log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"loopwatch demo: starting a worker against the {where} (log: {worker_log}) ...", file=out, flush=True)
+    with worker_log.open("wb") as log_file:
+        worker = spawn(
+            [sys.executable, "-m", "services.cli", "worker"], env=env, stdout=log_file, stderr=log_file
+        )
+    try:
+        traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst)
+        _wait_healthy(f"http://127.0.0.1:{web_port}/health", worker)
+        print(f"replaying {len(traffic.messages)} real events ...", file=out, flush=True)
+        replayer = Replayer(bootstrap)
+        for topic, value in traffic.messages:
+            replayer.send(topic, value)
+        replayer.close()
+        seen = observe(bootstrap, topics, traffic, timeout)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
+            metrics_text = response.read().decode()
+    finally:
+        stop_process(worker, timeout=30)
+        if broker is not None:
+            stop_process(broker)
+
+    summary = _summary(traffic, seen, topics, metrics_text, where, time.monotonic() - started)
+    print(render(summary), file=out, flush=True)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"summary written to {summary_json}", file=out)
+    return summary
+
+
+def _summary(
+    traffic: Traffic, seen: Observed, topics: Topics, metrics_text: str, where: str, elapsed: float
+) -> dict[str, Any]:
+    events_in = {"inference": traffic.count(topics.inference), "feedback": traffic.count(topics.feedback)}
+    total_in = sum(events_in.values())
+    valid_feedback = int(_metric(metrics_text, f'loopwatch_events_valid_total{{topic="{topics.feedback}"}}'))
+    dead = sum(seen.rejections.values())
+    return {
+        "broker": where,
+        "elapsed_seconds": round(elapsed, 1),
+        "events_in": {**events_in, "total": total_in},
+        "valid": {"inference": seen.enriched, "feedback": valid_feedback},
+        "dead_lettered": {
+            "total": dead,
+            "by_reason": dict(sorted(seen.rejections.items())),
+            "examples": dict(sorted(seen.examples.items())),
+        },
+        "feedback": {
+            "joined": seen.joined,
+            "sent_before_their_inference": traffic.feedback_first,
+            "duplicates_ignored": int(_metric(metrics_text, "loopwatch_feedback_duplicate_total")),
+            "unmatched_expired": seen.unmatched,
+        },
+        "counts_add_up": total_in == seen.enriched + valid_feedback + dead,
+        "expected": {
+            "dead_lettered": dict(sorted(traffic.expected_rejections.items())),
+            "joined": traffic.expected_joins,
+            "unmatched": traffic.expected_unmatched,
+            "duplicates": traffic.duplicates,
+        },
+        "alerts": [],
+        "actions": [],
+        "datasets": [],
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+    s = summary
+    lines = [
+        "",
+        f"loopwatch demo: real HH-RLHF and OASST1 traffic through the {s['broker']}",
+        f"  in:        {s['events_in']['inference']} inference logs, {s['events_in']['feedback']} feedback events",
+        f"  valid:     {s['valid']['inference']} inference logs enriched and forwarded for detection, "
+        f"{s['valid']['feedback']} feedback events",
+        f"  rejected:  {s['dead_lettered']['total']} messages dead-lettered with a reason:",
+    ]
+    for reason, count in s["dead_lettered"]["by_reason"].items():
+        example = s["dead_lettered"]["examples"][reason]
+        lines.append(f"     {count:3d}  {reason:<24} e.g. {example[:90]}")
+    fb = s["feedback"]
+    lines += [
+        f"  join:      {fb['joined']} feedback events joined to their inference "
+        f"({fb['sent_before_their_inference']} had arrived first), "
+        f"{fb['duplicates_ignored']} duplicates ignored, {fb['unmatched_expired']} unmatched kept after TTL",
+        f"  check:     in {s['events_in']['total']} = valid "
+        f"{s['valid']['inference'] + s['valid']['feedback']} + dead-lettered {s['dead_lettered']['total']}: "
+        + ("adds up" if s["counts_add_up"] else "DOES NOT ADD UP"),
+        f"  took {s['elapsed_seconds']}s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The one settings object: keyword argument, then ``LOOPWATCH_*`` variable, then default.
+
+Settings are resolved once at start-up (``Settings()``) and passed down
+explicitly; nothing below this module reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# services/ sits at the repository root; the shared sample data sits beside it.
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Topics(BaseSettings):
+    """Kafka topic names (``LOOPWATCH_TOPIC_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOPWATCH_TOPIC_", frozen=True, extra="forbid")
+
+    inference: str = "llm.inference.v1"
+    feedback: str = "llm.feedback.v1"
+    deadletter: str = "loopwatch.deadletter.v1"
+    enriched: str = "loopwatch.inference-enriched.v1"
+    joined: str = "loopwatch.feedback-joined.v1"
+    unmatched: str = "loopwatch.feedback-unmatched.v1"
+    detections: str = "loopwatch.detections.v1"
+    alerts: str = "loopwatch.alerts.v1"
+    retrain_requests: str = "loopwatch.retrain-requests.v1"
+    rollback_requests: str = "loopwatch.rollback-requests.v1"
+
+    def co_partitioned(self) -> list[str]:
+        """Topics keyed by request_id, which must share one partition count for the join."""
+        return [self.inference, self.feedback, self.enriched, self.joined, self.unmatched]
+
+    def all(self) -> list[str]:
+        """Every topic loopwatch reads or writes."""
+        return list(self.model_dump().values())
+
+
+class Settings(BaseSettings):
+    """Everything a loopwatch process needs to know, resolved once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOPWATCH_", frozen=True, extra="forbid")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    app_id: str = Field("loopwatch", description="Faust app id: consumer group and table prefix")
+    partitions: int = Field(4, ge=1, description="Partitions for topics loopwatch creates")
+    replication_factor: int = Field(1, ge=1, description="Replication for created topics")
+    topics: Topics = Field(default_factory=Topics)
+
+    max_event_bytes: int = Field(
+        1_048_576, ge=1024, description="Larger messages are dead-lettered as oversize"
+    )
+    join_ttl_seconds: float = Field(
+        86_400.0, gt=0, description="How long an unmatched request waits for its partner"
+    )
+    join_sweep_seconds: float = Field(30.0, gt=0, description="How often expired joins are swept")
+    commit_interval_seconds: float = Field(1.0, gt=0, description="Offset commit interval")
+
+    web_host: str = Field("127.0.0.1", description="Bind address of /metrics and /health")
+    web_port: int = Field(6066, ge=0, le=65535, description="Port of /metrics and /health")
+    data_dir: Path = Field(Path(".loopwatch"), description="Worker state (faust tables)")
+    broker_port: int = Field(9092, ge=1, le=65535, description="Port of the embedded broker")
+    broker_wait_seconds: float = Field(
+        0.0, ge=0, description="Give up waiting for Kafka after this long (0: wait forever)"
+    )
+    sample_data: Path = Field(
+        _REPO_ROOT.parent / "shared" / "data",
+        description="Folder with the real sample data the demo and benchmarks replay",
+    )
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password, if any")
+    log_level: str = Field("info", description="Worker log level")

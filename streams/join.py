@@ -1,0 +1,121 @@
+"""The feedback join as pure state transitions over one request_id.
+
+The stream keeps one :class:`JoinState` per request_id in a changelog-backed
+faust table. Feedback may arrive before its inference (it waits), after it
+(it joins at once), twice (the duplicate is counted, not re-emitted) or never
+matched (after ``ttl`` it is handed back as :class:`UnmatchedFeedback`, so
+nothing is lost). States are plain JSON-able dicts because they are written
+to the changelog on every inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypedDict
+
+from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef, UnmatchedFeedback
+
+
+class PendingFeedback(TypedDict):
+    """Feedback waiting for its inference."""
+
+    feedback: str  # the Feedback JSON
+    source: tuple[str, int, int]
+
+
+class JoinState(TypedDict):
+    """What the table holds for one request_id."""
+
+    partition: int  # source partition, so expiry can write the changelog from a timer
+    first_seen: float  # wall-clock seconds when this request_id was first seen
+    inference: str | None  # the InferenceLog JSON, once it arrived
+    inference_source: tuple[str, int, int] | None
+    pending: list[PendingFeedback]
+    seen: list[str]  # feedback event_ids already taken, for de-duplication
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    """The new state to store, and the joined records to publish."""
+
+    state: JoinState
+    joined: list[JoinedFeedback] = field(default_factory=list)
+    duplicate: bool = False
+
+
+def _new_state(partition: int, now: float) -> JoinState:
+    return JoinState(
+        partition=partition, first_seen=now, inference=None, inference_source=None, pending=[], seen=[]
+    )
+
+
+def _ref(source: tuple[str, int, int] | list) -> SourceRef:
+    topic, partition, offset = source
+    return SourceRef(topic=topic, partition=partition, offset=offset)
+
+
+def _join(log: InferenceLog, state: JoinState, feedback: Feedback, feedback_source: SourceRef, now: float) -> JoinedFeedback:
+    assert state["inference_source"] is not None
+    return JoinedFeedback(
+        request_id=log.request_id,
+        inference=log,
+        feedback=feedback,
+        inference_source=_ref(state["inference_source"]),
+        feedback_source=feedback_source,
+        joined_at=datetime.fromtimestamp(now, UTC),
+    )
+
+
+def on_inference(
+    state: JoinState | None, inference_json: str, log: InferenceLog, source: SourceRef, now: float
+) -> JoinResult:
+    """An inference arrived: remember it, and join any feedback that was waiting for it."""
+    state = state or _new_state(source.partition, now)
+    if state["inference"] is not None:
+        # A redelivery (at-least-once) or a reused request_id: the first one wins.
+        return JoinResult(state, duplicate=True)
+    state["inference"] = inference_json
+    state["inference_source"] = (source.topic, source.partition, source.offset)
+    joined = [
+        _join(log, state, Feedback.model_validate_json(p["feedback"]), _ref(p["source"]), now)
+        for p in state["pending"]
+    ]
+    state["pending"] = []
+    return JoinResult(state, joined)
+
+
+def on_feedback(
+    state: JoinState | None, feedback_json: str, feedback: Feedback, source: SourceRef, now: float
+) -> JoinResult:
+    """Feedback arrived: join it if its inference is known, else keep it waiting."""
+    state = state or _new_state(source.partition, now)
+    if feedback.event_id in state["seen"]:
+        return JoinResult(state, duplicate=True)
+    state["seen"].append(feedback.event_id)
+    if state["inference"] is None:
+        state["pending"].append(
+            PendingFeedback(feedback=feedback_json, source=(source.topic, source.partition, source.offset))
+        )
+        return JoinResult(state)
+    log = InferenceLog.model_validate_json(state["inference"])
+    return JoinResult(state, [_join(log, state, feedback, source, now)])
+
+
+def is_expired(state: JoinState, now: float, ttl: float) -> bool:
+    """True once the request_id has waited longer than ``ttl`` seconds."""
+    return now - state["first_seen"] > ttl
+
+
+def unmatched(state: JoinState, request_id: str, now: float) -> list[UnmatchedFeedback]:
+    """The feedback of an expired state that never met its inference."""
+    return [
+        UnmatchedFeedback(
+            request_id=request_id,
+            feedback=Feedback.model_validate_json(p["feedback"]),
+            feedback_source=_ref(p["source"]),
+            first_seen=datetime.fromtimestamp(state["first_seen"], UTC),
+            expired_at=datetime.fromtimestamp(now, UTC),
+        )
+        for p in state["pending"]
+    ]

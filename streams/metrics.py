@@ -1,0 +1,68 @@
+"""Prometheus metrics of one worker, served on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from schemas.events import DeadLetterReason
+
+
+class Metrics:
+    """The worker's counters, in their own registry so several apps can share a process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter(
+            "loopwatch_events_in", "Messages read from an input topic", ["topic"], registry=r
+        )
+        self.events_valid = Counter(
+            "loopwatch_events_valid", "Messages that were valid events", ["topic"], registry=r
+        )
+        self.events_rejected = Counter(
+            "loopwatch_events_rejected",
+            "Messages sent to the dead-letter topic, by reason",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.feedback_joined = Counter(
+            "loopwatch_feedback_joined", "Feedback matched with its inference", registry=r
+        )
+        self.feedback_duplicate = Counter(
+            "loopwatch_feedback_duplicate", "Feedback seen again (same event_id), not re-joined", registry=r
+        )
+        self.feedback_unmatched = Counter(
+            "loopwatch_feedback_unmatched",
+            "Feedback whose inference never arrived within the join TTL",
+            registry=r,
+        )
+        self.join_key_mismatch = Counter(
+            "loopwatch_join_key_mismatch",
+            "Messages whose Kafka key is not their request_id (the join needs key = request_id)",
+            ["topic"],
+            registry=r,
+        )
+        self.join_entries = Gauge(
+            "loopwatch_join_entries", "request_ids held by the join table on this worker", registry=r
+        )
+        self.processing_seconds = Histogram(
+            "loopwatch_processing_seconds",
+            "Time to process one batch of messages, per message",
+            ["topic"],
+            buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1),
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "loopwatch_consumer_lag",
+            "Messages in the partition not yet processed",
+            ["topic", "partition"],
+            registry=r,
+        )
+
+    def rejected(self, topic: str, reason: DeadLetterReason) -> None:
+        """Count one dead-lettered message."""
+        self.events_rejected.labels(topic, reason.value).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
