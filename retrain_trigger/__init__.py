@@ -1,1 +1,4 @@
-"""Decisions over detections (route, inhibit, silence, dedup, cooldown, publish): arrive with the decide-and-act issue."""
+"""Decisions over detections: route, inhibit, silence, dedup, cooldown, publish.
+
+Arrives with the decide-and-act issue.
+"""

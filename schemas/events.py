@@ -129,8 +129,7 @@ class Feedback(_Event):
     def _user_id_is_hashed(cls, value: str | None) -> str | None:
         if value is not None and not _HASHED_ID.match(value):
             raise ValueError(
-                "user_id must be a hashed id (8-128 of A-Z a-z 0-9 : _ -), "
-                "never a raw e-mail address or name"
+                "user_id must be a hashed id (8-128 of A-Z a-z 0-9 : _ -), never a raw e-mail address or name"
             )
         return value
 
@@ -176,7 +175,7 @@ class Descriptors(_Event):
 class EnrichedInference(_Event):
     """A valid InferenceLog with its descriptors, forwarded for detection."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1"] = "1"
     inference: InferenceLog
     descriptors: Descriptors
     source: SourceRef
@@ -185,7 +184,7 @@ class EnrichedInference(_Event):
 class JoinedFeedback(_Event):
     """Feedback matched with the inference it is about."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1"] = "1"
     request_id: Id
     inference: InferenceLog
     feedback: Feedback
@@ -197,7 +196,7 @@ class JoinedFeedback(_Event):
 class UnmatchedFeedback(_Event):
     """Feedback whose inference never arrived within the join TTL: kept, not dropped."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1"] = "1"
     request_id: Id
     feedback: Feedback
     feedback_source: SourceRef
@@ -222,7 +221,7 @@ class DeadLetterReason(StrEnum):
 class DeadLetter(_Event):
     """A refused message, with the reason, the error and the original bytes."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1"] = "1"
     reason: DeadLetterReason
     error: str = Field(description="What is wrong, in words a person can act on")
     detail: list[dict[str, Any]] = Field(default_factory=list, description="Per-field errors")
@@ -259,7 +258,7 @@ class Evidence(_Event):
 class Detection(_Event):
     """One detector's verdict on one window of one segment (``loopwatch.detections.v1``)."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1"] = "1"
     detection_id: Id
     detector_id: str
     detector_version: str
@@ -281,7 +280,7 @@ class Detection(_Event):
 class Alert(_Event):
     """An on-call alert with Alertmanager semantics (``loopwatch.alerts.v1``)."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1"] = "1"
     fingerprint: str
     status: Literal["firing", "resolved"]
     severity: Literal["info", "warning", "critical"]

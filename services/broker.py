@@ -50,10 +50,14 @@ def broker_command(port: int, host: str = "127.0.0.1") -> list[str]:
     """The command line that runs Tansu on host:port with in-memory storage."""
     url = f"tcp://{host}:{port}"
     return [
-        tansu_binary(), "broker",
-        "--listener-url", url,
-        "--advertised-listener-url", url,
-        "--storage-engine", "memory://tansu/",
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
     ]
 
 

@@ -83,9 +83,7 @@ def worker(bootstrap: str | None, web_port: int | None) -> None:
 @main.command()
 @click.option("--port", type=int, default=None, help="Port of the embedded broker [default: 9092]")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes to run")
-@click.option(
-    "--bootstrap", default=None, help="Use this Kafka instead of starting the embedded broker"
-)
+@click.option("--bootstrap", default=None, help="Use this Kafka instead of starting the embedded broker")
 def up(port: int | None, workers: int, bootstrap: str | None) -> None:
     """Broker + workers + metrics endpoint on this machine; Ctrl-C stops everything."""
     from services.worker import run_up

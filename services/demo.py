@@ -51,7 +51,10 @@ class Traffic:
 # Each rule breaks a real event the way producers really do; the value is the
 # reason the dead letter must carry.
 _BREAKAGES: list[tuple[str, Any]] = [
-    ("invalid_utf8", lambda e: json.dumps(e).encode().replace(b'"response": "', b'"response": "\xff', 1)),
+    (
+        "invalid_utf8",
+        lambda e: json.dumps(e).encode().replace(b'"response": "', b'"response": "\xff', 1),
+    ),
     ("malformed_json", lambda e: json.dumps(e).encode()[: len(json.dumps(e)) // 2]),
     ("not_an_object", lambda e: json.dumps([e]).encode()),
     ("unknown_schema_version", lambda e: json.dumps({**e, "schema_version": "2"}).encode()),
@@ -66,7 +69,7 @@ _BREAKAGES: list[tuple[str, Any]] = [
 def build_traffic(data_dir: Path, topics: Topics, *, pairs: int, oasst: int, seed: int = 7) -> Traffic:
     """The demo's traffic: real exchanges and feedback, shuffled in realistic ways, plus breakage."""
     rng = random.Random(seed)
-    exchanges = []
+    exchanges: list[sample_data.Exchange] = []
     for chosen, rejected in sample_data.hh_rlhf(data_dir):
         if len(exchanges) >= 2 * pairs:
             break
@@ -124,7 +127,10 @@ class Observed:
 def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) -> Observed:
     """Read the output topics until every expected record arrived, or ``timeout`` passes."""
     consumer = KafkaConsumer(
-        topics.deadletter, topics.enriched, topics.joined, topics.unmatched,
+        topics.deadletter,
+        topics.enriched,
+        topics.joined,
+        topics.unmatched,
         bootstrap_servers=bootstrap.split(","),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -203,7 +209,7 @@ def run_demo(
         where = f"embedded Tansu broker at {bootstrap}"
     else:
         # A shared Kafka may already hold these topics: keep this run's apart.
-        topics = Topics(**{k: f"demo-{run_id}.{v}" for k, v in settings.topics.model_dump().items()})
+        topics = settings.topics.with_prefix(f"demo-{run_id}.")
         where = f"Kafka at {bootstrap}"
     web_port = free_port()
     env = {
@@ -220,10 +226,17 @@ def run_demo(
     }
     worker_log = settings.data_dir / f"demo-{run_id}.log"
     worker_log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"loopwatch demo: starting a worker against the {where} (log: {worker_log}) ...", file=out, flush=True)
+    print(
+        f"loopwatch demo: starting a worker against the {where} (log: {worker_log}) ...",
+        file=out,
+        flush=True,
+    )
     with worker_log.open("wb") as log_file:
         worker = spawn(
-            [sys.executable, "-m", "services.cli", "worker"], env=env, stdout=log_file, stderr=log_file
+            [sys.executable, "-m", "services.cli", "worker"],
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
         )
     try:
         traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst)
@@ -252,7 +265,10 @@ def run_demo(
 def _summary(
     traffic: Traffic, seen: Observed, topics: Topics, metrics_text: str, where: str, elapsed: float
 ) -> dict[str, Any]:
-    events_in = {"inference": traffic.count(topics.inference), "feedback": traffic.count(topics.feedback)}
+    events_in = {
+        "inference": traffic.count(topics.inference),
+        "feedback": traffic.count(topics.feedback),
+    }
     total_in = sum(events_in.values())
     valid_feedback = int(_metric(metrics_text, f'loopwatch_events_valid_total{{topic="{topics.feedback}"}}'))
     dead = sum(seen.rejections.values())
@@ -291,7 +307,8 @@ def render(summary: dict[str, Any]) -> str:
     lines = [
         "",
         f"loopwatch demo: real HH-RLHF and OASST1 traffic through the {s['broker']}",
-        f"  in:        {s['events_in']['inference']} inference logs, {s['events_in']['feedback']} feedback events",
+        f"  in:        {s['events_in']['inference']} inference logs, "
+        f"{s['events_in']['feedback']} feedback events",
         f"  valid:     {s['valid']['inference']} inference logs enriched and forwarded for detection, "
         f"{s['valid']['feedback']} feedback events",
         f"  rejected:  {s['dead_lettered']['total']} messages dead-lettered with a reason:",

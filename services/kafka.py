@@ -6,6 +6,7 @@ broker, Apache Kafka, Redpanda, MSK or Confluent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -47,7 +48,11 @@ def wait_for_kafka(bootstrap: str, *, give_up_after: float = 0.0) -> None:
                 ) from exc
             log.warning(
                 "waiting for kafka at %s (attempt %d, %.0fs so far): %s; retrying in %.1fs",
-                bootstrap, attempt, waited, exc.__class__.__name__, delay,
+                bootstrap,
+                attempt,
+                waited,
+                exc.__class__.__name__,
+                delay,
             )
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -66,13 +71,15 @@ def ensure_topics(settings: Settings) -> list[str]:
         missing = [t for t in settings.topics.all() if t not in existing]
         if missing:
             new = [
-                NewTopic(t, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
+                NewTopic(
+                    t,
+                    num_partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                )
                 for t in missing
             ]
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another worker created them first
             log.info("created topics %s with %d partitions", ", ".join(missing), settings.partitions)
         counts = _partition_counts(admin, settings.topics.co_partitioned())
     finally:

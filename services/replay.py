@@ -23,19 +23,26 @@ def read_events(path: Path) -> Iterator[bytes]:
     """The events of a ``.jsonl`` / ``.ndjson`` or ``.parquet`` file, as message values."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        with path.open("rb") as lines:
-            for line in lines:
-                line = line.rstrip(b"\r\n")
-                if line:
-                    yield line
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        return _jsonl_lines(path)
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    raise ConfigError(f"cannot replay {path.name}: expected a .jsonl or .parquet file")
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1_000):
-            for row in batch.to_pylist():
-                yield json.dumps(row, default=str).encode()
-    else:
-        raise ConfigError(f"cannot replay {path.name}: expected a .jsonl or .parquet file")
+
+def _jsonl_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as lines:
+        for line in lines:
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line
+
+
+def _parquet_rows(path: Path) -> Iterator[bytes]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1_000):
+        for row in batch.to_pylist():
+            yield json.dumps(row, default=str).encode()
 
 
 def event_key(value: bytes) -> bytes | None:
@@ -73,8 +80,7 @@ class Replayer:
         self.producer.flush()
         if self.failures:
             raise PublishError(
-                f"{len(self.failures)} of {self.sent} messages were not delivered; first: "
-                f"{self.failures[0]}",
+                f"{len(self.failures)} of {self.sent} messages were not delivered; first: {self.failures[0]}",
                 recoverable=True,
             )
 

@@ -61,7 +61,10 @@ def hh_rlhf(data_dir: Path) -> Iterator[tuple[Exchange, Exchange]]:
     with gzip.open(require(data_dir, "hh_rlhf/harmless-base_test.jsonl.gz"), "rt") as lines:
         for n, line in enumerate(lines):
             pair = json.loads(line)
-            chosen, rejected = _transcript_turns(pair["chosen"]), _transcript_turns(pair["rejected"])
+            chosen, rejected = (
+                _transcript_turns(pair["chosen"]),
+                _transcript_turns(pair["rejected"]),
+            )
             if len(chosen) < 2 or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
                 continue
             prompt = chosen[:-1]
@@ -124,7 +127,7 @@ def inference_event(
 def feedback_events(exchange: Exchange, at: datetime) -> list[dict[str, Any]]:
     """The thumbs and rating feedback a real exchange received (possibly none)."""
     user = "u" + hashlib.sha256(exchange.request_id.encode()).hexdigest()[:16]
-    events = []
+    events: list[tuple[str, bool | int]] = []
     if exchange.thumbs_up is not None:
         events.append(("thumbs", exchange.thumbs_up))
     if exchange.rating is not None:

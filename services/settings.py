@@ -35,6 +35,10 @@ class Topics(BaseSettings):
         """Topics keyed by request_id, which must share one partition count for the join."""
         return [self.inference, self.feedback, self.enriched, self.joined, self.unmatched]
 
+    def with_prefix(self, prefix: str) -> Topics:
+        """The same topics with ``prefix`` in front of every name (tests, shared clusters)."""
+        return Topics.model_validate({k: prefix + v for k, v in self.model_dump().items()})
+
     def all(self) -> list[str]:
         """Every topic loopwatch reads or writes."""
         return list(self.model_dump().values())

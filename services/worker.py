@@ -73,7 +73,12 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
 
     children = [start_worker(i) for i in range(workers)]
     for i in range(workers):
-        log.info("worker %d: metrics on http://%s:%d/metrics", i, settings.web_host, settings.web_port + i)
+        log.info(
+            "worker %d: metrics on http://%s:%d/metrics",
+            i,
+            settings.web_host,
+            settings.web_port + i,
+        )
     try:
         while not stopping:
             time.sleep(0.5)

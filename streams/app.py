@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -20,7 +20,7 @@ from schemas.events import Feedback, InferenceLog, SourceRef
 from services.settings import Settings
 from streams import join
 from streams.consumer import FastDrainTransport
-from streams.ingest import Accepted, Rejected, dead_letter, decode, enrich
+from streams.ingest import Rejected, dead_letter, decode, enrich
 from streams.metrics import Metrics
 
 log = logging.getLogger("loopwatch.streams")
@@ -38,15 +38,20 @@ class Ingest:
 
     def __init__(self, app: faust.App, settings: Settings, metrics: Metrics) -> None:
         topics = settings.topics
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+
+        def raw(name: str) -> Any:
+            # loopwatch decodes bytes itself, so a malformed value becomes a dead
+            # letter instead of a faust decode error.
+            return app.topic(name, key_serializer="raw", value_serializer="raw")
+
         self.settings = settings
         self.metrics = metrics
-        self.inference_topic = app.topic(topics.inference, **raw)
-        self.feedback_topic = app.topic(topics.feedback, **raw)
-        self.deadletter = app.topic(topics.deadletter, **raw)
-        self.enriched = app.topic(topics.enriched, **raw)
-        self.joined = app.topic(topics.joined, **raw)
-        self.unmatched = app.topic(topics.unmatched, **raw)
+        self.inference_topic = raw(topics.inference)
+        self.feedback_topic = raw(topics.feedback)
+        self.deadletter = raw(topics.deadletter)
+        self.enriched = raw(topics.enriched)
+        self.joined = raw(topics.joined)
+        self.unmatched = raw(topics.unmatched)
         self.joins = app.Table(
             "joins",
             partitions=settings.partitions,
@@ -55,9 +60,7 @@ class Ingest:
         self.last_offset: dict[TP, int] = {}
         self._in = {t: metrics.events_in.labels(t) for t in (topics.inference, topics.feedback)}
         self._valid = {t: metrics.events_valid.labels(t) for t in (topics.inference, topics.feedback)}
-        self._seconds = {
-            t: metrics.processing_seconds.labels(t) for t in (topics.inference, topics.feedback)
-        }
+        self._seconds = {t: metrics.processing_seconds.labels(t) for t in (topics.inference, topics.feedback)}
 
     def _receive(self, message: Any) -> SourceRef:
         self._in[message.topic].inc()
@@ -100,9 +103,7 @@ class Ingest:
                 value=enrich(log_, source).model_dump_json().encode(),
                 partition=message.partition,
             )
-            result = join.on_inference(
-                self.joins.get(key), outcome.text, log_, source, time.time()
-            )
+            result = join.on_inference(self.joins.get(key), outcome.text, log_, source, time.time())
             if not result.duplicate:
                 self.joins[key] = result.state
             self._publish_joined(key, message.partition, result)
@@ -172,6 +173,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         topic_replication_factor=settings.replication_factor,
         broker_commit_interval=settings.commit_interval_seconds,
         consumer_auto_offset_reset="earliest",
+        # Batch outgoing records: one produce request per partition every few ms
+        # instead of one per record.
+        producer_linger_ms=10,
+        # A crashed worker's partitions move on after 10 s instead of faust's 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        producer_max_batch_size=1 << 20,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -207,7 +215,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
 
     @app.page("/health")
     async def health(web: View, request: Request) -> Response:
-        ready = not app.rebalancing and app.consumer is not None
+        ready = not app.rebalancing and cast(Any, app.tables).recovery.completed.is_set()
         body = {
             "status": "ok" if ready else "starting",
             "app_id": settings.app_id,

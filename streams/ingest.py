@@ -77,7 +77,7 @@ def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int) -> Accepte
     except UnicodeDecodeError as exc:
         return Rejected(
             DeadLetterReason.INVALID_UTF8,
-            f"the message is not UTF-8: byte {exc.start} ({raw[exc.start:exc.start + 1]!r}) is invalid",
+            f"the message is not UTF-8: byte {exc.start} ({raw[exc.start : exc.start + 1]!r}) is invalid",
         )
     try:
         return Accepted(model.model_validate_json(text), text)
@@ -92,7 +92,11 @@ def _classify(exc: ValidationError, model_name: str) -> Rejected:
     if first["type"] == "json_invalid":
         return Rejected(DeadLetterReason.MALFORMED_JSON, f"not valid JSON: {first['msg']}", detail)
     if first["type"] == "model_type" and not first["loc"]:
-        return Rejected(DeadLetterReason.NOT_AN_OBJECT, f"the message must be a JSON object ({model_name})", detail)
+        return Rejected(
+            DeadLetterReason.NOT_AN_OBJECT,
+            f"the message must be a JSON object ({model_name})",
+            detail,
+        )
 
     reasons = [_reason_for(e) for e in errors]
     reason = min(reasons, key=_PRIORITY.index)
@@ -111,7 +115,7 @@ def _reason_for(error: Any) -> DeadLetterReason:
         return DeadLetterReason.UNKNOWN_FIELD
     if kind in _TOO_LONG:
         return DeadLetterReason.OVERSIZE
-    if kind.endswith(("_type", "_parsing")) or kind == "model_attributes_type":
+    if kind.endswith(("_type", "_parsing")) or kind == "int_from_float":
         return DeadLetterReason.WRONG_TYPE
     return DeadLetterReason.INVALID_VALUE
 
@@ -159,7 +163,11 @@ def describe(log: InferenceLog) -> Descriptors:
     prompt = log.prompt_text()
     response = log.response or ""
     if log.tokens is not None:
-        prompt_tokens, completion_tokens, estimated = log.tokens.prompt, log.tokens.completion, False
+        prompt_tokens, completion_tokens, estimated = (
+            log.tokens.prompt,
+            log.tokens.completion,
+            False,
+        )
     else:
         prompt_tokens = math.ceil(len(prompt) / _CHARS_PER_TOKEN)
         completion_tokens = math.ceil(len(response) / _CHARS_PER_TOKEN)

@@ -46,7 +46,12 @@ class JoinResult:
 
 def _new_state(partition: int, now: float) -> JoinState:
     return JoinState(
-        partition=partition, first_seen=now, inference=None, inference_source=None, pending=[], seen=[]
+        partition=partition,
+        first_seen=now,
+        inference=None,
+        inference_source=None,
+        pending=[],
+        seen=[],
     )
 
 
@@ -55,7 +60,9 @@ def _ref(source: tuple[str, int, int] | list) -> SourceRef:
     return SourceRef(topic=topic, partition=partition, offset=offset)
 
 
-def _join(log: InferenceLog, state: JoinState, feedback: Feedback, feedback_source: SourceRef, now: float) -> JoinedFeedback:
+def _join(
+    log: InferenceLog, state: JoinState, feedback: Feedback, feedback_source: SourceRef, now: float
+) -> JoinedFeedback:
     assert state["inference_source"] is not None
     return JoinedFeedback(
         request_id=log.request_id,

@@ -29,7 +29,9 @@ class Metrics:
             "loopwatch_feedback_joined", "Feedback matched with its inference", registry=r
         )
         self.feedback_duplicate = Counter(
-            "loopwatch_feedback_duplicate", "Feedback seen again (same event_id), not re-joined", registry=r
+            "loopwatch_feedback_duplicate",
+            "Feedback seen again (same event_id), not re-joined",
+            registry=r,
         )
         self.feedback_unmatched = Counter(
             "loopwatch_feedback_unmatched",
@@ -43,7 +45,9 @@ class Metrics:
             registry=r,
         )
         self.join_entries = Gauge(
-            "loopwatch_join_entries", "request_ids held by the join table on this worker", registry=r
+            "loopwatch_join_entries",
+            "request_ids held by the join table on this worker",
+            registry=r,
         )
         self.processing_seconds = Histogram(
             "loopwatch_processing_seconds",

@@ -1,0 +1,32 @@
+"""The demo runs end to end on the embedded broker (a shortened run)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from services.demo import run_demo
+from services.settings import Settings
+
+pytestmark = pytest.mark.broker
+
+
+def test_demo_end_to_end(tmp_path):
+    out = io.StringIO()
+    summary_path = tmp_path / "summary.json"
+    summary = run_demo(
+        Settings(data_dir=tmp_path / "state"),
+        pairs=12,
+        oasst=12,
+        summary_json=summary_path,
+        out=out,
+    )
+    assert json.loads(summary_path.read_text()) == summary
+    assert summary["counts_add_up"]
+    assert summary["dead_lettered"]["by_reason"] == summary["expected"]["dead_lettered"]
+    assert summary["feedback"]["joined"] == summary["expected"]["joined"]
+    assert summary["feedback"]["unmatched_expired"] == summary["expected"]["unmatched"]
+    assert summary["feedback"]["duplicates_ignored"] == summary["expected"]["duplicates"]
+    assert "adds up" in out.getvalue()

@@ -1,0 +1,155 @@
+"""Stream tests against the real embedded broker: routing, dead letters, the join, crashes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from collections import Counter
+
+import pytest
+
+from services import sample_data
+from services.broker import free_port, start_broker
+from services.processes import stop_process
+
+from .helpers import WorkerStack, values_json
+
+pytestmark = pytest.mark.broker
+
+
+def inference(exchange, rng) -> bytes:
+    return json.dumps(sample_data.inference_event(exchange, sample_data.now(), rng)).encode()
+
+
+def feedback(exchange) -> list[bytes]:
+    return [json.dumps(f).encode() for f in sample_data.feedback_events(exchange, sample_data.now())]
+
+
+def test_every_message_ends_in_exactly_one_place(stack: WorkerStack, exchanges, rng):
+    stack.start()
+    good = [inference(e, rng) for e in exchanges[:60]]
+    bad = [
+        b"\xff\xfe not utf-8",
+        b'{"schema_version": "1", "event_id": ',
+        b"[1, 2, 3]",
+        json.dumps({**json.loads(good[0]), "schema_version": "9"}).encode(),
+        json.dumps({**json.loads(good[1]), "request_id": None}).encode(),
+        json.dumps({**json.loads(good[2]), "latency_ms": "slow"}).encode(),
+    ]
+    bad_feedback = [b"{}", b"not json"]
+    stack.send(stack.topics.inference, good + bad)
+    fb = [f for e in exchanges[:60] for f in feedback(e)]
+    stack.send(stack.topics.feedback, fb + bad_feedback)
+
+    enriched = stack.read_settled(stack.topics.enriched, len(good))
+    letters = values_json(stack.read_settled(stack.topics.deadletter, len(bad) + len(bad_feedback)))
+    assert len({e["inference"]["request_id"] for e in values_json(enriched)}) == len(good)
+    assert len(letters) == len(bad) + len(bad_feedback)
+    assert Counter(d["reason"] for d in letters) == Counter(
+        {
+            "invalid_utf8": 1,
+            "malformed_json": 2,
+            "not_an_object": 1,
+            "unknown_schema_version": 1,
+            "wrong_type": 2,
+            "missing_field": 1,
+        }
+    )
+    # The original bytes and their exact source come back with every dead letter.
+    sent_bad = set(bad + bad_feedback)
+    assert {base64.b64decode(d["value_b64"]) for d in letters} == sent_bad
+    assert all(d["source"]["topic"] in (stack.topics.inference, stack.topics.feedback) for d in letters)
+    # in = valid + dead-lettered, per the worker's own counters too.
+    total_in = stack.metric("loopwatch_events_in_total")
+    assert total_in == len(good) + len(bad) + len(fb) + len(bad_feedback)
+    assert total_in == stack.metric("loopwatch_events_valid_total") + stack.metric(
+        "loopwatch_events_rejected_total"
+    )
+
+
+def test_join_in_order_feedback_first_duplicate_and_expired(stack: WorkerStack, exchanges, rng):
+    stack.start()
+    in_order, early, duplicated, orphan = exchanges[0], exchanges[2], exchanges[4], exchanges[6]
+    # Feedback first (its inference comes later) and feedback that never gets an inference.
+    stack.send(stack.topics.feedback, feedback(early) + feedback(orphan))
+    time.sleep(1.0)
+    stack.send(stack.topics.inference, [inference(e, rng) for e in (in_order, early, duplicated)])
+    time.sleep(0.5)
+    stack.send(stack.topics.feedback, feedback(in_order) + feedback(duplicated) * 2)
+
+    joined = values_json(stack.read_settled(stack.topics.joined, 3))
+    assert sorted(j["request_id"] for j in joined) == sorted(
+        [in_order.request_id, early.request_id, duplicated.request_id]
+    )
+    assert all(j["inference"]["response"] and j["feedback"]["kind"] == "thumbs" for j in joined)
+    # The orphan is kept, then handed on after the TTL (3 s here): never lost.
+    unmatched = values_json(stack.read(stack.topics.unmatched, 1, timeout=30))
+    assert [u["request_id"] for u in unmatched] == [orphan.request_id]
+    assert stack.metric("loopwatch_feedback_duplicate_total") == 1
+    assert stack.metric("loopwatch_feedback_unmatched_total") == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known open defect: after kill -9, faust's changelog recovery receives no records "
+    "from the embedded Tansu broker (it reports per-batch end offsets), so the restarted "
+    "worker never finishes recovery; see docs/architecture.md, Known gaps",
+)
+def test_kill9_mid_stream_loses_nothing_and_restores_the_join_table(stack: WorkerStack, exchanges):
+    rng = random.Random(3)
+    n = 4000
+    values = []
+    for i in range(n):
+        event = sample_data.inference_event(exchanges[i % len(exchanges)], sample_data.now(), rng)
+        event["request_id"] = event["event_id"] = f"crash-{i}"
+        values.append(json.dumps(event).encode())
+    stack.send(stack.topics.inference, values)
+    stack.start()
+    deadline = time.monotonic() + 60
+    while stack.metric("loopwatch_events_in_total") < n // 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # let at least one offset commit and table changelog write land
+    stack.kill9()
+
+    stack.start()
+    # Feedback for requests whose inference was committed before the crash: it can
+    # only join if the restarted worker restored the join table from its changelog.
+    early = [f"crash-{i}" for i in range(0, 200, 10)]
+    fb = [
+        json.dumps(
+            {
+                "schema_version": "1",
+                "event_id": f"fb-{rid}",
+                "request_id": rid,
+                "timestamp": "2026-11-01T10:00:00Z",
+                "kind": "thumbs",
+                "value": True,
+            }
+        ).encode()
+        for rid in early
+    ]
+    stack.send(stack.topics.feedback, fb)
+    enriched = values_json(stack.read(stack.topics.enriched, n, timeout=120))
+    assert {e["inference"]["request_id"] for e in enriched} == {f"crash-{i}" for i in range(n)}
+    joined = values_json(stack.read(stack.topics.joined, len(early), timeout=60))
+    assert sorted({j["request_id"] for j in joined}) == sorted(early)
+
+
+def test_worker_waits_for_a_broker_that_is_not_up_yet(tmp_path):
+    port = free_port()
+    worker = WorkerStack(f"127.0.0.1:{port}", tmp_path)
+    worker.start(wait=False)
+    try:
+        time.sleep(4)
+        assert worker.process is not None and worker.process.poll() is None, worker.log()
+        assert "waiting for kafka" in worker.log()
+        broker = start_broker(port)
+        try:
+            worker.wait_healthy(timeout=90)
+        finally:
+            worker.stop()
+            stop_process(broker)
+    finally:
+        worker.stop()
