@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 
 from kafka import KafkaAdminClient
@@ -36,11 +37,12 @@ def wait_for_kafka(bootstrap: str, *, give_up_after: float = 0.0) -> None:
     attempt = 1
     while True:
         try:
+            _connect_any(bootstrap)
             admin_client(bootstrap).close()
             if attempt > 1:
                 log.info("kafka is up at %s after %d attempts", bootstrap, attempt)
             return
-        except KafkaError as exc:
+        except (KafkaError, OSError) as exc:
             waited = time.monotonic() - started
             if give_up_after and waited >= give_up_after:
                 raise BrokerError(
@@ -57,6 +59,23 @@ def wait_for_kafka(bootstrap: str, *, give_up_after: float = 0.0) -> None:
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
             attempt += 1
+
+
+def _connect_any(bootstrap: str) -> None:
+    """Fail fast (OSError) when no bootstrap server accepts TCP connections.
+
+    kafka-python's own bootstrap retries silently for a long time; this lets
+    the worker log each attempt.
+    """
+    error: OSError = OSError(f"no bootstrap server in {bootstrap!r}")
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+            return
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 def ensure_topics(settings: Settings) -> list[str]:
