@@ -52,11 +52,10 @@ class Ingest:
         self.enriched = raw(topics.enriched)
         self.joined = raw(topics.joined)
         self.unmatched = raw(topics.unmatched)
-        self.joins = app.Table(
-            "joins",
-            partitions=settings.partitions,
-            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
-        )
+        # key_type=bytes makes faust use the raw codec for keys both when writing
+        # the changelog and when recovering from it (a Schema argument only
+        # covers writing); values are JSON dicts.
+        self.joins = app.Table("joins", partitions=settings.partitions, key_type=bytes)
         self.last_offset: dict[TP, int] = {}
         self._in = {t: metrics.events_in.labels(t) for t in (topics.inference, topics.feedback)}
         self._valid = {t: metrics.events_valid.labels(t) for t in (topics.inference, topics.feedback)}

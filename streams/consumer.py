@@ -1,4 +1,6 @@
-"""A faust consumer whose fetch loop hands messages on without four tasks each.
+"""A faust consumer with a cheaper fetch loop and correct end offsets for recovery.
+
+Fetch loop:
 
 faust's ``Consumer._drain_messages`` wraps the delivery of *every* message in
 ``Service.wait_first(callback(message), suspend_flow.wait())``, which creates
@@ -11,19 +13,25 @@ This subclass awaits the callback directly while the flow is running and
 falls back to faust's original race only while the flow is suspended (during
 a rebalance), so the rebalance behaviour is unchanged. Offsets, gaps, acks
 and commits go through faust's own methods as before.
+
+End offsets: see :meth:`FastDrainConsumer.highwaters`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 
 class FastDrainConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer with a per-batch (not per-message) task cost."""
+    """faust's aiokafka consumer: per-batch (not per-message) task cost, true end offsets."""
 
     #: Yield to the event loop every this many messages so web requests and
     #: timers are served while a large fetch is drained.
@@ -74,6 +82,45 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
                 raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """End offsets, corrected for brokers that report the last *batch's* base offset + 1.
+
+        faust's table recovery reads each changelog partition up to its end
+        offset. The embedded Tansu broker answers ListOffsets with the base
+        offset of the last record batch + 1, so recovery stopped before the
+        other records of that batch and those table entries were lost. Fetching
+        from ``reported - 1`` returns that whole batch, whose last record gives
+        the true end. On Apache Kafka the answer is already right and the probe
+        only confirms it (one small fetch per partition, at recovery only).
+        """
+        reported = await super().highwaters(*partitions)
+        stale = {tp: end for tp, end in reported.items() if end > 0}
+        if not stale:
+            return reported
+        return {**reported, **await self._probe_ends(stale)}
+
+    async def _probe_ends(self, reported: dict[TP, int]) -> dict[TP, int]:
+        servers = [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
+        probe = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, group_id=None)
+        await probe.start()
+        ends = dict(reported)
+        try:
+            probe.assign(list(reported))
+            for tp, end in reported.items():
+                probe.seek(tp, end - 1)
+            pending = set(reported)
+            deadline = time.monotonic() + 10
+            while pending and time.monotonic() < deadline:
+                batches = await probe.getmany(timeout_ms=500)
+                for tp, records in batches.items():
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+                    pending.discard(tp)
+            if pending:
+                self.log.warning("could not confirm end offsets of %s; using the reported ones", pending)
+        finally:
+            await probe.stop()
+        return ends
 
 
 class FastDrainTransport(faust_aiokafka.Transport):

@@ -107,8 +107,12 @@ class WorkerStack:
             replayer.send(topic, value, keys[n] if keys else None)
         replayer.close()
 
-    def read(self, topic: str, count: int, timeout: float = 60) -> list[Any]:
-        """Read ``topic`` from the start until ``count`` records arrived (or timeout)."""
+    def read(self, topic: str, count: int, timeout: float = 60, *, distinct: Any = None) -> list[Any]:
+        """Read ``topic`` from the start until ``count`` records arrived (or timeout).
+
+        With ``distinct`` (a function of a record), count distinct values instead, so
+        at-least-once redeliveries do not end the read early.
+        """
         consumer = KafkaConsumer(
             topic,
             bootstrap_servers=self.bootstrap.split(","),
@@ -119,9 +123,12 @@ class WorkerStack:
         records: list[Any] = []
         deadline = time.monotonic() + timeout
         try:
-            while len(records) < count and time.monotonic() < deadline:
+            seen: set[Any] = set()
+            while (len(seen) if distinct else len(records)) < count and time.monotonic() < deadline:
                 for batch in consumer.poll(timeout_ms=300).values():
                     records.extend(batch)
+                    if distinct:
+                        seen.update(distinct(r) for r in batch)
         finally:
             consumer.close()
         return records
