@@ -77,7 +77,9 @@ class InferenceLog(_Event):
     app: Name | None = None
     route: Name | None = None
     tenant: Name | None = None
-    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+    # default_factory, not `= {}`: pydantic deep-copies mutable defaults for every
+    # event, which was a fifth of the ingest CPU time.
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS, default_factory=dict)]
     prompt: Text | Annotated[list[ChatMessage], Field(max_length=MAX_MESSAGES)] | None = None
     response: Text | None = None
     latency_ms: NonNegative | None = None
@@ -250,9 +252,9 @@ class Segment(_Event):
 class Evidence(_Event):
     """What a person (or a retrain job) needs to check a detection."""
 
-    request_ids: list[str] = []
+    request_ids: list[str] = Field(default_factory=list)
     report_path: str | None = None
-    sources: list[SourceRef] = []
+    sources: list[SourceRef] = Field(default_factory=list)
 
 
 class Detection(_Event):
@@ -274,7 +276,7 @@ class Detection(_Event):
     threshold: float | None = None
     effect_size: float | None = None
     verdict: Literal["ok", "warning", "drift"]
-    evidence: Evidence = Evidence()
+    evidence: Evidence = Field(default_factory=Evidence)
 
 
 class Alert(_Event):
@@ -288,7 +290,7 @@ class Alert(_Event):
     labels: dict[str, str]
     starts_at: datetime
     ends_at: datetime | None = None
-    detections: list[str] = []
+    detections: list[str] = Field(default_factory=list)
 
 
 class CloudEvent(_Event):

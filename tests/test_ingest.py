@@ -206,3 +206,15 @@ def test_fuzz_mutated_valid_events(valid, data):
     raw = json.dumps(event).encode()
     cut = data.draw(st.integers(0, len(raw)))
     _classifies(raw if data.draw(st.booleans()) else raw[:cut])
+
+
+def test_spliced_enriched_json_equals_the_model(valid):
+    from schemas.events import EnrichedInference
+    from streams.ingest import enrich, enriched_json
+
+    raw = _dump(valid)
+    outcome = decode(raw, InferenceLog, max_bytes=MAX_BYTES)
+    assert isinstance(outcome, Accepted)
+    source = SourceRef(topic="llm.inference.v1", partition=1, offset=42)
+    spliced = EnrichedInference.model_validate_json(enriched_json(raw, outcome.event, source))
+    assert spliced == enrich(outcome.event, source)

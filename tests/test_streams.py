@@ -95,7 +95,7 @@ def test_kill9_mid_stream_loses_nothing_and_restores_the_join_table(broker, tmp_
     # A long TTL: the joins must survive the crash, not expire during the restart.
     stack = WorkerStack(broker, tmp_path, join_ttl_seconds=600)
     rng = random.Random(3)
-    n = 12_000
+    n = 60_000
     values = []
     for i in range(n):
         event = sample_data.inference_event(exchanges[i % len(exchanges)], sample_data.now(), rng)
