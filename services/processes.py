@@ -19,9 +19,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def spawn(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
-    """Start a child process tied to this one's lifetime."""
+    """Start a child process tied to this one's lifetime.
+
+    The child gets its own session, so a Ctrl-C in the terminal reaches only the
+    parent, which then stops its children in order (workers before the broker
+    they commit to).
+    """
     return subprocess.Popen(
-        command, preexec_fn=_die_with_parent if sys.platform == "linux" else None, **popen
+        command,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        start_new_session=True,
+        **popen,
     )
 
 
