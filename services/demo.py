@@ -29,6 +29,7 @@ from services.broker import free_port, start_broker
 from services.processes import spawn, stop_process
 from services.replay import Replayer
 from services.settings import Settings, Topics
+from streams.metrics import metric_total
 
 
 @dataclass
@@ -164,14 +165,6 @@ def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) ->
     return seen
 
 
-def _metric(metrics_text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics_text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
-
-
 def _wait_healthy(url: str, worker: Any, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -270,7 +263,7 @@ def _summary(
         "feedback": traffic.count(topics.feedback),
     }
     total_in = sum(events_in.values())
-    valid_feedback = int(_metric(metrics_text, f'loopwatch_events_valid_total{{topic="{topics.feedback}"}}'))
+    valid_feedback = int(metric_total(metrics_text, "loopwatch_events_valid_total", topic=topics.feedback))
     dead = sum(seen.rejections.values())
     return {
         "broker": where,
@@ -285,7 +278,7 @@ def _summary(
         "feedback": {
             "joined": seen.joined,
             "sent_before_their_inference": traffic.feedback_first,
-            "duplicates_ignored": int(_metric(metrics_text, "loopwatch_feedback_duplicate_total")),
+            "duplicates_ignored": int(metric_total(metrics_text, "loopwatch_feedback_duplicate_total")),
             "unmatched_expired": seen.unmatched,
         },
         "counts_add_up": total_in == seen.enriched + valid_feedback + dead,

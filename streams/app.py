@@ -31,7 +31,7 @@ from schemas.events import Feedback, InferenceLog, SourceRef
 from services.settings import Settings
 from streams import join
 from streams.consumer import FastDrainTransport
-from streams.ingest import Rejected, dead_letter, decode, enriched_json
+from streams.ingest import Accepted, Rejected, dead_letter, decode, enriched_json
 from streams.metrics import Metrics
 from streams.outbox import Outbox
 
@@ -81,57 +81,57 @@ class Ingest:
 
     async def on_inference(self, messages: list[Any]) -> None:
         """Validate inference logs, forward them enriched, and join feedback waiting for them."""
-        started = time.perf_counter()
-        outbox = Outbox()
-        now = time.time()
-        rejected = 0
-        for message in messages:
-            source = self._source(message)
-            outcome = decode(message.value, InferenceLog, max_bytes=self.settings.max_event_bytes)
-            if isinstance(outcome, Rejected):
-                self._reject(outbox, message, outcome, source)
-                rejected += 1
-                continue
-            log_ = outcome.event
-            key = self._key(message, log_.request_id)
-            outbox.add(
-                self.topics.enriched,
-                key,
-                enriched_json(message.value, log_, source),
-                partition=message.partition,
-            )
-            result = join.on_inference(self.joins.data.get(key), outcome.text, log_, source, now)
-            self._store(outbox, key, result, message.partition)
-        await self._finish(outbox, messages, rejected, started)
+        await self._handle(messages, InferenceLog, self._inference)
 
     async def on_feedback(self, messages: list[Any]) -> None:
         """Validate feedback and join it with its inference (or keep it waiting)."""
-        started = time.perf_counter()
-        outbox = Outbox()
-        now = time.time()
-        rejected = 0
-        for message in messages:
-            source = self._source(message)
-            outcome = decode(message.value, Feedback, max_bytes=self.settings.max_event_bytes)
-            if isinstance(outcome, Rejected):
-                self._reject(outbox, message, outcome, source)
-                rejected += 1
-                continue
-            key = self._key(message, outcome.event.request_id)
-            result = join.on_feedback(self.joins.data.get(key), outcome.text, outcome.event, source, now)
-            if result.duplicate:
-                self.metrics.feedback_duplicate.inc()
-            self._store(outbox, key, result, message.partition)
-        await self._finish(outbox, messages, rejected, started)
+        await self._handle(messages, Feedback, self._feedback)
+
+    def _inference(
+        self, outbox: Outbox, message: Any, source: SourceRef, accepted: Accepted[InferenceLog], now: float
+    ) -> None:
+        key = self._key(message, accepted.event.request_id)
+        outbox.add(
+            self.topics.enriched,
+            key,
+            enriched_json(message.value, accepted.event, source),
+            partition=message.partition,
+        )
+        result = join.on_inference(self.joins.data.get(key), accepted.text, accepted.event, source, now)
+        self._store(outbox, key, result, message.partition)
+
+    def _feedback(
+        self, outbox: Outbox, message: Any, source: SourceRef, accepted: Accepted[Feedback], now: float
+    ) -> None:
+        key = self._key(message, accepted.event.request_id)
+        result = join.on_feedback(self.joins.data.get(key), accepted.text, accepted.event, source, now)
+        if result.duplicate:
+            self.metrics.feedback_duplicate.inc()
+        self._store(outbox, key, result, message.partition)
 
     # -- steps shared by both handlers -------------------------------------------
 
-    @staticmethod
-    def _source(message: Any) -> SourceRef:
-        # model_construct: these come from the Kafka client, not from a producer.
-        return SourceRef.model_construct(
-            topic=message.topic, partition=message.partition, offset=message.offset
-        )
+    async def _handle(self, messages: list[Any], model: type[Any], handle_valid: Callable[..., None]) -> None:
+        """Decode every message; dead-letter the bad ones, pass the valid ones on; send; count."""
+        started = time.perf_counter()
+        outbox = Outbox()
+        now = time.time()
+        valid = 0
+        for message in messages:
+            source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
+            outcome = decode(message.value, model, max_bytes=self.settings.max_event_bytes)
+            if isinstance(outcome, Rejected):
+                self._reject(outbox, message, outcome, source)
+            else:
+                handle_valid(outbox, message, source, outcome, now)
+                valid += 1
+        await outbox.send(self.app.kafka_producer())
+        for message in messages:
+            self.last_offset[message.tp] = message.offset
+        topic = messages[0].topic
+        self._in[topic].inc(len(messages))
+        self._valid[topic].inc(valid)
+        self._seconds[topic].observe((time.perf_counter() - started) / len(messages))
 
     def _reject(self, outbox: Outbox, message: Any, rejected: Rejected, source: SourceRef) -> None:
         record = dead_letter(rejected, source, message.key, message.value, datetime.now(UTC))
@@ -157,15 +157,6 @@ class Ingest:
         for record in result.joined:
             outbox.add(self.topics.joined, key, record.model_dump_json().encode(), partition=partition)
         self.metrics.feedback_joined.inc(len(result.joined))
-
-    async def _finish(self, outbox: Outbox, messages: list[Any], rejected: int, started: float) -> None:
-        await outbox.send(self.app.kafka_producer())
-        for message in messages:
-            self.last_offset[message.tp] = message.offset
-        topic = messages[0].topic
-        self._in[topic].inc(len(messages))
-        self._valid[topic].inc(len(messages) - rejected)
-        self._seconds[topic].observe((time.perf_counter() - started) / len(messages))
 
     @property
     def _changelog(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import DeadLetterReason
 
@@ -70,3 +71,17 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def metric_total(exposition: str, sample: str, **labels: str) -> float:
+    r"""Sum of the samples named ``sample`` (with these labels) in a ``/metrics`` text.
+
+    >>> metric_total('c_total{topic="a"} 2.0\nc_total{topic="b"} 3.0\n', "c_total", topic="b")
+    3.0
+    """
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )

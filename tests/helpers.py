@@ -19,6 +19,7 @@ from services.broker import free_port
 from services.processes import spawn, stop_process
 from services.replay import Replayer
 from services.settings import Topics
+from streams.metrics import metric_total
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,14 +92,9 @@ class WorkerStack:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def metric(self, name: str) -> float:
-        """Sum of a metric's samples on /metrics (0 when absent)."""
+        """Sum of a sample's values on /metrics, over all labels (0 when absent)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name) and not line.startswith("#")
-        )
+            return metric_total(r.read().decode(), name)
 
     def send(self, topic: str, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
         """Produce values (keyed by request_id unless keys are given) and wait for delivery."""

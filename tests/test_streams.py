@@ -27,6 +27,33 @@ def feedback(exchange) -> list[bytes]:
     return [json.dumps(f).encode() for f in sample_data.feedback_events(exchange, sample_data.now())]
 
 
+def numbered_inference(prefix: str, n: int, exchanges, rng) -> list[bytes]:
+    """n real exchanges as inference logs with request_ids prefix-0 .. prefix-(n-1)."""
+    values = []
+    for i in range(n):
+        event = sample_data.inference_event(exchanges[i % len(exchanges)], sample_data.now(), rng)
+        event["request_id"] = event["event_id"] = f"{prefix}-{i}"
+        values.append(json.dumps(event).encode())
+    return values
+
+
+def numbered_thumbs(prefix: str, n: int) -> list[bytes]:
+    """One thumbs feedback event for each of prefix-0 .. prefix-(n-1)."""
+    return [
+        json.dumps(
+            {
+                "schema_version": "1",
+                "event_id": f"fb-{prefix}-{i}",
+                "request_id": f"{prefix}-{i}",
+                "timestamp": "2026-11-01T10:00:00Z",
+                "kind": "thumbs",
+                "value": True,
+            }
+        ).encode()
+        for i in range(n)
+    ]
+
+
 def test_every_message_ends_in_exactly_one_place(stack: WorkerStack, exchanges, rng):
     stack.start()
     good = [inference(e, rng) for e in exchanges[:60]]
@@ -94,14 +121,8 @@ def test_join_in_order_feedback_first_duplicate_and_expired(stack: WorkerStack, 
 def test_kill9_mid_stream_loses_nothing_and_restores_the_join_table(broker, tmp_path, exchanges):
     # A long TTL: the joins must survive the crash, not expire during the restart.
     stack = WorkerStack(broker, tmp_path, join_ttl_seconds=600)
-    rng = random.Random(3)
     n = 60_000
-    values = []
-    for i in range(n):
-        event = sample_data.inference_event(exchanges[i % len(exchanges)], sample_data.now(), rng)
-        event["request_id"] = event["event_id"] = f"crash-{i}"
-        values.append(json.dumps(event).encode())
-    stack.send(stack.topics.inference, values)
+    stack.send(stack.topics.inference, numbered_inference("crash", n, exchanges, random.Random(3)))
     stack.start()
     deadline = time.monotonic() + 60
     while stack.metric("loopwatch_events_in_total") < n // 4 and time.monotonic() < deadline:
@@ -139,15 +160,9 @@ def test_join_table_is_fully_restored_after_a_crash_at_rest(broker, tmp_path, ex
     # Everything processed and committed, then kill -9: nothing is re-processed, so
     # every join must come from the changelog, up to its very last record.
     stack = WorkerStack(broker, tmp_path, join_ttl_seconds=600)
-    rng = random.Random(5)
     n = 3000
-    values = []
-    for i in range(n):
-        event = sample_data.inference_event(exchanges[i % len(exchanges)], sample_data.now(), rng)
-        event["request_id"] = event["event_id"] = f"rest-{i}"
-        values.append(json.dumps(event).encode())
     stack.start()
-    stack.send(stack.topics.inference, values)
+    stack.send(stack.topics.inference, numbered_inference("rest", n, exchanges, random.Random(5)))
     deadline = time.monotonic() + 60
     while stack.metric("loopwatch_events_in_total") < n and time.monotonic() < deadline:
         time.sleep(0.1)
