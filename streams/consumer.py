@@ -46,7 +46,7 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
     #: consumer busy, bounded batches keep latency and memory in check.
     max_batch = 2_000
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in faust
+    async def _drain_messages(self, fetcher: Any) -> None:
         callback = self.callback
         batch_handlers = getattr(self.app, "batch_handlers", {})
         consumer_stopped = self._stopped.is_set
