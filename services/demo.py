@@ -22,11 +22,10 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from schemas.errors import LoopwatchError
 from schemas.events import MAX_TEXT_CHARS
 from services import sample_data
 from services.broker import free_port, start_broker
-from services.processes import spawn, stop_process
+from services.processes import spawn, stop_process, wait_until_healthy
 from services.replay import Replayer
 from services.settings import Settings, Topics
 from streams.metrics import metric_total
@@ -165,21 +164,6 @@ def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) ->
     return seen
 
 
-def _wait_healthy(url: str, worker: Any, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise LoopwatchError(f"the demo worker exited with code {worker.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise LoopwatchError(f"the demo worker was not healthy within {timeout:.0f}s ({url})")
-
-
 def run_demo(
     settings: Settings,
     *,
@@ -233,7 +217,7 @@ def run_demo(
         )
     try:
         traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst)
-        _wait_healthy(f"http://127.0.0.1:{web_port}/health", worker)
+        wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker)
         print(f"replaying {len(traffic.messages)} real events ...", file=out, flush=True)
         replayer = Replayer(bootstrap)
         for topic, value in traffic.messages:

@@ -6,7 +6,11 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from typing import Any
+
+from schemas.errors import LoopwatchError
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -43,3 +47,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    """Poll a worker's ``/health`` until it answers 200; fail if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LoopwatchError(f"the worker exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise LoopwatchError(f"the worker was not healthy within {timeout:.0f}s ({url})")

@@ -15,8 +15,9 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
+from schemas.errors import LoopwatchError
 from services.broker import free_port
-from services.processes import spawn, stop_process
+from services.processes import spawn, stop_process, wait_until_healthy
 from services.replay import Replayer
 from services.settings import Topics
 from streams.metrics import metric_total
@@ -61,20 +62,12 @@ class WorkerStack:
         return self
 
     def wait_healthy(self, timeout: float = 90) -> None:
-        """Block until /health answers 200; fail with the worker's log if it dies."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not healthy within {timeout}s:\n{self.log()}")
+        """Block until /health answers 200; fail with the worker's log if it does not."""
+        assert self.process is not None
+        try:
+            wait_until_healthy(f"http://127.0.0.1:{self.web_port}/health", self.process, timeout)
+        except LoopwatchError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()}") from exc
 
     def kill9(self) -> None:
         """SIGKILL the worker, as a crash would."""

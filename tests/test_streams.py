@@ -135,20 +135,7 @@ def test_kill9_mid_stream_loses_nothing_and_restores_the_join_table(broker, tmp_
     stack.start()
     # Feedback for every request: those whose inference was committed before the
     # crash can only join if the restarted worker restored the whole join table.
-    fb = [
-        json.dumps(
-            {
-                "schema_version": "1",
-                "event_id": f"fb-{i}",
-                "request_id": f"crash-{i}",
-                "timestamp": "2026-11-01T10:00:00Z",
-                "kind": "thumbs",
-                "value": True,
-            }
-        ).encode()
-        for i in range(n)
-    ]
-    stack.send(stack.topics.feedback, fb)
+    stack.send(stack.topics.feedback, numbered_thumbs("crash", n))
     enriched = values_json(stack.read(stack.topics.enriched, n, timeout=120, distinct=lambda r: r.key))
     assert {e["inference"]["request_id"] for e in enriched} == {f"crash-{i}" for i in range(n)}
     joined = values_json(stack.read(stack.topics.joined, n, timeout=120, distinct=lambda r: r.key))
@@ -169,20 +156,7 @@ def test_join_table_is_fully_restored_after_a_crash_at_rest(broker, tmp_path, ex
     time.sleep(2)  # several commit intervals
     stack.kill9()
     stack.start()
-    fb = [
-        json.dumps(
-            {
-                "schema_version": "1",
-                "event_id": f"fb-{i}",
-                "request_id": f"rest-{i}",
-                "timestamp": "2026-11-01T10:00:00Z",
-                "kind": "thumbs",
-                "value": False,
-            }
-        ).encode()
-        for i in range(n)
-    ]
-    stack.send(stack.topics.feedback, fb)
+    stack.send(stack.topics.feedback, numbered_thumbs("rest", n))
     joined = stack.read(stack.topics.joined, n, timeout=60, distinct=lambda r: r.key)
     stack.stop()
     assert len({r.key for r in joined}) == n
