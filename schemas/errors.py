@@ -15,10 +15,6 @@ class BrokerError(LoopwatchError):
     """The Kafka broker cannot be started or reached."""
 
 
-class InvalidEvent(LoopwatchError):
-    """An incoming message is not a valid event; it belongs in the dead-letter topic."""
-
-
 class PublishError(LoopwatchError):
     """An event or alert could not be delivered.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # services/ sits at the repository root; the shared sample data sits beside it.
@@ -77,5 +77,4 @@ class Settings(BaseSettings):
         _REPO_ROOT.parent / "shared" / "data",
         description="Folder with the real sample data the demo and benchmarks replay",
     )
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password, if any")
     log_level: str = Field("info", description="Worker log level")
