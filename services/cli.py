@@ -142,5 +142,18 @@ def show_settings() -> None:
     click.echo(json.dumps(json.loads(settings.model_dump_json()), indent=2))
 
 
+@main.group()
+def detect() -> None:
+    """Run the detectors on files (CSV, Parquet or JSONL): backfills and threshold checks."""
+
+
+@main.group()
+def score() -> None:
+    """Score the rows of a file (toxicity) without running a worker."""
+
+
+# File commands of the detectors live above this line, one function per command.
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,98 @@
+"""The columns of a detector window, and how events become rows.
+
+Detectors see windows as pandas DataFrames, whether the rows came from the
+stream (:func:`inference_row`, :func:`feedback_row`) or from a file given to
+``loopwatch detect``. Numeric features an application logs in
+``InferenceLog.features`` become columns named ``feature.<name>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.events import EnrichedInference, JoinedFeedback
+
+# Identity and segment.
+REQUEST_ID = "request_id"
+TIMESTAMP = "timestamp"
+MODEL = "model"
+MODEL_VERSION = "model_version"
+APP = "app"
+ROUTE = "route"
+TENANT = "tenant"
+
+# Text and the descriptors ingest derives from it.
+PROMPT = "prompt"
+RESPONSE = "response"
+PROMPT_CHARS = "prompt_chars"
+RESPONSE_CHARS = "response_chars"
+PROMPT_TOKENS = "prompt_tokens"
+COMPLETION_TOKENS = "completion_tokens"
+EMPTY_RESPONSE = "empty_response"
+REFUSAL = "refusal"
+
+# Serving.
+LATENCY_MS = "latency_ms"
+COST_USD = "cost_usd"
+ERROR = "error"
+PREDICTION = "prediction"
+FEATURE_PREFIX = "feature."
+
+# Joined feedback (one row per feedback event).
+FEEDBACK_KIND = "feedback_kind"
+FEEDBACK_VALUE = "feedback_value"
+NEGATIVE = "negative"
+RATING = "rating"
+CORRECTION = "correction"
+
+DESCRIPTOR_COLUMNS = (PROMPT_CHARS, RESPONSE_CHARS, PROMPT_TOKENS, COMPLETION_TOKENS)
+FLAG_COLUMNS = (EMPTY_RESPONSE, REFUSAL)
+
+
+def inference_row(enriched: EnrichedInference) -> dict[str, Any]:
+    """One window row for one valid inference."""
+    event, descriptors = enriched.inference, enriched.descriptors
+    row: dict[str, Any] = {
+        REQUEST_ID: event.request_id,
+        TIMESTAMP: event.timestamp,
+        MODEL: event.model.name,
+        MODEL_VERSION: event.model.version,
+        APP: event.app,
+        ROUTE: event.route,
+        TENANT: event.tenant,
+        PROMPT: event.prompt_text(),
+        RESPONSE: event.response or "",
+        PROMPT_CHARS: descriptors.prompt_chars,
+        RESPONSE_CHARS: descriptors.response_chars,
+        PROMPT_TOKENS: descriptors.prompt_tokens,
+        COMPLETION_TOKENS: descriptors.completion_tokens,
+        EMPTY_RESPONSE: descriptors.empty_response,
+        REFUSAL: descriptors.refusal,
+        LATENCY_MS: event.latency_ms,
+        COST_USD: event.cost_usd,
+        ERROR: event.status == "error",
+        PREDICTION: event.prediction,
+    }
+    for name, value in (event.features or {}).items():
+        row[FEATURE_PREFIX + name] = value
+    return row
+
+
+def feedback_row(joined: JoinedFeedback) -> dict[str, Any]:
+    """One window row for one feedback event joined to its inference."""
+    feedback = joined.feedback
+    rating = feedback.value if feedback.kind == "rating" else None
+    return {
+        REQUEST_ID: joined.request_id,
+        TIMESTAMP: feedback.timestamp,
+        MODEL: joined.inference.model.name,
+        MODEL_VERSION: joined.inference.model.version,
+        APP: joined.inference.app,
+        ROUTE: joined.inference.route,
+        TENANT: joined.inference.tenant,
+        FEEDBACK_KIND: feedback.kind,
+        FEEDBACK_VALUE: feedback.value,
+        NEGATIVE: feedback.is_negative(),
+        RATING: float(rating) if isinstance(rating, int | float) else None,
+        CORRECTION: feedback.kind == "correction",
+    }
