@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.events import EnrichedInference, JoinedFeedback
+from schemas.events import Descriptors, EnrichedInference, InferenceLog, JoinedFeedback
 
 # Identity and segment.
 REQUEST_ID = "request_id"
@@ -51,7 +51,11 @@ FLAG_COLUMNS = (EMPTY_RESPONSE, REFUSAL)
 
 def inference_row(enriched: EnrichedInference) -> dict[str, Any]:
     """One window row for one valid inference."""
-    event, descriptors = enriched.inference, enriched.descriptors
+    return log_row(enriched.inference, enriched.descriptors)
+
+
+def log_row(event: InferenceLog, descriptors: Descriptors, text_chars: int | None = None) -> dict[str, Any]:
+    """One window row for an inference log and its descriptors; texts cut to ``text_chars``."""
     row: dict[str, Any] = {
         REQUEST_ID: event.request_id,
         TIMESTAMP: event.timestamp,
@@ -60,8 +64,8 @@ def inference_row(enriched: EnrichedInference) -> dict[str, Any]:
         APP: event.app,
         ROUTE: event.route,
         TENANT: event.tenant,
-        PROMPT: event.prompt_text(),
-        RESPONSE: event.response or "",
+        PROMPT: event.prompt_text()[:text_chars],
+        RESPONSE: (event.response or "")[:text_chars],
         PROMPT_CHARS: descriptors.prompt_chars,
         RESPONSE_CHARS: descriptors.response_chars,
         PROMPT_TOKENS: descriptors.prompt_tokens,
@@ -76,6 +80,11 @@ def inference_row(enriched: EnrichedInference) -> dict[str, Any]:
     for name, value in (event.features or {}).items():
         row[FEATURE_PREFIX + name] = value
     return row
+
+
+def segment_of(row: dict[str, Any]) -> dict[str, str | None]:
+    """The segment a row belongs to (model name and version, app, route, tenant)."""
+    return {name: row[name] for name in (MODEL, MODEL_VERSION, APP, ROUTE, TENANT)}
 
 
 def feedback_row(joined: JoinedFeedback) -> dict[str, Any]:

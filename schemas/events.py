@@ -276,6 +276,11 @@ class Detection(_Event):
     threshold: float | None = None
     effect_size: float | None = None
     verdict: Literal["ok", "warning", "drift"]
+    measurements: dict[str, float] = Field(
+        default_factory=dict, description="Extra named numbers: per-label rates, percentiles, adjusted p"
+    )
+    reference: str = Field(description="What the window was compared with (file, pinned or stable window)")
+    detected_at: datetime
     evidence: Evidence = Field(default_factory=Evidence)
 
 

@@ -26,6 +26,7 @@ class Topics(BaseSettings):
     enriched: str = "loopwatch.inference-enriched.v1"
     joined: str = "loopwatch.feedback-joined.v1"
     unmatched: str = "loopwatch.feedback-unmatched.v1"
+    summaries: str = "loopwatch.window-summaries.v1"
     detections: str = "loopwatch.detections.v1"
     alerts: str = "loopwatch.alerts.v1"
     retrain_requests: str = "loopwatch.retrain-requests.v1"
@@ -78,3 +79,34 @@ class Settings(BaseSettings):
         description="Folder with the real sample data the demo and benchmarks replay",
     )
     log_level: str = Field("info", description="Worker log level")
+
+    window_seconds: float | None = Field(
+        60.0, gt=0, description="Tumbling detection windows by event time, in seconds (or use window_events)"
+    )
+    window_events: int | None = Field(
+        None, ge=10, description="Tumbling windows by event count instead (set window_seconds to null)"
+    )
+    window_sample_size: int = Field(
+        2_000, ge=50, description="Rows per window the detectors see (a uniform sample of the window)"
+    )
+    window_grace_seconds: float = Field(5.0, ge=0, description="How late a partition's summary may arrive")
+    window_idle_seconds: float = Field(30.0, gt=0, description="Close a window of a segment gone quiet")
+    window_text_chars: int = Field(
+        1_000, ge=100, description="Prompts and replies are cut to this length in windows"
+    )
+    detectors_file: Path | None = Field(
+        None, description="YAML list of detectors to run on windows [default: the built-in set]"
+    )
+    reference_file: Path | None = Field(
+        None, description="Compare every window with this file (CSV, Parquet or JSONL) instead"
+    )
+    reference_windows: int = Field(
+        1, ge=1, description="The first N windows of a segment form its pinned reference"
+    )
+    stable_versions: dict[str, str] = Field(
+        default_factory=dict, description='Stable version per model (JSON: {"model": "version"})'
+    )
+    drift_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate per window, after correction")
+    slow_detector_queue: int = Field(
+        1, ge=1, description="Windows waiting for slow detectors; more are skipped and counted"
+    )

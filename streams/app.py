@@ -17,6 +17,7 @@ functions in :mod:`streams.ingest` and :mod:`streams.join`, and fill an
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -27,15 +28,22 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from pydantic_core import to_json
 
-from schemas.events import Feedback, InferenceLog, SourceRef
+from detectors.frame import feedback_row, log_row, segment_of
+from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef
 from services.settings import Settings
 from streams import join
 from streams.consumer import FastDrainTransport
-from streams.ingest import Accepted, Rejected, dead_letter, decode, enriched_json
+from streams.detect_stage import DetectStage, window_spec
+from streams.ingest import Accepted, Rejected, dead_letter, decode, describe, enriched_json
 from streams.metrics import Metrics
 from streams.outbox import Outbox
+from streams.windows import BatchSummaries
 
 log = logging.getLogger("loopwatch.streams")
+
+# Rows each batch contributes per window and segment: bounds the summary
+# message size (rows hold prompts and replies cut to window_text_chars).
+_ROWS_PER_PARTIAL = 200
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
@@ -76,6 +84,9 @@ class Ingest:
         self._in = {t: metrics.events_in.labels(t) for t in inputs}
         self._valid = {t: metrics.events_valid.labels(t) for t in inputs}
         self._seconds = {t: metrics.processing_seconds.labels(t) for t in inputs}
+        self.window_spec = window_spec(settings)
+        self.rng = random.Random()
+        self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
 
     # -- the batch handlers ------------------------------------------------------
 
@@ -90,13 +101,26 @@ class Ingest:
     def _inference(
         self, outbox: Outbox, message: Any, source: SourceRef, accepted: Accepted[InferenceLog], now: float
     ) -> None:
-        key = self._key(message, accepted.event.request_id)
+        event = accepted.event
+        key = self._key(message, event.request_id)
+        descriptors = describe(event)
         outbox.add(
             self.topics.enriched,
             key,
-            enriched_json(message.value, accepted.event, source),
+            enriched_json(message.value, descriptors, source),
             partition=message.partition,
         )
+        segment = {
+            "model": event.model.name,
+            "model_version": event.model.version,
+            "app": event.app,
+            "route": event.route,
+            "tenant": event.tenant,
+        }
+        wanted = self.summaries.wants(segment, "inference", event.timestamp.timestamp())
+        if wanted is not None:
+            partial, sample_key = wanted
+            partial.sample.keep(log_row(event, descriptors, self.settings.window_text_chars), sample_key)
         result = join.on_inference(self.joins.data.get(key), accepted.text, accepted.event, source, now)
         self._store(outbox, key, result, message.partition)
 
@@ -125,6 +149,7 @@ class Ingest:
             else:
                 handle_valid(outbox, message, source, outcome, now)
                 valid += 1
+        self._flush_summaries(outbox)
         await outbox.send(self.app.kafka_producer())
         for message in messages:
             self.last_offset[message.tp] = message.offset
@@ -156,7 +181,21 @@ class Ingest:
             outbox.add(self._changelog, key, to_json(result.state), partition=partition)
         for record in result.joined:
             outbox.add(self.topics.joined, key, record.model_dump_json().encode(), partition=partition)
+            self._sample_feedback(record)
         self.metrics.feedback_joined.inc(len(result.joined))
+
+    def _sample_feedback(self, record: JoinedFeedback) -> None:
+        row = feedback_row(record)
+        wanted = self.summaries.wants(segment_of(row), "feedback", record.feedback.timestamp.timestamp())
+        if wanted is not None:
+            partial, sample_key = wanted
+            partial.sample.keep(row, sample_key)
+
+    def _flush_summaries(self, outbox: Outbox) -> None:
+        """Publish this batch's window summaries with its other outputs (before the commit)."""
+        for (segment, _, _), partial in self.summaries.partials.items():
+            outbox.add(self.topics.summaries, segment.encode(), to_json(partial.to_json()))
+        self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
 
     @property
     def _changelog(self) -> str:
@@ -235,6 +274,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
     ingest = Ingest(app, settings, metrics)
     app.batch_topic(settings.topics.inference, ingest.on_inference)
     app.batch_topic(settings.topics.feedback, ingest.on_feedback)
+    detect = DetectStage(app, settings, metrics)
+    app.batch_topic(settings.topics.summaries, detect.on_summaries)
+
+    @app.timer(1.0)
+    async def close_idle_windows() -> None:
+        await detect.tick()
 
     @app.timer(settings.join_sweep_seconds)
     async def sweep_joins() -> None:
@@ -264,4 +309,5 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         return web.json(body, status=200 if ready else 503)
 
     app.loopwatch = ingest  # type: ignore[attr-defined]
+    app.detect = detect  # type: ignore[attr-defined]
     return app

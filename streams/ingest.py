@@ -188,19 +188,19 @@ def enrich(log: InferenceLog, source: SourceRef) -> EnrichedInference:
     return EnrichedInference(inference=log, descriptors=describe(log), source=source)
 
 
-def enriched_json(raw: bytes, log: InferenceLog, source: SourceRef) -> bytes:
+def enriched_json(raw: bytes, descriptors: Descriptors, source: SourceRef) -> bytes:
     """``enrich(log, source).model_dump_json()``, without serialising the log a second time.
 
-    ``raw`` is the message that just validated as ``log``, so it is spliced in as it
-    is; only the small parts are serialised. A test checks that the result parses to
-    the same EnrichedInference as :func:`enrich`.
+    ``raw`` is the message that just validated as the log ``descriptors`` describe,
+    so it is spliced in as it is; only the small parts are serialised. A test checks
+    that the result parses to the same EnrichedInference as :func:`enrich`.
     """
     return b"".join(
         (
             b'{"schema_version":"1","inference":',
             raw,
             b',"descriptors":',
-            describe(log).model_dump_json().encode(),
+            descriptors.model_dump_json().encode(),
             b',"source":',
             source.model_dump_json().encode(),
             b"}",

@@ -64,6 +64,42 @@ class Metrics:
             registry=r,
         )
 
+        self.window_events = Counter(
+            "loopwatch_window_events",
+            "Events counted into detection windows, by window kind",
+            ["kind"],
+            registry=r,
+        )
+        self.window_late_events = Counter(
+            "loopwatch_window_late_events",
+            "Events whose summary reached a window already closed (counted, not judged)",
+            registry=r,
+        )
+        self.window_rows = Counter(
+            "loopwatch_window_rows",
+            "Rows of closed windows the detectors saw (a uniform sample of the window events)",
+            ["kind"],
+            registry=r,
+        )
+        self.windows_skipped = Counter(
+            "loopwatch_windows_skipped",
+            "Closed windows the slow detectors skipped because they were still busy",
+            ["kind"],
+            registry=r,
+        )
+        self.detections = Counter(
+            "loopwatch_detections",
+            "Detections published, by detector and verdict",
+            ["detector", "verdict"],
+            registry=r,
+        )
+        self.detector_errors = Counter(
+            "loopwatch_detector_errors",
+            "Detector runs or drift reports that failed (logged with a traceback)",
+            ["detector"],
+            registry=r,
+        )
+
     def rejected(self, topic: str, reason: DeadLetterReason) -> None:
         """Count one dead-lettered message."""
         self.events_rejected.labels(topic, reason.value).inc()

@@ -210,11 +210,11 @@ def test_fuzz_mutated_valid_events(valid, data):
 
 def test_spliced_enriched_json_equals_the_model(valid):
     from schemas.events import EnrichedInference
-    from streams.ingest import enrich, enriched_json
+    from streams.ingest import describe, enrich, enriched_json
 
     raw = _dump(valid)
     outcome = decode(raw, InferenceLog, max_bytes=MAX_BYTES)
     assert isinstance(outcome, Accepted)
     source = SourceRef(topic="llm.inference.v1", partition=1, offset=42)
-    spliced = EnrichedInference.model_validate_json(enriched_json(raw, outcome.event, source))
+    spliced = EnrichedInference.model_validate_json(enriched_json(raw, describe(outcome.event), source))
     assert spliced == enrich(outcome.event, source)

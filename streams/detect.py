@@ -1,0 +1,235 @@
+"""The detect stage: merged windows in, Detections out. No Kafka in here.
+
+:class:`References` decides what each window is compared with:
+
+1. a reference file (``LOOPWATCH_REFERENCE_FILE``), when one is configured;
+2. otherwise, for a model version that is not its model's stable version,
+   the latest window of the stable version on the same app/route/tenant
+   (a canary is judged against what it replaces);
+3. otherwise the segment's own first ``reference_windows`` windows, pinned
+   (a fixed time range at the start of the stream).
+
+:class:`Judge` fits each configured detector on the reference (once per
+reference, then cached), runs it on the window, applies the
+multiple-testing correction across everything that window produced, and
+turns each :class:`~detectors.base.Finding` into a
+:class:`~schemas.events.Detection` that carries the detector's config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import pandas as pd
+
+from detectors.base import Detector, Finding
+from detectors.correction import Method, correct
+from detectors.registry import create
+from schemas.events import Detection, Evidence, Segment
+from streams.windows import ClosedWindow, WindowKind, segment_key
+
+log = logging.getLogger("loopwatch.detect")
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """One detector to run on every window of one kind."""
+
+    detector_id: str
+    kind: WindowKind
+    config: dict[str, Any] = field(default_factory=dict)
+    #: Slow detectors (embeddings, Detoxify) run in a worker thread, never inline.
+    slow: bool = False
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a window is compared with, and a name that changes whenever it does."""
+
+    name: str
+    frame: pd.DataFrame
+    seen: int
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(data, default=str).encode())
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    return dict(json.loads(zlib.decompress(data)))
+
+
+class Store(Protocol):
+    """Where reference windows are read from (a dict, or a faust table's data)."""
+
+    def get(self, key: str, /) -> bytes | None:
+        """The stored bytes under ``key``, or None."""
+
+
+class References:
+    """Reference windows per (segment, kind); the caller stores what :meth:`observe` returns."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        pinned_windows: int = 1,
+        stable_versions: Mapping[str, str] | None = None,
+        reference_frame: pd.DataFrame | None = None,
+    ) -> None:
+        self.store = store
+        self.pinned_windows = pinned_windows
+        self.stable_versions = dict(stable_versions or {})
+        self.reference_frame = reference_frame
+
+    def for_window(self, window: ClosedWindow) -> Reference | None:
+        """The reference to judge ``window`` against, or None while it is still being pinned."""
+        if self.reference_frame is not None:
+            return Reference("file", self.reference_frame, len(self.reference_frame))
+        model, version = window.segment.get("model"), window.segment.get("model_version")
+        stable = self.stable_versions.get(model or "")
+        if stable and stable != version:
+            found = self.store.get(self._stable_key(window))
+            if found is not None:
+                return self._reference(f"stable:{self._stable_key(window)}", found)
+        pinned = self.store.get(self._pinned_key(window))
+        if pinned is None or _decode(pinned)["windows"] < self.pinned_windows:
+            return None
+        return self._reference(f"pinned:{self._pinned_key(window)}", pinned)
+
+    def observe(self, window: ClosedWindow) -> list[tuple[str, bytes]]:
+        """What to store after ``window``: its segment's pinned reference grows, a stable one moves."""
+        updates = []
+        key = self._pinned_key(window)
+        pinned = self.store.get(key)
+        state: dict[str, Any] = (
+            _decode(pinned) if pinned is not None else {"windows": 0, "seen": 0, "rows": []}
+        )
+        if state["windows"] < self.pinned_windows:
+            state = {
+                "windows": state["windows"] + 1,
+                "seen": state["seen"] + window.seen,
+                "rows": state["rows"] + window.rows,
+            }
+            updates.append((key, _encode(state)))
+        if self.stable_versions.get(window.segment.get("model") or "") == window.segment.get("model_version"):
+            stable = {"windows": 1, "seen": window.seen, "rows": window.rows, "end": window.end.isoformat()}
+            updates.append((self._stable_key(window), _encode(stable)))
+        return updates
+
+    def _reference(self, name: str, data: bytes) -> Reference:
+        state = _decode(data)
+        # The window count or end time tells two states of one reference apart.
+        version = f"{state['windows']}:{state.get('end', '')}"
+        return Reference(f"{name}@{version}", pd.DataFrame(state["rows"]), state["seen"])
+
+    @staticmethod
+    def _pinned_key(window: ClosedWindow) -> str:
+        return f"{window.kind}|{segment_key(window.segment)}"
+
+    @staticmethod
+    def _stable_key(window: ClosedWindow) -> str:
+        segment = dict(window.segment, model_version="*stable*")
+        return f"{window.kind}|{segment_key(segment)}"
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A detector's finding with the exact config that produced it."""
+
+    config: dict[str, Any]
+    finding: Finding
+
+
+# The built-in detector set: cheap ones on every window, slow ones when there is time.
+DEFAULT_SPECS: tuple[DetectorSpec, ...] = ()
+
+
+class Judge:
+    """Runs the configured detectors on closed windows; fitted detectors are cached per reference."""
+
+    def __init__(
+        self,
+        specs: list[DetectorSpec],
+        *,
+        alpha: float = 0.05,
+        correction: Method = "bh",
+        on_failure: Callable[[str], None] = lambda detector_id: None,
+    ) -> None:
+        self.specs = specs
+        self.alpha = alpha
+        self.correction = correction
+        self.on_failure = on_failure
+        self._fitted: dict[tuple[int, str], Detector[Any]] = {}
+
+    def specs_for(self, kind: WindowKind, *, slow: bool) -> list[DetectorSpec]:
+        """The detectors that run on windows of ``kind``, fast or slow ones."""
+        return [spec for spec in self.specs if spec.kind == kind and spec.slow == slow]
+
+    def run(self, window: ClosedWindow, reference: Reference, specs: list[DetectorSpec]) -> list[Judged]:
+        """Every spec's finding on this window, corrected for multiple testing.
+
+        A detector that fails (a column missing from this traffic, say) is
+        logged and reported to ``on_failure``; the others still report.
+        """
+        current = pd.DataFrame(window.rows)
+        configs, findings = [], []
+        for spec in specs:
+            try:
+                detector = self._detector(spec, reference)
+                findings.append(detector.detect(current))
+                configs.append(detector.config.model_dump(mode="json"))
+            except Exception:
+                segment = segment_key(window.segment)
+                log.exception("detector %s failed on a window of %s", spec.detector_id, segment)
+                self.on_failure(spec.detector_id)
+        corrected = correct(findings, method=self.correction, alpha=self.alpha)
+        return [Judged(config, finding) for config, finding in zip(configs, corrected, strict=True)]
+
+    def _detector(self, spec: DetectorSpec, reference: Reference) -> Detector[Any]:
+        cache_key = (self.specs.index(spec), reference.name)
+        detector = self._fitted.get(cache_key)
+        if detector is None:
+            # A new reference replaces the old fit of this spec: drop stale entries.
+            for key in [k for k in self._fitted if k[0] == cache_key[0]]:
+                del self._fitted[key]
+            detector = create(spec.detector_id, spec.config)
+            detector.fit(reference.frame)
+            self._fitted[cache_key] = detector
+        return detector
+
+
+def to_detection(
+    judged: Judged, window: ClosedWindow, reference: Reference, report_path: str | None = None
+) -> Detection:
+    """A Finding tied to its segment, window, config and evidence: what goes on the detections topic."""
+    finding = judged.finding
+    detector_id = finding.detector_id
+    return Detection(
+        detection_id=str(uuid.uuid4()),
+        detector_id=detector_id,
+        detector_version=detector_id.rsplit(".", 1)[-1],
+        config=judged.config,
+        segment=Segment.model_validate(window.segment),
+        window_start=window.start,
+        window_end=window.end,
+        reference_size=finding.reference_size,
+        current_size=finding.current_size,
+        statistic=finding.statistic,
+        p_value=finding.p_value,
+        score=finding.score,
+        threshold=finding.threshold,
+        effect_size=finding.effect_size,
+        verdict=finding.verdict,
+        measurements={"window_events": float(window.seen), **finding.measurements},
+        evidence=Evidence(request_ids=finding.request_ids[:50], report_path=report_path),
+        detected_at=datetime.now(UTC),
+        reference=reference.name,
+    )

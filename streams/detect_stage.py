@@ -1,0 +1,206 @@
+"""The detect stage's Kafka edge: window summaries in, Detections out.
+
+It merges the partial summaries every ingest batch publishes
+(:mod:`streams.windows`), and when a window closes, judges it
+(:mod:`streams.detect`) and publishes one Detection per detector on
+``loopwatch.detections.v1``, keyed by segment.
+
+Fast detectors run inline: they take milliseconds on a window sample.
+Slow ones (embeddings, Detoxify) and the Evidently report run in a worker
+thread, at most ``slow_detector_queue`` windows at a time; a window that
+finds the queue full is not given to them, and
+``loopwatch_windows_skipped_total`` counts it. Ingest never waits for any
+of this: it runs on its own topics, and the detect stage only reads the
+small summaries topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from detectors.files import read_frame
+from schemas.errors import ConfigError
+from services.settings import Settings
+from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
+from streams.metrics import Metrics
+from streams.outbox import Outbox
+from streams.windows import ClosedWindow, Partial, Windows, WindowSpec, segment_key
+
+if TYPE_CHECKING:
+    from streams.app import LoopwatchApp
+
+log = logging.getLogger("loopwatch.detect")
+
+
+def window_spec(settings: Settings) -> WindowSpec:
+    """The window shape from settings: by count when ``window_events`` is set, else by time."""
+    return WindowSpec(
+        seconds=None if settings.window_events else settings.window_seconds,
+        events=settings.window_events,
+        sample_size=settings.window_sample_size,
+        grace_seconds=settings.window_grace_seconds,
+        idle_seconds=settings.window_idle_seconds,
+    )
+
+
+def load_specs(path: Path | None) -> list[DetectorSpec]:
+    """Detectors to run, from a YAML list of ``{detector_id, kind, config, slow}`` (or the defaults)."""
+    if path is None:
+        return list(DEFAULT_SPECS)
+    try:
+        entries = yaml.safe_load(path.read_text())
+        return TypeAdapter(list[DetectorSpec]).validate_python(entries)
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"cannot use detectors file {path}: {exc}") from exc
+
+
+class DetectStage:
+    """Merges window summaries, judges closed windows, publishes Detections."""
+
+    def __init__(self, app: LoopwatchApp, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.windows = Windows(window_spec(settings))
+        self.judge = Judge(
+            load_specs(settings.detectors_file),
+            alpha=settings.drift_alpha,
+            on_failure=lambda detector_id: metrics.detector_errors.labels(detector_id).inc(),
+        )
+        # A changelog-backed table, so pinned references survive restarts and rebalances.
+        self.table = app.Table("references", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        reference_frame = read_frame(settings.reference_file) if settings.reference_file else None
+        self.references = References(
+            _TableView(self.table),
+            pinned_windows=settings.reference_windows,
+            stable_versions=settings.stable_versions,
+            reference_frame=reference_frame,
+        )
+        self.reports = settings.data_dir / "reports"
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slow-detectors")
+        self.slow_pending = 0
+        self.partition_of: dict[str, int] = {}
+        self._outbox = Outbox()
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def on_summaries(self, messages: list[Any]) -> None:
+        """Merge a batch of partial summaries; judge and publish the windows they complete."""
+        now = time.time()
+        late = self.windows.late_events
+        closed: list[ClosedWindow] = []
+        for message in messages:
+            partial = Partial.from_json(json.loads(message.value))
+            self.partition_of[segment_key(partial.segment)] = message.partition
+            self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
+            closed.extend(self.windows.add(partial, now))
+        self.metrics.window_late_events.inc(self.windows.late_events - late)
+        await self._close(closed)
+
+    async def tick(self) -> None:
+        """Close windows of segments that went quiet."""
+        await self._close(self.windows.tick(time.time()))
+
+    async def _close(self, closed: list[ClosedWindow]) -> None:
+        for window in closed:
+            self._judge(window)
+        await self._send()
+
+    def _judge(self, window: ClosedWindow) -> None:
+        self.metrics.window_rows.labels(window.kind).inc(len(window.rows))
+        reference = self.references.for_window(window)
+        partition = self.partition_of.get(segment_key(window.segment), 0)
+        changelog = cast(str, self.table.changelog_topic.get_topic_name())
+        for key, value in self.references.observe(window):
+            self.table.data[key.encode()] = value
+            self._outbox.add(changelog, key.encode(), value, partition=partition)
+        if reference is None:
+            log.info("window %s of %s pinned as reference", window.kind, segment_key(window.segment))
+            return
+        judged = self.judge.run(window, reference, self.judge.specs_for(window.kind, slow=False))
+        report = self._maybe_report(window, reference, judged)
+        for item in judged:
+            self._publish(to_detection(item, window, reference, report))
+        slow = self.judge.specs_for(window.kind, slow=True)
+        if not slow:
+            return
+        if self.slow_pending >= self.settings.slow_detector_queue:
+            self.metrics.windows_skipped.labels(window.kind).inc()
+            return
+        self.slow_pending += 1
+        task = asyncio.ensure_future(self._run_slow(window, reference))
+        self._tasks.add(task)  # a task nobody references can be garbage-collected mid-run
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_slow(self, window: ClosedWindow, reference: Reference) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            specs = self.judge.specs_for(window.kind, slow=True)
+            judged = await loop.run_in_executor(self.pool, self.judge.run, window, reference, specs)
+            for item in judged:
+                self._publish(to_detection(item, window, reference))
+            await self._send()
+        except Exception:
+            self.metrics.detector_errors.labels("slow-detectors").inc()
+            log.exception("slow detectors failed on a %s window", window.kind)
+        finally:
+            self.slow_pending -= 1
+
+    def _maybe_report(self, window: ClosedWindow, reference: Reference, judged: list[Judged]) -> str | None:
+        """Render an Evidently report (in the worker thread) for a window whose columns drifted."""
+        columns = sorted(
+            {
+                str(item.config["column"])
+                for item in judged
+                if item.finding.verdict == "drift" and "column" in item.config
+            }
+        )
+        if not columns:
+            return None
+        name = f"{segment_key(window.segment).replace('|', '_')}-{window.start:%Y%m%dT%H%M%S}.html"
+        path = self.reports / name
+
+        def render() -> None:
+            from detectors.report import render_drift_report
+
+            try:
+                import pandas as pd
+
+                render_drift_report(reference.frame, pd.DataFrame(window.rows), columns, path)
+            except Exception:
+                self.metrics.detector_errors.labels("drift-report").inc()
+                log.exception("drift report %s failed", path)
+
+        self.pool.submit(render)
+        return str(path)
+
+    def _publish(self, detection: Any) -> None:
+        self.metrics.detections.labels(detection.detector_id, detection.verdict).inc()
+        self._outbox.add(
+            self.settings.topics.detections,
+            detection.segment.key().encode(),
+            detection.model_dump_json().encode(),
+        )
+
+    async def _send(self) -> None:
+        if len(self._outbox):
+            await self._outbox.send(self.app.kafka_producer())
+
+
+class _TableView:
+    """A faust table's data (bytes keys) read with str keys."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str, /) -> bytes | None:
+        """The stored value under ``key``, or None."""
+        return cast(bytes | None, self.table.data.get(key.encode()))

@@ -1,0 +1,296 @@
+"""Window summaries that merge: how detection scales out over partitions and workers.
+
+Each ingest batch folds the rows it saw into one :class:`Partial` per
+(segment, kind, window) — an exact count plus a bounded uniform sample —
+and publishes it on the summaries topic keyed by segment. Whoever owns that
+segment's partition merges the partials (:class:`Windows`) and closes a
+window when enough time or enough events have passed; the detectors then
+run on the merged sample. Partials go out with the batch's other outputs,
+before its offsets are committed, so no event is missing from its window.
+
+Samples merge exactly because every event draws one random key, wherever
+it is counted, and a sample is "the events whose key is above a floor"
+(a bottom-k sketch): the union of two such samples, cut at the higher
+floor, is again one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+WindowKind = Literal["inference", "feedback"]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Tumbling windows by event time (``seconds``) or by event count (``events``)."""
+
+    seconds: float | None = 60.0
+    events: int | None = None
+    sample_size: int = 2_000
+    grace_seconds: float = 5.0
+    idle_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if (self.seconds is None) == (self.events is None):
+            raise ValueError("a window is tumbling by time or by count: set exactly one of seconds, events")
+
+    def window_id(self, timestamp: float) -> int:
+        """Which tumbling time window a timestamp falls in (0 for count windows)."""
+        return int(timestamp // self.seconds) if self.seconds else 0
+
+
+class Sample:
+    """A bounded uniform sample of rows (a bottom-k reservoir), mergeable with other samples.
+
+    Every event draws a random key and the sample keeps the rows with the
+    largest keys. ``floor`` is the largest key it ever let go: every event
+    with a key above it is in the sample. Merging keeps the rows above both
+    floors, so the result is again "all events above a floor", a uniform
+    sample of the union, however unequal the parts were.
+
+    >>> rng = random.Random(0)
+    >>> a, b = Sample(capacity=3), Sample(capacity=3)
+    >>> for i in range(10):
+    ...     a.offer({"i": i}, rng)
+    >>> for i in range(100):
+    ...     b.offer({"i": i}, rng)
+    >>> a.seen, b.seen, len(a.rows)
+    (10, 100, 3)
+    >>> a.merge(b); a.seen, len(a.rows)
+    (110, 3)
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        seen: int = 0,
+        entries: list[tuple[float, dict[str, Any]]] | None = None,
+        floor: float = 0.0,
+    ) -> None:
+        self.capacity = capacity
+        self.seen = seen
+        self.floor = floor
+        self._counter = itertools.count()
+        self._heap: list[tuple[float, int, dict[str, Any]]] = []
+        for key, row in entries or []:
+            self._push(key, row)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The sampled rows (in no particular order)."""
+        return [row for _, _, row in self._heap]
+
+    @property
+    def entries(self) -> list[tuple[float, dict[str, Any]]]:
+        """The sampled rows with their keys."""
+        return [(key, row) for key, _, row in self._heap]
+
+    def wants(self, rng: random.Random) -> float | None:
+        """Count one more event; return its key if its row should be kept.
+
+        Callers ask first and build the row only when it is wanted: most
+        events of a busy window are never materialised.
+        """
+        self.seen += 1
+        key = rng.random()
+        if len(self._heap) < self.capacity or key > self._heap[0][0]:
+            return key
+        self.floor = max(self.floor, key)
+        return None
+
+    def keep(self, row: dict[str, Any], key: float) -> None:
+        """Keep ``row`` under the key :meth:`wants` returned."""
+        self._push(key, row)
+
+    def offer(self, row: dict[str, Any], rng: random.Random) -> None:
+        """Count an event and keep its row if the sample wants it."""
+        key = self.wants(rng)
+        if key is not None:
+            self.keep(row, key)
+
+    def merge(self, other: Sample) -> None:
+        """Fold ``other`` in; the result is a uniform sample of both populations."""
+        self.seen += other.seen
+        self.floor = max(self.floor, other.floor)
+        entries = [entry for entry in self.entries + other.entries if entry[0] > self.floor]
+        self._heap = []
+        for key, row in entries:
+            self._push(key, row)
+
+    def _push(self, key: float, row: dict[str, Any]) -> None:
+        entry = (key, next(self._counter), row)
+        if len(self._heap) < self.capacity:
+            heapq.heappush(self._heap, entry)
+        else:
+            evicted = heapq.heappushpop(self._heap, entry)
+            self.floor = max(self.floor, evicted[0])
+
+
+@dataclass
+class Partial:
+    """What one batch (or many, merged) saw of one segment's window."""
+
+    segment: dict[str, str | None]
+    kind: WindowKind
+    window_id: int
+    first_seen: float
+    last_seen: float
+    sample: Sample
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the value on the summaries topic)."""
+        return {
+            "segment": self.segment,
+            "kind": self.kind,
+            "window_id": self.window_id,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "seen": self.sample.seen,
+            "capacity": self.sample.capacity,
+            "floor": self.sample.floor,
+            "keys": [key for key, _ in self.sample.entries],
+            "rows": [row for _, row in self.sample.entries],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Partial:
+        """Inverse of :meth:`to_json`."""
+        entries = list(zip(data["keys"], data["rows"], strict=True))
+        sample = Sample(data["capacity"], seen=data["seen"], entries=entries, floor=data["floor"])
+        return cls(
+            segment=data["segment"],
+            kind=data["kind"],
+            window_id=data["window_id"],
+            first_seen=data["first_seen"],
+            last_seen=data["last_seen"],
+            sample=sample,
+        )
+
+    def merge(self, other: Partial) -> None:
+        """Fold another partial of the same window in."""
+        self.first_seen = min(self.first_seen, other.first_seen)
+        self.last_seen = max(self.last_seen, other.last_seen)
+        self.sample.merge(other.sample)
+
+
+def segment_key(segment: dict[str, str | None]) -> str:
+    """The Kafka key of a segment: model|version|app|route|tenant."""
+    return "|".join(segment.get(part) or "" for part in ("model", "model_version", "app", "route", "tenant"))
+
+
+class BatchSummaries:
+    """Partials of one ingest batch, one per (segment, kind, window)."""
+
+    def __init__(self, spec: WindowSpec, rows_per_partial: int, rng: random.Random) -> None:
+        self.spec = spec
+        self.capacity = min(rows_per_partial, spec.sample_size)
+        self.rng = rng
+        self.partials: dict[tuple[str, WindowKind, int], Partial] = {}
+
+    def wants(
+        self, segment: dict[str, str | None], kind: WindowKind, timestamp: float
+    ) -> tuple[Partial, float] | None:
+        """Count an event; return where to keep its row if the sample wants it."""
+        window_id = self.spec.window_id(timestamp)
+        slot = (segment_key(segment), kind, window_id)
+        partial = self.partials.get(slot)
+        if partial is None:
+            partial = Partial(segment, kind, window_id, timestamp, timestamp, Sample(self.capacity))
+            self.partials[slot] = partial
+        partial.first_seen = min(partial.first_seen, timestamp)
+        partial.last_seen = max(partial.last_seen, timestamp)
+        key = partial.sample.wants(self.rng)
+        return None if key is None else (partial, key)
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    """A finished window of one segment, ready for the detectors."""
+
+    segment: dict[str, str | None]
+    kind: WindowKind
+    start: datetime
+    end: datetime
+    seen: int
+    rows: list[dict[str, Any]]
+
+
+class Windows:
+    """Open windows per (segment, kind), merged from partials.
+
+    A count window closes as soon as it has seen ``events`` events. A time
+    window closes once its segment has moved on to a later window *and* no
+    partial for it arrived for ``grace_seconds`` (partitions run at different
+    speeds, so a window's last partials may come after the next window's
+    first). Any window closes after ``idle_seconds`` without a partial: its
+    segment went quiet. A partial for a window already closed is late: it is
+    not judged, and ``late_events`` counts its events.
+    """
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self.open: dict[tuple[str, WindowKind, int], Partial] = {}
+        self.last_update: dict[tuple[str, WindowKind, int], float] = {}
+        self.newest: dict[tuple[str, WindowKind], int] = {}
+        self.closed_upto: dict[tuple[str, WindowKind], int] = {}
+        self.late_events = 0
+
+    def add(self, partial: Partial, now: float) -> list[ClosedWindow]:
+        """Merge a partial; return the windows that are complete now."""
+        slot = (segment_key(partial.segment), partial.kind, partial.window_id)
+        stream = slot[:2]
+        if self.spec.seconds is not None and partial.window_id <= self.closed_upto.get(stream, -1):
+            self.late_events += partial.sample.seen
+            return self.tick(now)
+        current = self.open.get(slot)
+        if current is None:
+            empty = Sample(self.spec.sample_size)
+            current = Partial(
+                partial.segment, partial.kind, partial.window_id, partial.first_seen, partial.last_seen, empty
+            )
+            self.open[slot] = current
+        current.merge(partial)
+        self.last_update[slot] = now
+        self.newest[stream] = max(self.newest.get(stream, partial.window_id), partial.window_id)
+        if self.spec.events is not None and current.sample.seen >= self.spec.events:
+            return [self._close(slot), *self.tick(now)]
+        return self.tick(now)
+
+    def tick(self, now: float) -> list[ClosedWindow]:
+        """Close the windows that are complete: superseded and past the grace period, or idle."""
+        done = [
+            slot
+            for slot, updated in self.last_update.items()
+            if now - updated >= self.spec.idle_seconds
+            or (slot[2] < self.newest[slot[:2]] and now - updated >= self.spec.grace_seconds)
+        ]
+        return [self._close(slot) for slot in sorted(done)]
+
+    def _close(self, slot: tuple[str, WindowKind, int]) -> ClosedWindow:
+        partial = self.open.pop(slot)
+        del self.last_update[slot]
+        if self.spec.seconds is not None:
+            stream = slot[:2]
+            self.closed_upto[stream] = max(self.closed_upto.get(stream, -1), slot[2])
+            start = partial.window_id * self.spec.seconds
+            end = start + self.spec.seconds
+        else:
+            start, end = partial.first_seen, partial.last_seen
+        return ClosedWindow(
+            segment=partial.segment,
+            kind=partial.kind,
+            start=_utc(start),
+            end=_utc(end),
+            seen=partial.sample.seen,
+            rows=partial.sample.rows,
+        )
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)

@@ -1,0 +1,99 @@
+"""The detect stage's pure core: which reference a window meets, and what comes out."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from streams.detect import DetectorSpec, Judge, References, to_detection
+from streams.windows import ClosedWindow
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _window(version: str, n: int, mean: float, index: int, seed: int = 0) -> ClosedWindow:
+    rng = random.Random(seed)
+    rows = [
+        {"request_id": f"{version}-{index}-{i}", "response_chars": rng.gauss(mean, 50.0)} for i in range(n)
+    ]
+    segment = {"model": "m", "model_version": version, "app": None, "route": None, "tenant": None}
+    start = START + timedelta(minutes=index)
+    return ClosedWindow(segment, "inference", start, start + timedelta(minutes=1), n, rows)
+
+
+class _Store(dict[str, bytes]):
+    def apply(self, updates: list[tuple[str, bytes]]) -> None:
+        self.update(updates)
+
+
+def _observe(references: References, store: _Store, window: ClosedWindow) -> Any:
+    reference = references.for_window(window)
+    store.apply(references.observe(window))
+    return reference
+
+
+def test_the_first_windows_are_pinned_then_every_later_one_is_judged_against_them() -> None:
+    store = _Store()
+    references = References(store, pinned_windows=2)
+    assert _observe(references, store, _window("1", 100, 500, 0)) is None
+    assert _observe(references, store, _window("1", 100, 500, 1, seed=1)) is None
+    third = _observe(references, store, _window("1", 100, 500, 2, seed=2))
+    assert third is not None and third.seen == 200 and len(third.frame) == 200
+    # The pinned reference does not move once complete.
+    fourth = _observe(references, store, _window("1", 100, 900, 3, seed=3))
+    assert fourth.name == third.name and len(fourth.frame) == 200
+
+
+def test_a_canary_is_judged_against_the_latest_window_of_the_stable_version() -> None:
+    store = _Store()
+    references = References(store, stable_versions={"m": "1"})
+    _observe(references, store, _window("1", 100, 500, 0))
+    _observe(references, store, _window("1", 100, 520, 1, seed=1))
+    canary = _observe(references, store, _window("2", 100, 900, 2, seed=2))
+    assert canary is not None and canary.name.startswith("stable:")
+    assert set(canary.frame["request_id"].str.split("-").str[1]) == {"1"}  # the stable's latest window
+
+
+def test_judge_publishes_one_detection_per_detector_with_its_config_and_window() -> None:
+    specs = [
+        DetectorSpec("drift.ks.v1", "inference", {"column": "response_chars"}),
+        DetectorSpec("drift.psi.v1", "inference", {"column": "response_chars"}),
+        DetectorSpec("drift.ks.v1", "feedback", {"column": "rating"}),
+    ]
+    store = _Store()
+    references = References(store)
+    judge = Judge(specs)
+    _observe(references, store, _window("1", 500, 500, 0))
+    same = _window("1", 500, 500, 1, seed=1)
+    shifted = _window("1", 500, 800, 2, seed=2)
+    reference = references.for_window(same)
+    assert reference is not None
+    calm = judge.run(same, reference, judge.specs_for("inference", slow=False))
+    alarm = judge.run(shifted, reference, judge.specs_for("inference", slow=False))
+    assert [j.finding.verdict for j in calm] == ["ok", "ok"]
+    assert [j.finding.verdict for j in alarm] == ["drift", "drift"]
+    detection = to_detection(alarm[0], shifted, reference)
+    assert detection.detector_id == "drift.ks.v1" and detection.detector_version == "v1"
+    assert detection.config["column"] == "response_chars" and detection.config["alpha"] == 0.05
+    assert (detection.window_start, detection.current_size) == (shifted.start, 500)
+    assert detection.segment.key() == "m|1|||"
+    assert "p_value_adjusted" in detection.measurements
+
+
+def test_a_failing_detector_is_reported_and_the_others_still_run() -> None:
+    failed: list[str] = []
+    specs = [
+        DetectorSpec("drift.ks.v1", "inference", {"column": "no_such_column"}),
+        DetectorSpec("drift.ks.v1", "inference", {"column": "response_chars"}),
+    ]
+    judge = Judge(specs, on_failure=failed.append)
+    store = _Store()
+    references = References(store)
+    _observe(references, store, _window("1", 200, 500, 0))
+    window = _window("1", 200, 500, 1, seed=1)
+    reference = references.for_window(window)
+    assert reference is not None
+    judged = judge.run(window, reference, specs)
+    assert failed == ["drift.ks.v1"]
+    assert [j.config["column"] for j in judged] == ["response_chars"]
