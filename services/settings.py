@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Worker log level")
 
+    detection: bool = Field(True, description="Summarise windows and run the detectors on them")
     window_seconds: float | None = Field(
         60.0, gt=0, description="Tumbling detection windows by event time, in seconds (or use window_events)"
     )

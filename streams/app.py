@@ -29,7 +29,7 @@ from faust.web import Request, Response, View
 from pydantic_core import to_json
 
 from detectors.frame import feedback_row, log_row, segment_of
-from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef
+from schemas.events import Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
 from services.settings import Settings
 from streams import join
 from streams.consumer import FastDrainTransport
@@ -110,17 +110,8 @@ class Ingest:
             enriched_json(message.value, descriptors, source),
             partition=message.partition,
         )
-        segment = {
-            "model": event.model.name,
-            "model_version": event.model.version,
-            "app": event.app,
-            "route": event.route,
-            "tenant": event.tenant,
-        }
-        wanted = self.summaries.wants(segment, "inference", event.timestamp.timestamp())
-        if wanted is not None:
-            partial, sample_key = wanted
-            partial.sample.keep(log_row(event, descriptors, self.settings.window_text_chars), sample_key)
+        if self.settings.detection:
+            self._sample_inference(event, descriptors)
         result = join.on_inference(self.joins.data.get(key), accepted.text, accepted.event, source, now)
         self._store(outbox, key, result, message.partition)
 
@@ -181,8 +172,25 @@ class Ingest:
             outbox.add(self._changelog, key, to_json(result.state), partition=partition)
         for record in result.joined:
             outbox.add(self.topics.joined, key, record.model_dump_json().encode(), partition=partition)
-            self._sample_feedback(record)
+            if self.settings.detection:
+                self._sample_feedback(record)
         self.metrics.feedback_joined.inc(len(result.joined))
+
+    # -- window summaries for the detect stage -----------------------------------
+
+    def _sample_inference(self, event: InferenceLog, descriptors: Descriptors) -> None:
+        """Count the event into its window; keep its row only if the window's sample wants it."""
+        segment = {
+            "model": event.model.name,
+            "model_version": event.model.version,
+            "app": event.app,
+            "route": event.route,
+            "tenant": event.tenant,
+        }
+        wanted = self.summaries.wants(segment, "inference", event.timestamp.timestamp())
+        if wanted is not None:
+            partial, sample_key = wanted
+            partial.sample.keep(log_row(event, descriptors, self.settings.window_text_chars), sample_key)
 
     def _sample_feedback(self, record: JoinedFeedback) -> None:
         row = feedback_row(record)
@@ -193,6 +201,8 @@ class Ingest:
 
     def _flush_summaries(self, outbox: Outbox) -> None:
         """Publish this batch's window summaries with its other outputs (before the commit)."""
+        if not self.summaries.partials:
+            return
         for (segment, _, _), partial in self.summaries.partials.items():
             outbox.add(self.topics.summaries, segment.encode(), to_json(partial.to_json()))
         self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
@@ -274,12 +284,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
     ingest = Ingest(app, settings, metrics)
     app.batch_topic(settings.topics.inference, ingest.on_inference)
     app.batch_topic(settings.topics.feedback, ingest.on_feedback)
-    detect = DetectStage(app, settings, metrics)
-    app.batch_topic(settings.topics.summaries, detect.on_summaries)
+    if settings.detection:
+        detect = DetectStage(app, settings, metrics)
+        app.batch_topic(settings.topics.summaries, detect.on_summaries)
 
-    @app.timer(1.0)
-    async def close_idle_windows() -> None:
-        await detect.tick()
+        @app.timer(0.5)
+        async def close_windows() -> None:
+            await detect.tick()
+
+        app.detect = detect  # type: ignore[attr-defined]
 
     @app.timer(settings.join_sweep_seconds)
     async def sweep_joins() -> None:
@@ -309,5 +322,4 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         return web.json(body, status=200 if ready else 503)
 
     app.loopwatch = ingest  # type: ignore[attr-defined]
-    app.detect = detect  # type: ignore[attr-defined]
     return app
