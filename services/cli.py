@@ -152,6 +152,339 @@ def score() -> None:
     """Score the rows of a file (toxicity) without running a worker."""
 
 
+@detect.command("quality")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL of JoinedFeedback events (as on loopwatch.feedback-joined.v1), or CSV/Parquet rows",
+)
+@click.option("--baseline-version", default=None, help="Version to compare with [default: most traffic]")
+@click.option("--slo-p95-ms", type=float, default=None, help="SLO of the p95 latency [default: 2000]")
+@click.option("--format", "output", type=click.Choice(["json", "text"]), default="json", show_default=True)
+def detect_quality(
+    input_path: Path, baseline_version: str | None, slo_p95_ms: float | None, output: str
+) -> None:
+    """Compare model versions on feedback, ratings, errors, refusals, latency and cost.
+
+    Groups the rows by model version and judges every version against the
+    baseline (canary vs stable). Exits 0 whatever the verdicts, 2 on bad input.
+    """
+    from detectors.quality import LatencyConfig, compare_versions, load_quality_window, render_text
+
+    latency = LatencyConfig() if slo_p95_ms is None else LatencyConfig(slo_p95_ms=slo_p95_ms)
+    report = compare_versions(load_quality_window(input_path), baseline_version, latency)
+    click.echo(report.model_dump_json(indent=2) if output == "json" else render_text(report))
+
+
+@score.command("toxicity")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV, Parquet or JSONL file",
+)
+@click.option("--text-column", required=True, help="Column holding the texts, e.g. response")
+@click.option(
+    "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSONL to write"
+)
+@click.option(
+    "--scorer",
+    "scorer_kind",
+    type=click.Choice(["auto", "detoxify", "profanity", "cascade"]),
+    default="auto",
+    show_default=True,
+    help="detoxify; profanity (profanity-check, no download); cascade (profanity-check, then Detoxify); "
+    "auto: Detoxify when its weights load, else profanity-check (with a warning)",
+)
+@click.option("--model-type", default="original", show_default=True, help="Detoxify model type")
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Local Detoxify checkpoint (.ckpt) instead of the download",
+)
+@click.option(
+    "--config-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Local Hugging Face config and tokenizer folder of the checkpoint's model",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch threads")
+@click.option(
+    "--prefilter-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="cascade: texts profanity-check scores below this skip Detoxify (scored 0)",
+)
+def score_toxicity(
+    input_path: Path,
+    text_column: str,
+    output: Path,
+    scorer_kind: str,
+    model_type: str,
+    checkpoint: Path | None,
+    config_dir: Path | None,
+    batch_size: int,
+    threads: int,
+    prefilter_threshold: float,
+) -> None:
+    """Write one JSON line per input row, in order: toxicity in [0, 1] and every label's score.
+
+    Without internet, Detoxify needs --checkpoint and --config-dir; --scorer
+    profanity needs no download, and the default (auto) falls back to it.
+    """
+    from typing import cast
+
+    from detectors.files import read_frame
+    from detectors.scorers import (
+        DetoxifyScorer,
+        DetoxifySettings,
+        ProfanityScorer,
+        ScorerKind,
+        ScorerUnavailable,
+        TextScorer,
+        build_scorer,
+        score_records,
+    )
+
+    table = read_frame(input_path)
+    if text_column not in table.columns:
+        columns = ", ".join(map(str, table.columns))
+        raise click.BadParameter(f"no column {text_column!r}; columns: {columns}", param_hint="--text-column")
+    settings = DetoxifySettings(
+        model_type=model_type,
+        checkpoint=checkpoint,
+        config_dir=config_dir,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    scorer: TextScorer
+    if scorer_kind == "auto":
+        try:
+            scorer = DetoxifyScorer(settings)
+            scorer.detoxify()  # loads the weights now, or raises
+            scorer_kind = "detoxify"
+        except ScorerUnavailable as exc:
+            click.secho(f"warning: {exc}\nscoring with profanity-check instead", fg="yellow", err=True)
+            scorer, scorer_kind = ProfanityScorer(), "profanity"
+    else:
+        scorer = build_scorer(cast(ScorerKind, scorer_kind), settings, prefilter_threshold)
+    records = score_records(table[text_column].fillna("").astype(str).tolist(), scorer)
+    ids = table["request_id"].astype(str).tolist() if "request_id" in table.columns else None
+    with output.open("w") as out:
+        for row, record in enumerate(records):
+            keys = {"row": row, **({"request_id": ids[row]} if ids else {})}
+            out.write(json.dumps({**keys, **record}) + "\n")
+    click.echo(f"scored {len(records)} rows with {scorer_kind} into {output}")
+
+
+@detect.command("drift")
+@click.option(
+    "--reference", "reference_path", required=True, type=click.Path(path_type=Path), help="Reference file"
+)
+@click.option(
+    "--current", "current_path", required=True, type=click.Path(path_type=Path), help="Current file"
+)
+@click.option("--columns", default=None, help="Comma-separated columns to test [default: all shared columns]")
+@click.option("--text-column", default=None, help="Text column to test with sentence embeddings (MMD, LSDD)")
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Significance level, after correction",
+)
+@click.option(
+    "--correction",
+    type=click.Choice(["bh", "bonferroni"]),
+    default="bh",
+    show_default=True,
+    help="Benjamini-Hochberg (false discovery rate) or Bonferroni",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["json", "text"]),
+    default="json",
+    show_default=True,
+    help="JSON for machines, a table for people",
+)
+@click.option(
+    "--html-report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="When drift is found, also write Evidently's HTML drift report of the tested columns here",
+)
+def detect_drift(
+    reference_path: Path,
+    current_path: Path,
+    columns: str | None,
+    text_column: str | None,
+    alpha: float,
+    correction: str,
+    output_format: str,
+    html_report: Path | None,
+) -> None:
+    """Compare two files (CSV, Parquet, JSONL) column by column: is the current data drifting?
+
+    Numeric columns get the KS test, the others chi-square; --text-column
+    adds embedding tests. p-values are corrected together (Benjamini-Hochberg
+    by default) and a column counts as drifted only when its shift is also
+    large enough (KS D or Cramér's V >= 0.1), so big files do not alarm on
+    trivia. Prints JSON (top-level "drift" and one entry per test) or a table.
+
+    Exit code 0 whether or not drift was found (read "drift" in the output);
+    2 on bad input (missing file, unknown extension, missing column).
+    """
+    from detectors.files import drift_report, format_table, read_frame
+
+    reference, current = read_frame(reference_path), read_frame(current_path)
+    chosen = [name.strip() for name in columns.split(",") if name.strip()] if columns else None
+    report = drift_report(
+        reference,
+        current,
+        columns=chosen,
+        text_column=text_column,
+        alpha=alpha,
+        correction="bonferroni" if correction == "bonferroni" else "bh",
+    )
+    click.echo(report.model_dump_json(indent=2) if output_format == "json" else format_table(report))
+    tabular = [test.column for test in report.tests if test.column != text_column]
+    if html_report is not None and report.drift and tabular:
+        from detectors.report import render_drift_report
+
+        render_drift_report(reference, current, list(dict.fromkeys(tabular)), html_report)
+        click.echo(f"Evidently drift report written to {html_report}", err=True)
+
+
+_DATASET_TABLES = ["sft", "preference", "golden", "safety_review"]
+_ROOT_OPTION = click.option(
+    "--root", default=None, help="Dataset root: a folder or object-store URI [default: <data_dir>/datasets]"
+)
+
+
+def _dataset_store(root: str | None) -> Any:
+    """The dataset store under --root, else under the settings' data_dir."""
+    from curation.store import DatasetStore
+
+    return DatasetStore(root or Path(_settings().data_dir) / "datasets")
+
+
+@main.group()
+def dataset() -> None:
+    """Curated feedback datasets (Delta tables): export, stats, snapshot.
+
+    \b
+    Tables: sft (corrections), preference (chosen/rejected pairs),
+    golden (positively rated replies), safety_review (toxicity-flagged).
+    Versions are Delta versions; a tag pins one for a retrain request.
+    """
+
+
+@dataset.command(name="export")
+@click.option("--table", "table", type=click.Choice(_DATASET_TABLES), required=True, help="Dataset table")
+@click.option("--version", type=int, default=None, help="Delta version [default: latest]")
+@click.option("--tag", default=None, help="Export the version a snapshot tag pins (instead of --version)")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write"
+)
+@_ROOT_OPTION
+def dataset_export(
+    table: str, version: int | None, tag: str | None, fmt: str, output: Path, root: str | None
+) -> None:
+    """Write one table version as chat fine-tuning JSONL or Parquet.
+
+    JSONL lines are {"messages": [...]} (sft, golden, safety_review) or
+    {"prompt": [...], "chosen": [...], "rejected": [...]} (preference), each
+    validated before it is written. Parquet keeps every column and the lineage.
+    """
+    from curation.export import export
+    from curation.store import table_kind
+
+    result = export(
+        _dataset_store(root),
+        table_kind(table),
+        output,
+        fmt="parquet" if fmt == "parquet" else "jsonl",
+        version=version,
+        tag=tag,
+    )
+    skipped = f" ({result.skipped} without a reply skipped)" if result.skipped else ""
+    click.echo(f"exported {result.rows} rows of {table}@{result.version} to {result.path}{skipped}")
+
+
+@dataset.command(name="stats")
+@click.argument("name", type=click.Choice(_DATASET_TABLES), required=False)
+@click.option("--version", type=int, default=None, help="Delta version [default: latest]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text")
+@_ROOT_OPTION
+def dataset_stats(name: str | None, version: int | None, as_json: bool, root: str | None) -> None:
+    """Counts by table, model, model version and label, and redactions per kind (all tables without NAME)."""
+    import dataclasses
+
+    from curation.export import stats
+    from curation.store import table_kind
+
+    store = _dataset_store(root)
+    names = [name] if name else [t for t in _DATASET_TABLES if store.exists(table_kind(t))]
+    reports = [stats(store, table_kind(n), version) for n in names]
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
+        return
+    if not reports:
+        click.echo(f"no dataset tables under {store.root}")
+    for report in reports:
+        click.echo(f"{report.table}@{report.version}: {report.rows} rows")
+        for title, counts in (
+            ("by model", report.by_model),
+            ("by model version", report.by_model_version),
+            ("by label", report.by_label),
+            ("redactions", report.redactions),
+            ("tags", report.tags),
+        ):
+            click.echo(f"  {title}: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "none"))
+
+
+@dataset.command(name="snapshot")
+@click.option("--table", "table", type=click.Choice(_DATASET_TABLES), required=True, help="Dataset table")
+@click.option("--version", type=int, default=None, help="Delta version to pin [default: latest]")
+@click.option("--tag", required=True, help="Name of the pin, e.g. retrain-2026-03-01")
+@_ROOT_OPTION
+def dataset_snapshot(table: str, version: int | None, tag: str, root: str | None) -> None:
+    """Pin and tag a table version, so a retrain request can name (table, version) for good.
+
+    The tag is a Delta table property (loopwatch.tag.<TAG>); vacuum keeps tagged versions.
+    """
+    from curation.store import table_kind
+
+    snapshot = _dataset_store(root).snapshot(table_kind(table), tag, version)
+    click.echo(f"tagged {snapshot.table}@{snapshot.version} as {snapshot.tag}")
+
+
+@dataset.command(name="expire")
+@click.option("--retention-days", type=int, required=True, help="Delete rows whose inference is older")
+@click.option("--vacuum-hours", type=int, default=None, help="Then delete unreferenced files older than this")
+@_ROOT_OPTION
+def dataset_expire(retention_days: int, vacuum_hours: int | None, root: str | None) -> None:
+    """Delete expired rows (a new version); optionally vacuum old files, keeping tagged versions."""
+    from curation.store import DatasetStore
+
+    store = _dataset_store(root)
+    store = DatasetStore(store.root, retention_days=retention_days)
+    result = store.expire()
+    for table, deleted in result.deleted.items():
+        click.echo(f"{table}: deleted {deleted} expired rows (now version {result.versions[table]})")
+    if vacuum_hours is not None:
+        removed = store.vacuum(retention_hours=vacuum_hours)
+        click.echo(f"vacuum removed {sum(len(files) for files in removed.values())} files")
+
+
 # File commands of the detectors live above this line, one function per command.
 
 
