@@ -148,8 +148,25 @@ class Judged:
     finding: Finding
 
 
-# The built-in detector set: cheap ones on every window, slow ones when there is time.
-DEFAULT_SPECS: tuple[DetectorSpec, ...] = ()
+# The built-in detector set: cheap ones inline on every window, slow ones in a
+# worker thread when it is free. Detoxify is not in it because its weights are
+# a download; add ``toxicity.detoxify.v1`` in a detectors file where they load.
+DEFAULT_SPECS: tuple[DetectorSpec, ...] = (
+    DetectorSpec("drift.text_length.v1", "inference", {"column": "prompt_chars"}),
+    DetectorSpec("drift.text_length.v1", "inference", {"column": "response_chars"}),
+    DetectorSpec("drift.script_mix.v1", "inference", {"column": "prompt"}),
+    DetectorSpec("quality.empty_refusal.v1", "inference"),
+    DetectorSpec("quality.error_rate.v1", "inference"),
+    DetectorSpec("quality.latency.v1", "inference"),
+    DetectorSpec("quality.cost.v1", "inference"),
+    DetectorSpec("toxicity.profanity.v1", "inference", {"column": "response"}),
+    DetectorSpec("quality.negative_feedback.v1", "feedback"),
+    DetectorSpec("quality.rating.v1", "feedback"),
+    DetectorSpec("quality.correction_rate.v1", "feedback"),
+    DetectorSpec("quality.canary.v1", "feedback"),
+    DetectorSpec("drift.embedding_mmd.v1", "inference", {"column": "prompt"}, slow=True),
+    DetectorSpec("drift.embedding_mmd.v1", "inference", {"column": "response"}, slow=True),
+)
 
 
 class Judge:

@@ -97,3 +97,54 @@ def test_a_failing_detector_is_reported_and_the_others_still_run() -> None:
     judged = judge.run(window, reference, specs)
     assert failed == ["drift.ks.v1"]
     assert [j.config["column"] for j in judged] == ["response_chars"]
+
+
+def _real_windows(exchanges: list[Any]) -> tuple[ClosedWindow, ClosedWindow]:
+    """An inference window and a feedback window of real exchanges, as ingest would build them."""
+    from detectors.frame import feedback_row, log_row
+    from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef
+    from services import sample_data
+    from streams.ingest import describe
+
+    rng = random.Random(0)
+    source = SourceRef(topic="t", partition=0, offset=0)
+    inference_rows, feedback_rows = [], []
+    for n, exchange in enumerate(exchanges):
+        log = InferenceLog.model_validate(sample_data.inference_event(exchange, START, rng))
+        inference_rows.append(log_row(log, describe(log), 1000))
+        for event in sample_data.feedback_events(exchange, START + timedelta(seconds=n)):
+            joined = JoinedFeedback(
+                request_id=log.request_id,
+                inference=log,
+                feedback=Feedback.model_validate(event),
+                inference_source=source,
+                feedback_source=source,
+                joined_at=START,
+            )
+            feedback_rows.append(feedback_row(joined))
+    segment = {"model": "m", "model_version": "1", "app": None, "route": None, "tenant": None}
+    end = START + timedelta(minutes=1)
+    return (
+        ClosedWindow(segment, "inference", START, end, len(inference_rows), inference_rows),
+        ClosedWindow(segment, "feedback", START, end, len(feedback_rows), feedback_rows),
+    )
+
+
+def test_every_built_in_detector_runs_on_real_windows(exchanges: list[Any]) -> None:
+    from streams.detect import DEFAULT_SPECS
+
+    failed: list[str] = []
+    judge = Judge(list(DEFAULT_SPECS), on_failure=failed.append)
+    half = len(exchanges) // 2
+    references, currents = _real_windows(exchanges[:half]), _real_windows(exchanges[half:])
+    for reference_window, current in zip(references, currents, strict=True):
+        store = _Store()
+        refs = References(store)
+        store.apply(refs.observe(reference_window))
+        reference = refs.for_window(current)
+        assert reference is not None
+        for slow in (False, True):
+            specs = judge.specs_for(current.kind, slow=slow)
+            judged = judge.run(current, reference, specs)
+            assert [j.finding.detector_id for j in judged] == [s.detector_id for s in specs]
+    assert failed == []
