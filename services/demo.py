@@ -16,13 +16,13 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer
 
-from schemas.events import MAX_TEXT_CHARS
+from schemas.events import MAX_TEXT_CHARS, Detection
 from services import sample_data
 from services.broker import free_port, start_broker
 from services.processes import spawn, stop_process, wait_until_healthy
@@ -66,25 +66,42 @@ _BREAKAGES: list[tuple[str, Any]] = [
 ]
 
 
+CANARY_VERSION = "2026-11-20"
+WINDOW_SECONDS = 20
+_SPACING = timedelta(seconds=0.1)
+
+
+def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Exchange, str]]:
+    """Which model version served which real exchange, in time order.
+
+    First the stable version alone answers HH-RLHF prompts (the reply people
+    chose) and OASST1 prompts. Then a canary version goes live beside it and
+    answers half of the HH-RLHF prompts with the reply people *rejected*:
+    the incident the detectors must catch.
+    """
+    hh = list(zip(range(pairs), sample_data.hh_rlhf(data_dir), strict=False))
+    oa = [e for _, e in zip(range(oasst), sample_data.oasst1(data_dir), strict=False)]
+    half = len(hh) // 2
+    stable_phase = [(pair[0], sample_data.STABLE_VERSION) for _, pair in hh[:half]]
+    served = []
+    for n in range(max(len(stable_phase), len(oa))):
+        served += stable_phase[n : n + 1] + [(e, sample_data.STABLE_VERSION) for e in oa[n : n + 1]]
+    for n, (_, (chosen, rejected)) in enumerate(hh[half:]):
+        served.append((chosen, sample_data.STABLE_VERSION) if n % 2 else (rejected, CANARY_VERSION))
+    return served
+
+
 def build_traffic(data_dir: Path, topics: Topics, *, pairs: int, oasst: int, seed: int = 7) -> Traffic:
     """The demo's traffic: real exchanges and feedback, shuffled in realistic ways, plus breakage."""
     rng = random.Random(seed)
-    exchanges: list[sample_data.Exchange] = []
-    for chosen, rejected in sample_data.hh_rlhf(data_dir):
-        if len(exchanges) >= 2 * pairs:
-            break
-        exchanges += [chosen, rejected]
-    for n, exchange in enumerate(sample_data.oasst1(data_dir)):
-        if n >= oasst:
-            break
-        exchanges.append(exchange)
-
     traffic = Traffic()
     early_feedback: list[tuple[str, bytes]] = []
-    start = sample_data.now()
-    for n, exchange in enumerate(exchanges):
-        at = start + timedelta(seconds=n)
-        inference = sample_data.inference_event(exchange, at, rng)
+    served = _served(data_dir, pairs, oasst)
+    # Event time starts on a window boundary in the recent past, so windows fill predictably.
+    start = datetime.fromtimestamp((time.time() // 60 - 10) * 60, UTC)
+    for n, (exchange, version) in enumerate(served):
+        at = start + n * _SPACING
+        inference = sample_data.inference_event(exchange, at, rng, version=version)
         feedback = [json.dumps(f).encode() for f in sample_data.feedback_events(exchange, at)]
         broken = _BREAKAGES[n // 3] if n % 3 == 0 and n // 3 < len(_BREAKAGES) else None
         if broken:
@@ -106,7 +123,7 @@ def build_traffic(data_dir: Path, topics: Topics, *, pairs: int, oasst: int, see
                 traffic.messages.append((topics.feedback, value))  # a client retry
                 traffic.duplicates += 1
     # Feedback from a client that leaks raw e-mail addresses: refused, never stored.
-    leaky = sample_data.feedback_events(exchanges[1], start)[0]
+    leaky = sample_data.feedback_events(served[0][0], start)[0]
     traffic.messages.append((topics.feedback, json.dumps({**leaky, "user_id": "jane@example.com"}).encode()))
     traffic.expected_rejections["invalid_value"] += 1
     traffic.messages = early_feedback + traffic.messages
@@ -164,6 +181,28 @@ def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) ->
     return seen
 
 
+def observe_detections(bootstrap: str, topic: str, *, quiet: float, timeout: float) -> list[Detection]:
+    """Read Detections until none arrived for ``quiet`` seconds (the last windows closed)."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap.split(","),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    detections: list[Detection] = []
+    deadline = time.monotonic() + timeout
+    last_news = time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last_news < quiet:
+            for records in consumer.poll(timeout_ms=500).values():
+                detections += [Detection.model_validate_json(r.value) for r in records]
+                last_news = time.monotonic()
+    finally:
+        consumer.close()
+    return sorted(detections, key=lambda d: (d.window_start, d.segment.key(), d.detector_id))
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -199,6 +238,10 @@ def run_demo(
         "LOOPWATCH_COMMIT_INTERVAL_SECONDS": "0.5",
         "LOOPWATCH_DATA_DIR": str(settings.data_dir / f"demo-{run_id}"),
         "LOOPWATCH_LOG_LEVEL": "warning",
+        "LOOPWATCH_WINDOW_SECONDS": str(WINDOW_SECONDS),
+        "LOOPWATCH_WINDOW_GRACE_SECONDS": "1",
+        "LOOPWATCH_WINDOW_IDLE_SECONDS": "4",
+        "LOOPWATCH_STABLE_VERSIONS": json.dumps({sample_data.MODEL: sample_data.STABLE_VERSION}),
         **{f"LOOPWATCH_TOPIC_{k.upper()}": v for k, v in topics.model_dump().items()},
     }
     worker_log = settings.data_dir / f"demo-{run_id}.log"
@@ -224,6 +267,8 @@ def run_demo(
             replayer.send(topic, value)
         replayer.close()
         seen = observe(bootstrap, topics, traffic, timeout)
+        # Windows close a few seconds after their last event; slow detectors take longer.
+        detections = observe_detections(bootstrap, topics.detections, quiet=10, timeout=timeout)
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
             metrics_text = response.read().decode()
     finally:
@@ -232,6 +277,7 @@ def run_demo(
             stop_process(broker)
 
     summary = _summary(traffic, seen, topics, metrics_text, where, time.monotonic() - started)
+    summary["detections"] = _detections_summary(detections)
     print(render(summary), file=out, flush=True)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
@@ -278,6 +324,33 @@ def _summary(
     }
 
 
+def _detections_summary(detections: list[Detection]) -> dict[str, Any]:
+    """Counts by verdict, and every warning or drift with what a person needs to read it."""
+    return {
+        "total": len(detections),
+        "by_verdict": dict(sorted(Counter(d.verdict for d in detections).items())),
+        "flagged": [
+            {
+                "id": d.detection_id,
+                "detector": d.detector_id,
+                "verdict": d.verdict,
+                "model": d.segment.model,
+                "version": d.segment.model_version,
+                "tenant": d.segment.tenant,
+                "window_start": d.window_start.isoformat(),
+                "window_end": d.window_end.isoformat(),
+                "reference": d.reference,
+                "statistic": d.statistic,
+                "p_value": d.p_value,
+                "effect_size": d.effect_size,
+                "flagged_request_ids": d.evidence.request_ids[:5],
+            }
+            for d in detections
+            if d.verdict != "ok"
+        ],
+    }
+
+
 def render(summary: dict[str, Any]) -> str:
     """The summary as a few readable lines."""
     s = summary
@@ -301,6 +374,16 @@ def render(summary: dict[str, Any]) -> str:
         f"  check:     in {s['events_in']['total']} = valid "
         f"{s['valid']['inference'] + s['valid']['feedback']} + dead-lettered {s['dead_lettered']['total']}: "
         + ("adds up" if s["counts_add_up"] else "DOES NOT ADD UP"),
-        f"  took {s['elapsed_seconds']}s",
     ]
+    det = s["detections"]
+    verdicts = ", ".join(f"{n} {verdict}" for verdict, n in det["by_verdict"].items()) or "none"
+    lines.append(f"  detect:    {det['total']} detections on {WINDOW_SECONDS}s windows ({verdicts})")
+    for d in det["flagged"]:
+        effect = "" if d["effect_size"] is None else f" effect {d['effect_size']:.3g}"
+        p_value = "" if d["p_value"] is None else f" p={d['p_value']:.2g}"
+        lines.append(
+            f"     {d['verdict']:<7} {d['detector']:<30} {d['model']}@{d['version']} ({d['tenant']}) "
+            f"window {d['window_start'][11:19]}{effect}{p_value}"
+        )
+    lines.append(f"  took {s['elapsed_seconds']}s")
     return "\n".join(lines)
