@@ -21,6 +21,7 @@ _MODULES = (
     "detectors.drift",
     "detectors.descriptors",
     "detectors.embedding",
+    "detectors.online",
     "detectors.toxicity",
     "detectors.quality",
 )

@@ -108,6 +108,20 @@ class Settings(BaseSettings):
         default_factory=dict, description='Stable version per model (JSON: {"model": "version"})'
     )
     drift_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate per window, after correction")
+    curation: bool = Field(True, description="Curate joined feedback into the Delta dataset tables")
+    datasets_root: str | None = Field(
+        None, description="Where the dataset tables live: a path or an object-store URI [<data_dir>/datasets]"
+    )
+    dataset_retention_days: int | None = Field(
+        365, ge=1, description="Curated rows older than this are dropped (null: kept forever)"
+    )
+    toxicity_flag_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Texts the cheap scorer rates at least this go to safety review"
+    )
     slow_detector_queue: int = Field(
         1, ge=1, description="Windows waiting for slow detectors; more are skipped and counted"
     )
+
+    def datasets_uri(self) -> str:
+        """The root of the dataset tables."""
+        return self.datasets_root or str(self.data_dir / "datasets")

@@ -284,6 +284,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
     ingest = Ingest(app, settings, metrics)
     app.batch_topic(settings.topics.inference, ingest.on_inference)
     app.batch_topic(settings.topics.feedback, ingest.on_feedback)
+    if settings.curation:
+        from streams.curate_stage import CurateStage
+
+        curate = CurateStage(app, settings, metrics)
+        app.batch_topic(settings.topics.joined, curate.on_joined)
     if settings.detection:
         detect = DetectStage(app, settings, metrics)
         app.batch_topic(settings.topics.summaries, detect.on_summaries)

@@ -100,6 +100,19 @@ class Metrics:
             registry=r,
         )
 
+        self.curated_rows = Counter(
+            "loopwatch_curated_rows",
+            "Rows inserted into the dataset tables, by kind (replays insert none)",
+            ["kind"],
+            registry=r,
+        )
+        self.dataset_version = Gauge(
+            "loopwatch_dataset_version", "Latest Delta version of each dataset table", ["kind"], registry=r
+        )
+        self.redactions = Counter(
+            "loopwatch_redactions", "PII and secrets redacted before storage, by kind", ["kind"], registry=r
+        )
+
     def rejected(self, topic: str, reason: DeadLetterReason) -> None:
         """Count one dead-lettered message."""
         self.events_rejected.labels(topic, reason.value).inc()
