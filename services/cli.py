@@ -485,6 +485,225 @@ def dataset_expire(retention_days: int, vacuum_hours: int | None, root: str | No
         click.echo(f"vacuum removed {sum(len(files) for files in removed.values())} files")
 
 
+@main.group(name="policy")
+def policy_group() -> None:
+    """Decision policies: validate and explain one, or replay recorded detections through it."""
+
+
+_STATE_DIR_OPTION = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".loopwatch"),
+    show_default=True,
+    help="Local state: silences.json and stable_versions.json",
+)
+
+
+@policy_group.command(name="check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_check(file: Path) -> None:
+    """Validate a policy file and explain which detections lead to an alert, a retrain or a rollback."""
+    from detectors.registry import all_detectors
+    from retrain_trigger.explain import explain_policy
+    from retrain_trigger.policy import load_policy
+
+    policy = load_policy(file)
+    click.echo(f"{file}: ok")
+    for line in explain_policy(policy, all_detectors()):
+        click.echo(line)
+
+
+@policy_group.command(name="backtest")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--detections",
+    "detections_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Recorded Detections, one JSON object per line (e.g. read from loopwatch.detections.v1)",
+)
+@click.option("--stable", multiple=True, help="MODEL=VERSION marked stable first [default: from --state-dir]")
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_STATE_DIR_OPTION
+def policy_backtest(
+    file: Path, detections_file: Path, stable: tuple[str, ...], output: str, state_dir: Path
+) -> None:
+    """Which alerts, pages and actions a policy would have produced over recorded detections, and when."""
+    from datetime import UTC, datetime
+
+    from retrain_trigger.explain import backtest, load_silences, load_stable, read_detections
+    from retrain_trigger.policy import load_policy
+    from retrain_trigger.stable import StableVersionMarked
+
+    policy = load_policy(file)
+    stable_versions = load_stable(state_dir / "stable_versions.json")
+    for pair in stable:
+        model, sep, version = pair.partition("=")
+        if not sep or not model or not version:
+            raise click.BadParameter(f"{pair!r}: use MODEL=VERSION", param_hint="--stable")
+        stable_versions.apply(StableVersionMarked(model=model, version=version, marked_at=datetime.now(UTC)))
+    report = backtest(
+        policy, read_detections(detections_file), stable_versions, load_silences(state_dir / "silences.json")
+    )
+    if output == "json":
+        rows = [
+            {"at": e.at.isoformat(), "kind": e.kind, "what": e.what, "subject": e.subject, "id": e.id}
+            for e in report.timeline
+        ]
+        click.echo(
+            json.dumps(
+                {"detections": report.detections, "counts": dict(report.counts), "timeline": rows}, indent=2
+            )
+        )
+        return
+    click.echo(f"{report.detections} detections, policy {policy.name!r} ({policy.mode})")
+    for name, count in sorted(report.counts.items()):
+        click.echo(f"  {name}: {count}")
+    start = report.first_detection
+    for entry in report.timeline:
+        offset = f"+{entry.at - start}" if start else ""
+        click.echo(
+            f"{entry.at.isoformat()} {offset:>10}  {entry.kind:<14} {entry.what}"
+            f"  [{entry.subject}] {entry.id}"
+        )
+
+
+@main.group(name="silence")
+def silence_group() -> None:
+    """Maintenance windows: mute the alerts and actions whose labels match, for a while.
+
+    Alert labels: alertname (the policy rule), action, severity, detector, model,
+    model_version, and app, route, tenant when the segment has them.
+    """
+
+
+@silence_group.command(name="add")
+@click.option(
+    "--matcher",
+    "-m",
+    "matchers",
+    multiple=True,
+    required=True,
+    help="LABEL=VALUE (or !=, =~ regex, !~), e.g. model=chat; repeat to narrow",
+)
+@click.option("--duration", default="2h", show_default=True, help="How long, e.g. 30m, 2h, 1d")
+@click.option("--start", default=None, help="When it starts, ISO 8601 [default: now]")
+@click.option("--comment", required=True, help="Why (shown to on-call)")
+@click.option("--created-by", default="loopwatch-cli", show_default=True)
+@_STATE_DIR_OPTION
+def silence_add(
+    matchers: tuple[str, ...],
+    duration: str,
+    start: str | None,
+    comment: str,
+    created_by: str,
+    state_dir: Path,
+) -> None:
+    """Add a silence; prints its id."""
+    from datetime import UTC, datetime
+
+    from retrain_trigger.explain import load_silences, save_silences
+    from retrain_trigger.policy import parse_duration
+    from retrain_trigger.silence import Silence, parse_matcher
+
+    try:
+        parsed = [parse_matcher(m) for m in matchers]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--matcher") from exc
+    try:
+        length = parse_duration(duration)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--duration") from exc
+    try:
+        begins = datetime.fromisoformat(start) if start else datetime.now(UTC)
+    except ValueError as exc:
+        raise click.BadParameter(f"{start!r} is not an ISO 8601 time", param_hint="--start") from exc
+    begins = begins if begins.tzinfo else begins.replace(tzinfo=UTC)
+    path = state_dir / "silences.json"
+    silences = load_silences(path)
+    silence = silences.add(
+        Silence(
+            matchers=parsed, starts_at=begins, ends_at=begins + length, comment=comment, created_by=created_by
+        )
+    )
+    save_silences(path, silences)
+    click.echo(silence.id)
+
+
+@silence_group.command(name="list")
+@click.option("--all", "show_all", is_flag=True, help="Include expired silences")
+@_STATE_DIR_OPTION
+def silence_list(show_all: bool, state_dir: Path) -> None:
+    """Active and upcoming silences (all with --all)."""
+    from datetime import UTC, datetime
+
+    from retrain_trigger.explain import load_silences
+
+    now = datetime.now(UTC)
+    shown = [
+        s for s in load_silences(state_dir / "silences.json").items.values() if show_all or s.ends_at > now
+    ]
+    if not shown:
+        click.echo("no silences")
+    for s in sorted(shown, key=lambda s: s.starts_at):
+        state = "active" if s.active(now) else ("expired" if s.ends_at <= now else "pending")
+        matchers = ",".join(str(m) for m in s.matchers)
+        click.echo(
+            f"{s.id}  {state:<7} {s.starts_at.isoformat()} -> {s.ends_at.isoformat()}"
+            f"  {matchers}  {s.comment}"
+        )
+
+
+@silence_group.command(name="expire")
+@click.argument("silence_id")
+@_STATE_DIR_OPTION
+def silence_expire(silence_id: str, state_dir: Path) -> None:
+    """End a silence now (an unambiguous id prefix is enough)."""
+    from datetime import UTC, datetime
+
+    from retrain_trigger.explain import load_silences, save_silences
+
+    path = state_dir / "silences.json"
+    silences = load_silences(path)
+    try:
+        found = silences.match_prefix(silence_id)
+    except KeyError:
+        raise click.BadParameter(
+            f"no single silence with id {silence_id!r}", param_hint="SILENCE_ID"
+        ) from None
+    ended = silences.expire(found.id, datetime.now(UTC))
+    save_silences(path, silences)
+    click.echo(f"expired {ended.id} at {ended.ends_at.isoformat()}")
+
+
+@main.group(name="model")
+def model_group() -> None:
+    """Model versions: mark the known-good one that rollbacks go back to."""
+
+
+@model_group.command(name="mark-stable")
+@click.argument("name")
+@click.argument("version")
+@_STATE_DIR_OPTION
+def model_mark_stable(name: str, version: str, state_dir: Path) -> None:
+    """Mark VERSION of model NAME stable: the target of its next rollback."""
+    from datetime import UTC, datetime
+
+    from retrain_trigger.explain import load_stable, save_stable
+    from retrain_trigger.stable import StableVersionMarked
+
+    path = state_dir / "stable_versions.json"
+    stable = load_stable(path)
+    previous = stable.target(name)
+    stable.apply(
+        StableVersionMarked(model=name, version=version, marked_at=datetime.now(UTC), marked_by="cli")
+    )
+    save_stable(path, stable)
+    click.echo(
+        f"{name}: {version} is stable" + (f" (was {previous})" if previous and previous != version else "")
+    )
+
+
 # File commands of the detectors live above this line, one function per command.
 
 

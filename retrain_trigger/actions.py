@@ -1,0 +1,120 @@
+"""Actions as CloudEvents 1.0: typed payloads, and the Kafka protocol binding (value + ``ce_`` headers)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import CloudEvent, Detection, SourceRef
+
+RETRAIN_REQUESTED = "io.loopwatch.retrain.requested"
+ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
+ROLLBACK_VERIFIED = "io.loopwatch.rollback.verified"
+ROLLBACK_FAILED = "io.loopwatch.rollback.failed"
+EVENT_TYPES = {"retrain": RETRAIN_REQUESTED, "rollback": ROLLBACK_REQUESTED}
+#: Structured mode of the Kafka binding: the whole event is the JSON value.
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetRef(_Data):
+    """The curated dataset table and Delta version a retrain should train on."""
+
+    table: str
+    version: int
+
+
+class ActionData(_Data):
+    """What every action carries: why, under which policy, and the evidence."""
+
+    reason: str
+    policy: str
+    rule: str
+    mode: Literal["auto", "dry-run"]
+    model: str
+    incident_start: datetime
+    window_start: datetime
+    window_end: datetime
+    detections: list[Detection]
+    sources: list[SourceRef] = Field(default_factory=list)
+
+
+class RetrainRequest(ActionData):
+    """Data of ``io.loopwatch.retrain.requested``."""
+
+    dataset: DatasetRef | None = Field(None, description="Filled once curated datasets are wired in")
+
+
+class RollbackRequest(ActionData):
+    """Data of ``io.loopwatch.rollback.requested``: go from ``from_version`` back to ``target_version``."""
+
+    from_version: str
+    target_version: str
+
+
+class MetricComparison(_Data):
+    """One measurement of the rollback target against the rolled-back version (lower is better)."""
+
+    detector_id: str
+    measurement: str
+    rolled_back: float
+    target: float
+    target_verdict: str
+
+
+class RollbackOutcome(_Data):
+    """Data of ``io.loopwatch.rollback.verified`` / ``.failed``."""
+
+    rollback_id: str
+    model: str
+    from_version: str
+    target_version: str
+    verified: bool
+    reason: str
+    comparisons: list[MetricComparison] = Field(default_factory=list)
+
+
+def cloud_event(
+    *, event_id: str, source: str, event_type: str, subject: str, time: datetime, data: BaseModel
+) -> CloudEvent:
+    """A structured CloudEvent around typed data."""
+    return CloudEvent(
+        id=event_id,
+        source=source,
+        type=event_type,
+        subject=subject,
+        time=time,
+        data=data.model_dump(mode="json"),
+    )
+
+
+def to_kafka(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of the CloudEvents Kafka binding, structured mode.
+
+    The value is the whole event as JSON; the ``ce_`` headers repeat the
+    attributes so consumers can route without parsing the value; the key is
+    the subject (the model), so one model's actions keep their order.
+    """
+    value = json.dumps(event.model_dump(mode="json"), separators=(",", ":")).encode()
+    attributes: dict[str, Any] = {
+        "ce_specversion": event.specversion,
+        "ce_id": event.id,
+        "ce_source": event.source,
+        "ce_type": event.type,
+        "ce_subject": event.subject,
+        "ce_time": event.time.isoformat().replace("+00:00", "Z"),
+    }
+    headers = [(name, str(v).encode()) for name, v in attributes.items() if v is not None]
+    headers.append(("content-type", STRUCTURED_CONTENT_TYPE.encode()))
+    return (event.subject or "").encode(), value, headers
+
+
+def from_kafka(value: bytes) -> CloudEvent:
+    """A structured CloudEvent back from a Kafka value."""
+    return CloudEvent.model_validate_json(value)
