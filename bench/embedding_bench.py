@@ -1,6 +1,6 @@
 """Cost of embedding drift on this CPU: the two-sample tests, the embeddings, the online calibration.
 
-Usage: ``python bench/embedding_bench.py [--threads 1] [--repeats 3]``
+Usage: ``python bench/embedding_bench.py [--threads N] [--repeats 3]``
 
 On real HH-RLHF prompts (384-dim all-MiniLM-L6-v2 embeddings), one run measures:
 
@@ -20,6 +20,7 @@ and calibration/cached start.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -60,7 +61,7 @@ def timed(action: Callable[[], object], repeats: int) -> float:
 def main() -> None:
     """Run every measurement once (each timing the median of ``--repeats``) and print them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine has 2 cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads [all cores]")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

@@ -100,6 +100,11 @@ class DetoxifySettings(BaseModel):
         None, ge=8, description="Truncate to this many tokens [default: model limit]"
     )
     threads: int = Field(2, ge=1, description="torch threads while scoring")
+    quantize: bool = Field(
+        False,
+        description="int8 dynamic quantization of the linear layers (CPU): several times faster, "
+        "scores differ slightly from the float model",
+    )
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -172,7 +177,7 @@ class DetoxifyScorer:
         settings = self.settings
         try:
             with thread_budget(settings.threads):
-                return Detoxify(
+                detoxify = Detoxify(
                     model_type=settings.model_type,
                     checkpoint=str(settings.checkpoint) if settings.checkpoint else None,
                     device=settings.device,
@@ -182,6 +187,14 @@ class DetoxifyScorer:
             # OSError covers failed downloads (URLError) and missing Hugging Face files; the
             # others a checkpoint file that is not a Detoxify checkpoint.
             raise ScorerUnavailable(_unavailable_message(settings, exc)) from exc
+        if settings.quantize:
+            import torch
+
+            # PyTorch's documented recipe for BERT on CPU: int8 weights, float activations.
+            detoxify.model = torch.ao.quantization.quantize_dynamic(
+                detoxify.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        return detoxify
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -214,6 +214,7 @@ def detect_quality(
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch threads")
+@click.option("--quantize", is_flag=True, help="Run Detoxify in int8: several times faster on CPU")
 @click.option(
     "--prefilter-threshold",
     type=click.FloatRange(0, 1),
@@ -231,6 +232,7 @@ def score_toxicity(
     config_dir: Path | None,
     batch_size: int,
     threads: int,
+    quantize: bool,
     prefilter_threshold: float,
 ) -> None:
     """Write one JSON line per input row, in order: toxicity in [0, 1] and every label's score.
@@ -262,6 +264,7 @@ def score_toxicity(
         config_dir=config_dir,
         batch_size=batch_size,
         threads=threads,
+        quantize=quantize,
     )
     scorer: TextScorer
     if scorer_kind == "auto":

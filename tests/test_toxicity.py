@@ -352,3 +352,17 @@ def test_cli_names_the_columns_when_the_text_column_is_missing(tmp_path: Path) -
     result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "o.jsonl"), "--scorer", "profanity"])
     assert result.exit_code == 2
     assert "reply" in result.output
+
+
+def test_int8_quantization_scores_close_to_the_float_model(
+    detoxify_settings: DetoxifySettings, detoxify: DetoxifyScorer
+) -> None:
+    import torch
+
+    quantized = DetoxifyScorer(detoxify_settings.model_copy(update={"quantize": True}))
+    linear_layers = [m for m in quantized.detoxify().model.modules() if type(m) is torch.nn.Linear]
+    assert linear_layers == [], "every Linear layer is replaced by its int8 version"
+    texts = BENIGN + INSULTS
+    exact, approx = detoxify.score(texts), quantized.score(texts)
+    assert approx.labels == exact.labels and approx.values.shape == exact.values.shape
+    assert np.abs(approx.values - exact.values).max() < 0.05
