@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -101,6 +102,13 @@ def test_windows_are_judged_against_the_pinned_first_window(
     assert shifted.reference.startswith("pinned:") and shifted.reference.startswith("pinned:")
     assert shifted.segment.key() == f"{sample_data.MODEL}|{sample_data.STABLE_VERSION}|support-bot|chat|acme"
     assert shifted.config["column"] == "response_chars"
+    # The drifted window got an Evidently report, rendered off the hot path and linked.
+    assert calm.evidence.report_path is None and shifted.evidence.report_path is not None
+    report = Path(shifted.evidence.report_path)
+    deadline = time.monotonic() + 60
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "response_chars" in report.read_text()
     feedback_calm = by_window["quality.negative_feedback.v1", 1]
     feedback_alarm = by_window["quality.negative_feedback.v1", 2]
     assert feedback_calm.verdict == "ok", feedback_calm
