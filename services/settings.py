@@ -31,6 +31,7 @@ class Topics(BaseSettings):
     alerts: str = "loopwatch.alerts.v1"
     retrain_requests: str = "loopwatch.retrain-requests.v1"
     rollback_requests: str = "loopwatch.rollback-requests.v1"
+    delivery_failures: str = "loopwatch.delivery-failures.v1"
 
     def co_partitioned(self) -> list[str]:
         """Topics keyed by request_id, which must share one partition count for the join."""
@@ -108,6 +109,13 @@ class Settings(BaseSettings):
         default_factory=dict, description='Stable version per model (JSON: {"model": "version"})'
     )
     drift_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate per window, after correction")
+    decide: bool = Field(True, description="Run the decide pipeline over detections")
+    policy_file: Path | None = Field(
+        None, description="Decision policy YAML, reloaded when it changes [default: the built-in policy]"
+    )
+    receivers_file: Path | None = Field(
+        None, description="YAML list of alert receivers (webhook, slack, pagerduty, alertmanager)"
+    )
     curation: bool = Field(True, description="Curate joined feedback into the Delta dataset tables")
     datasets_root: str | None = Field(
         None, description="Where the dataset tables live: a path or an object-store URI [<data_dir>/datasets]"

@@ -54,6 +54,16 @@ class LoopwatchApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
+        self.stop_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    async def on_stop(self) -> None:
+        """Run loopwatch's own shutdown work (e.g. deliver queued pages) while the producer is up."""
+        for hook in self.stop_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown step failed")
+        await super().on_stop()
 
     def _new_transport(self) -> Any:
         return FastDrainTransport(self.conf.broker_consumer, self)
@@ -289,6 +299,21 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
 
         curate = CurateStage(app, settings, metrics)
         app.batch_topic(settings.topics.joined, curate.on_joined)
+    if settings.decide:
+        from streams.decide_stage import DecideStage
+
+        decide = DecideStage(app, settings, metrics)
+        app.batch_topic(settings.topics.detections, decide.on_detections)
+        app.stop_hooks.append(decide.stop)
+
+        @app.task
+        async def start_notifiers() -> None:
+            await decide.start()
+
+        @app.timer(5.0)
+        async def decide_tick() -> None:
+            await decide.tick()
+
     if settings.detection:
         detect = DetectStage(app, settings, metrics)
         app.batch_topic(settings.topics.summaries, detect.on_summaries)

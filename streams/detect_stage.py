@@ -184,9 +184,10 @@ class DetectStage:
 
     def _publish(self, detection: Any) -> None:
         self.metrics.detections.labels(detection.detector_id, detection.verdict).inc()
+        # Keyed by model: every decision about one model is made by one worker.
         self._outbox.add(
             self.settings.topics.detections,
-            detection.segment.key().encode(),
+            detection.segment.model.encode(),
             detection.model_dump_json().encode(),
         )
 

@@ -113,6 +113,37 @@ class Metrics:
             "loopwatch_redactions", "PII and secrets redacted before storage, by kind", ["kind"], registry=r
         )
 
+        self.detections_decided = Counter(
+            "loopwatch_detections_decided", "Detections run through the decide pipeline", registry=r
+        )
+        self.actions = Counter(
+            "loopwatch_actions", "Retrain/rollback CloudEvents published, by type", ["type"], registry=r
+        )
+        self.actions_dry_run = Counter(
+            "loopwatch_actions_dry_run",
+            "Actions a dry-run policy decided but did not publish",
+            ["type"],
+            registry=r,
+        )
+        self.actions_stopped = Counter(
+            "loopwatch_actions_stopped",
+            "Candidates stopped by inhibit, silence, dedup or cooldown",
+            ["stage"],
+            registry=r,
+        )
+        self.alerts = Counter("loopwatch_alerts", "Alert events published, by status", ["status"], registry=r)
+        self.delivery_failures = Counter(
+            "loopwatch_delivery_failures",
+            "Pages that could not be delivered (each published on the delivery-failures topic)",
+            ["receiver"],
+            registry=r,
+        )
+        self.policy_rejected = Counter(
+            "loopwatch_policy_rejected",
+            "Edited policy files refused (the previous policy kept running)",
+            registry=r,
+        )
+
     def rejected(self, topic: str, reason: DeadLetterReason) -> None:
         """Count one dead-lettered message."""
         self.events_rejected.labels(topic, reason.value).inc()

@@ -1,0 +1,191 @@
+"""The decide stage's Kafka edge: Detections in; alerts, pages and retrain/rollback requests out.
+
+Detections are keyed by model, so every decision about one model is made on
+one worker. The :class:`~retrain_trigger.pipeline.Decider` holds the state
+(alerts, incidents, published idempotency keys, cooldowns, rollback
+watches); each model's state is kept in the changelog-backed ``decisions``
+table, so a restarted worker carries on where the crashed one stopped.
+
+Order of writes for one batch of detections: the actions (CloudEvents, with
+the Kafka binding's ``ce_`` headers) are sent and acknowledged, then the new
+model states reach the changelog, and only then are the detections acked.
+A crash before the changelog write replays the batch from the old state,
+which re-decides the same actions with the same ids; a crash after it
+replays nothing, because the dedup stage remembers the published keys. The
+only duplicate possible is a second copy with the *same* CloudEvent id, if
+the crash falls between the two writes; no action is ever lost.
+
+Pages go to the notifiers through a bounded queue in the background, so a
+slow or dead webhook never stalls the stream; every failed delivery is
+published on ``loopwatch.delivery-failures.v1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from curation.store import DatasetStore
+from retrain_trigger.actions import ROLLBACK_REQUESTED, to_kafka
+from retrain_trigger.notify import DeliveryFailure, Dispatcher, ReceiverConfig
+from retrain_trigger.pipeline import Decider, ModelState
+from retrain_trigger.policy import PolicyError, load_policy
+from retrain_trigger.publish import Decision, action_topic
+from retrain_trigger.stable import StableVersionMarked
+from schemas.errors import ConfigError
+from schemas.events import CloudEvent, Detection
+from services.settings import Settings
+from streams.metrics import Metrics
+from streams.outbox import Outbox
+
+if TYPE_CHECKING:
+    from streams.app import LoopwatchApp
+
+log = logging.getLogger("loopwatch.decide")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def load_receivers(path: Path | None) -> list[Any]:
+    """Notifier receivers from a YAML list (webhook, slack, pagerduty, alertmanager); none without a file."""
+    if path is None:
+        return []
+    try:
+        return TypeAdapter(list[ReceiverConfig]).validate_python(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"cannot use receivers file {path}: {exc}") from exc
+
+
+class DecideStage:
+    """Runs the Decider over detections and publishes what it decides."""
+
+    def __init__(self, app: LoopwatchApp, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = settings.topics
+        self.policy_path = settings.policy_file
+        self.policy_mtime = self._mtime()
+        self.decider = Decider(load_policy(self.policy_path))
+        for model, version in settings.stable_versions.items():
+            self.decider.mark_stable(StableVersionMarked(model=model, version=version, marked_at=_EPOCH))
+        self.table = app.Table("decisions", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        self.datasets = DatasetStore(settings.datasets_uri()) if settings.curation else None
+        self.dispatcher = Dispatcher(load_receivers(settings.receivers_file), on_failure=self._failed)
+        self.partition_of: dict[str, int] = {}
+        self._failures = Outbox()
+
+    async def start(self) -> None:
+        """Start the notifiers' background senders."""
+        await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        """Deliver what is queued (failures are recorded), then stop."""
+        await self.dispatcher.stop()
+        await self._send_failures()
+
+    async def on_detections(self, messages: list[Any]) -> None:
+        """Decide on a batch of detections; publish actions, then state; then the batch is acked."""
+        decision = Decision()
+        touched: set[str] = set()
+        for message in messages:
+            detection = Detection.model_validate_json(message.value)
+            model = detection.segment.model
+            self.partition_of[model] = message.partition
+            self._restore(model)
+            decision.extend(self.decider.decide(detection, detection.detected_at))
+            touched.add(model)
+            self.metrics.detections_decided.inc()
+        await self._publish(decision, touched)
+
+    async def tick(self) -> None:
+        """Time-based decisions (stale alerts resolve, repeat pages, rollback watch deadlines)."""
+        self._reload_policy()
+        decision = self.decider.tick(datetime.now(UTC))
+        await self._publish(decision, set(self.decider.state.models))
+
+    async def _publish(self, decision: Decision, touched: set[str]) -> None:
+        producer = self.app.kafka_producer()
+        actions = Outbox()
+        for event in decision.actions:
+            rollback = action_topic(event) == "rollback"
+            topic = self.topics.rollback_requests if rollback else self.topics.retrain_requests
+            key, value, headers = to_kafka(self._with_dataset(event))
+            actions.add(topic, key, value, headers=headers)
+            self.metrics.actions.labels(event.type).inc()
+            log.warning("published %s %s for %s", event.type, event.id, event.subject)
+        for event in decision.dry_run_actions:
+            self.metrics.actions_dry_run.labels(event.type).inc()
+            log.warning("dry-run: would publish %s %s for %s", event.type, event.id, event.subject)
+        for alert in decision.alerts:
+            actions.add(self.topics.alerts, alert.fingerprint.encode(), alert.model_dump_json().encode())
+            self.metrics.alerts.labels(alert.status).inc()
+        for entry in decision.log:
+            if not entry.passed and entry.stage in ("inhibit", "silence", "dedup", "cooldown"):
+                self.metrics.actions_stopped.labels(entry.stage).inc()
+        for delivered in await actions.send(producer):
+            await delivered
+        state = Outbox()
+        changelog = cast(str, self.table.changelog_topic.get_topic_name())
+        for model in touched:
+            value = self.decider.model_state(model).to_json()
+            if self.table.data.get(model.encode()) != value:
+                self.table.data[model.encode()] = value
+                state.add(changelog, model.encode(), value, partition=self.partition_of.get(model, 0))
+        for delivered in await state.send(producer):
+            await delivered
+        for notification in decision.notifications:
+            self.dispatcher.submit(notification)
+        await self._send_failures()
+
+    def _with_dataset(self, event: CloudEvent) -> CloudEvent:
+        """A retrain request names the curated dataset version it should train on."""
+        if event.type == ROLLBACK_REQUESTED or "dataset" not in event.data or self.datasets is None:
+            return event
+        versions = self.datasets.latest_versions()
+        table = "sft" if "sft" in versions else next(iter(versions), None)
+        if table is None:
+            return event
+        dataset = {"table": table, "uri": self.datasets.uri(table), "version": versions[table]}
+        return event.model_copy(update={"data": {**event.data, "dataset": dataset}})
+
+    def _restore(self, model: str) -> None:
+        """After a restart or rebalance, pick up the model's state from the table."""
+        if model in self.decider.state.models:
+            return
+        stored = self.table.data.get(model.encode())
+        if stored is not None:
+            self.decider.restore_model(model, ModelState.from_json(stored))
+
+    def _reload_policy(self) -> None:
+        """Pick up an edited policy file; a malformed one is refused and the running policy stays."""
+        mtime = self._mtime()
+        if mtime == self.policy_mtime or self.policy_path is None:
+            return
+        self.policy_mtime = mtime
+        try:
+            self.decider.use_policy(load_policy(self.policy_path))
+            log.warning("policy %s reloaded", self.policy_path)
+        except PolicyError as exc:
+            self.metrics.policy_rejected.inc()
+            log.error("policy %s refused, the previous policy keeps running: %s", self.policy_path, exc)
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.policy_path.stat().st_mtime if self.policy_path else None
+        except OSError:
+            return None
+
+    def _failed(self, failure: DeliveryFailure) -> None:
+        self.metrics.delivery_failures.labels(failure.receiver).inc()
+        value = failure.model_dump_json().encode()
+        self._failures.add(self.topics.delivery_failures, failure.group_key.encode(), value)
+
+    async def _send_failures(self) -> None:
+        if len(self._failures):
+            await self._failures.send(self.app.kafka_producer())
