@@ -113,7 +113,7 @@ def replay(file: Path, topic: str, rate: float | None, limit: int | None, bootst
 
 @main.command()
 @click.option("--bootstrap", default=None, help="Use this Kafka instead of an embedded broker")
-@click.option("--pairs", type=int, default=150, show_default=True, help="HH-RLHF preference pairs to replay")
+@click.option("--pairs", type=int, default=240, show_default=True, help="HH-RLHF preference pairs to replay")
 @click.option("--oasst", type=int, default=150, show_default=True, help="OASST1 replies to replay")
 @click.option(
     "--summary-json",

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,9 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from schemas.events import MAX_TEXT_CHARS, Detection
+from retrain_trigger.actions import ROLLBACK_FAILED, ROLLBACK_REQUESTED, ROLLBACK_VERIFIED, from_kafka
+from retrain_trigger.policy import DEFAULT_POLICY
+from schemas.events import MAX_TEXT_CHARS, Alert, CloudEvent, Detection
 from services import sample_data
 from services.broker import free_port, start_broker
 from services.processes import spawn, stop_process, wait_until_healthy
@@ -36,6 +39,8 @@ class Traffic:
     """Messages to send, in order, and what a correct pipeline must make of them."""
 
     messages: list[tuple[str, bytes]] = field(default_factory=list)  # (topic, value)
+    # Sent once the rollback request is out: the stable version serving again.
+    after_rollback: list[tuple[str, bytes]] = field(default_factory=list)
     expected_rejections: Counter[str] = field(default_factory=Counter)
     valid_inference: int = 0
     expected_joins: int = 0
@@ -45,7 +50,7 @@ class Traffic:
 
     def count(self, topic: str) -> int:
         """How many messages go to ``topic``."""
-        return sum(1 for t, _ in self.messages if t == topic)
+        return sum(1 for t, _ in self.messages + self.after_rollback if t == topic)
 
 
 # Each rule breaks a real event the way producers really do; the value is the
@@ -68,26 +73,42 @@ _BREAKAGES: list[tuple[str, Any]] = [
 
 CANARY_VERSION = "2026-11-20"
 WINDOW_SECONDS = 20
-_SPACING = timedelta(seconds=0.1)
+AFTER_ROLLBACK_SECONDS = 3 * WINDOW_SECONDS  # phase 3 of _served
 
 
-def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Exchange, str]]:
-    """Which model version served which real exchange, in time order.
+def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Exchange, str, float]]:
+    """Which model version served which real exchange, and when (seconds into the replay).
 
-    First the stable version alone answers HH-RLHF prompts (the reply people
-    chose) and OASST1 prompts. Then a canary version goes live beside it and
-    answers half of the HH-RLHF prompts with the reply people *rejected*:
-    the incident the detectors must catch.
+    Each phase fills whole windows (feedback comes 5 s after its reply, so a
+    phase ends 6 s before its last window does):
+
+    1. windows 0-1, the stable version alone answers HH-RLHF prompts (with the
+       reply people chose) and OASST1 prompts;
+    2. window 2, a canary version goes live beside it and answers half of the
+       HH-RLHF prompts with the reply people *rejected*: the incident;
+    3. window 3, after the rollback, the stable version serves alone again.
     """
-    hh = list(zip(range(pairs), sample_data.hh_rlhf(data_dir), strict=False))
+    hh = [pair for _, pair in zip(range(pairs), sample_data.hh_rlhf(data_dir), strict=False)]
     oa = [e for _, e in zip(range(oasst), sample_data.oasst1(data_dir), strict=False)]
-    half = len(hh) // 2
-    stable_phase = [(pair[0], sample_data.STABLE_VERSION) for _, pair in hh[:half]]
+    quarter = len(hh) // 4
+    before: list[tuple[sample_data.Exchange, str]] = []
+    for n in range(max(quarter, len(oa))):
+        before += [(pair[0], sample_data.STABLE_VERSION) for pair in hh[n : min(n + 1, quarter)]]
+        before += [(e, sample_data.STABLE_VERSION) for e in oa[n : n + 1]]
+    incident = [
+        (chosen, sample_data.STABLE_VERSION) if n % 2 else (rejected, CANARY_VERSION)
+        for n, (chosen, rejected) in enumerate(hh[quarter : len(hh) - quarter])
+    ]
+    after = [(chosen, sample_data.STABLE_VERSION) for chosen, _ in hh[len(hh) - quarter :]]
     served = []
-    for n in range(max(len(stable_phase), len(oa))):
-        served += stable_phase[n : n + 1] + [(e, sample_data.STABLE_VERSION) for e in oa[n : n + 1]]
-    for n, (_, (chosen, rejected)) in enumerate(hh[half:]):
-        served.append((chosen, sample_data.STABLE_VERSION) if n % 2 else (rejected, CANARY_VERSION))
+    for phase, (first_window, windows) in zip(
+        (before, incident, after), ((0, 2), (2, 1), (3, 1)), strict=True
+    ):
+        span = windows * WINDOW_SECONDS - 6
+        served += [
+            (exchange, version, first_window * WINDOW_SECONDS + n * span / len(phase))
+            for n, (exchange, version) in enumerate(phase)
+        ]
     return served
 
 
@@ -95,38 +116,40 @@ def build_traffic(data_dir: Path, topics: Topics, *, pairs: int, oasst: int, see
     """The demo's traffic: real exchanges and feedback, shuffled in realistic ways, plus breakage."""
     rng = random.Random(seed)
     traffic = Traffic()
-    early_feedback: list[tuple[str, bytes]] = []
+    early: dict[int, list[tuple[str, bytes]]] = {id(traffic.messages): [], id(traffic.after_rollback): []}
     served = _served(data_dir, pairs, oasst)
     # Event time starts on a window boundary in the recent past, so windows fill predictably.
     start = datetime.fromtimestamp((time.time() // 60 - 10) * 60, UTC)
-    for n, (exchange, version) in enumerate(served):
-        at = start + n * _SPACING
+    for n, (exchange, version, offset) in enumerate(served):
+        at = start + timedelta(seconds=offset)
         inference = sample_data.inference_event(exchange, at, rng, version=version)
         feedback = [json.dumps(f).encode() for f in sample_data.feedback_events(exchange, at)]
         broken = _BREAKAGES[n // 3] if n % 3 == 0 and n // 3 < len(_BREAKAGES) else None
+        messages = traffic.messages if offset < AFTER_ROLLBACK_SECONDS else traffic.after_rollback
         if broken:
             reason, breaker = broken
-            traffic.messages.append((topics.inference, breaker(inference)))
+            messages.append((topics.inference, breaker(inference)))
             traffic.expected_rejections[reason] += 1
             traffic.expected_unmatched += len(feedback)
         else:
-            traffic.messages.append((topics.inference, json.dumps(inference).encode()))
+            messages.append((topics.inference, json.dumps(inference).encode()))
             traffic.valid_inference += 1
             traffic.expected_joins += len(feedback)
         for value in feedback:
             if rng.random() < 0.15:
-                early_feedback.append((topics.feedback, value))
+                early[id(messages)].append((topics.feedback, value))
                 traffic.feedback_first += 0 if broken else 1
             else:
-                traffic.messages.append((topics.feedback, value))
+                messages.append((topics.feedback, value))
             if rng.random() < 0.05:
-                traffic.messages.append((topics.feedback, value))  # a client retry
+                messages.append((topics.feedback, value))  # a client retry
                 traffic.duplicates += 1
     # Feedback from a client that leaks raw e-mail addresses: refused, never stored.
     leaky = sample_data.feedback_events(served[0][0], start)[0]
     traffic.messages.append((topics.feedback, json.dumps({**leaky, "user_id": "jane@example.com"}).encode()))
     traffic.expected_rejections["invalid_value"] += 1
-    traffic.messages = early_feedback + traffic.messages
+    traffic.messages[:0] = early[id(traffic.messages)]
+    traffic.after_rollback[:0] = early[id(traffic.after_rollback)]
     return traffic
 
 
@@ -181,33 +204,80 @@ def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) ->
     return seen
 
 
-def observe_detections(bootstrap: str, topic: str, *, quiet: float, timeout: float) -> list[Detection]:
-    """Read Detections until none arrived for ``quiet`` seconds (the last windows closed)."""
+@dataclass
+class Loop:
+    """What the detect and decide stages published, with when each record reached its topic."""
+
+    detections: list[Detection] = field(default_factory=list)
+    alerts: list[tuple[float, Alert]] = field(default_factory=list)
+    actions: list[tuple[float, CloudEvent]] = field(default_factory=list)
+
+    def settled(self) -> bool:
+        """The incident ran its course: rollback checked, and no alert left firing."""
+        outcome = any(event.type in (ROLLBACK_VERIFIED, ROLLBACK_FAILED) for _, event in self.actions)
+        status = {alert.fingerprint: alert.status for _, alert in sorted(self.alerts, key=lambda a: a[0])}
+        return outcome and bool(status) and all(s == "resolved" for s in status.values())
+
+    def rolled_back(self) -> bool:
+        """A rollback request is out."""
+        return any(event.type == ROLLBACK_REQUESTED for _, event in self.actions)
+
+
+def observe_loop(
+    bootstrap: str, topics: Topics, *, quiet: float, timeout: float, until: Callable[[Loop], bool]
+) -> Loop:
+    """Read detections, alerts and actions until ``until`` holds, or nothing came for ``quiet`` s."""
     consumer = KafkaConsumer(
-        topic,
+        topics.detections,
+        topics.alerts,
+        topics.rollback_requests,
+        topics.retrain_requests,
         bootstrap_servers=bootstrap.split(","),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
     )
-    detections: list[Detection] = []
+    loop = Loop()
     deadline = time.monotonic() + timeout
     last_news = time.monotonic()
     try:
-        while time.monotonic() < deadline and time.monotonic() - last_news < quiet:
+        while time.monotonic() < deadline and time.monotonic() - last_news < quiet and not until(loop):
             for records in consumer.poll(timeout_ms=500).values():
-                detections += [Detection.model_validate_json(r.value) for r in records]
                 last_news = time.monotonic()
+                for r in records:
+                    at = r.timestamp / 1000
+                    if r.topic == topics.detections:
+                        loop.detections.append(Detection.model_validate_json(r.value))
+                    elif r.topic == topics.alerts:
+                        loop.alerts.append((at, Alert.model_validate_json(r.value)))
+                    else:
+                        loop.actions.append((at, from_kafka(r.value)))
     finally:
         consumer.close()
-    return sorted(detections, key=lambda d: (d.window_start, d.segment.key(), d.detector_id))
+    loop.detections.sort(key=lambda d: (d.window_start, d.segment.key(), d.detector_id))
+    return loop
+
+
+def _send(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
+    replayer = Replayer(bootstrap)
+    for topic, value in messages:
+        replayer.send(topic, value)
+    replayer.close()
+
+
+def _demo_policy(path: Path) -> Path:
+    """The default policy, but an alert with no new evidence resolves after 15 s, not 30 min."""
+    text = DEFAULT_POLICY.read_text()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.replace("resolve_timeout: 30m", "resolve_timeout: 15s", 1))
+    return path
 
 
 def run_demo(
     settings: Settings,
     *,
     bootstrap: str | None = None,
-    pairs: int = 150,
+    pairs: int = 240,
     oasst: int = 150,
     summary_json: Path | None = None,
     timeout: float = 180,
@@ -242,6 +312,7 @@ def run_demo(
         "LOOPWATCH_WINDOW_GRACE_SECONDS": "1",
         "LOOPWATCH_WINDOW_IDLE_SECONDS": "4",
         "LOOPWATCH_STABLE_VERSIONS": json.dumps({sample_data.MODEL: sample_data.STABLE_VERSION}),
+        "LOOPWATCH_POLICY_FILE": str(_demo_policy(settings.data_dir / f"demo-{run_id}-policy.yaml")),
         **{f"LOOPWATCH_TOPIC_{k.upper()}": v for k, v in topics.model_dump().items()},
     }
     worker_log = settings.data_dir / f"demo-{run_id}.log"
@@ -262,13 +333,14 @@ def run_demo(
         traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst)
         wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker)
         print(f"replaying {len(traffic.messages)} real events ...", file=out, flush=True)
-        replayer = Replayer(bootstrap)
-        for topic, value in traffic.messages:
-            replayer.send(topic, value)
-        replayer.close()
+        replayed_at = time.time()
+        _send(bootstrap, traffic.messages)
+        # Windows close a few seconds after their last event; the decide stage follows.
+        observe_loop(bootstrap, topics, quiet=30, timeout=timeout, until=Loop.rolled_back)
+        print("rollback requested; the stable version serves again ...", file=out, flush=True)
+        _send(bootstrap, traffic.after_rollback)
         seen = observe(bootstrap, topics, traffic, timeout)
-        # Windows close a few seconds after their last event; slow detectors take longer.
-        detections = observe_detections(bootstrap, topics.detections, quiet=10, timeout=timeout)
+        loop = observe_loop(bootstrap, topics, quiet=30, timeout=timeout, until=Loop.settled)
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
             metrics_text = response.read().decode()
     finally:
@@ -277,7 +349,36 @@ def run_demo(
             stop_process(broker)
 
     summary = _summary(traffic, seen, topics, metrics_text, where, time.monotonic() - started)
-    summary["detections"] = _detections_summary(detections)
+    summary["detections"] = _detections_summary(loop.detections)
+    summary["alerts"] = [
+        {
+            "fingerprint": alert.fingerprint,
+            "status": alert.status,
+            "severity": alert.severity,
+            "summary": alert.summary,
+            "labels": alert.labels,
+            "starts_at": alert.starts_at.isoformat(),
+            "ends_at": alert.ends_at.isoformat() if alert.ends_at else None,
+            "published_at": _iso(at),
+        }
+        for at, alert in sorted(loop.alerts, key=lambda item: item[0])
+    ]
+    summary["actions"] = [
+        {
+            "id": event.id,
+            "type": event.type,
+            "subject": event.subject,
+            "time": event.time.isoformat(),
+            "published_at": _iso(at),
+            **{
+                k: event.data[k]
+                for k in ("from_version", "target_version", "verified", "reason")
+                if k in event.data
+            },
+        }
+        for at, event in sorted(loop.actions, key=lambda item: item[0])
+    ]
+    summary["timeline"] = _timeline(loop, replayed_at)
     print(render(summary), file=out, flush=True)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
@@ -320,8 +421,31 @@ def _summary(
         },
         "alerts": [],
         "actions": [],
+        "timeline": [],
         "datasets": [],
     }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def _timeline(loop: Loop, replayed_at: float) -> list[str]:
+    """The incident as it unfolded: seconds after the replay began, and what was published."""
+    lines = []
+    for at, alert in loop.alerts:
+        labels = alert.labels
+        what = f"alert {alert.status:<8} {alert.severity:<8} {labels.get('rule', '')} "
+        what += f"{labels.get('model', '')}@{labels.get('model_version', '')}: {alert.summary}"
+        lines.append((at, what))
+    for at, event in loop.actions:
+        extra = ""
+        if "target_version" in event.data:
+            extra = f" {event.data.get('from_version')} -> {event.data['target_version']}"
+        if "reason" in event.data:
+            extra += f" ({event.data['reason']})"
+        lines.append((at, f"{event.type} {event.subject}{extra} id={event.id}"))
+    return [f"+{at - replayed_at:5.1f}s  {what}" for at, what in sorted(lines)]
 
 
 def _detections_summary(detections: list[Detection]) -> dict[str, Any]:
@@ -385,5 +509,8 @@ def render(summary: dict[str, Any]) -> str:
             f"     {d['verdict']:<7} {d['detector']:<30} {d['model']}@{d['version']} ({d['tenant']}) "
             f"window {d['window_start'][11:19]}{effect}{p_value}"
         )
+    if s["timeline"]:
+        lines.append("  timeline (seconds after the replay began):")
+        lines += [f"     {line}" for line in s["timeline"]]
     lines.append(f"  took {s['elapsed_seconds']}s")
     return "\n".join(lines)

@@ -33,3 +33,19 @@ def test_demo_end_to_end(tmp_path):
     assert ("quality.negative_feedback.v1", CANARY_VERSION, "drift") in flagged, summary["detections"]
     assert ("quality.canary.v1", CANARY_VERSION, "drift") in flagged
     assert summary["detections"]["by_verdict"]["ok"] > 0
+    # ... is rolled back exactly once, to the stable version, and the rollback is verified ...
+    types = [a["type"] for a in summary["actions"]]
+    assert types.count("io.loopwatch.rollback.requested") == 1, summary["actions"]
+    [rollback] = [a for a in summary["actions"] if a["type"] == "io.loopwatch.rollback.requested"]
+    assert (rollback["subject"], rollback["from_version"], rollback["target_version"]) == (
+        "support-assistant",
+        CANARY_VERSION,
+        "2026-10-01",
+    )
+    assert "io.loopwatch.rollback.verified" in types
+    # ... and its alerts fire, then resolve.
+    statuses = {a["fingerprint"]: [] for a in summary["alerts"]}
+    for alert in summary["alerts"]:
+        statuses[alert["fingerprint"]].append(alert["status"])
+    assert statuses and all(s == ["firing", "resolved"] for s in statuses.values()), statuses
+    assert any("rollback.requested" in line for line in summary["timeline"])
