@@ -571,6 +571,26 @@ def policy_backtest(
         )
 
 
+_BOOTSTRAP_OPTION = click.option(
+    "--bootstrap",
+    default=None,
+    help="Also publish to the control topic of this Kafka, so running workers apply it at once",
+)
+
+
+def _publish_control(bootstrap: str | None, event: Any) -> None:
+    """Send a silence or stable mark to the workers (loopwatch.control.v1)."""
+    if bootstrap is None:
+        return
+    from services.replay import Replayer
+
+    topic = _settings(kafka_bootstrap=bootstrap).topics.control
+    replayer = Replayer(bootstrap)
+    replayer.send(topic, event.model_dump_json().encode(), event.key())
+    replayer.close()
+    click.echo(f"published to {topic} at {bootstrap}")
+
+
 @main.group(name="silence")
 def silence_group() -> None:
     """Maintenance windows: mute the alerts and actions whose labels match, for a while.
@@ -594,6 +614,7 @@ def silence_group() -> None:
 @click.option("--comment", required=True, help="Why (shown to on-call)")
 @click.option("--created-by", default="loopwatch-cli", show_default=True)
 @_STATE_DIR_OPTION
+@_BOOTSTRAP_OPTION
 def silence_add(
     matchers: tuple[str, ...],
     duration: str,
@@ -601,10 +622,12 @@ def silence_add(
     comment: str,
     created_by: str,
     state_dir: Path,
+    bootstrap: str | None,
 ) -> None:
     """Add a silence; prints its id."""
     from datetime import UTC, datetime
 
+    from retrain_trigger.control import ControlEvent
     from retrain_trigger.explain import load_silences, save_silences
     from retrain_trigger.policy import parse_duration
     from retrain_trigger.silence import Silence, parse_matcher
@@ -631,6 +654,7 @@ def silence_add(
     )
     save_silences(path, silences)
     click.echo(silence.id)
+    _publish_control(bootstrap, ControlEvent(silence=silence))
 
 
 @silence_group.command(name="list")
@@ -660,10 +684,12 @@ def silence_list(show_all: bool, state_dir: Path) -> None:
 @silence_group.command(name="expire")
 @click.argument("silence_id")
 @_STATE_DIR_OPTION
-def silence_expire(silence_id: str, state_dir: Path) -> None:
+@_BOOTSTRAP_OPTION
+def silence_expire(silence_id: str, state_dir: Path, bootstrap: str | None) -> None:
     """End a silence now (an unambiguous id prefix is enough)."""
     from datetime import UTC, datetime
 
+    from retrain_trigger.control import ControlEvent
     from retrain_trigger.explain import load_silences, save_silences
 
     path = state_dir / "silences.json"
@@ -677,6 +703,7 @@ def silence_expire(silence_id: str, state_dir: Path) -> None:
     ended = silences.expire(found.id, datetime.now(UTC))
     save_silences(path, silences)
     click.echo(f"expired {ended.id} at {ended.ends_at.isoformat()}")
+    _publish_control(bootstrap, ControlEvent(silence=ended))
 
 
 @main.group(name="model")
@@ -688,20 +715,22 @@ def model_group() -> None:
 @click.argument("name")
 @click.argument("version")
 @_STATE_DIR_OPTION
-def model_mark_stable(name: str, version: str, state_dir: Path) -> None:
+@_BOOTSTRAP_OPTION
+def model_mark_stable(name: str, version: str, state_dir: Path, bootstrap: str | None) -> None:
     """Mark VERSION of model NAME stable: the target of its next rollback."""
     from datetime import UTC, datetime
 
+    from retrain_trigger.control import ControlEvent
     from retrain_trigger.explain import load_stable, save_stable
     from retrain_trigger.stable import StableVersionMarked
 
     path = state_dir / "stable_versions.json"
     stable = load_stable(path)
     previous = stable.target(name)
-    stable.apply(
-        StableVersionMarked(model=name, version=version, marked_at=datetime.now(UTC), marked_by="cli")
-    )
+    marked = StableVersionMarked(model=name, version=version, marked_at=datetime.now(UTC), marked_by="cli")
+    stable.apply(marked)
     save_stable(path, stable)
+    _publish_control(bootstrap, ControlEvent(stable=marked))
     click.echo(
         f"{name}: {version} is stable" + (f" (was {previous})" if previous and previous != version else "")
     )

@@ -92,8 +92,11 @@ def ensure_topics(settings: Settings) -> list[str]:
             new = [
                 NewTopic(
                     t,
-                    num_partitions=settings.partitions,
+                    # The control topic (silences, stable versions) is read whole by every
+                    # worker and keeps the latest value per key.
+                    num_partitions=1 if t == settings.topics.control else settings.partitions,
                     replication_factor=settings.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"} if t == settings.topics.control else {},
                 )
                 for t in missing
             ]

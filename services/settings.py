@@ -32,6 +32,7 @@ class Topics(BaseSettings):
     retrain_requests: str = "loopwatch.retrain-requests.v1"
     rollback_requests: str = "loopwatch.rollback-requests.v1"
     delivery_failures: str = "loopwatch.delivery-failures.v1"
+    control: str = "loopwatch.control.v1"
 
     def co_partitioned(self) -> list[str]:
         """Topics keyed by request_id, which must share one partition count for the join."""

@@ -310,6 +310,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         async def start_notifiers() -> None:
             await decide.start()
 
+        @app.task
+        async def follow_control() -> None:
+            await decide.follow_control()
+
         @app.timer(5.0)
         async def decide_tick() -> None:
             await decide.tick()

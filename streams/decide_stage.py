@@ -32,14 +32,16 @@ from pydantic import TypeAdapter, ValidationError
 
 from curation.store import DatasetStore
 from retrain_trigger.actions import ROLLBACK_REQUESTED, to_kafka
+from retrain_trigger.control import ControlEvent
 from retrain_trigger.notify import DeliveryFailure, Dispatcher, ReceiverConfig
 from retrain_trigger.pipeline import Decider, ModelState
 from retrain_trigger.policy import PolicyError, load_policy
 from retrain_trigger.publish import Decision, action_topic
 from retrain_trigger.stable import StableVersionMarked
 from schemas.errors import ConfigError
-from schemas.events import CloudEvent, Detection
+from schemas.events import CloudEvent, Detection, SourceRef
 from services.settings import Settings
+from streams.ingest import Rejected, dead_letter, decode
 from streams.metrics import Metrics
 from streams.outbox import Outbox
 
@@ -83,6 +85,44 @@ class DecideStage:
     async def start(self) -> None:
         """Start the notifiers' background senders."""
         await self.dispatcher.start()
+
+    async def follow_control(self) -> None:
+        """Apply every silence and stable mark on the control topic, from its start, forever."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            group_id=None,
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(self.topics.control) or {0}
+            consumer.assign([TopicPartition(self.topics.control, p) for p in sorted(partitions)])
+            await consumer.seek_to_beginning()
+            async for record in consumer:
+                await self._control(record)
+        finally:
+            await consumer.stop()
+
+    async def _control(self, record: Any) -> None:
+        source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
+        outcome = decode(record.value, ControlEvent, max_bytes=self.settings.max_event_bytes)
+        if isinstance(outcome, Rejected):
+            letter = dead_letter(outcome, source, record.key, record.value, datetime.now(UTC))
+            await self.app.kafka_producer().send_and_wait(
+                self.topics.deadletter, letter.model_dump_json().encode(), key=record.key
+            )
+            self.metrics.rejected(record.topic, outcome.reason)
+            return
+        event = outcome.event
+        if event.silence is not None:
+            self.decider.add_silence(event.silence)
+            log.warning("silence %s applied until %s", event.silence.id, event.silence.ends_at)
+        if event.stable is not None:
+            self.decider.mark_stable(event.stable)
+            log.warning("%s %s marked stable", event.stable.model, event.stable.version)
+        self.metrics.control_events.inc()
 
     async def stop(self) -> None:
         """Deliver what is queued (failures are recorded), then stop."""

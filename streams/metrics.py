@@ -131,6 +131,9 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.control_events = Counter(
+            "loopwatch_control_events", "Silences and stable marks applied from the control topic", registry=r
+        )
         self.alerts = Counter("loopwatch_alerts", "Alert events published, by status", ["status"], registry=r)
         self.delivery_failures = Counter(
             "loopwatch_delivery_failures",

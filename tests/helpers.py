@@ -84,10 +84,10 @@ class WorkerStack:
         """The worker's output so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def metric(self, name: str) -> float:
-        """Sum of a sample's values on /metrics, over all labels (0 when absent)."""
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a sample's values on /metrics with these labels (0 when absent)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as r:
-            return metric_total(r.read().decode(), name)
+            return metric_total(r.read().decode(), name, **labels)
 
     def send(self, topic: str, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
         """Produce values (keyed by request_id unless keys are given) and wait for delivery."""

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from retrain_trigger.actions import ROLLBACK_REQUESTED, from_kafka
 from retrain_trigger.policy import DEFAULT_POLICY
 from schemas.events import Detection, Segment
+from services.cli import main
 from tests.helpers import WorkerStack
 
 pytestmark = pytest.mark.broker
@@ -26,26 +28,29 @@ pytestmark = pytest.mark.broker
 START = datetime.fromtimestamp((time.time() // 60 - 10) * 60, UTC)
 
 
-def _detection(minute: int, verdict: str, *, version: str = "2026-11-20") -> bytes:
-    """A negative-feedback Detection of model ``m`` for the one-minute window ``minute``."""
+def _detection(
+    minute: int, verdict: str, *, version: str = "2026-11-20", detector: str = "quality.negative_feedback.v1"
+) -> bytes:
+    """A Detection (negative feedback, by default) of model ``m`` for the one-minute window ``minute``."""
     start = START + timedelta(minutes=minute)
     return (
         Detection(
             detection_id=str(uuid.uuid4()),
-            detector_id="quality.negative_feedback.v1",
+            detector_id=detector,
             detector_version="v1",
             config={"alpha": 0.01},
             segment=Segment(model="m", model_version=version, app="chat"),
             window_start=start,
             window_end=start + timedelta(minutes=1),
             reference_size=200,
-            current_size=120,
+            current_size=500,
             p_value=1e-9 if verdict == "drift" else 0.6,
             effect_size=0.4 if verdict == "drift" else 0.0,
             verdict=verdict,  # type: ignore[arg-type]
             measurements={"current_rate": 0.7 if verdict == "drift" else 0.1},
             reference="stable:m",
-            detected_at=start + timedelta(minutes=1, seconds=2),
+            # Detected now, as a live detect stage would: silences and cooldowns apply at this time.
+            detected_at=datetime.now(UTC),
         )
         .model_dump_json()
         .encode()
@@ -167,3 +172,79 @@ def test_a_malformed_policy_edit_is_refused_and_the_previous_policy_keeps_runnin
     assert len(rollbacks) == 1
     log = stack.log()
     assert "refused, the previous policy keeps running" in log and f"{policy}:4" in log, log[-2000:]
+
+
+def _wait_for_metric(stack: WorkerStack, name: str, at_least: float, **labels: str) -> None:
+    deadline = time.monotonic() + 60
+    while stack.metric(name, **labels) < at_least:
+        assert time.monotonic() < deadline, stack.log()[-3000:]
+        time.sleep(0.2)
+
+
+def test_a_silence_from_the_cli_mutes_actions_until_it_is_expired(
+    broker: str, tmp_path: Path, webhook: tuple[str, type[_Webhook]]
+) -> None:
+    url, _ = webhook
+    stack = _stack(broker, tmp_path, _receivers(tmp_path, url)).start()
+    cli = CliRunner(env={"LOOPWATCH_TOPIC_CONTROL": stack.topics.control})
+    state = ["--state-dir", str(tmp_path / "cli"), "--bootstrap", broker]
+    try:
+        added = cli.invoke(main, ["silence", "add", "-m", "model=m", "--comment", "maintenance", *state])
+        assert added.exit_code == 0, added.output
+        _wait_for_metric(stack, "loopwatch_control_events_total", 1)
+        stack.send(stack.topics.detections, [_detection(0, "drift")], keys=[b"m"])
+        _wait_for_metric(stack, "loopwatch_actions_stopped_total", 1, stage="silence")
+        assert stack.read(stack.topics.rollback_requests, 1, timeout=3) == []
+        silence_id = added.output.splitlines()[0]
+        expired = cli.invoke(main, ["silence", "expire", silence_id, *state])
+        assert expired.exit_code == 0, expired.output
+        _wait_for_metric(stack, "loopwatch_control_events_total", 2)
+        # The alert is still firing; once the silence is gone, the held-back rollback goes out.
+        stack.send(stack.topics.detections, [_detection(1, "drift")], keys=[b"m"])
+        rollbacks = stack.read(stack.topics.rollback_requests, 1, timeout=60)
+    finally:
+        stack.stop()
+    assert [from_kafka(r.value).type for r in rollbacks] == [ROLLBACK_REQUESTED]
+
+
+def test_dry_run_decides_but_publishes_no_action(
+    broker: str, tmp_path: Path, webhook: tuple[str, type[_Webhook]]
+) -> None:
+    url, _ = webhook
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY.read_text().replace("mode: auto", "mode: dry-run", 1))
+    stack = _stack(broker, tmp_path, _receivers(tmp_path, url), policy_file=policy).start()
+    try:
+        stack.send(stack.topics.detections, [_detection(m, "drift") for m in range(3)], keys=[b"m"] * 3)
+        _wait_for_metric(stack, "loopwatch_actions_dry_run_total", 1)
+        alerts = stack.read(stack.topics.alerts, 1, timeout=30)
+        assert stack.read(stack.topics.rollback_requests, 1, timeout=3) == []
+    finally:
+        stack.stop()
+    assert json.loads(alerts[0].value)["status"] == "firing"  # dry-run still alerts
+
+
+def test_no_second_retrain_request_during_the_cooldown(
+    broker: str, tmp_path: Path, webhook: tuple[str, type[_Webhook]]
+) -> None:
+    url, _ = webhook
+    stack = _stack(broker, tmp_path, _receivers(tmp_path, url)).start()
+
+    def windows(first: int, verdict: str) -> list[bytes]:
+        return [
+            _detection(m, verdict, detector="drift.ks.v1", version="2026-10-01")
+            for m in range(first, first + 3)
+        ]
+
+    try:
+        # Input drift for three windows: a retrain request (the default policy's input-drift rule).
+        stack.send(stack.topics.detections, windows(0, "drift"), keys=[b"m"] * 3)
+        assert len(stack.read(stack.topics.retrain_requests, 1, timeout=60)) == 1
+        # Three calm windows resolve that incident; three more drifting ones open a new one,
+        # within the rule's 24 h cooldown.
+        stack.send(stack.topics.detections, windows(3, "ok") + windows(6, "drift"), keys=[b"m"] * 6)
+        _wait_for_metric(stack, "loopwatch_actions_stopped_total", 1, stage="cooldown")
+        retrains = stack.read_settled(stack.topics.retrain_requests, 1, settle=2)
+    finally:
+        stack.stop()
+    assert len(retrains) == 1
