@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     window_sample_size: int = Field(
         2_000, ge=50, description="Rows per window the detectors see (a uniform sample of the window)"
     )
-    window_grace_seconds: float = Field(5.0, ge=0, description="How late a partition's summary may arrive")
+    window_grace_seconds: float = Field(0.5, ge=0, description="How late a partition's summary may arrive")
     window_idle_seconds: float = Field(30.0, gt=0, description="Close a window of a segment gone quiet")
     window_text_chars: int = Field(
         1_000, ge=100, description="Prompts and replies are cut to this length in windows"

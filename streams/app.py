@@ -322,7 +322,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         detect = DetectStage(app, settings, metrics)
         app.batch_topic(settings.topics.summaries, detect.on_summaries)
 
-        @app.timer(0.5)
+        @app.timer(0.1)
         async def close_windows() -> None:
             await detect.tick()
 

@@ -1,0 +1,195 @@
+"""Incident to rollback: how long from a bad window's first event to the rollback request, live.
+
+Usage: ``python bench/rollback_latency_bench.py [--runs 5] [--window 5]``
+
+One embedded broker, one loopwatch worker with ``--window``-second windows.
+Each run uses its own model (marked stable at version ``stable``):
+
+1. one window of the stable version serving real HH-RLHF replies people
+   chose, with thumbs-up (its reference);
+2. one window in which a canary version serves the replies people rejected,
+   with thumbs-down, beside the stable version; the clock starts at the first
+   canary event sent to ``llm.inference.v1``;
+3. traffic goes on into the next window until the rollback request is
+   readable on ``loopwatch.rollback-requests.v1``.
+
+Latency = rollback readable (its record timestamp) - first bad event sent -
+window length (the part of the wait the window itself imposes). Baseline, same run: the time for one
+message to go from a producer to a consumer through the broker. Prints
+p50 and p99 (with few runs, p99 is the maximum) and the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kafka import KafkaConsumer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services import sample_data  # noqa: E402
+from services.broker import free_port, start_broker  # noqa: E402
+from services.processes import spawn, stop_process, wait_until_healthy  # noqa: E402
+from services.replay import Replayer  # noqa: E402
+from services.settings import Settings, Topics  # noqa: E402
+
+PER_WINDOW = 60  # requests per version and window: above the policy's min_samples of 30
+
+
+def _events(
+    exchange: sample_data.Exchange, model: str, version: str, thumbs_up: bool
+) -> list[tuple[str, bytes]]:
+    """An inference log served now and its thumbs feedback, as (topic kind, value)."""
+    request_id = f"{model}-{uuid.uuid4().hex[:12]}"
+    at = datetime.now(UTC)
+    event = sample_data.inference_event(exchange, at, random.Random(0), version=version)
+    event.update(
+        request_id=request_id, event_id=f"inf-{request_id}", model={"name": model, "version": version}
+    )
+    thumbs = {
+        "schema_version": "1",
+        "event_id": f"fb-{request_id}",
+        "request_id": request_id,
+        "timestamp": at.isoformat(),
+        "kind": "thumbs",
+        "value": thumbs_up,
+    }
+    return [("inference", json.dumps(event).encode()), ("feedback", json.dumps(thumbs).encode())]
+
+
+def _serve(replayer: Replayer, topics: Topics, batch: list[tuple[str, bytes]]) -> None:
+    for kind, value in batch:
+        replayer.send(topics.inference if kind == "inference" else topics.feedback, value)
+    replayer.flush()
+
+
+def _paced(seconds: float, count: int, make: object) -> None:
+    """Call ``make(i)`` ``count`` times spread over ``seconds``."""
+    start = time.monotonic()
+    for i in range(count):
+        make(i)  # type: ignore[operator]
+        time.sleep(max(0.0, start + (i + 1) * seconds / count - time.monotonic()))
+
+
+def _sleep_to_boundary(window: float) -> None:
+    time.sleep(window - time.time() % window + 0.05)
+
+
+def transit(bootstrap: str, topic: str, samples: int = 20) -> float:
+    """Median seconds from a producer's send to a consumer's read (the baseline)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=[bootstrap], auto_offset_reset="latest", group_id=None)
+    consumer.poll(timeout_ms=1000)
+    replayer = Replayer(bootstrap)
+    times = []
+    for _ in range(samples):
+        sent = time.monotonic()
+        replayer.send(topic, b"ping", b"k")
+        replayer.flush()
+        while not any(consumer.poll(timeout_ms=50).values()):
+            pass
+        times.append(time.monotonic() - sent)
+    consumer.close()
+    replayer.close()
+    return statistics.median(times)
+
+
+def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: list[tuple]) -> float:
+    """Seconds from the first bad event to the readable rollback, minus the window."""
+    consumer = KafkaConsumer(
+        topics.rollback_requests, bootstrap_servers=[bootstrap], auto_offset_reset="latest", group_id=None
+    )
+    consumer.poll(timeout_ms=500)
+    replayer = Replayer(bootstrap)
+    rng = random.Random(model)
+    _sleep_to_boundary(window)
+    _paced(
+        window * 0.9,
+        PER_WINDOW,
+        lambda i: _serve(replayer, topics, _events(rng.choice(pairs)[0], model, "stable", True)),
+    )
+    _sleep_to_boundary(window)
+    first_bad = time.time()
+
+    def both(i: int) -> None:
+        chosen, rejected = rng.choice(pairs)
+        _serve(
+            replayer,
+            topics,
+            _events(rejected, model, "canary", False) + _events(chosen, model, "stable", True),
+        )
+
+    _paced(window * 0.9, PER_WINDOW, both)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        both(0)  # traffic goes on into the next window
+        for records in consumer.poll(timeout_ms=100).values():
+            for record in records:
+                if json.loads(record.value)["subject"] == model:
+                    consumer.close()
+                    replayer.close()
+                    # The record's broker-side timestamp: when it became readable, not when
+                    # this loop got round to polling (same clock, same machine).
+                    return record.timestamp / 1000 - first_bad - window
+    raise RuntimeError(f"no rollback for {model} within 60 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--window", type=float, default=5.0, help="window length in seconds")
+    args = parser.parse_args()
+    models = [f"latency-{n}" for n in range(args.runs)]
+    settings = Settings()
+    pairs = [pair for _, pair in zip(range(400), sample_data.hh_rlhf(settings.sample_data), strict=False)]
+    port, web_port = free_port(), free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = start_broker(port)
+    env = {
+        **os.environ,
+        "LOOPWATCH_KAFKA_BOOTSTRAP": bootstrap,
+        "LOOPWATCH_WEB_PORT": str(web_port),
+        "LOOPWATCH_DATA_DIR": tempfile.mkdtemp(),
+        "LOOPWATCH_LOG_LEVEL": "warning",
+        "LOOPWATCH_WINDOW_SECONDS": str(args.window),
+        "LOOPWATCH_COMMIT_INTERVAL_SECONDS": "0.5",
+        "LOOPWATCH_STABLE_VERSIONS": json.dumps(dict.fromkeys(models, "stable")),
+    }
+    worker = spawn(
+        [sys.executable, "-m", "services.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker, 120)
+        baseline = transit(bootstrap, "latency-bench-ping")
+        latencies = []
+        for model in models:
+            latencies.append(one_run(bootstrap, settings.topics, model, args.window, pairs))
+            print(f"{model}: {latencies[-1]:.2f} s after the window", flush=True)
+    finally:
+        stop_process(worker)
+        stop_process(broker)
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+    print(f"baseline: broker transit {baseline * 1000:.1f} ms (median of 20)")
+    print(f"incident -> rollback request, window length subtracted, over {len(latencies)} runs:")
+    print(f"  p50 {p50:.2f} s   p99 {p99:.2f} s   (goal < 2 s)   p50 / transit = {p50 / baseline:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
