@@ -252,6 +252,19 @@ class DatasetStore:
         """The current version of every table that exists."""
         return {kind: self._table(kind).version() for kind in DATASET_KINDS if self.exists(kind)}
 
+    def training_ref(self) -> dict[str, str | int] | None:
+        """The table and version a retrain requested now should train on (None: no data yet).
+
+        Corrections (``sft``) first, then ``preference`` pairs, then ``golden``
+        examples: the first table that exists. The version pins the rows, so
+        the training is reproducible however much is appended later.
+        """
+        versions = self.latest_versions()
+        for kind in ("sft", "preference", "golden"):
+            if kind in versions:
+                return {"table": kind, "uri": self.uri(kind), "version": versions[kind]}
+        return None
+
     def resolve(self, kind: DatasetKind, version: int | None = None, tag: str | None = None) -> int:
         """A version number from an explicit version, a tag, or the latest."""
         if version is not None and tag is not None:

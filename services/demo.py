@@ -23,7 +23,13 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from retrain_trigger.actions import ROLLBACK_FAILED, ROLLBACK_REQUESTED, ROLLBACK_VERIFIED, from_kafka
+from retrain_trigger.actions import (
+    RETRAIN_REQUESTED,
+    ROLLBACK_FAILED,
+    ROLLBACK_REQUESTED,
+    ROLLBACK_VERIFIED,
+    from_kafka,
+)
 from retrain_trigger.policy import DEFAULT_POLICY
 from schemas.events import MAX_TEXT_CHARS, Alert, CloudEvent, Detection
 from services import sample_data
@@ -84,8 +90,9 @@ def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Ex
 
     1. windows 0-1, the stable version alone answers HH-RLHF prompts (with the
        reply people chose) and OASST1 prompts;
-    2. window 2, a canary version goes live beside it and answers half of the
-       HH-RLHF prompts with the reply people *rejected*: the incident;
+    2. window 2, a canary version goes live beside it (an A/B test): each
+       HH-RLHF prompt is answered by both, the stable version with the reply
+       people chose, the canary with the reply they *rejected*: the incident;
     3. window 3, after the rollback, the stable version serves alone again.
     """
     hh = [pair for _, pair in zip(range(pairs), sample_data.hh_rlhf(data_dir), strict=False)]
@@ -96,8 +103,9 @@ def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Ex
         before += [(pair[0], sample_data.STABLE_VERSION) for pair in hh[n : min(n + 1, quarter)]]
         before += [(e, sample_data.STABLE_VERSION) for e in oa[n : n + 1]]
     incident = [
-        (chosen, sample_data.STABLE_VERSION) if n % 2 else (rejected, CANARY_VERSION)
-        for n, (chosen, rejected) in enumerate(hh[quarter : len(hh) - quarter])
+        served
+        for chosen, rejected in hh[quarter : len(hh) - quarter]
+        for served in ((chosen, sample_data.STABLE_VERSION), (rejected, CANARY_VERSION))
     ]
     after = [(chosen, sample_data.STABLE_VERSION) for chosen, _ in hh[len(hh) - quarter :]]
     served = []
@@ -265,11 +273,37 @@ def _send(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
     replayer.close()
 
 
+_DEMO_RULE = """
+  # Demo only: a canary whose replies people rejected also asks for a retrain
+  # on the curated feedback (its preference pairs), once its rollback is out.
+  - name: retrain-on-rejected-replies
+    match:
+      detectors: [quality.canary.v1]
+      verdicts: [drift]
+    action: retrain
+    severity: warning
+    gates:
+      min_samples: 30
+      for_windows: 1
+
+inhibit:"""
+
+
 def _demo_policy(path: Path) -> Path:
-    """The default policy, but an alert with no new evidence resolves after 15 s, not 30 min."""
-    text = DEFAULT_POLICY.read_text()
+    """The default policy, with alerts resolving 15 s after their last evidence (not 30 min),
+    and one more rule, so that the demo's incident also leads to a retrain request."""
+    text = DEFAULT_POLICY.read_text().replace("resolve_timeout: 30m", "resolve_timeout: 15s", 1)
+    # A firing rollback normally holds retrain requests for its model; the demo shows both.
+    text = text.replace(
+        """  - source: {action: rollback}
+    target: {action: retrain}
+    equal: [model]
+""",
+        "",
+        1,
+    ).replace("\ninhibit:", _DEMO_RULE, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.replace("resolve_timeout: 30m", "resolve_timeout: 15s", 1))
+    path.write_text(text)
     return path
 
 
@@ -372,13 +406,18 @@ def run_demo(
             "published_at": _iso(at),
             **{
                 k: event.data[k]
-                for k in ("from_version", "target_version", "verified", "reason")
-                if k in event.data
+                for k in ("from_version", "target_version", "verified", "reason", "dataset")
+                if event.data.get(k) is not None
             },
         }
         for at, event in sorted(loop.actions, key=lambda item: item[0])
     ]
     summary["timeline"] = _timeline(loop, replayed_at)
+    summary["datasets"], summary["export"] = _datasets(
+        settings.data_dir / f"demo-{run_id}" / "datasets",
+        loop,
+        settings.data_dir / f"demo-{run_id}-export.jsonl",
+    )
     print(render(summary), file=out, flush=True)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
@@ -423,11 +462,39 @@ def _summary(
         "actions": [],
         "timeline": [],
         "datasets": [],
+        "export": None,
     }
 
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def _datasets(root: Path, loop: Loop, output: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The curated tables the traffic grew, and an export of the version the retrain request named."""
+    from curation.export import export
+    from curation.store import DatasetStore, table_kind
+
+    if not root.exists():
+        return [], None
+    store = DatasetStore(root)
+    tables = [
+        {"table": kind, "version": version, "rows": store.read(kind).num_rows, "uri": store.uri(kind)}
+        for kind, version in store.latest_versions().items()
+    ]
+    named = [
+        e.data["dataset"] for _, e in loop.actions if e.type == RETRAIN_REQUESTED and e.data.get("dataset")
+    ]
+    target = named[0] if named else store.training_ref()
+    if target is None:
+        return tables, None
+    result = export(store, table_kind(str(target["table"])), output, version=int(target["version"]))
+    return tables, {
+        "table": result.table,
+        "version": result.version,
+        "rows": result.rows,
+        "path": str(output),
+    }
 
 
 def _timeline(loop: Loop, replayed_at: float) -> list[str]:
@@ -444,6 +511,9 @@ def _timeline(loop: Loop, replayed_at: float) -> list[str]:
             extra = f" {event.data.get('from_version')} -> {event.data['target_version']}"
         if "reason" in event.data:
             extra += f" ({event.data['reason']})"
+        if event.data.get("dataset"):
+            dataset = event.data["dataset"]
+            extra += f" train on {dataset['table']}@v{dataset['version']}"
         lines.append((at, f"{event.type} {event.subject}{extra} id={event.id}"))
     return [f"+{at - replayed_at:5.1f}s  {what}" for at, what in sorted(lines)]
 
@@ -508,6 +578,16 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(
             f"     {d['verdict']:<7} {d['detector']:<30} {d['model']}@{d['version']} ({d['tenant']}) "
             f"window {d['window_start'][11:19]}{effect}{p_value}"
+        )
+    for table in s["datasets"]:
+        lines.append(
+            f"  dataset:   {table['table']:<14} version {table['version']:>3}, "
+            f"{table['rows']} rows  {table['uri']}"
+        )
+    if s["export"]:
+        e = s["export"]
+        lines.append(
+            f"  exported:  {e['table']}@v{e['version']} ({e['rows']} rows, chat JSONL) to {e['path']}"
         )
     if s["timeline"]:
         lines.append("  timeline (seconds after the replay began):")

@@ -184,14 +184,12 @@ class DecideStage:
         await self._send_failures()
 
     def _with_dataset(self, event: CloudEvent) -> CloudEvent:
-        """A retrain request names the curated dataset version it should train on."""
+        """A retrain request names the curated dataset table and version it should train on."""
         if event.type == ROLLBACK_REQUESTED or "dataset" not in event.data or self.datasets is None:
             return event
-        versions = self.datasets.latest_versions()
-        table = "sft" if "sft" in versions else next(iter(versions), None)
-        if table is None:
+        dataset = self.datasets.training_ref()
+        if dataset is None:
             return event
-        dataset = {"table": table, "uri": self.datasets.uri(table), "version": versions[table]}
         return event.model_copy(update={"data": {**event.data, "dataset": dataset}})
 
     def _restore(self, model: str) -> None:

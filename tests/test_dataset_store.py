@@ -133,6 +133,21 @@ def test_time_travel_returns_exactly_the_rows_of_that_version(
     assert row_ids(store, "golden", store.resolve("golden", tag="retrain-1")) == at_pin
 
 
+def test_the_training_ref_of_a_retrain_request_reads_back_the_same_rows_later(
+    tmp_path: Path, exchanges: list[sample_data.Exchange]
+) -> None:
+    store = DatasetStore(tmp_path)
+    assert store.training_ref() is None
+    store.write(curate(real_records(exchanges[:40])).rows, now=NOW)
+    ref = store.training_ref()
+    assert ref is not None and ref["uri"] == store.uri(ref["table"])  # type: ignore[arg-type]
+    table, version = str(ref["table"]), int(ref["version"])
+    seen = row_ids(store, table, version)
+    store.write(curate(real_records(exchanges[40:], start=500)).rows, now=NOW)
+    assert count(store, table) > len(seen)
+    assert row_ids(store, table, version) == seen
+
+
 def test_snapshot_refuses_to_move_a_tag_and_unknown_versions(tmp_path: Path, rows: list[CuratedRow]) -> None:
     store = DatasetStore(tmp_path)
     store.write(rows[:5], now=NOW)

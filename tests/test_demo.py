@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from services.demo import CANARY_VERSION, run_demo
@@ -49,3 +51,15 @@ def test_demo_end_to_end(tmp_path):
         statuses[alert["fingerprint"]].append(alert["status"])
     assert statuses and all(s == ["firing", "resolved"] for s in statuses.values()), statuses
     assert any("rollback.requested" in line for line in summary["timeline"])
+    # The curated tables grew; the retrain request names one of their versions, which is exported.
+    tables = {t["table"]: t for t in summary["datasets"]}
+    assert tables["preference"]["rows"] > 0 and tables["golden"]["rows"] > 0
+    [retrain] = [a for a in summary["actions"] if a["type"] == "io.loopwatch.retrain.requested"]
+    assert retrain["dataset"]["table"] in tables and retrain["dataset"]["version"] >= 0
+    export = summary["export"]
+    named = retrain["dataset"]
+    assert (export["table"], export["version"]) == (named["table"], named["version"])
+    lines = Path(export["path"]).read_text().splitlines()
+    assert len(lines) == export["rows"] > 0
+    assert all(json.loads(line).keys() >= {"prompt", "chosen", "rejected"} for line in lines)
+    assert len(pd.read_json(export["path"], lines=True)) == export["rows"]
