@@ -104,6 +104,17 @@ class References:
             return None
         return self._reference(f"pinned:{self._pinned_key(window)}", pinned)
 
+    def awaits_stable(self, window: ClosedWindow) -> bool:
+        """A window of a non-stable version whose stable version has no window yet to compare with."""
+        if self.reference_frame is not None:
+            return False
+        stable = self.stable_versions.get(window.segment.get("model") or "")
+        return (
+            bool(stable)
+            and stable != window.segment.get("model_version")
+            and (self.store.get(self._stable_key(window)) is None)
+        )
+
     def observe(self, window: ClosedWindow) -> list[tuple[str, bytes]]:
         """What to store after ``window``: its segment's pinned reference grows, a stable one moves."""
         updates = []

@@ -91,6 +91,8 @@ class DetectStage:
         self.partition_of: dict[str, int] = {}
         self._outbox = Outbox()
         self._tasks: set[asyncio.Future[None]] = set()
+        self.waiting: list[tuple[ClosedWindow, float]] = []
+        self.max_wait = settings.window_idle_seconds
 
     async def on_summaries(self, messages: list[Any]) -> None:
         """Merge a batch of partial summaries; judge and publish the windows they complete."""
@@ -106,15 +108,29 @@ class DetectStage:
         await self._close(closed)
 
     async def tick(self) -> None:
-        """Close windows of segments that went quiet."""
-        await self._close(self.windows.tick(time.time()))
+        """Close windows of segments that went quiet; judge canary windows whose stable reference came."""
+        now = time.time()
+        ready = [
+            w
+            for w, since in self.waiting
+            if not self.references.awaits_stable(w) or now - since > self.max_wait
+        ]
+        self.waiting = [(w, since) for w, since in self.waiting if all(w is not r for r in ready)]
+        for window in ready:
+            self._judge(window, waited=True)
+        await self._close(self.windows.tick(now))
 
     async def _close(self, closed: list[ClosedWindow]) -> None:
         for window in closed:
             self._judge(window)
         await self._send()
 
-    def _judge(self, window: ClosedWindow) -> None:
+    def _judge(self, window: ClosedWindow, *, waited: bool = False) -> None:
+        if not waited and self.references.awaits_stable(window):
+            # A canary's window closed before any window of its stable version: wait for one
+            # (at most max_wait) rather than pin the canary's own traffic as its reference.
+            self.waiting.append((window, time.time()))
+            return
         self.metrics.window_rows.labels(window.kind).inc(len(window.rows))
         reference = self.references.for_window(window)
         partition = self.partition_of.get(segment_key(window.segment), 0)

@@ -53,6 +53,18 @@ def test_a_canary_is_judged_against_the_latest_window_of_the_stable_version() ->
     canary = _observe(references, store, _window("2", 100, 900, 2, seed=2))
     assert canary is not None and canary.name.startswith("stable:")
     assert set(canary.frame["request_id"].str.split("-").str[1]) == {"1"}  # the stable's latest window
+    assert not references.awaits_stable(_window("2", 10, 900, 3))
+
+
+def test_a_canary_window_closing_before_any_stable_window_waits_for_one() -> None:
+    store = _Store()
+    references = References(store, stable_versions={"m": "1"})
+    early_canary = _window("2", 100, 900, 0)
+    assert references.awaits_stable(early_canary)
+    _observe(references, store, _window("1", 100, 500, 0))
+    assert not references.awaits_stable(early_canary)
+    reference = references.for_window(early_canary)
+    assert reference is not None and reference.name.startswith("stable:")
 
 
 def test_judge_publishes_one_detection_per_detector_with_its_config_and_window() -> None:
