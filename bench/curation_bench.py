@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,7 +40,11 @@ from curation.rules import curate  # noqa: E402
 from curation.store import PARTITION_BY, DatasetStore, to_arrow  # noqa: E402
 from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef  # noqa: E402
 from services import sample_data  # noqa: E402
+from services.broker import free_port, start_broker  # noqa: E402
+from services.kafka import ensure_topics  # noqa: E402
+from services.processes import spawn, stop_process  # noqa: E402
 from services.settings import Settings  # noqa: E402
+from streams.metrics import metric_total  # noqa: E402
 
 GOAL_EVENTS_PER_SECOND = 1_000
 
@@ -96,6 +102,67 @@ def joined_events(n: int, data_dir: Path) -> list[JoinedFeedback]:
 def du(path: Path) -> int:
     """Bytes of the data files under path (the Delta log included)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def from_the_stream(records: list[JoinedFeedback]) -> float:
+    """Joined events/s the worker's curate stage turns into Delta rows, on the embedded broker.
+
+    The joined records are put on ``loopwatch.feedback-joined.v1`` first; the
+    clock runs from the first curated row the worker reports to the last.
+    """
+    from kafka import KafkaProducer
+
+    port, web_port = free_port(), free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = start_broker(port)
+    try:
+        settings = Settings(kafka_bootstrap=bootstrap)
+        ensure_topics(settings)
+        producer = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=20)
+        for record in records:
+            producer.send(
+                settings.topics.joined, record.model_dump_json().encode(), key=record.request_id.encode()
+            )
+        producer.flush()
+        producer.close()
+        with tempfile.TemporaryDirectory() as data_dir:
+            env = {
+                **os.environ,
+                "LOOPWATCH_KAFKA_BOOTSTRAP": bootstrap,
+                "LOOPWATCH_WEB_PORT": str(web_port),
+                "LOOPWATCH_DATA_DIR": data_dir,
+                "LOOPWATCH_LOG_LEVEL": "warning",
+                "LOOPWATCH_DETECTION": "false",
+                "LOOPWATCH_DECIDE": "false",
+            }
+            worker = spawn(
+                [sys.executable, "-m", "services.cli", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                url = f"http://127.0.0.1:{web_port}/metrics"
+                started = 0.0
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    try:
+                        with urllib.request.urlopen(url, timeout=5) as response:
+                            done = metric_total(response.read().decode(), "loopwatch_curated_events_total")
+                    except OSError:
+                        done = 0
+                    if done and not started:
+                        started, first = time.monotonic(), done
+                    if done >= len(records):
+                        # Only the events curated after the clock started are timed.
+                        return (done - first) / (time.monotonic() - started)
+                    time.sleep(0.05)
+                raise RuntimeError("the worker did not curate every row within 600 s")
+            finally:
+                stop_process(worker)
+    finally:
+        stop_process(broker)
 
 
 def main() -> None:
@@ -170,6 +237,10 @@ def main() -> None:
     print(f"end to end (a+b):      {end_to_end:10.0f} events/s -> {verdict} at {GOAL_EVENTS_PER_SECOND}/s")
     per_10k = size / stored * 10_000 / 1e6
     print(f"stored rows: {stored}; on disk: {size / 1e6:.1f} MB = {per_10k:.2f} MB per 10k rows")
+    stream = from_the_stream(records)
+    verdict = "keeps up" if stream >= GOAL_EVENTS_PER_SECOND else "LAGS"
+    print("(e) from the stream (worker's curate stage, toxicity flags included):")
+    print(f"                       {stream:10.0f} joined events/s -> {verdict} at {GOAL_EVENTS_PER_SECOND}/s")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class CurateStage:
         metadata = {"loopwatch.offsets": ",".join(f"{tp}@{offset}" for tp, offset in sorted(last.items()))}
         loop = asyncio.get_running_loop()
         written = await loop.run_in_executor(None, self._write, result.rows, metadata)
+        self.metrics.curated_events.inc(len(messages))
         for kind, count in written.inserted.items():
             self.metrics.curated_rows.labels(kind).inc(count)
         for kind, version in written.versions.items():

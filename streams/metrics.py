@@ -100,6 +100,11 @@ class Metrics:
             registry=r,
         )
 
+        self.curated_events = Counter(
+            "loopwatch_curated_events",
+            "Joined feedback events curated (and written, before their ack)",
+            registry=r,
+        )
         self.curated_rows = Counter(
             "loopwatch_curated_rows",
             "Rows inserted into the dataset tables, by kind (replays insert none)",
