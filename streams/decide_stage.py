@@ -27,9 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import yaml
-from pydantic import TypeAdapter, ValidationError
-
 from curation.store import DatasetStore
 from retrain_trigger.actions import ROLLBACK_REQUESTED, to_kafka
 from retrain_trigger.control import ControlEvent
@@ -38,8 +35,8 @@ from retrain_trigger.pipeline import Decider, ModelState
 from retrain_trigger.policy import PolicyError, load_policy
 from retrain_trigger.publish import Decision, action_topic
 from retrain_trigger.stable import StableVersionMarked
-from schemas.errors import ConfigError
 from schemas.events import CloudEvent, Detection, SourceRef
+from services.config_files import load_yaml_list
 from services.settings import Settings
 from streams.ingest import Rejected, dead_letter, decode
 from streams.metrics import Metrics
@@ -55,12 +52,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def load_receivers(path: Path | None) -> list[Any]:
     """Notifier receivers from a YAML list (webhook, slack, pagerduty, alertmanager); none without a file."""
-    if path is None:
-        return []
-    try:
-        return TypeAdapter(list[ReceiverConfig]).validate_python(yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"cannot use receivers file {path}: {exc}") from exc
+    return [] if path is None else load_yaml_list(path, ReceiverConfig, "receivers")
 
 
 class DecideStage:

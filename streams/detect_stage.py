@@ -24,11 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import yaml
-from pydantic import TypeAdapter, ValidationError
-
 from detectors.files import read_frame
-from schemas.errors import ConfigError
+from services.config_files import load_yaml_list
 from services.settings import Settings
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
 from streams.metrics import Metrics
@@ -54,13 +51,7 @@ def window_spec(settings: Settings) -> WindowSpec:
 
 def load_specs(path: Path | None) -> list[DetectorSpec]:
     """Detectors to run, from a YAML list of ``{detector_id, kind, config, slow}`` (or the defaults)."""
-    if path is None:
-        return list(DEFAULT_SPECS)
-    try:
-        entries = yaml.safe_load(path.read_text())
-        return TypeAdapter(list[DetectorSpec]).validate_python(entries)
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"cannot use detectors file {path}: {exc}") from exc
+    return list(DEFAULT_SPECS) if path is None else load_yaml_list(path, DetectorSpec, "detectors")
 
 
 class DetectStage:

@@ -160,3 +160,18 @@ def test_every_built_in_detector_runs_on_real_windows(exchanges: list[Any]) -> N
             judged = judge.run(current, reference, specs)
             assert [j.finding.detector_id for j in judged] == [s.detector_id for s in specs]
     assert failed == []
+
+
+def test_a_bad_detectors_file_is_refused_with_its_name(tmp_path: Any) -> None:
+    import pytest
+
+    from schemas.errors import ConfigError
+    from streams.detect_stage import load_specs
+
+    bad = tmp_path / "detectors.yaml"
+    bad.write_text("- detector_id: drift.ks.v1\n  kind: sideways\n")
+    with pytest.raises(ConfigError, match=r"detectors file .*detectors\.yaml"):
+        load_specs(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("- {detector_id: drift.ks.v1, kind: inference, config: {column: latency_ms}}\n")
+    assert load_specs(good) == [DetectorSpec("drift.ks.v1", "inference", {"column": "latency_ms"})]
