@@ -172,18 +172,20 @@ class Observed:
     examples: dict[str, str] = field(default_factory=dict)
 
 
-def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) -> Observed:
-    """Read the output topics until every expected record arrived, or ``timeout`` passes."""
-    consumer = KafkaConsumer(
-        topics.deadletter,
-        topics.enriched,
-        topics.joined,
-        topics.unmatched,
+def _reader(bootstrap: str, *topics: str) -> KafkaConsumer:
+    """A group-less consumer that reads these topics from their start, as any downstream reader would."""
+    return KafkaConsumer(
+        *topics,
         bootstrap_servers=bootstrap.split(","),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
     )
+
+
+def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) -> Observed:
+    """Read the output topics until every expected record arrived, or ``timeout`` passes."""
+    consumer = _reader(bootstrap, topics.deadletter, topics.enriched, topics.joined, topics.unmatched)
     seen = Observed()
     deadline = time.monotonic() + timeout
     try:
@@ -235,15 +237,8 @@ def observe_loop(
     bootstrap: str, topics: Topics, *, quiet: float, timeout: float, until: Callable[[Loop], bool]
 ) -> Loop:
     """Read detections, alerts and actions until ``until`` holds, or nothing came for ``quiet`` s."""
-    consumer = KafkaConsumer(
-        topics.detections,
-        topics.alerts,
-        topics.rollback_requests,
-        topics.retrain_requests,
-        bootstrap_servers=bootstrap.split(","),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
+    consumer = _reader(
+        bootstrap, topics.detections, topics.alerts, topics.rollback_requests, topics.retrain_requests
     )
     loop = Loop()
     deadline = time.monotonic() + timeout
