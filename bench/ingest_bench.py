@@ -58,8 +58,12 @@ def one_kb_events(n: int, data_dir: Path) -> list[bytes]:
         event["request_id"] = event["event_id"] = f"bench-{i}"
         event["prompt"] = exchange.prompt[-1]["content"][:300]
         event["response"] = ""
-        room = TARGET_BYTES - len(json.dumps(event).encode())
-        event["response"] = (exchange.response * 4)[: max(room, 0)]
+        room = max(TARGET_BYTES - len(json.dumps(event).encode()), 0)
+        filler = exchange.response or exchange.prompt[-1]["content"]
+        event["response"] = (filler * (room // len(filler) + 1))[:room]
+        excess = len(json.dumps(event).encode()) - TARGET_BYTES  # escaped non-ASCII takes more bytes
+        if excess > 0:
+            event["response"] = event["response"][:-excess]
         events.append(json.dumps(event).encode())
     return events
 

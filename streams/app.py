@@ -26,7 +26,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 from faust.web import Request, Response, View
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 
 from detectors.frame import feedback_row, log_row, segment_of
 from schemas.events import Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
@@ -86,9 +86,14 @@ class Ingest:
         self.settings = settings
         self.topics = settings.topics
         self.metrics = metrics
-        # key_type=bytes makes faust use the raw codec for keys both when writing
-        # the changelog and when recovering from it; values are JSON dicts.
-        self.joins = app.Table("joins", partitions=settings.partitions, key_type=bytes)
+        # The raw codec for keys and values, both when writing the changelog and
+        # when recovering from it: each entry is its JoinState as JSON bytes. Bytes
+        # are not tracked by Python's garbage collector; a million state dicts
+        # were, and every full collection walked them all.
+        self.joins = app.Table("joins", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        # When each entry was first seen, so that the expiry sweep reads a float
+        # per entry instead of parsing every state.
+        self.first_seen: dict[bytes, float] = {}
         self.last_offset: dict[TP, int] = {}
         inputs = (self.topics.inference, self.topics.feedback)
         self._in = {t: metrics.events_in.labels(t) for t in inputs}
@@ -122,14 +127,14 @@ class Ingest:
         )
         if self.settings.detection:
             self._sample_inference(event, descriptors)
-        result = join.on_inference(self.joins.data.get(key), accepted.text, accepted.event, source, now)
+        result = join.on_inference(self._state(key), accepted.text, accepted.event, source, now)
         self._store(outbox, key, result, message.partition)
 
     def _feedback(
         self, outbox: Outbox, message: Any, source: SourceRef, accepted: Accepted[Feedback], now: float
     ) -> None:
         key = self._key(message, accepted.event.request_id)
-        result = join.on_feedback(self.joins.data.get(key), accepted.text, accepted.event, source, now)
+        result = join.on_feedback(self._state(key), accepted.text, accepted.event, source, now)
         if result.duplicate:
             self.metrics.feedback_duplicate.inc()
         self._store(outbox, key, result, message.partition)
@@ -175,11 +180,17 @@ class Ingest:
             self.metrics.join_key_mismatch.labels(message.topic).inc()
         return key
 
+    def _state(self, key: bytes) -> join.JoinState | None:
+        state = self.joins.data.get(key)
+        return None if state is None else from_json(state)
+
     def _store(self, outbox: Outbox, key: bytes, result: join.JoinResult, partition: int) -> None:
         """Keep the new join state (table and changelog) and queue the joined records."""
         if not result.duplicate:
-            self.joins.data[key] = result.state
-            outbox.add(self._changelog, key, to_json(result.state), partition=partition)
+            state = to_json(result.state)
+            self.joins.data[key] = state
+            self.first_seen.setdefault(key, result.state["first_seen"])
+            outbox.add(self._changelog, key, state, partition=partition)
         for record in result.joined:
             outbox.add(self.topics.joined, key, record.model_dump_json().encode(), partition=partition)
             if self.settings.detection:
@@ -226,15 +237,20 @@ class Ingest:
     async def sweep(self) -> None:
         """Expire joins older than the TTL; publish their unmatched feedback, then delete them."""
         now = time.time()
+        entries = self.joins.data
+        for key in entries.keys() - self.first_seen.keys():  # recovered from the changelog
+            self.first_seen[key] = from_json(entries[key])["first_seen"]
         active = self.app.assignor.assigned_actives()
-        expired = [
-            (key, state)
-            for key, state in list(self.joins.data.items())
-            if join.is_expired(state, now, self.settings.join_ttl_seconds)
-            and TP(self.topics.inference, state["partition"]) in active
-        ]
+        expired = []
+        for key, first_seen in list(self.first_seen.items()):
+            if key not in entries:  # its partition moved to another worker
+                del self.first_seen[key]
+            elif join.is_expired(first_seen, now, self.settings.join_ttl_seconds):
+                state: join.JoinState = from_json(entries[key])
+                if TP(self.topics.inference, state["partition"]) in active:
+                    expired.append((key, state))
         if not expired:
-            self.metrics.join_entries.set(len(self.joins.data))
+            self.metrics.join_entries.set(len(entries))
             return
         outbox = Outbox()
         unmatched = 0
@@ -252,9 +268,9 @@ class Ingest:
         for delivered in await outbox.send(self.app.kafka_producer()):
             await delivered
         for key, _ in expired:
-            del self.joins.data[key]
+            del entries[key], self.first_seen[key]
         self.metrics.feedback_unmatched.inc(unmatched)
-        self.metrics.join_entries.set(len(self.joins.data))
+        self.metrics.join_entries.set(len(entries))
 
     def update_lag(self) -> None:
         """Consumer lag per partition: the high-water mark minus the next offset to process."""

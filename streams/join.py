@@ -109,9 +109,9 @@ def on_feedback(
     return JoinResult(state, [_join(log, state, feedback, source, now)])
 
 
-def is_expired(state: JoinState, now: float, ttl: float) -> bool:
-    """True once the request_id has waited longer than ``ttl`` seconds."""
-    return now - state["first_seen"] > ttl
+def is_expired(first_seen: float, now: float, ttl: float) -> bool:
+    """True once a request_id first seen at ``first_seen`` has waited longer than ``ttl`` seconds."""
+    return now - first_seen > ttl
 
 
 def unmatched(state: JoinState, request_id: str, now: float) -> list[UnmatchedFeedback]:

@@ -103,8 +103,8 @@ def test_joined_record_carries_both_sources():
 def test_expiry_hands_back_waiting_feedback_only_after_ttl():
     state, _, _ = run([("feedback", "f1"), ("feedback", "f2")], now=100.0)
     assert state is not None
-    assert not join.is_expired(state, now=105.0, ttl=10.0)
-    assert join.is_expired(state, now=110.5, ttl=10.0)
+    assert not join.is_expired(state["first_seen"], now=105.0, ttl=10.0)
+    assert join.is_expired(state["first_seen"], now=110.5, ttl=10.0)
     unmatched = join.unmatched(state, "r1", now=110.5)
     assert [u.feedback.event_id for u in unmatched] == ["f1", "f2"]
     assert all(u.request_id == "r1" for u in unmatched)

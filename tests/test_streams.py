@@ -162,6 +162,28 @@ def test_join_table_is_fully_restored_after_a_crash_at_rest(broker, tmp_path, ex
     assert len({r.key for r in joined}) == n
 
 
+def test_waiting_feedback_restored_after_a_crash_still_expires(broker, tmp_path, exchanges):
+    # The restarted worker knows these entries only from the changelog: it must
+    # still hand their feedback on once the TTL (counted from the first worker's
+    # first sight of them) has passed.
+    stack = WorkerStack(broker, tmp_path, join_ttl_seconds=15, join_sweep_seconds=0.5)
+    orphans = exchanges[10:13]
+    stack.start()
+    started = time.monotonic()
+    stack.send(stack.topics.feedback, [value for e in orphans for value in feedback(e)])
+    deadline = time.monotonic() + 10
+    while stack.metric("loopwatch_join_entries") < len(orphans) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)  # let the offset commit land, so the restart does not re-read them
+    stack.kill9()
+    assert time.monotonic() - started < 15, "the crash must come before the TTL"
+    stack.start()
+    unmatched = values_json(stack.read(stack.topics.unmatched, len(orphans), timeout=60))
+    stack.stop()
+    assert sorted(u["request_id"] for u in unmatched) == sorted(e.request_id for e in orphans)
+    assert all(u["first_seen"] < u["expired_at"] for u in unmatched)
+
+
 def test_worker_waits_for_a_broker_that_is_not_up_yet(tmp_path):
     port = free_port()
     worker = WorkerStack(f"127.0.0.1:{port}", tmp_path)
