@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kafka import KafkaConsumer
 
 from retrain_trigger.actions import (
@@ -30,7 +31,7 @@ from retrain_trigger.actions import (
     ROLLBACK_VERIFIED,
     from_kafka,
 )
-from retrain_trigger.policy import DEFAULT_POLICY
+from retrain_trigger.policy import DEFAULT_POLICY, parse_policy
 from schemas.events import MAX_TEXT_CHARS, Alert, CloudEvent, Detection
 from services import sample_data
 from services.broker import free_port, start_broker
@@ -268,35 +269,27 @@ def _send(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
     replayer.close()
 
 
-_DEMO_RULE = """
-  # Demo only: a canary whose replies people rejected also asks for a retrain
-  # on the curated feedback (its preference pairs), once its rollback is out.
-  - name: retrain-on-rejected-replies
-    match:
-      detectors: [quality.canary.v1]
-      verdicts: [drift]
-    action: retrain
-    severity: warning
-    gates:
-      min_samples: 30
-      for_windows: 1
-
-inhibit:"""
+# Demo only: a canary whose replies people rejected also asks for a retrain on
+# the curated feedback (its preference pairs), once its rollback is out.
+_DEMO_RULE = {
+    "name": "retrain-on-rejected-replies",
+    "match": {"detectors": ["quality.canary.v1"], "verdicts": ["drift"]},
+    "action": "retrain",
+    "severity": "warning",
+    "gates": {"min_samples": 30, "for_windows": 1},
+}
 
 
 def _demo_policy(path: Path) -> Path:
     """The default policy, with alerts resolving 15 s after their last evidence (not 30 min),
     and one more rule, so that the demo's incident also leads to a retrain request."""
-    text = DEFAULT_POLICY.read_text().replace("resolve_timeout: 30m", "resolve_timeout: 15s", 1)
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    policy["resolve_timeout"] = "15s"
+    policy["rules"].append(_DEMO_RULE)
     # A firing rollback normally holds retrain requests for its model; the demo shows both.
-    text = text.replace(
-        """  - source: {action: rollback}
-    target: {action: retrain}
-    equal: [model]
-""",
-        "",
-        1,
-    ).replace("\ninhibit:", _DEMO_RULE, 1)
+    policy["inhibit"] = [rule for rule in policy["inhibit"] if rule["target"] != {"action": "retrain"}]
+    text = yaml.safe_dump(policy, sort_keys=False)
+    parse_policy(text, str(path))  # a mistake here fails the demo now, not in the worker
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path

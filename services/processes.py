@@ -13,7 +13,7 @@ from typing import Any
 from schemas.errors import LoopwatchError
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     # Linux: the child gets SIGTERM when its parent dies, even by kill -9, so
     # `loopwatch up`, the demo and test sessions never leave orphans behind.
     with contextlib.suppress(Exception):
@@ -31,7 +31,7 @@ def spawn(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
     """
     return subprocess.Popen(
         command,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
         start_new_session=True,
         **popen,
     )

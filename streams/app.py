@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -32,7 +33,7 @@ from detectors.frame import feedback_row, log_row, segment_of
 from schemas.events import Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
 from services.settings import Settings
 from streams import join
-from streams.consumer import FastDrainTransport
+from streams.consumer import BatchHandler, FastDrainTransport
 from streams.detect_stage import DetectStage, window_spec
 from streams.ingest import Accepted, Rejected, dead_letter, decode, describe, enriched_json
 from streams.metrics import Metrics
@@ -45,7 +46,13 @@ log = logging.getLogger("loopwatch.streams")
 # message size (rows hold prompts and replies cut to window_text_chars).
 _ROWS_PER_PARTIAL = 200
 
-BatchHandler = Callable[[list[Any]], Awaitable[None]]
+
+@dataclass(frozen=True)
+class BatchRoute:
+    """Where the batches of one topic go: a stage handles its batches one at a time, in order."""
+
+    stage: str
+    handler: BatchHandler
 
 
 class LoopwatchApp(faust.App):
@@ -53,7 +60,7 @@ class LoopwatchApp(faust.App):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.batch_handlers: dict[str, BatchHandler] = {}
+        self.batch_routes: dict[str, BatchRoute] = {}
         self.stop_hooks: list[Callable[[], Awaitable[None]]] = []
 
     async def on_stop(self) -> None:
@@ -68,10 +75,14 @@ class LoopwatchApp(faust.App):
     def _new_transport(self) -> Any:
         return FastDrainTransport(self.conf.broker_consumer, self)
 
-    def batch_topic(self, name: str, handler: BatchHandler) -> None:
-        """Subscribe to ``name`` and deliver its messages to ``handler`` in batches."""
+    def batch_topic(self, name: str, handler: BatchHandler, *, stage: str) -> None:
+        """Subscribe to ``name`` and deliver its messages to ``handler`` in batches.
+
+        Topics of one ``stage`` (which share its state) are handled one batch at a
+        time; different stages run side by side.
+        """
         self.topics.add(self.topic(name, key_serializer="raw", value_serializer="raw"))
-        self.batch_handlers[name] = handler
+        self.batch_routes[name] = BatchRoute(stage, handler)
 
     def kafka_producer(self) -> Any:
         """faust's own AIOKafkaProducer: what faust flushes before it commits offsets."""
@@ -308,18 +319,18 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         value_serializer="raw",
     )
     ingest = Ingest(app, settings, metrics)
-    app.batch_topic(settings.topics.inference, ingest.on_inference)
-    app.batch_topic(settings.topics.feedback, ingest.on_feedback)
+    app.batch_topic(settings.topics.inference, ingest.on_inference, stage="ingest")
+    app.batch_topic(settings.topics.feedback, ingest.on_feedback, stage="ingest")
     if settings.curation:
         from streams.curate_stage import CurateStage
 
         curate = CurateStage(app, settings, metrics)
-        app.batch_topic(settings.topics.joined, curate.on_joined)
+        app.batch_topic(settings.topics.joined, curate.on_joined, stage="curate")
     if settings.decide:
         from streams.decide_stage import DecideStage
 
         decide = DecideStage(app, settings, metrics)
-        app.batch_topic(settings.topics.detections, decide.on_detections)
+        app.batch_topic(settings.topics.detections, decide.on_detections, stage="decide")
         app.stop_hooks.append(decide.stop)
 
         @app.task
@@ -336,7 +347,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
 
     if settings.detection:
         detect = DetectStage(app, settings, metrics)
-        app.batch_topic(settings.topics.summaries, detect.on_summaries)
+        app.batch_topic(settings.topics.summaries, detect.on_summaries, stage="detect")
+        app.stop_hooks.append(detect.stop)
 
         @app.timer(0.1)
         async def close_windows() -> None:

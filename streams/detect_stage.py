@@ -6,9 +6,9 @@ It merges the partial summaries every ingest batch publishes
 ``loopwatch.detections.v1``, keyed by segment.
 
 Fast detectors run inline: they take milliseconds on a window sample.
-Slow ones (embeddings, Detoxify) and the Evidently report run in a worker
-thread, at most ``slow_detector_queue`` windows at a time; a window that
-finds the queue full is not given to them, and
+Slow ones (embeddings, Detoxify) and the Evidently report run in a child
+process (:mod:`streams.slow_detectors`), at most ``slow_detector_queue``
+windows at a time; a window that finds the queue full is not given to them, and
 ``loopwatch_windows_skipped_total`` counts it. Ingest never waits for any
 of this: it runs on its own topics, and the detect stage only reads the
 small summaries topic.
@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +29,7 @@ from services.settings import Settings
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
 from streams.metrics import Metrics
 from streams.outbox import Outbox
+from streams.slow_detectors import SlowDetectors
 from streams.windows import ClosedWindow, Partial, Windows, WindowSpec, segment_key
 
 if TYPE_CHECKING:
@@ -62,11 +62,9 @@ class DetectStage:
         self.settings = settings
         self.metrics = metrics
         self.windows = Windows(window_spec(settings))
-        self.judge = Judge(
-            load_specs(settings.detectors_file),
-            alpha=settings.drift_alpha,
-            on_failure=lambda detector_id: metrics.detector_errors.labels(detector_id).inc(),
-        )
+        specs = load_specs(settings.detectors_file)
+        self.judge = Judge(specs, alpha=settings.drift_alpha, on_failure=self._detector_failed)
+        self.slow = SlowDetectors(specs, alpha=settings.drift_alpha, log_level=settings.log_level)
         # A changelog-backed table, so pinned references survive restarts and rebalances.
         self.table = app.Table("references", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         reference_frame = read_frame(settings.reference_file) if settings.reference_file else None
@@ -77,7 +75,6 @@ class DetectStage:
             reference_frame=reference_frame,
         )
         self.reports = settings.data_dir / "reports"
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slow-detectors")
         self.slow_pending = 0
         self.partition_of: dict[str, int] = {}
         self._outbox = Outbox()
@@ -147,11 +144,22 @@ class DetectStage:
         self._tasks.add(task)  # a task nobody references can be garbage-collected mid-run
         task.add_done_callback(self._tasks.discard)
 
+    async def stop(self) -> None:
+        """Stop the slow detectors' process."""
+        self.slow.stop()
+
+    def _detector_failed(self, detector_id: str) -> None:
+        self.metrics.detector_errors.labels(detector_id).inc()
+
     async def _run_slow(self, window: ClosedWindow, reference: Reference) -> None:
-        loop = asyncio.get_running_loop()
         try:
             specs = self.judge.specs_for(window.kind, slow=True)
-            judged = await loop.run_in_executor(self.pool, self.judge.run, window, reference, specs)
+            judged, failed = await self.slow.judge(window, reference, specs)
+            if self.app.should_stop:
+                log.warning("stopping: the slow detections of a %s window are not published", window.kind)
+                return
+            for detector_id in failed:
+                self._detector_failed(detector_id)
             for item in judged:
                 self._publish(to_detection(item, window, reference))
             await self._send()
@@ -162,7 +170,7 @@ class DetectStage:
             self.slow_pending -= 1
 
     def _maybe_report(self, window: ClosedWindow, reference: Reference, judged: list[Judged]) -> str | None:
-        """Render an Evidently report (in the worker thread) for a window whose columns drifted."""
+        """Render an Evidently report (in the slow detectors' process) for a window whose columns drifted."""
         columns = sorted(
             {
                 str(item.config["column"])
@@ -175,18 +183,11 @@ class DetectStage:
         name = f"{segment_key(window.segment).replace('|', '_')}-{window.start:%Y%m%dT%H%M%S}.html"
         path = self.reports / name
 
-        def render() -> None:
-            from detectors.report import render_drift_report
+        def failed(error: BaseException) -> None:
+            self.metrics.detector_errors.labels("drift-report").inc()
+            log.error("drift report %s failed: %r", path, error)
 
-            try:
-                import pandas as pd
-
-                render_drift_report(reference.frame, pd.DataFrame(window.rows), columns, path)
-            except Exception:
-                self.metrics.detector_errors.labels("drift-report").inc()
-                log.exception("drift report %s failed", path)
-
-        self.pool.submit(render)
+        self.slow.report(reference, window, columns, path, failed)
         return str(path)
 
     def _publish(self, detection: Any) -> None:

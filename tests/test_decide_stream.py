@@ -16,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from retrain_trigger.actions import ROLLBACK_REQUESTED, from_kafka
+from retrain_trigger.actions import RETRAIN_REQUESTED, ROLLBACK_REQUESTED, from_kafka
 from retrain_trigger.policy import DEFAULT_POLICY
 from schemas.events import Detection, Segment
 from services.cli import main
@@ -172,6 +172,41 @@ def test_a_malformed_policy_edit_is_refused_and_the_previous_policy_keeps_runnin
     assert len(rollbacks) == 1
     log = stack.log()
     assert "refused, the previous policy keeps running" in log and f"{policy}:4" in log, log[-2000:]
+
+
+def test_a_rollback_holds_back_the_retrain_of_its_model_until_it_resolves(
+    broker: str, tmp_path: Path, webhook: tuple[str, type[_Webhook]]
+) -> None:
+    url, _ = webhook
+    stack = _stack(broker, tmp_path, _receivers(tmp_path, url)).start()
+
+    def canary(minute: int, verdict: str) -> bytes:  # negative feedback on the new version
+        return _detection(minute, verdict)
+
+    def inputs(minute: int) -> bytes:  # input drift on the stable version
+        return _detection(minute, "drift", detector="drift.ks.v1", version="2026-10-01")
+
+    try:
+        # The canary's replies are rejected (a rollback) while the inputs drift for three
+        # windows (a retrain, but it would train on the bad version's traffic).
+        stack.send(
+            stack.topics.detections,
+            [canary(0, "drift"), inputs(0), inputs(1), inputs(2)],
+            keys=[b"m"] * 4,
+        )
+        assert len(stack.read(stack.topics.rollback_requests, 1, timeout=60)) == 1
+        _wait_for_metric(stack, "loopwatch_actions_stopped_total", 1, stage="inhibit")
+        assert stack.read(stack.topics.retrain_requests, 1, timeout=3) == []
+        # Two calm windows resolve the rollback alert: the held-back retrain goes out.
+        stack.send(stack.topics.detections, [canary(1, "ok"), canary(2, "ok")], keys=[b"m"] * 2)
+        retrains = stack.read(stack.topics.retrain_requests, 1, timeout=60)
+        alerts = [json.loads(r.value) for r in stack.read_settled(stack.topics.alerts, 3, settle=2)]
+    finally:
+        stack.stop()
+    assert [from_kafka(r.value).type for r in retrains] == [RETRAIN_REQUESTED]
+    transitions = [(a["labels"]["alertname"], a["status"]) for a in alerts]
+    # The retrain alert fired only after the rollback alert resolved.
+    assert transitions.index(("bad-replies", "resolved")) < transitions.index(("input-drift", "firing"))
 
 
 def _wait_for_metric(stack: WorkerStack, name: str, at_least: float, **labels: str) -> None:
