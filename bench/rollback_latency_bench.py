@@ -1,6 +1,6 @@
 """Incident to rollback: how long from a bad window's first event to the rollback request, live.
 
-Usage: ``python bench/rollback_latency_bench.py [--runs 5] [--window 5]``
+Usage: ``python bench/rollback_latency_bench.py [--runs 15] [--window 5]``
 
 One embedded broker, one loopwatch worker with ``--window``-second windows.
 Each run uses its own model (marked stable at version ``stable``):
@@ -147,7 +147,7 @@ def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--window", type=float, default=5.0, help="window length in seconds")
     args = parser.parse_args()
     models = [f"latency-{n}" for n in range(args.runs)]

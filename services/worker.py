@@ -15,19 +15,12 @@ import faust
 
 from services.broker import start_broker
 from services.kafka import ensure_topics, wait_for_kafka
+from services.logs import configure_logging
 from services.processes import spawn, stop_process
 from services.settings import Settings
 from streams.app import create_app
 
 log = logging.getLogger("loopwatch.worker")
-
-
-def configure_logging(level: str) -> None:
-    """One line per record: time, level, logger, message (key=value pairs in messages)."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s pid=%(process)d %(message)s",
-    )
 
 
 def run_worker(settings: Settings) -> None:

@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from services.logs import configure_logging
 from services.processes import die_with_parent
 from streams.detect import DetectorSpec, Judge, Judged, Reference
 from streams.windows import ClosedWindow
@@ -44,10 +45,7 @@ def _start_child(specs: list[DetectorSpec], alpha: float, log_level: str) -> Non
     global _judge
     die_with_parent()
     os.nice(NICENESS)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s pid=%(process)d %(message)s",
-    )
+    configure_logging(log_level)
     _judge = Judge(specs, alpha=alpha, on_failure=_failed.append)
 
 
