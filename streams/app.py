@@ -257,15 +257,16 @@ class Ingest:
             if key not in entries:  # its partition moved to another worker
                 del self.first_seen[key]
             elif join.is_expired(first_seen, now, self.settings.join_ttl_seconds):
-                state: join.JoinState = from_json(entries[key])
+                stored = entries[key]
+                state: join.JoinState = from_json(stored)
                 if TP(self.topics.inference, state["partition"]) in active:
-                    expired.append((key, state))
+                    expired.append((key, stored, state))
         if not expired:
             self.metrics.join_entries.set(len(entries))
             return
         outbox = Outbox()
         unmatched = 0
-        for key, state in expired:
+        for key, _, state in expired:
             for record in join.unmatched(state, key.decode(), now):
                 outbox.add(
                     self.topics.unmatched,
@@ -278,8 +279,11 @@ class Ingest:
         # Wait for the broker: an entry is deleted only once its feedback is published.
         for delivered in await outbox.send(self.app.kafka_producer()):
             await delivered
-        for key, _ in expired:
-            del entries[key], self.first_seen[key]
+        for key, stored, _ in expired:
+            # New feedback for this request may have come in meanwhile: its newer
+            # state (written to the changelog after the tombstone) stays.
+            if entries.get(key) == stored:
+                del entries[key], self.first_seen[key]
         self.metrics.feedback_unmatched.inc(unmatched)
         self.metrics.join_entries.set(len(entries))
 
