@@ -42,7 +42,7 @@ from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef  # 
 from services import sample_data  # noqa: E402
 from services.broker import free_port, start_broker  # noqa: E402
 from services.kafka import ensure_topics  # noqa: E402
-from services.processes import spawn, stop_process  # noqa: E402
+from services.processes import spawn_worker, stop_process  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from streams.metrics import metric_total  # noqa: E402
 
@@ -135,13 +135,7 @@ def from_the_stream(records: list[JoinedFeedback]) -> float:
                 "LOOPWATCH_DETECTION": "false",
                 "LOOPWATCH_DECIDE": "false",
             }
-            worker = spawn(
-                [sys.executable, "-m", "services.cli", "worker"],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            worker = spawn_worker(env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 url = f"http://127.0.0.1:{web_port}/metrics"
                 started = 0.0

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from services import sample_data  # noqa: E402
 from services.broker import free_port, start_broker  # noqa: E402
 from services.kafka import ensure_topics  # noqa: E402
-from services.processes import spawn, stop_process  # noqa: E402
+from services.processes import spawn, spawn_worker, stop_process  # noqa: E402
 from services.settings import Settings  # noqa: E402
 
 TARGET_BYTES = 1024
@@ -167,13 +167,7 @@ def loopwatch_ingest(bootstrap: str, settings: Settings, n: int, *, detection: b
         # Each worker reads the pre-filled topic from the start, into its own summaries topic.
         "LOOPWATCH_TOPIC_SUMMARIES": f"bench-summaries-{time.time()}",
     }
-    process = spawn(
-        [sys.executable, "-m", "services.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = spawn_worker(env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{web_port}/metrics"
     try:
         started, counted_at_start = 0.0, 0.0

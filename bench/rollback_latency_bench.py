@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from services import sample_data  # noqa: E402
 from services.broker import free_port, start_broker  # noqa: E402
-from services.processes import spawn, stop_process, wait_until_healthy  # noqa: E402
+from services.processes import spawn_worker, stop_process, wait_until_healthy  # noqa: E402
 from services.replay import Replayer  # noqa: E402
 from services.settings import Settings, Topics  # noqa: E402
 
@@ -166,13 +166,7 @@ def main() -> None:
         "LOOPWATCH_COMMIT_INTERVAL_SECONDS": "0.5",
         "LOOPWATCH_STABLE_VERSIONS": json.dumps(dict.fromkeys(models, "stable")),
     }
-    worker = spawn(
-        [sys.executable, "-m", "services.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = spawn_worker(env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker, 120)
         baseline = transit(bootstrap, "latency-bench-ping")

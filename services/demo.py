@@ -35,7 +35,7 @@ from retrain_trigger.policy import DEFAULT_POLICY, parse_policy
 from schemas.events import MAX_TEXT_CHARS, Alert, CloudEvent, Detection
 from services import sample_data
 from services.broker import free_port, start_broker
-from services.processes import spawn, stop_process, wait_until_healthy
+from services.processes import spawn_worker, stop_process, wait_until_healthy
 from services.replay import Replayer
 from services.settings import Settings, Topics
 from streams.metrics import metric_total
@@ -345,12 +345,7 @@ def run_demo(
         flush=True,
     )
     with worker_log.open("wb") as log_file:
-        worker = spawn(
-            [sys.executable, "-m", "services.cli", "worker"],
-            env=env,
-            stdout=log_file,
-            stderr=log_file,
-        )
+        worker = spawn_worker(env, stdout=log_file, stderr=log_file)
     try:
         traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst)
         wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker)

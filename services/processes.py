@@ -37,6 +37,11 @@ def spawn(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
     )
 
 
+def spawn_worker(env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``loopwatch worker`` as a child process configured by ``env`` (``LOOPWATCH_*``)."""
+    return spawn([sys.executable, "-m", "services.cli", "worker"], env=env, **popen)
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it does not exit within ``timeout``."""
     if process.poll() is not None:

@@ -16,7 +16,7 @@ import faust
 from services.broker import start_broker
 from services.kafka import ensure_topics, wait_for_kafka
 from services.logs import configure_logging
-from services.processes import spawn, stop_process
+from services.processes import spawn_worker, stop_process
 from services.settings import Settings
 from streams.app import create_app
 
@@ -80,7 +80,7 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
         env = dict(os.environ)
         env["LOOPWATCH_KAFKA_BOOTSTRAP"] = bootstrap
         env["LOOPWATCH_WEB_PORT"] = str(settings.web_port + index)
-        return spawn([sys.executable, "-m", "services.cli", "worker"], env=env)
+        return spawn_worker(env)
 
     children = [start_worker(i) for i in range(workers)]
     for i in range(workers):

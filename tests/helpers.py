@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -17,7 +16,7 @@ from kafka import KafkaConsumer
 
 from schemas.errors import LoopwatchError
 from services.broker import free_port
-from services.processes import spawn, stop_process, wait_until_healthy
+from services.processes import spawn_worker, stop_process, wait_until_healthy
 from services.replay import Replayer
 from services.settings import Topics
 from streams.metrics import metric_total
@@ -50,13 +49,7 @@ class WorkerStack:
     def start(self, *, wait: bool = True) -> WorkerStack:
         """Start the worker process (and wait until /health answers 200)."""
         log = self.log_path.open("ab")
-        self.process = spawn(
-            [sys.executable, "-m", "services.cli", "worker"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
+        self.process = spawn_worker(self.env, cwd=ROOT, stdout=log, stderr=log)
         if wait:
             self.wait_healthy()
         return self
