@@ -21,7 +21,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
@@ -35,7 +34,7 @@ from services.settings import Settings
 from streams import join
 from streams.consumer import BatchHandler, FastDrainTransport
 from streams.detect_stage import DetectStage, window_spec
-from streams.ingest import Accepted, Rejected, dead_letter, decode, describe, enriched_json
+from streams.ingest import Accepted, Rejected, decode, describe, enriched_json
 from streams.metrics import Metrics
 from streams.outbox import Outbox
 from streams.windows import BatchSummaries
@@ -162,7 +161,8 @@ class Ingest:
             source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
             outcome = decode(message.value, model, max_bytes=self.settings.max_event_bytes)
             if isinstance(outcome, Rejected):
-                self._reject(outbox, message, outcome, source)
+                outbox.add_dead_letter(self.topics.deadletter, message, outcome)
+                self.metrics.rejected(message.topic, outcome.reason)
             else:
                 handle_valid(outbox, message, source, outcome, now)
                 valid += 1
@@ -174,16 +174,6 @@ class Ingest:
         self._in[topic].inc(len(messages))
         self._valid[topic].inc(valid)
         self._seconds[topic].observe((time.perf_counter() - started) / len(messages))
-
-    def _reject(self, outbox: Outbox, message: Any, rejected: Rejected, source: SourceRef) -> None:
-        record = dead_letter(rejected, source, message.key, message.value, datetime.now(UTC))
-        outbox.add(
-            self.topics.deadletter,
-            message.key,
-            record.model_dump_json().encode(),
-            headers=[("loopwatch-reason", rejected.reason.value.encode())],
-        )
-        self.metrics.rejected(message.topic, rejected.reason)
 
     def _key(self, message: Any, request_id: str) -> bytes:
         key = request_id.encode()

@@ -35,10 +35,10 @@ from retrain_trigger.pipeline import Decider, ModelState
 from retrain_trigger.policy import PolicyError, load_policy
 from retrain_trigger.publish import Decision, action_topic
 from retrain_trigger.stable import StableVersionMarked
-from schemas.events import CloudEvent, Detection, SourceRef
+from schemas.events import CloudEvent, Detection
 from services.config_files import load_yaml_list
 from services.settings import Settings
-from streams.ingest import Rejected, dead_letter, decode
+from streams.ingest import Rejected, decode
 from streams.metrics import Metrics
 from streams.outbox import Outbox
 
@@ -98,14 +98,12 @@ class DecideStage:
             await consumer.stop()
 
     async def _control(self, record: Any) -> None:
-        source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
         outcome = decode(record.value, ControlEvent, max_bytes=self.settings.max_event_bytes)
         if isinstance(outcome, Rejected):
-            letter = dead_letter(outcome, source, record.key, record.value, datetime.now(UTC))
-            await self.app.kafka_producer().send_and_wait(
-                self.topics.deadletter, letter.model_dump_json().encode(), key=record.key
-            )
-            self.metrics.rejected(record.topic, outcome.reason)
+            letters = Outbox()
+            self._reject(letters, record, outcome)
+            for delivered in await letters.send(self.app.kafka_producer()):
+                await delivered
             return
         event = outcome.event
         if event.silence is not None:
@@ -125,15 +123,25 @@ class DecideStage:
         """Decide on a batch of detections; publish actions, then state; then the batch is acked."""
         decision = Decision()
         touched: set[str] = set()
+        letters = Outbox()
         for message in messages:
-            detection = Detection.model_validate_json(message.value)
+            outcome = decode(message.value, Detection, max_bytes=self.settings.max_event_bytes)
+            if isinstance(outcome, Rejected):  # e.g. from an external detector
+                self._reject(letters, message, outcome)
+                continue
+            detection = outcome.event
             model = detection.segment.model
             self.partition_of[model] = message.partition
             self._restore(model)
             decision.extend(self.decider.decide(detection, detection.detected_at))
             touched.add(model)
             self.metrics.detections_decided.inc()
+        await letters.send(self.app.kafka_producer())
         await self._publish(decision, touched)
+
+    def _reject(self, outbox: Outbox, message: Any, rejected: Rejected) -> None:
+        outbox.add_dead_letter(self.topics.deadletter, message, rejected)
+        self.metrics.rejected(message.topic, rejected.reason)
 
     async def tick(self) -> None:
         """Time-based decisions (stale alerts resolve, repeat pages, rollback watch deadlines)."""

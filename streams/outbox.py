@@ -11,7 +11,11 @@ committing offsets, still makes every output at-least-once.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Any
+
+from schemas.events import SourceRef
+from streams.ingest import Rejected, dead_letter
 
 Headers = list[tuple[str, bytes]]
 
@@ -33,6 +37,17 @@ class Outbox:
     ) -> None:
         """Queue one record; ``partition=None`` lets the producer's partitioner choose."""
         self._records.setdefault((topic, partition), []).append((key, value, headers or []))
+
+    def add_dead_letter(self, topic: str, message: Any, rejected: Rejected) -> None:
+        """Queue the dead letter of a rejected Kafka message (its reason also in a header)."""
+        source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
+        record = dead_letter(rejected, source, message.key, message.value, datetime.now(UTC))
+        self.add(
+            topic,
+            message.key,
+            record.model_dump_json().encode(),
+            headers=[("loopwatch-reason", rejected.reason.value.encode())],
+        )
 
     def __len__(self) -> int:
         return sum(len(records) for records in self._records.values())

@@ -152,6 +152,23 @@ def test_a_failing_webhook_is_recorded_and_never_blocks_decisions(
     assert url not in failure.value.decode()  # the webhook URL is a secret
 
 
+def test_a_malformed_detection_is_dead_lettered_and_the_next_one_is_decided(
+    broker: str, tmp_path: Path, webhook: tuple[str, type[_Webhook]]
+) -> None:
+    url, _ = webhook
+    stack = _stack(broker, tmp_path, _receivers(tmp_path, url)).start()
+    try:
+        # An external detector's broken message must not stop decisions for everyone else.
+        stack.send(stack.topics.detections, [b'{"detector_id": ', _detection(0, "drift")], keys=[b"m", b"m"])
+        [letter] = stack.read(stack.topics.deadletter, 1, timeout=60)
+        rollbacks = stack.read(stack.topics.rollback_requests, 1, timeout=60)
+    finally:
+        stack.stop()
+    record = json.loads(letter.value)
+    assert record["reason"] == "malformed_json" and record["source"]["topic"] == stack.topics.detections
+    assert len(rollbacks) == 1
+
+
 def test_a_malformed_policy_edit_is_refused_and_the_previous_policy_keeps_running(
     broker: str, tmp_path: Path, webhook: tuple[str, type[_Webhook]]
 ) -> None:
