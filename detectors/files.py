@@ -57,9 +57,23 @@ def read_frame(path: Path) -> pd.DataFrame:
             data = pd.read_json(path, lines=True)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DataFileError(f"{path}: cannot read it as {kind}: {exc}") from exc
+    if kind == "csv" and _names_are_numbers(data.columns):
+        first = ", ".join(map(str, data.columns[:5]))
+        raise DataFileError(
+            f"{path}: needs a header row naming its columns; its first line ({first}) looks like data"
+        )
     if data.empty:
         raise DataFileError(f"{path}: no rows")
     return data
+
+
+def _names_are_numbers(names: pd.Index) -> bool:
+    """Every column name is a number: the first line was data (pandas renames a second ``1`` to ``1.1``)."""
+    try:
+        [float(name) for name in names]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class DriftTest(BaseModel):
@@ -74,7 +88,8 @@ class DriftTest(BaseModel):
     p_value: float | None
     p_value_adjusted: float | None
     effect_size: float | None
-    threshold: float | None
+    alpha: float = Field(description="Level the adjusted p-value is compared with")
+    min_effect_size: float | None = Field(description="Smallest effect that counts as drift (else a warning)")
     verdict: Verdict
     drift: bool
     reference_size: int
@@ -150,8 +165,11 @@ def _text_findings(
     return text_drift(texts[0], texts[1], seed=seed)
 
 
-def _as_test(column: str, finding: Finding) -> DriftTest:
+def _as_test(column: str, finding: Finding, alpha: float) -> DriftTest:
     """A finding as one row of the report."""
+    # The embedding tests put alpha in ``threshold`` and their minimum effect in the
+    # measurements; KS and chi-square put the minimum effect in ``threshold``.
+    min_effect = finding.measurements.get("min_effect_size", finding.threshold)
     return DriftTest(
         column=column,
         test=TEST_NAMES.get(finding.detector_id, finding.detector_id.split(".")[1]),
@@ -160,7 +178,8 @@ def _as_test(column: str, finding: Finding) -> DriftTest:
         p_value=finding.p_value,
         p_value_adjusted=finding.measurements.get("p_value_adjusted"),
         effect_size=finding.effect_size,
-        threshold=finding.threshold,
+        alpha=alpha,
+        min_effect_size=min_effect,
         verdict=finding.verdict,
         drift=finding.verdict == "drift",
         reference_size=finding.reference_size,
@@ -190,7 +209,7 @@ def drift_report(
     """
     chosen, skipped = _columns_to_test(reference, current, columns, text_column)
     if not chosen and text_column is None:
-        raise DataFileError("no column to test: the two files share no usable column")
+        raise DataFileError(_nothing_to_test(reference, current, skipped))
     labelled: list[tuple[str, Finding]] = []
     for column in chosen:
         detector = _detector_for(reference[column], current[column], column, alpha)
@@ -201,7 +220,9 @@ def drift_report(
             (text_column, finding) for finding in _text_findings(reference, current, text_column, seed)
         ]
     corrected = correct([finding for _, finding in labelled], method=correction, alpha=alpha)
-    tests = [_as_test(column, finding) for (column, _), finding in zip(labelled, corrected, strict=True)]
+    tests = [
+        _as_test(column, finding, alpha) for (column, _), finding in zip(labelled, corrected, strict=True)
+    ]
     return DriftReport(
         drift=any(test.drift for test in tests),
         alpha=alpha,
@@ -213,9 +234,21 @@ def drift_report(
     )
 
 
+def _nothing_to_test(reference: pd.DataFrame, current: pd.DataFrame, skipped: dict[str, str]) -> str:
+    """Why no column can be tested, with what would fix it."""
+    if not set(reference.columns) & set(current.columns):
+        names = [", ".join(map(str, data.columns[:10])) for data in (reference, current)]
+        return (
+            f"no column to test: the two files share no column name (reference: {names[0]}; "
+            f"current: {names[1]}). Each file needs a header row naming its columns, the same in both"
+        )
+    reasons = "; ".join(f"{column}: {reason}" for column, reason in skipped.items())
+    return f"no column to test: every shared column was skipped ({reasons}); name some with --columns"
+
+
 def format_table(report: DriftReport) -> str:
     """The report as a plain-text table a person can read in a terminal."""
-    header = ("column", "test", "statistic", "p_value", "p_adj", "effect", "threshold", "verdict")
+    header = ("column", "test", "statistic", "p_value", "p_adj", "alpha", "effect", "min_effect", "verdict")
     rows = [header]
     for test in report.tests:
         rows.append(
@@ -225,8 +258,9 @@ def format_table(report: DriftReport) -> str:
                 _number(test.statistic),
                 _number(test.p_value),
                 _number(test.p_value_adjusted),
+                _number(test.alpha),
                 _number(test.effect_size),
-                _number(test.threshold),
+                _number(test.min_effect_size),
                 test.verdict.upper() if test.drift else test.verdict,
             )
         )

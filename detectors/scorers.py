@@ -17,9 +17,11 @@ torch's threads.
 from __future__ import annotations
 
 import functools
+import io
+import logging
 import pickle
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -29,6 +31,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import LoopwatchError
+
+log = logging.getLogger(__name__)
 
 #: The labels of Detoxify's ``original`` model (Jigsaw Toxic Comment Classification).
 ORIGINAL_LABELS = ("toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack")
@@ -41,7 +45,14 @@ _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert"}
 
 
 class ScorerUnavailable(LoopwatchError):
-    """A scorer's model could not be loaded (no weights, no network, a broken checkpoint)."""
+    """A scorer's model could not be loaded (no weights, no network, a broken checkpoint).
+
+    The message says what to do about it; ``reason`` is only the cause, for one-line warnings.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -175,8 +186,11 @@ class DetoxifyScorer:
         from detoxify import Detoxify
 
         settings = self.settings
+        # torch.hub prints 'Downloading: "<url>" to <file>' on stdout, where the
+        # commands write their results: it goes to the log instead.
+        printed = io.StringIO()
         try:
-            with thread_budget(settings.threads):
+            with thread_budget(settings.threads), redirect_stdout(printed):
                 detoxify = Detoxify(
                     model_type=settings.model_type,
                     checkpoint=str(settings.checkpoint) if settings.checkpoint else None,
@@ -186,7 +200,11 @@ class DetoxifyScorer:
         except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
             # OSError covers failed downloads (URLError) and missing Hugging Face files; the
             # others a checkpoint file that is not a Detoxify checkpoint.
-            raise ScorerUnavailable(_unavailable_message(settings, exc)) from exc
+            reason = f"{type(exc).__name__}: {exc}"
+            raise ScorerUnavailable(_unavailable_message(settings, exc), reason=reason) from exc
+        finally:
+            for line in printed.getvalue().splitlines():
+                log.info("detoxify: %s", line)
         if settings.quantize:
             import torch
 

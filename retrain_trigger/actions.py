@@ -58,14 +58,31 @@ class RollbackRequest(ActionData):
     target_version: str
 
 
+Judgement = Literal["better", "not_better", "not_yet_better", "worse", "not_worse", "not_enough_data"]
+
+
 class MetricComparison(_Data):
-    """One measurement of the rollback target against the rolled-back version (lower is better)."""
+    """One measurement of the rollback target against the rolled-back version (lower is better).
+
+    ``rolled_back`` and ``target`` are the two rates; the rest says how sure the
+    comparison is (Fisher's exact test, one-sided in the direction that matters).
+    """
 
     detector_id: str
     measurement: str
     rolled_back: float
     target: float
     target_verdict: str
+    triggered: bool = Field(False, description="This measure triggered the rollback")
+    rolled_back_samples: int | None = None
+    target_samples: int | None = Field(None, description="Samples of the target's windows since the request")
+    p_value: float | None = Field(
+        None, description="Triggering: that the target is not lower; other: that it is not higher"
+    )
+    p_value_adjusted: float | None = Field(None, description="Other measures: Benjamini-Hochberg adjusted")
+    ci_low: float | None = Field(None, description="Interval of target minus rolled-back at the confidence")
+    ci_high: float | None = None
+    judgement: Judgement | None = None
 
 
 class RollbackOutcome(_Data):
@@ -78,6 +95,8 @@ class RollbackOutcome(_Data):
     verified: bool
     reason: str
     comparisons: list[MetricComparison] = Field(default_factory=list)
+    triggers: list[str] = Field(default_factory=list, description="Detectors that triggered the rollback")
+    confidence: float | None = Field(None, description="Confidence required of a triggering measure")
 
 
 def cloud_event(

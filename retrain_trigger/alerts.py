@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal
 
@@ -10,11 +12,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retrain_trigger.policy import Rule, Severity
 from retrain_trigger.state import State
-from schemas.events import Alert, Detection, Segment
+from schemas.events import Alert, AlertValue, Detection, Segment
 
 #: Detections kept per alert for the evidence of an action (the latest ones).
 KEEP_DETECTIONS = 3
 _SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+#: (reference, current) measurement pairs a detector may judge, most specific first.
+_JUDGED_PAIRS = (
+    ("reference_rate", "current_rate"),
+    ("rate_reference", "rate_current"),
+    ("reference_mean", "current_mean"),
+    ("stable_rate", "canary_rate"),
+    ("stable_mean", "canary_mean"),
+    ("slo_ms", "observed_ms"),
+    ("slo", "current_mean"),
+)
 
 
 def fingerprint(labels: dict[str, str]) -> str:
@@ -67,9 +79,13 @@ class AlertRecord(BaseModel):
         del self.detections[:-KEEP_DETECTIONS]
 
     def to_alert(
-        self, status: Literal["firing", "resolved"], summary: str, ends_at: datetime | None
+        self,
+        status: Literal["firing", "resolved"],
+        summary: str,
+        ends_at: datetime | None,
+        runbook_url: str | None = None,
     ) -> Alert:
-        """The Alert event for the alerts topic."""
+        """The Alert event for the alerts topic, with the numbers of its detections."""
         return Alert(
             fingerprint=self.fingerprint,
             status=status,
@@ -79,7 +95,93 @@ class AlertRecord(BaseModel):
             starts_at=self.starts_at,
             ends_at=ends_at,
             detections=[d.detection_id for d in self.detections],
+            values=[alert_value(d) for d in self.detections],
+            runbook_url=runbook_url,
         )
+
+
+def _judged(detection: Detection) -> tuple[str, float | None, float | None] | None:
+    """(measurement, reference value, current value) of what the detector judged, when it says."""
+    m = detection.measurements
+    # Several checks in one detector: the deciding one's measurements carry its name as a prefix.
+    prefix = next((k.removeprefix("decided_by.") + "." for k in m if k.startswith("decided_by.")), "")
+    for reference, current in _JUDGED_PAIRS:
+        if prefix + current in m:
+            return prefix + current, m.get(prefix + reference), m[prefix + current]
+    worst = next((k.removeprefix("worst.") for k in m if k.startswith("worst.")), None)
+    if worst is not None and f"rate.{worst}" in m:  # per-label rates: the worst label decides
+        return f"rate.{worst}", m.get(f"baseline_rate.{worst}"), m[f"rate.{worst}"]
+    return None
+
+
+def alert_value(detection: Detection) -> AlertValue:
+    """The numbers of one detection: the judged measure on both windows, effect, p-value, sizes, window.
+
+    >>> from datetime import UTC, datetime
+    >>> d = Detection(detection_id="d1", detector_id="quality.negative_feedback.v1", detector_version="v1",
+    ...     config={}, segment=Segment(model="chat", model_version="v2"), window_start=datetime(2026, 1, 1),
+    ...     window_end=datetime(2026, 1, 1, 0, 1), reference_size=400, current_size=62, p_value=2e-9,
+    ...     effect_size=0.67, verdict="drift", measurements={"reference_rate": 0.2, "current_rate": 0.871},
+    ...     reference="stable:chat", detected_at=datetime(2026, 1, 1, 0, 1))
+    >>> v = alert_value(d); v.measurement, v.reference_value, v.current_value
+    ('current_rate', 0.2, 0.871)
+    """
+    judged = _judged(detection)
+    measurement, reference, current = judged if judged else (None, None, detection.statistic)
+    return AlertValue(
+        detection_id=detection.detection_id,
+        detector_id=detection.detector_id,
+        measurement=measurement,
+        reference_value=reference,
+        current_value=current,
+        effect_size=detection.effect_size,
+        p_value=detection.measurements.get("p_value_adjusted", detection.p_value),
+        threshold=detection.threshold,
+        reference_size=detection.reference_size,
+        current_size=detection.current_size,
+        window_start=detection.window_start,
+        window_end=detection.window_end,
+        verdict=detection.verdict,
+    )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def describe_value(value: AlertValue) -> str:
+    """One detection's numbers in a phrase: ``current_rate 0.2 -> 0.871, effect 0.67, p 2e-09, n 400/62``."""
+    name = value.measurement or "statistic"
+    return (
+        f"{value.detector_id} {name} {_number(value.reference_value)} -> {_number(value.current_value)},"
+        f" effect {_number(value.effect_size)}, p {_number(value.p_value)}, n {value.reference_size}"
+        f"/{value.current_size}, window {value.window_start.isoformat()}..{value.window_end.isoformat()}"
+        f" {value.verdict}"
+    )
+
+
+def transition_line(alert: Alert) -> str:
+    """The one log line of an alert turning firing or resolved: who, how bad, what, and the numbers."""
+    labels = alert.labels
+    where = f"{labels.get('model', '')}/{labels.get('model_version', '')}"
+    line = f"alert {alert.status} {alert.fingerprint} {where} {alert.severity}: {alert.summary}"
+    if alert.values:
+        # The latest detection: the one that made it fire (or the last breach before it resolved).
+        line += f" | {describe_value(alert.values[-1])}"
+    if alert.runbook_url:
+        line += f" | runbook {alert.runbook_url}"
+    return line
+
+
+def firing_counts(books: Iterable[AlertBook]) -> Counter[tuple[str, str, str]]:
+    """Alerts announced as firing (and not resolved since), by (severity, model, alertname)."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for book in books:
+        for record in book.alerts.values():
+            if record.status == "firing" and record.announced:
+                labels = record.labels
+                counts[(labels["severity"], labels["model"], labels["alertname"])] += 1
+    return counts
 
 
 class Notification(BaseModel):

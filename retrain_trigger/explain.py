@@ -45,7 +45,22 @@ def describe_rule(rule: Rule, policy: Policy) -> str:
     )
     if rule.action != "alert":
         text += f"; cooldown {policy.cooldown_for(rule)}"
+    if rule.runbook_url:
+        text += f"; runbook {rule.runbook_url}"
     return text
+
+
+def describe_verify(policy: Policy) -> str:
+    """How a rollback is verified, in a sentence."""
+    v = policy.verify
+    alpha = f"{v.alpha:g}" if v.alpha is not None else "its detector's alpha"
+    effect = f"{v.min_effect_size:g}" if v.min_effect_size is not None else "its detector's minimum effect"
+    return (
+        f"after a rollback: verified when every measure that triggered it is lower on the target with"
+        f" {v.confidence:.0%} confidence (>= {v.min_samples} samples on each version); another measure"
+        f" fails it only when worse at {alpha} after Benjamini-Hochberg and by at least {effect};"
+        f" undecided after {v.within}: failed"
+    )
 
 
 def explain_policy(policy: Policy, detector_ids: Iterable[str]) -> list[str]:
@@ -56,6 +71,7 @@ def explain_policy(policy: Policy, detector_ids: Iterable[str]) -> list[str]:
         f"pages grouped by {', '.join(policy.group_by)}; repeat after {policy.repeat_interval};"
         f" an alert without detections resolves after {policy.resolve_timeout}",
         f"at most {policy.rate_limit.max_actions} actions of a kind per model per {policy.rate_limit.per}",
+        describe_verify(policy),
         "rules (every matching rule applies):",
         *(f"  {describe_rule(rule, policy)}" for rule in policy.rules),
     ]
@@ -76,6 +92,16 @@ def _labels(patterns: dict[str, str]) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in patterns.items()) + "}"
 
 
+def _problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"not a Detection: {where}: {first['msg']}" if where else f"not a Detection: {first['msg']}"
+
+
+def _in_time_order(detections: list[Detection]) -> list[Detection]:
+    return sorted(detections, key=lambda d: (d.detected_at, d.window_end))
+
+
 def read_detections(path: Path) -> list[Detection]:
     """Detections from a JSON-lines file (blank lines skipped), in time order (``detected_at``)."""
     detections = []
@@ -86,14 +112,25 @@ def read_detections(path: Path) -> list[Detection]:
                     try:
                         detections.append(Detection.model_validate_json(line))
                     except ValidationError as exc:
-                        first = exc.errors()[0]
-                        where = ".".join(str(p) for p in first["loc"])
-                        raise DetectionsFileError(
-                            f"{path}:{number}: not a Detection: {where}: {first['msg']}"
-                        ) from exc
+                        raise DetectionsFileError(f"{path}:{number}: {_problem(exc)}") from exc
     except OSError as exc:
         raise DetectionsFileError(f"{path}: cannot read: {exc}") from exc
-    return sorted(detections, key=lambda d: (d.detected_at, d.window_end))
+    return _in_time_order(detections)
+
+
+def parse_detections(values: Iterable[tuple[str, bytes]]) -> tuple[list[Detection], list[str]]:
+    """Detections from message values (each with where it was read), in time order, and the unreadable.
+
+    A topic may hold what an external detector got wrong: such records are
+    skipped and described (``where: why``), as the decide stage dead-letters them.
+    """
+    detections, skipped = [], []
+    for where, value in values:
+        try:
+            detections.append(Detection.model_validate_json(value))
+        except ValidationError as exc:
+            skipped.append(f"{where}: {_problem(exc)}")
+    return _in_time_order(detections), skipped
 
 
 @dataclass(frozen=True)

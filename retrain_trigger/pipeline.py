@@ -36,6 +36,7 @@ from retrain_trigger.alerts import (
     GroupState,
     Notification,
     alert_labels,
+    describe_value,
     fingerprint,
     group_key,
     worst_severity,
@@ -239,6 +240,12 @@ class Decider:
         base = f"{labels['detector']} on {labels['model']}/{labels['model_version']}"
         return f"{rule.summary} ({base})" if rule and rule.summary else f"{record.rule}: {base}"
 
+    def _alert(
+        self, record: AlertRecord, status: Literal["firing", "resolved"], ends_at: datetime | None
+    ) -> Alert:
+        rule = self._rules.get(record.rule)
+        return record.to_alert(status, self._summary(record), ends_at, rule.runbook_url if rule else None)
+
     def _mute(
         self, record: AlertRecord, firing: list[tuple[str, dict[str, str]]], now: datetime
     ) -> tuple[Stage, str] | None:
@@ -278,7 +285,7 @@ class Decider:
                 if not incident.alerts:
                     del ms.incidents[incident_id]
             if record.announced:
-                alert = record.to_alert("resolved", self._summary(record), ends_at)
+                alert = self._alert(record, "resolved", ends_at)
                 decision.alerts.append(alert)
                 resolved_by_group.setdefault(group_key(record.labels, policy.group_by), []).append(alert)
 
@@ -297,7 +304,7 @@ class Decider:
                 continue
             if not record.announced:
                 record.announced = True
-                decision.alerts.append(record.to_alert("firing", self._summary(record), None))
+                decision.alerts.append(self._alert(record, "firing", None))
                 self._log(decision, "alerts", subject, True, "firing")
             active.setdefault(key, []).append(record)
             rule = self._rules.get(record.rule)
@@ -324,7 +331,7 @@ class Decider:
             ):
                 repeat = group.active
                 group.active, group.last_notified = True, now
-                alerts = [r.to_alert("firing", self._summary(r), None) for r in records]
+                alerts = [self._alert(r, "firing", None) for r in records]
                 decision.notifications.append(self._notification(key, "firing", alerts, records, now, repeat))
                 self._log(decision, "alerts", key, True, "repeat page" if repeat else "page")
             elif not records and key not in firing_groups:
@@ -346,10 +353,11 @@ class Decider:
     ) -> Notification:
         annotations: dict[str, dict[str, str]] = {}
         for alert in alerts:
-            rule = self._rules.get(alert.labels.get("alertname", ""))
             notes = {"summary": alert.summary}
-            if rule is not None and rule.runbook_url:
-                notes["runbook_url"] = rule.runbook_url
+            if alert.values:
+                notes["description"] = "; ".join(describe_value(v) for v in alert.values)
+            if alert.runbook_url:
+                notes["runbook_url"] = alert.runbook_url
             annotations[alert.fingerprint] = notes
         first = alerts[0].labels
         return Notification(
@@ -418,6 +426,8 @@ class Decider:
                 record.labels["model_version"],
                 event.data["target_version"],
                 record.detections[-1].window_end if record.detections else now,
+                # What triggered it is what the target must be better on.
+                [d for fp in incident.alerts if fp in ms.book.alerts for d in ms.book.alerts[fp].detections],
             )
 
     def _action_event(

@@ -15,7 +15,6 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from schemas.errors import ConfigError
+from schemas.yaml_errors import compose_yaml, located_errors
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 
@@ -130,17 +130,43 @@ class RateLimit(_Strict):
 
 
 class Verify(_Strict):
-    """The follow-up watch after a rollback: is the target version better than the rolled-back one?"""
+    """The follow-up watch after a rollback: is the target version better than the rolled-back one?
 
-    within: Duration = Field(timedelta(hours=1), description="Give up (rollback.failed) after this long")
-    min_samples: int = Field(30, ge=1, description="Target windows need this many current rows")
+    The measures that triggered the rollback must be lower on the target with
+    ``confidence``; any other measure fails it only when significantly and
+    materially worse (``alpha`` after Benjamini-Hochberg, ``min_effect_size``).
+    """
+
+    within: Duration = Field(
+        timedelta(hours=1), description="Give up (rollback.failed) after this long without a verdict"
+    )
+    min_samples: int = Field(
+        30, ge=1, description="Samples each version needs on a measure before it is judged"
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Confidence that a triggering measure is lower on the target"
+    )
+    alpha: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Another measure fails the rollback when worse at this level after Benjamini-Hochberg"
+        " [default: that detector's alpha, else 0.05]",
+    )
+    min_effect_size: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="... and worse by at least this (absolute rate) [default: that detector's minimum"
+        " effect (min_effect_size or min_rate_increase), else 0.02]",
+    )
     metrics: dict[str, str] = Field(
         default_factory=lambda: {
             "quality.negative_feedback.v1": "current_rate",
             "toxicity.detoxify.v1": "rate.toxicity",
             "toxicity.profanity.v1": "rate.profanity",
         },
-        description="Detector id -> measurement compared (lower is better)",
+        description="Detector id -> rate compared (a share in [0, 1], lower is better)",
     )
 
 
@@ -187,55 +213,15 @@ class Policy(_Strict):
 # Loading with line numbers
 
 
-def _node_at(root: yaml.Node, loc: tuple[int | str, ...]) -> yaml.Node:
-    """The deepest YAML node along a pydantic error location (pydantic adds union tags: skipped)."""
-    node = root
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            child = next(
-                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None
-            )
-            if child is None:
-                # An unknown key: point at the key itself.
-                child = next((k for k, _ in node.value if k.value == part), None)
-            if child is None:
-                continue
-            node = child
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-    return node
-
-
-def _describe(error: Any) -> str:
-    """One pydantic error as ``rules.2.gates.for_windows: message``."""
-    path = ".".join(str(p) for p in error["loc"])
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown field (misspelt?)"
-    return f"{path}: {message}" if path else message
-
-
 def parse_policy(text: str, origin: str = "<policy>") -> Policy:
     """A Policy from YAML text; errors raise PolicyError as ``origin:line: message``."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise PolicyError(f"{origin}:{line}: not valid YAML: {exc.problem or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{origin}: not valid YAML: {exc}") from exc
+    root, data = compose_yaml(text, origin, PolicyError)
     if root is None or not isinstance(data, dict):
         raise PolicyError(f"{origin}:1: a policy is a YAML mapping with at least 'name' and 'rules'")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            node = _node_at(root, error["loc"])
-            lines.append(f"{origin}:{node.start_mark.line + 1}: {_describe(error)}")
-        raise PolicyError("\n".join(lines)) from exc
+        raise PolicyError(located_errors(exc, root, origin)) from exc
 
 
 def load_policy(path: Path | str | None = None) -> Policy:

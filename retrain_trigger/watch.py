@@ -1,23 +1,91 @@
-"""The follow-up watch after a rollback: does the target version serve, and is it better?
+"""The follow-up watch after a rollback: does the target serve, and did it fix what triggered the rollback?
 
-After a rollback request from version B to version T, the watch keeps B's last
-measurements (negative-feedback rate, toxic share, ... as the policy's
-``verify.metrics`` name them). Once detections show T serving (windows of T
-with enough rows after the request), every measurement of T is compared with
-B's: all lower and no drift verdict -> ``rollback.verified``; anything else ->
-``rollback.failed``; nothing seen of T within ``verify.within`` -> failed too.
+After a rollback request from version B back to version T, the watch holds
+B's rates (as the policy's ``verify.metrics`` names them): those of the
+detections that triggered the rollback, and B's latest of every other measure.
+The windows of T after the request add up per measure (hits and samples), and
+each time one arrives the watch judges, with Fisher's exact test:
+
+- every *triggering* measure lower on T with ``verify.confidence``, both
+  versions with ``verify.min_samples`` samples, and no other measure
+  significantly and materially worse -> ``rollback.verified``;
+- a triggering measure no lower on T (on enough samples), or another measure
+  worse at ``alpha`` after Benjamini-Hochberg *and* by at least the minimum
+  effect (the gates a detection passes) -> ``rollback.failed``;
+- otherwise the watch keeps watching (also until every other measure was
+  seen once on the target); once ``verify.within`` has passed it fails, with
+  "not enough data" or "not shown better" and the numbers.
+
+Without a verify rate of any triggering detector (an older watch, or a
+trigger such as ``quality.canary.v1`` that ``verify.metrics`` does not name),
+every measure with a baseline is judged as a triggering one.
+
+One profane reply on T therefore cannot outweigh a negative-feedback rate that
+fell from 0.871 to 0.185: a rise of 0.002 is neither significant nor material.
+
+>>> from retrain_trigger.policy import Verify
+>>> watch = Watch(rollback_id="r", model="chat", from_version="v2", target_version="v1",
+...     requested_at=datetime(2026, 1, 1), baseline={"quality.negative_feedback.v1": 0.871},
+...     baseline_samples={"quality.negative_feedback.v1": 62}, triggers=["quality.negative_feedback.v1"],
+...     target={"quality.negative_feedback.v1": Tally(hits=10, samples=54)})
+>>> outcome = judge(watch, Verify())
+>>> outcome.verified, outcome.reason.split(":")[0]
+(True, 'target v1 is better on quality.negative_feedback.v1 with 95% confidence')
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from retrain_trigger.actions import MetricComparison, RollbackOutcome
+from detectors.base import verdict
+from detectors.correction import adjust
+from detectors.quality import compare_proportions
+from retrain_trigger.actions import Judgement, MetricComparison, RollbackOutcome
 from retrain_trigger.policy import Verify
 from retrain_trigger.state import State
 from schemas.events import Detection
+
+#: Gates of another measure when neither the policy nor the detector's config sets them.
+DEFAULT_ALPHA = 0.05
+DEFAULT_MIN_EFFECT = 0.02
+#: Detection ids a watch remembers, so a redelivered window is not counted twice.
+_MAX_COUNTED = 256
+_EFFECT_KEYS = ("min_effect_size", "min_rate_increase")
+
+
+class Tally(BaseModel):
+    """Hits and samples of one rate (the target's windows add up)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hits: int = Field(ge=0)
+    samples: int = Field(ge=0)
+
+    @classmethod
+    def of(cls, rate: float, samples: int) -> Tally:
+        """The counts behind a rate measured on ``samples`` samples."""
+        return cls(hits=round(rate * samples), samples=samples)
+
+    @property
+    def rate(self) -> float:
+        """Hits per sample (0 without samples)."""
+        return self.hits / self.samples if self.samples else 0.0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(hits=self.hits + other.hits, samples=self.samples + other.samples)
+
+
+class Gate(BaseModel):
+    """When another measure counts against a rollback: significance level and minimum worsening."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float
+    min_effect_size: float
 
 
 class Watch(BaseModel):
@@ -30,8 +98,14 @@ class Watch(BaseModel):
     from_version: str
     target_version: str
     requested_at: datetime
-    baseline: dict[str, float] = Field(description="Detector id -> the rolled-back version's measurement")
-    seen: dict[str, MetricComparison] = Field(default_factory=dict)
+    baseline: dict[str, float] = Field(description="Detector id -> the rolled-back version's rate")
+    baseline_samples: dict[str, int] = Field(default_factory=dict, description="... and its samples")
+    triggers: list[str] = Field(default_factory=list, description="Detectors whose detections rolled back")
+    target: dict[str, Tally] = Field(default_factory=dict, description="The target's windows, added up")
+    verdicts: dict[str, str] = Field(default_factory=dict, description="The target's latest verdicts")
+    gates: dict[str, Gate] = Field(default_factory=dict, description="From the target detections' configs")
+    counted: list[str] = Field(default_factory=list, description="Detection ids already added up")
+    seen: dict[str, MetricComparison] = Field(default_factory=dict, description="The latest judgement")
 
 
 class WatchState(State):
@@ -39,49 +113,100 @@ class WatchState(State):
 
     watches: list[Watch] = Field(default_factory=list)
     last: dict[str, float] = Field(default_factory=dict)
+    last_samples: dict[str, int] = Field(default_factory=dict)
 
 
-def _measure(verify: Verify, detection: Detection) -> float | None:
+def _rate(verify: Verify, detection: Detection) -> tuple[float, int] | None:
+    """The detection's verify rate and the samples it was measured on, or None (not a rate we compare)."""
     name = verify.metrics.get(detection.detector_id)
-    return None if name is None else detection.measurements.get(name)
+    value = None if name is None else detection.measurements.get(name)
+    if name is None or value is None or not 0.0 <= value <= 1.0:
+        return None
+    samples = detection.current_size
+    head, _, last = name.rpartition(".")
+    if last.endswith("_rate"):
+        # current_rate is measured on current_samples (feedback events, not window rows).
+        key = f"{head}.{last[:-5]}_samples" if head else f"{last[:-5]}_samples"
+        samples = int(detection.measurements.get(key, samples))
+    return (value, samples) if samples > 0 else None
+
+
+def _gate(verify: Verify, config: dict[str, Any]) -> Gate:
+    """The policy's gates, else the detector's own (its config travels with every detection)."""
+
+    def number(*keys: str) -> float | None:
+        found = [config[k] for k in keys if isinstance(config.get(k), int | float)]
+        return float(found[0]) if found else None
+
+    alpha = verify.alpha if verify.alpha is not None else number("alpha")
+    effect = verify.min_effect_size if verify.min_effect_size is not None else number(*_EFFECT_KEYS)
+    return Gate(
+        alpha=alpha if alpha is not None else DEFAULT_ALPHA,
+        min_effect_size=effect if effect is not None else DEFAULT_MIN_EFFECT,
+    )
 
 
 def observe(state: WatchState, verify: Verify, detection: Detection) -> list[RollbackOutcome]:
-    """Record a detection's verify measurement; return the outcomes of watches it completes."""
-    value = _measure(verify, detection)
-    if value is None or detection.current_size < verify.min_samples:
+    """Record a detection's verify rate; return the outcomes of the watches it settles."""
+    measured = _rate(verify, detection)
+    if measured is None:
         return []
-    segment = detection.segment
-    state.last[f"{segment.model_version}|{detection.detector_id}"] = value
+    value, samples = measured
+    segment, detector = detection.segment, detection.detector_id
+    key = f"{segment.model_version}|{detector}"
+    state.last[key], state.last_samples[key] = value, samples
     done: list[RollbackOutcome] = []
     for watch in list(state.watches):
         if segment.model_version != watch.target_version or detection.window_start < watch.requested_at:
             continue
-        baseline = watch.baseline.get(detection.detector_id)
-        if baseline is None:
+        if detection.detection_id in watch.counted:
             continue
-        watch.seen[detection.detector_id] = MetricComparison(
-            detector_id=detection.detector_id,
-            measurement=verify.metrics[detection.detector_id],
-            rolled_back=baseline,
-            target=value,
-            target_verdict=detection.verdict,
+        watch.counted.append(detection.detection_id)
+        del watch.counted[:-_MAX_COUNTED]
+        watch.target[detector] = watch.target.get(detector, Tally(hits=0, samples=0)) + Tally.of(
+            value, samples
         )
-        if set(watch.seen) >= set(watch.baseline):
+        watch.verdicts[detector] = detection.verdict
+        watch.gates[detector] = _gate(verify, detection.config)
+        outcome = judge(watch, verify)
+        if outcome is not None:
             state.watches.remove(watch)
-            done.append(conclude(watch))
+            done.append(outcome)
     return done
 
 
 def start(
-    state: WatchState, verify: Verify, rollback_id: str, model: str, bad: str, target: str, at: datetime
+    state: WatchState,
+    verify: Verify,
+    rollback_id: str,
+    model: str,
+    bad: str,
+    target: str,
+    at: datetime,
+    triggers: Sequence[Detection] = (),
 ) -> None:
-    """Open a watch for a published rollback, with the bad version's last measurements as baseline."""
-    baseline = {
-        detector: state.last[f"{bad}|{detector}"]
-        for detector in verify.metrics
-        if f"{bad}|{detector}" in state.last
-    }
+    """Open a watch for a published rollback.
+
+    The baseline is the bad version's last rate of every verify measure; the
+    measures of ``triggers`` (the detections behind the rollback) take the
+    rates of those detections, and are the ones the target must improve.
+    """
+    baseline: dict[str, float] = {}
+    samples: dict[str, int] = {}
+    for detector in verify.metrics:
+        key = f"{bad}|{detector}"
+        if key in state.last:
+            baseline[detector] = state.last[key]
+            samples[detector] = state.last_samples.get(key, verify.min_samples)
+    triggered: list[str] = []
+    for detection in sorted(triggers, key=lambda d: d.window_end):
+        if detection.segment.model_version != bad:
+            continue
+        if detection.detector_id not in triggered:
+            triggered.append(detection.detector_id)
+        measured = _rate(verify, detection)
+        if measured is not None:
+            baseline[detection.detector_id], samples[detection.detector_id] = measured
     state.watches.append(
         Watch(
             rollback_id=rollback_id,
@@ -90,24 +215,155 @@ def start(
             target_version=target,
             requested_at=at,
             baseline=baseline,
+            baseline_samples=samples,
+            triggers=triggered,
         )
     )
 
 
-def conclude(watch: Watch) -> RollbackOutcome:
-    """Verified when every compared measurement of the target is lower and none of its windows drifted."""
-    comparisons = list(watch.seen.values())
-    worse = [c for c in comparisons if c.target >= c.rolled_back or c.target_verdict == "drift"]
-    if not watch.baseline:
-        verified, reason = False, "no measurement of the rolled-back version to compare with"
-    elif worse:
-        names = ", ".join(f"{c.detector_id} {c.target:.3g} vs {c.rolled_back:.3g}" for c in worse)
-        verified, reason = False, f"target {watch.target_version} is not better: {names}"
-    else:
-        verified, reason = (
-            True,
-            f"target {watch.target_version} serves and is better on {len(comparisons)} measure(s)",
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _describe(c: MetricComparison) -> str:
+    """``quality.negative_feedback.v1 0.185 (n=54) vs 0.871 (n=62), p=1.2e-12``: target first."""
+    text = (
+        f"{c.detector_id} {_number(c.target)} (n={c.target_samples or 0})"
+        f" vs {_number(c.rolled_back)} (n={c.rolled_back_samples or 0})"
+    )
+    if c.p_value_adjusted is not None:
+        text += f", adjusted p={c.p_value_adjusted:.2g}"
+    elif c.p_value is not None:
+        text += f", p={c.p_value:.2g}"
+    return text
+
+
+def _compare(
+    watch: Watch, verify: Verify, detector: str, triggered: bool
+) -> tuple[MetricComparison, float | None]:
+    """One measure of the target against the rolled-back version, and its one-sided p-value (None: no test).
+
+    For a triggering measure the test asks whether the rolled-back rate is higher
+    (the target better); for another measure whether the target's is higher.
+    """
+    base = Tally.of(watch.baseline[detector], watch.baseline_samples.get(detector, verify.min_samples))
+    tally = watch.target.get(detector, Tally(hits=0, samples=0))
+    fields: dict[str, Any] = {
+        "detector_id": detector,
+        "measurement": verify.metrics.get(detector, ""),
+        "rolled_back": watch.baseline[detector],
+        "target": tally.rate,
+        "target_verdict": watch.verdicts.get(detector, "ok"),
+        "triggered": triggered,
+        "rolled_back_samples": base.samples,
+        "target_samples": tally.samples,
+    }
+    if min(base.samples, tally.samples) < verify.min_samples:
+        return MetricComparison(**fields, judgement="not_enough_data"), None
+    if triggered:
+        c = compare_proportions(
+            tally.hits, tally.samples, base.hits, base.samples, confidence=verify.confidence
         )
+        # The test's difference is rolled-back minus target; report target minus rolled-back.
+        ci_low, ci_high = -c.ci_high, -c.ci_low
+        if c.p_value < 1 - verify.confidence:
+            judgement: Judgement = "better"
+        else:
+            judgement = "not_better" if tally.rate >= base.rate else "not_yet_better"
+    else:
+        c = compare_proportions(
+            base.hits, base.samples, tally.hits, tally.samples, confidence=verify.confidence
+        )
+        ci_low, ci_high = c.ci_low, c.ci_high
+        judgement = "not_worse"  # decided after the correction over the other measures
+    comparison = MetricComparison(
+        **fields, p_value=c.p_value, ci_low=ci_low, ci_high=ci_high, judgement=judgement
+    )
+    return comparison, c.p_value
+
+
+def _judge_all(watch: Watch, verify: Verify) -> list[MetricComparison]:
+    """Every measure judged: triggering ones first, then the others after their correction."""
+    triggers = [d for d in watch.triggers if d in watch.baseline] or sorted(watch.baseline)
+    judged = [_compare(watch, verify, d, True)[0] for d in triggers]
+    others = [_compare(watch, verify, d, False) for d in sorted(watch.baseline) if d not in triggers]
+    tested = [(c, p) for c, p in others if p is not None]
+    for (c, _), p_adjusted in zip(tested, adjust([p for _, p in tested]), strict=True):
+        gate = watch.gates.get(c.detector_id) or _gate(verify, {})
+        worse = verdict(p_adjusted, gate.alpha, c.target - c.rolled_back, gate.min_effect_size) == "drift"
+        update = {"p_value_adjusted": p_adjusted, "judgement": "worse" if worse else "not_worse"}
+        judged.append(c.model_copy(update=update))
+    judged += [c for c, p in others if p is None]
+    watch.seen = {c.detector_id: c for c in judged}
+    return judged
+
+
+def judge(watch: Watch, verify: Verify, *, final: bool = False) -> RollbackOutcome | None:
+    """Verified or failed once the target's windows show it; None to keep watching.
+
+    A verdict waits until every other measure was measured on the target once
+    (its window may come a moment later), unless ``final``.
+    """
+    if not watch.baseline:
+        return _outcome(watch, verify, False, "no measurement of the rolled-back version to compare with", [])
+    judged = _judge_all(watch, verify)
+    target = watch.target_version
+    trig = [c for c in judged if c.triggered]
+    not_better = [c for c in trig if c.judgement == "not_better"]
+    worse = [c for c in judged if c.judgement == "worse"]
+    if not_better or worse:
+        parts = []
+        if not_better:
+            parts.append(f"target {target} is not better: {'; '.join(map(_describe, not_better))}")
+        if worse:
+            parts.append(
+                f"target {target} is significantly and materially worse on {'; '.join(map(_describe, worse))}"
+            )
+        return _outcome(watch, verify, False, "; ".join(parts), judged)
+    unseen = [c.detector_id for c in judged if not c.triggered and c.detector_id not in watch.target]
+    if all(c.judgement == "better" for c in trig) and (final or not unseen):
+        names = ", ".join(c.detector_id for c in trig)
+        reason = (
+            f"target {target} is better on {names} with {verify.confidence:.0%} confidence:"
+            f" {'; '.join(map(_describe, trig))}"
+        )
+        rest = [c for c in judged if c.judgement == "not_worse"]
+        if rest:
+            reason += f"; no other measure significantly worse ({'; '.join(map(_describe, rest))})"
+        if unseen:
+            reason += f"; not measured on the target: {', '.join(unseen)}"
+        return _outcome(watch, verify, True, reason, judged)
+    return None
+
+
+def conclude(watch: Watch, verify: Verify) -> RollbackOutcome:
+    """The final judgement when ``verify.within`` has passed: failed unless the windows settle it now."""
+    settled = judge(watch, verify, final=True)
+    if settled is not None:
+        return settled
+    target = watch.target_version
+    if not watch.target:
+        return _outcome(watch, verify, False, f"target {target} not seen serving within {verify.within}", [])
+    judged = list(watch.seen.values())
+    trig = [c for c in judged if c.triggered]
+    short = [c for c in trig if c.judgement == "not_enough_data"]
+    if short:
+        need = "; ".join(
+            f"{c.detector_id} has {c.target_samples} (target) and {c.rolled_back_samples} (rolled back)"
+            f" of {verify.min_samples} samples"
+            for c in short
+        )
+        return _outcome(watch, verify, False, f"not enough data within {verify.within}: {need}", judged)
+    pending = "; ".join(map(_describe, [c for c in trig if c.judgement == "not_yet_better"]))
+    reason = (
+        f"target {target} not shown better with {verify.confidence:.0%} confidence within {verify.within}"
+    )
+    return _outcome(watch, verify, False, f"{reason}: {pending}", judged)
+
+
+def _outcome(
+    watch: Watch, verify: Verify, verified: bool, reason: str, comparisons: list[MetricComparison]
+) -> RollbackOutcome:
     return RollbackOutcome(
         rollback_id=watch.rollback_id,
         model=watch.model,
@@ -116,25 +372,15 @@ def conclude(watch: Watch) -> RollbackOutcome:
         verified=verified,
         reason=reason,
         comparisons=comparisons,
+        triggers=watch.triggers,
+        confidence=verify.confidence,
     )
 
 
 def expire(state: WatchState, verify: Verify, now: datetime) -> list[RollbackOutcome]:
-    """Conclude watches older than ``verify.within``: failed unless every compared measurement improved."""
+    """Conclude the watches older than ``verify.within``: whatever they show by now."""
     done = []
     for watch in [w for w in state.watches if now - w.requested_at >= verify.within]:
         state.watches.remove(watch)
-        if not watch.seen:
-            done.append(
-                RollbackOutcome(
-                    rollback_id=watch.rollback_id,
-                    model=watch.model,
-                    from_version=watch.from_version,
-                    target_version=watch.target_version,
-                    verified=False,
-                    reason=f"target {watch.target_version} not seen serving within {verify.within}",
-                )
-            )
-        else:
-            done.append(conclude(watch))
+        done.append(conclude(watch, verify))
     return done

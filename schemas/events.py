@@ -4,19 +4,58 @@ Every model forbids unknown fields, so a misspelt field (``respose``) is
 rejected with a reason instead of silently ignored, and carries an explicit
 ``schema_version``. ``python -m schemas.generate`` writes the JSON Schema
 files under ``schemas/jsonschema/`` that non-Python producers validate with.
+
+Those files carry every rule the models check (patterns, bounds, the value
+each feedback kind needs), and a test holds both to one corpus. What JSON
+Schema cannot say is the JSON itself: messages must be I-JSON (RFC 7493), so no
+repeated keys, no NaN or Infinity, and numbers a double holds.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict, JsonValue
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 SCHEMA_VERSION = "1"
-_HASHED_ID = re.compile(r"^[A-Za-z0-9:_\-]{8,128}$")
+HASHED_ID_PATTERN = r"^[A-Za-z0-9:_-]{8,128}$"
+_HASHED_ID = re.compile(HASHED_ID_PATTERN)
+
+# RFC 3339 date-time as JSON Schema's "date-time" means it: seconds and an
+# offset required, years 0001-9999 (what Python's datetime holds). It goes into
+# the schema, so it is written in the syntax ECMA-262, Rust's regex and Python
+# share (no look-arounds); whether the day exists is left to the date parser.
+# Upper-case T and Z only: RFC 3339 allows t and z, many validators do not.
+TIMESTAMP_PATTERN = (
+    r"^([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
+    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+
+# Numbers as I-JSON (RFC 7493) has them, so that every JSON reader holds them
+# exactly: finite doubles, and integers a double represents without loss.
+MAX_NUMBER = sys.float_info.max
+MAX_COUNT = 2**53 - 1
 
 # Size limits, written into the JSON Schema so producers see them too.
 MAX_ID_CHARS = 256
@@ -32,12 +71,60 @@ Name = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_VALUE_CHARS)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 LabelKey = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_KEY_CHARS)]
 LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE_CHARS)]
-NonNegative = Annotated[float, Field(ge=0)]
-Count = Annotated[int, Field(ge=0)]
+
+
+def _whole_number(value: Any) -> Any:
+    """An integer as JSON Schema counts one: ``3`` and ``3.0``, never ``true`` or ``"3"``."""
+    if type(value) is int:
+        return value
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
+        if value.is_integer():
+            return int(value)
+    raise PydanticCustomError("int_type", "Input should be a valid integer (not a string or a boolean)")
+
+
+class _RFC3339:
+    """Marks a datetime that must arrive as RFC 3339 text: no epoch numbers, no date without a time.
+
+    pydantic's own datetime parsing is laxer than the schema's "date-time" (it
+    takes 1700000000, "2026-01-01 00:00", a missing offset); the pattern is
+    checked first, in pydantic-core, so the hot path calls no Python. A
+    datetime object passes as it is when a model is built in Python.
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        text = core_schema.custom_error_schema(
+            core_schema.chain_schema([core_schema.str_schema(pattern=TIMESTAMP_PATTERN), handler(source)]),
+            custom_error_type="timestamp_parsing",
+            custom_error_message="Input should be an RFC 3339 date-time with seconds and an offset,"
+            " e.g. 2026-11-01T10:00:00Z",
+        )
+        return core_schema.json_or_python_schema(
+            json_schema=text,
+            python_schema=core_schema.union_schema([core_schema.is_instance_schema(datetime), text]),
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}
+
+
+# Strict: a boolean or a numeric string is not a number. Finite and bounded:
+# NaN, Infinity and 1e400 are refused (the bounds also say so in the schema).
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]
+NonNegative = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=0, le=MAX_NUMBER)]
+TokenCount = Annotated[int, Field(ge=0, le=MAX_COUNT), BeforeValidator(_whole_number)]
+Count = Annotated[int, Field(ge=0)]  # derived by loopwatch, never read from a producer
+Boolean = Annotated[bool, Strict()]
+Timestamp = Annotated[datetime, _RFC3339()]
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite numbers never get into any event (and so never out as NaN tokens).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _utc(value: datetime) -> datetime:
@@ -62,17 +149,20 @@ class ChatMessage(_Event):
 class TokenUsage(_Event):
     """Token counts as reported by the serving stack."""
 
-    prompt: Count
-    completion: Count
+    prompt: TokenCount
+    completion: TokenCount
 
 
 class InferenceLog(_Event):
-    """One request served by a model, as the application logs it to ``llm.inference.v1``."""
+    """One request served by a model, as the application logs it to ``llm.inference.v1``.
+
+    The message must be I-JSON (RFC 7493): no key twice in one object, no NaN or Infinity.
+    """
 
     schema_version: Literal["1"]
     event_id: Id
     request_id: Id
-    timestamp: datetime
+    timestamp: Timestamp
     model: ModelRef
     app: Name | None = None
     route: Name | None = None
@@ -87,8 +177,8 @@ class InferenceLog(_Event):
     cost_usd: NonNegative | None = None
     status: Literal["ok", "error"] = "ok"
     error: Text | None = None
-    features: Annotated[dict[LabelKey, float | str], Field(max_length=MAX_FEATURES)] | None = None
-    prediction: float | str | None = None
+    features: Annotated[dict[LabelKey, Number | str], Field(max_length=MAX_FEATURES)] | None = None
+    prediction: Number | str | None = None
     trace_id: Id | None = None
 
     _normalise_timestamp = field_validator("timestamp")(_utc)
@@ -105,31 +195,60 @@ class InferenceLog(_Event):
 FeedbackKind = Literal["thumbs", "rating", "correction", "label", "flag"]
 
 
+# What ``value`` and ``correction`` must be for each kind, as JSON Schema says it;
+# Feedback._value_fits_kind checks the same, and a test holds the two to one corpus.
+def _when_kind(kind: str, field: str, rule: JsonDict) -> JsonValue:
+    return {
+        "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+        "then": {"properties": {field: rule}, "required": [field]},
+    }
+
+
+_KIND_RULES: list[JsonValue] = [
+    _when_kind("thumbs", "value", {"enum": [True, False, 1, -1]}),
+    _when_kind("rating", "value", {"type": "number"}),
+    _when_kind("correction", "correction", {"type": "string", "minLength": 1}),
+]
+
+
 class Feedback(_Event):
     """A user's (or annotator's) verdict on one request, sent to ``llm.feedback.v1``.
 
     ``value`` depends on ``kind``: thumbs take ``true``/``false`` or ``1``/``-1``,
     ratings a number, corrections carry the preferred reply in ``correction``.
     ``user_id`` must already be hashed: raw e-mail addresses and names are refused.
+    The message must be I-JSON (RFC 7493): no key twice in one object, no NaN or Infinity.
     """
+
+    model_config = ConfigDict(json_schema_extra={"allOf": _KIND_RULES})
 
     schema_version: Literal["1"]
     event_id: Id
     request_id: Id
-    timestamp: datetime
+    timestamp: Timestamp
     kind: FeedbackKind
-    value: bool | float | str | None = None
+    value: Boolean | Number | Text | None = None
     correction: Text | None = None
     comment: Annotated[str, Field(max_length=10_000)] | None = None
     source: Literal["user", "annotator", "automatic"] = "user"
-    user_id: Annotated[str, Field(max_length=128)] | None = None
+    user_id: (
+        Annotated[
+            str,
+            Field(
+                max_length=128,
+                description="A hashed id, never a raw e-mail address or name",
+                json_schema_extra={"pattern": HASHED_ID_PATTERN},
+            ),
+        ]
+        | None
+    ) = None
 
     _normalise_timestamp = field_validator("timestamp")(_utc)
 
     @field_validator("user_id")
     @classmethod
     def _user_id_is_hashed(cls, value: str | None) -> str | None:
-        if value is not None and not _HASHED_ID.match(value):
+        if value is not None and not _HASHED_ID.fullmatch(value):
             raise ValueError(
                 "user_id must be a hashed id (8-128 of A-Z a-z 0-9 : _ -), never a raw e-mail address or name"
             )
@@ -137,11 +256,10 @@ class Feedback(_Event):
 
     @model_validator(mode="after")
     def _value_fits_kind(self) -> Feedback:
-        if self.kind == "thumbs" and self.value not in (True, False, 1, -1):
+        value, number = self.value, not isinstance(self.value, bool) and isinstance(self.value, int | float)
+        if self.kind == "thumbs" and not (isinstance(value, bool) or (number and value in (1, -1))):
             raise ValueError("thumbs feedback needs value true/false or 1/-1")
-        if self.kind == "rating" and (
-            isinstance(self.value, bool) or not isinstance(self.value, int | float)
-        ):
+        if self.kind == "rating" and not number:
             raise ValueError("rating feedback needs a numeric value")
         if self.kind == "correction" and not self.correction:
             raise ValueError("correction feedback needs the corrected text in 'correction'")
@@ -218,18 +336,32 @@ class DeadLetterReason(StrEnum):
     WRONG_TYPE = "wrong_type"
     OVERSIZE = "oversize"
     INVALID_VALUE = "invalid_value"
+    NON_FINITE_NUMBER = "non_finite_number"
+    DUPLICATE_KEY = "duplicate_key"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    # Not the producer's fault: a record loopwatch derived was too large to write.
+    OUTPUT_TOO_LARGE = "output_too_large"
 
 
 class DeadLetter(_Event):
-    """A refused message, with the reason, the error and the original bytes."""
+    """A refused message (or an output too large to write), the reason, and a bounded copy of its bytes."""
 
     schema_version: Literal["1"] = "1"
     reason: DeadLetterReason
     error: str = Field(description="What is wrong, in words a person can act on")
     detail: list[dict[str, Any]] = Field(default_factory=list, description="Per-field errors")
-    source: SourceRef
-    key_b64: str | None = None
-    value_b64: str
+    source: SourceRef | None = Field(
+        description="Where the refused message was read (fetch it from there while the topic retains it);"
+        " null for an output that no single message produced"
+    )
+    key_b64: str | None = Field(None, description="The original key (its first bytes when it is long)")
+    key_bytes: int | None = Field(None, ge=0, description="Length of the original key")
+    value_b64: str = Field(description="The first bytes of the original value (all of it when short)")
+    value_bytes: int = Field(ge=0, description="Length of the original value")
+    value_sha256: str = Field(description="SHA-256 of the whole original value, hex")
+    output_topic: str | None = Field(
+        None, description="For reason output_too_large: the topic the record was meant for"
+    )
     received_at: datetime
 
 
@@ -283,6 +415,42 @@ class Detection(_Event):
     detected_at: datetime
     evidence: Evidence = Field(default_factory=Evidence)
 
+    @field_validator("statistic", "p_value", "score", "threshold", "effect_size", mode="before")
+    @classmethod
+    def _unmeasured_is_null(cls, value: Any, info: ValidationInfo) -> Any:
+        # A detector's NaN (a constant sample, no rows with latency) means "not
+        # measured": null in JSON. From JSON itself, non-finite tokens are refused.
+        if info.mode == "python" and isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    @field_validator("measurements", mode="before")
+    @classmethod
+    def _unmeasured_is_absent(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.mode == "python" and isinstance(value, dict):
+            return {k: v for k, v in value.items() if not (isinstance(v, float) and not math.isfinite(v))}
+        return value
+
+
+class AlertValue(_Event):
+    """The numbers of one detection behind an alert: what a paged person reads first."""
+
+    detection_id: Id
+    detector_id: str
+    measurement: str | None = Field(
+        None, description="The measure the detector judges, e.g. current_rate (null: only its statistic)"
+    )
+    reference_value: float | None = Field(None, description="Its value on the reference window")
+    current_value: float | None = Field(None, description="Its value on the current window")
+    effect_size: float | None = None
+    p_value: float | None = None
+    threshold: float | None = None
+    reference_size: Count
+    current_size: Count
+    window_start: datetime
+    window_end: datetime
+    verdict: Literal["ok", "warning", "drift"]
+
 
 class Alert(_Event):
     """An on-call alert with Alertmanager semantics (``loopwatch.alerts.v1``)."""
@@ -296,6 +464,8 @@ class Alert(_Event):
     starts_at: datetime
     ends_at: datetime | None = None
     detections: list[str] = Field(default_factory=list)
+    values: list[AlertValue] = Field(default_factory=list, description="The numbers of each detection")
+    runbook_url: str | None = Field(None, description="What to do, from the policy rule")
 
 
 class CloudEvent(_Event):

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from schemas.errors import LoopwatchError
 from services.settings import Settings
@@ -27,6 +29,27 @@ class _Group(click.Group):
         except LoopwatchError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
+        except SettingsError as exc:
+            # Its message names the field and source, never the value.
+            click.secho(f"error: {exc}: {exc.__cause__ or 'invalid value'}", fg="red", err=True)
+            sys.exit(2)
+        except ValidationError as exc:
+            if exc.title not in ("Settings", "Topics"):
+                raise
+            click.secho(f"error: {_invalid_settings(exc)}", fg="red", err=True)
+            sys.exit(2)
+
+
+def _invalid_settings(exc: ValidationError) -> str:
+    """One line per settings error, named by its variable, without the value (it may be a secret)."""
+    prefix = "LOOPWATCH_TOPIC_" if exc.title == "Topics" else "LOOPWATCH_"
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        name = f"{prefix}{loc[0].upper()}" if loc else "settings"
+        where = ".".join([name, *loc[1:]])
+        lines.append(f"invalid setting {where}: {error['msg']}")
+    return "\n".join(lines)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -273,7 +296,13 @@ def score_toxicity(
             scorer.detoxify()  # loads the weights now, or raises
             scorer_kind = "detoxify"
         except ScorerUnavailable as exc:
-            click.secho(f"warning: {exc}\nscoring with profanity-check instead", fg="yellow", err=True)
+            # One line: the full advice is what --scorer detoxify prints when it fails.
+            click.secho(
+                f"warning: Detoxify weights could not be loaded ({exc.reason}); scoring with profanity-check"
+                " (--scorer detoxify says how to load them offline)",
+                fg="yellow",
+                err=True,
+            )
             scorer, scorer_kind = ProfanityScorer(), "profanity"
     else:
         scorer = build_scorer(cast(ScorerKind, scorer_kind), settings, prefilter_threshold)
@@ -496,10 +525,14 @@ def policy_group() -> None:
 _STATE_DIR_OPTION = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".loopwatch"),
-    show_default=True,
-    help="Local state: silences.json and stable_versions.json",
+    default=None,
+    help="Local state: silences.json and stable_versions.json [default: LOOPWATCH_DATA_DIR]",
 )
+
+
+def _state_dir(state_dir: Path | None) -> Path:
+    """--state-dir, else the settings' data_dir (LOOPWATCH_DATA_DIR), wherever the command runs."""
+    return state_dir if state_dir is not None else _settings().data_dir
 
 
 @policy_group.command(name="check")
@@ -521,45 +554,89 @@ def policy_check(file: Path) -> None:
 @click.option(
     "--detections",
     "detections_file",
-    required=True,
+    default=None,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Recorded Detections, one JSON object per line (e.g. read from loopwatch.detections.v1)",
+    help="Recorded Detections, one JSON object per line",
+)
+@click.option(
+    "--bootstrap",
+    default=None,
+    help="Instead of a file: read the detections topic of this Kafka, from its start to its end",
+)
+@click.option(
+    "--topic", default=None, help="The topic read with --bootstrap [default: loopwatch.detections.v1]"
 )
 @click.option("--stable", multiple=True, help="MODEL=VERSION marked stable first [default: from --state-dir]")
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_STATE_DIR_OPTION
 def policy_backtest(
-    file: Path, detections_file: Path, stable: tuple[str, ...], output: str, state_dir: Path
+    file: Path,
+    detections_file: Path | None,
+    bootstrap: str | None,
+    topic: str | None,
+    stable: tuple[str, ...],
+    output: str,
+    state_dir: Path | None,
 ) -> None:
-    """Which alerts, pages and actions a policy would have produced over recorded detections, and when."""
+    """Which alerts, pages and actions a policy would have produced over recorded detections, and when.
+
+    The detections come from a file (--detections) or straight from Kafka
+    (--bootstrap, optionally --topic): records that are not Detections are
+    skipped and counted.
+    """
     from datetime import UTC, datetime
 
-    from retrain_trigger.explain import backtest, load_silences, load_stable, read_detections
+    from retrain_trigger.explain import (
+        backtest,
+        load_silences,
+        load_stable,
+        parse_detections,
+        read_detections,
+    )
     from retrain_trigger.policy import load_policy
     from retrain_trigger.stable import StableVersionMarked
 
+    if (detections_file is None) == (bootstrap is None):
+        raise click.UsageError("give exactly one of --detections FILE and --bootstrap SERVERS")
+    if topic is not None and bootstrap is None:
+        raise click.UsageError("--topic goes with --bootstrap")
     policy = load_policy(file)
+    state_dir = _state_dir(state_dir)
     stable_versions = load_stable(state_dir / "stable_versions.json")
     for pair in stable:
         model, sep, version = pair.partition("=")
         if not sep or not model or not version:
             raise click.BadParameter(f"{pair!r}: use MODEL=VERSION", param_hint="--stable")
         stable_versions.apply(StableVersionMarked(model=model, version=version, marked_at=datetime.now(UTC)))
-    report = backtest(
-        policy, read_detections(detections_file), stable_versions, load_silences(state_dir / "silences.json")
-    )
+    skipped: list[str] = []
+    if detections_file is not None:
+        detections = read_detections(detections_file)
+    elif bootstrap is not None:
+        from services.topic_reader import read_topic
+
+        topic = topic or _settings(kafka_bootstrap=bootstrap).topics.detections
+        records = read_topic(bootstrap, topic)
+        detections, skipped = parse_detections(
+            (f"{topic}/{r.partition}@{r.offset}", r.value) for r in records
+        )
+        # On stderr, so that --format json stays one JSON document on stdout.
+        click.echo(f"read {len(records)} records from {topic} at {bootstrap}", err=True)
+        for problem in skipped[:5]:
+            click.echo(f"skipped {problem}", err=True)
+    report = backtest(policy, detections, stable_versions, load_silences(state_dir / "silences.json"))
     if output == "json":
         rows = [
             {"at": e.at.isoformat(), "kind": e.kind, "what": e.what, "subject": e.subject, "id": e.id}
             for e in report.timeline
         ]
-        click.echo(
-            json.dumps(
-                {"detections": report.detections, "counts": dict(report.counts), "timeline": rows}, indent=2
-            )
-        )
+        body = {"detections": report.detections, "counts": dict(report.counts), "timeline": rows}
+        if bootstrap is not None:
+            body["skipped"] = skipped
+        click.echo(json.dumps(body, indent=2))
         return
     click.echo(f"{report.detections} detections, policy {policy.name!r} ({policy.mode})")
+    if skipped:
+        click.echo(f"  skipped (not Detections): {len(skipped)}")
     for name, count in sorted(report.counts.items()):
         click.echo(f"  {name}: {count}")
     start = report.first_detection
@@ -576,19 +653,36 @@ _BOOTSTRAP_OPTION = click.option(
     default=None,
     help="Also publish to the control topic of this Kafka, so running workers apply it at once",
 )
+_READ_BOOTSTRAP_OPTION = click.option(
+    "--bootstrap",
+    default=None,
+    help="Read the control topic of this Kafka (what the workers apply) instead of the local state",
+)
 
 
 def _publish_control(bootstrap: str | None, event: Any) -> None:
-    """Send a silence or stable mark to the workers (loopwatch.control.v1)."""
+    """Send a silence or stable mark to the workers (loopwatch.control.v1), signed when a key is set."""
     if bootstrap is None:
         return
-    from services.replay import Replayer
+    from services import control_topic
 
-    topic = _settings(kafka_bootstrap=bootstrap).topics.control
-    replayer = Replayer(bootstrap)
-    replayer.send(topic, event.model_dump_json().encode(), event.key())
-    replayer.close()
-    click.echo(f"published to {topic} at {bootstrap}")
+    settings = _settings(kafka_bootstrap=bootstrap)
+    control_topic.publish(settings, event)
+    signed = "signed" if settings.control_key else "unsigned: LOOPWATCH_CONTROL_KEY is not set"
+    click.echo(f"published to {settings.topics.control} at {bootstrap} ({signed})")
+
+
+def _read_control(bootstrap: str) -> Any:
+    """The control topic as the workers see it; its refused records are printed first."""
+    from services import control_topic
+
+    log = control_topic.read(_settings(kafka_bootstrap=bootstrap))
+    for record in log.refused:
+        key = record.key.decode(errors="replace") if record.key else "-"
+        click.echo(
+            f"refused  offset {record.offset} key {key}  {record.refused.reason}: {record.refused.detail}"
+        )
+    return log
 
 
 @main.group(name="silence")
@@ -596,7 +690,9 @@ def silence_group() -> None:
     """Maintenance windows: mute the alerts and actions whose labels match, for a while.
 
     Alert labels: alertname (the policy rule), action, severity, detector, model,
-    model_version, and app, route, tenant when the segment has them.
+    model_version, and app, route, tenant when the segment has them. A silence
+    that matches every alert, or lasts longer than LOOPWATCH_SILENCE_MAX_SECONDS,
+    needs --force; workers refuse such a silence without it.
     """
 
 
@@ -613,6 +709,9 @@ def silence_group() -> None:
 @click.option("--start", default=None, help="When it starts, ISO 8601 [default: now]")
 @click.option("--comment", required=True, help="Why (shown to on-call)")
 @click.option("--created-by", default="loopwatch-cli", show_default=True)
+@click.option(
+    "--force", is_flag=True, help="Allow a silence that matches every alert or outlasts the maximum"
+)
 @_STATE_DIR_OPTION
 @_BOOTSTRAP_OPTION
 def silence_add(
@@ -621,11 +720,12 @@ def silence_add(
     start: str | None,
     comment: str,
     created_by: str,
-    state_dir: Path,
+    force: bool,
+    state_dir: Path | None,
     bootstrap: str | None,
 ) -> None:
     """Add a silence; prints its id."""
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     from retrain_trigger.control import ControlEvent
     from retrain_trigger.explain import load_silences, save_silences
@@ -645,13 +745,21 @@ def silence_add(
     except ValueError as exc:
         raise click.BadParameter(f"{start!r} is not an ISO 8601 time", param_hint="--start") from exc
     begins = begins if begins.tzinfo else begins.replace(tzinfo=UTC)
-    path = state_dir / "silences.json"
-    silences = load_silences(path)
-    silence = silences.add(
-        Silence(
-            matchers=parsed, starts_at=begins, ends_at=begins + length, comment=comment, created_by=created_by
-        )
+    settings = _settings(kafka_bootstrap=bootstrap)
+    silence = Silence(
+        matchers=parsed,
+        starts_at=begins,
+        ends_at=begins + length,
+        comment=comment,
+        created_by=created_by,
+        force=force,
     )
+    limit = silence.needs_force(timedelta(seconds=settings.silence_max_seconds))
+    if limit is not None:
+        raise click.UsageError(f"refused: {limit[1]}; add --force if that is what you mean")
+    path = _state_dir(state_dir) / "silences.json"
+    silences = load_silences(path)
+    silences.add(silence)
     save_silences(path, silences)
     click.echo(silence.id)
     _publish_control(bootstrap, ControlEvent(silence=silence))
@@ -660,16 +768,19 @@ def silence_add(
 @silence_group.command(name="list")
 @click.option("--all", "show_all", is_flag=True, help="Include expired silences")
 @_STATE_DIR_OPTION
-def silence_list(show_all: bool, state_dir: Path) -> None:
-    """Active and upcoming silences (all with --all)."""
+@_READ_BOOTSTRAP_OPTION
+def silence_list(show_all: bool, state_dir: Path | None, bootstrap: str | None) -> None:
+    """Active and upcoming silences (all with --all); with --bootstrap, also the refused control records."""
     from datetime import UTC, datetime
 
     from retrain_trigger.explain import load_silences
 
     now = datetime.now(UTC)
-    shown = [
-        s for s in load_silences(state_dir / "silences.json").items.values() if show_all or s.ends_at > now
-    ]
+    if bootstrap is not None:
+        silences = _read_control(bootstrap).silences
+    else:
+        silences = load_silences(_state_dir(state_dir) / "silences.json")
+    shown = [s for s in silences.items.values() if show_all or s.ends_at > now]
     if not shown:
         click.echo("no silences")
     for s in sorted(shown, key=lambda s: s.starts_at):
@@ -677,7 +788,7 @@ def silence_list(show_all: bool, state_dir: Path) -> None:
         matchers = ",".join(str(m) for m in s.matchers)
         click.echo(
             f"{s.id}  {state:<7} {s.starts_at.isoformat()} -> {s.ends_at.isoformat()}"
-            f"  {matchers}  {s.comment}"
+            f"  {matchers}  {s.comment}" + ("  (forced)" if s.force else "")
         )
 
 
@@ -685,14 +796,14 @@ def silence_list(show_all: bool, state_dir: Path) -> None:
 @click.argument("silence_id")
 @_STATE_DIR_OPTION
 @_BOOTSTRAP_OPTION
-def silence_expire(silence_id: str, state_dir: Path, bootstrap: str | None) -> None:
+def silence_expire(silence_id: str, state_dir: Path | None, bootstrap: str | None) -> None:
     """End a silence now (an unambiguous id prefix is enough)."""
     from datetime import UTC, datetime
 
     from retrain_trigger.control import ControlEvent
     from retrain_trigger.explain import load_silences, save_silences
 
-    path = state_dir / "silences.json"
+    path = _state_dir(state_dir) / "silences.json"
     silences = load_silences(path)
     try:
         found = silences.match_prefix(silence_id)
@@ -708,7 +819,7 @@ def silence_expire(silence_id: str, state_dir: Path, bootstrap: str | None) -> N
 
 @main.group(name="model")
 def model_group() -> None:
-    """Model versions: mark the known-good one that rollbacks go back to."""
+    """Model versions: mark the known-good one that rollbacks go back to and canaries are compared with."""
 
 
 @model_group.command(name="mark-stable")
@@ -716,15 +827,15 @@ def model_group() -> None:
 @click.argument("version")
 @_STATE_DIR_OPTION
 @_BOOTSTRAP_OPTION
-def model_mark_stable(name: str, version: str, state_dir: Path, bootstrap: str | None) -> None:
-    """Mark VERSION of model NAME stable: the target of its next rollback."""
+def model_mark_stable(name: str, version: str, state_dir: Path | None, bootstrap: str | None) -> None:
+    """Mark VERSION of model NAME stable: the target of its next rollback, the reference of its canaries."""
     from datetime import UTC, datetime
 
     from retrain_trigger.control import ControlEvent
     from retrain_trigger.explain import load_stable, save_stable
     from retrain_trigger.stable import StableVersionMarked
 
-    path = state_dir / "stable_versions.json"
+    path = _state_dir(state_dir) / "stable_versions.json"
     stable = load_stable(path)
     previous = stable.target(name)
     marked = StableVersionMarked(model=name, version=version, marked_at=datetime.now(UTC), marked_by="cli")
@@ -734,6 +845,23 @@ def model_mark_stable(name: str, version: str, state_dir: Path, bootstrap: str |
     click.echo(
         f"{name}: {version} is stable" + (f" (was {previous})" if previous and previous != version else "")
     )
+
+
+@model_group.command(name="list")
+@_STATE_DIR_OPTION
+@_READ_BOOTSTRAP_OPTION
+def model_list(state_dir: Path | None, bootstrap: str | None) -> None:
+    """The version marked stable of each model; with --bootstrap, also the refused control records."""
+    from retrain_trigger.explain import load_stable
+
+    if bootstrap is not None:
+        stable = _read_control(bootstrap).stable
+    else:
+        stable = load_stable(_state_dir(state_dir) / "stable_versions.json")
+    if not stable.models:
+        click.echo("no stable versions")
+    for model, mark in sorted(stable.models.items()):
+        click.echo(f"{model}: {mark.version}  (marked by {mark.marked_by} at {mark.marked_at.isoformat()})")
 
 
 # File commands of the detectors live above this line, one function per command.

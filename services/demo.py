@@ -349,12 +349,22 @@ def run_demo(
     try:
         traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst)
         wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker)
-        print(f"replaying {len(traffic.messages)} real events ...", file=out, flush=True)
+        print(
+            f"replaying {len(traffic.messages)} real events (a stable phase, then a canary serving the "
+            f"rejected replies); {len(traffic.after_rollback)} more once the rollback is requested ...",
+            file=out,
+            flush=True,
+        )
         replayed_at = time.time()
         _send(bootstrap, traffic.messages)
         # Windows close a few seconds after their last event; the decide stage follows.
         observe_loop(bootstrap, topics, quiet=30, timeout=timeout, until=Loop.rolled_back)
-        print("rollback requested; the stable version serves again ...", file=out, flush=True)
+        print(
+            f"rollback requested; replaying the other {len(traffic.after_rollback)} events, "
+            "the stable version serving again ...",
+            file=out,
+            flush=True,
+        )
         _send(bootstrap, traffic.after_rollback)
         seen = observe(bootstrap, topics, traffic, timeout)
         loop = observe_loop(bootstrap, topics, quiet=30, timeout=timeout, until=Loop.settled)
@@ -421,7 +431,12 @@ def _summary(
     return {
         "broker": where,
         "elapsed_seconds": round(elapsed, 1),
-        "events_in": {**events_in, "total": total_in},
+        "events_in": {
+            **events_in,
+            "total": total_in,
+            "before_rollback": len(traffic.messages),
+            "after_rollback": len(traffic.after_rollback),
+        },
         "valid": {"inference": seen.enriched, "feedback": valid_feedback},
         "dead_lettered": {
             "total": dead,
@@ -528,6 +543,16 @@ def _detections_summary(detections: list[Detection]) -> dict[str, Any]:
     }
 
 
+# Why a table can stay empty in the demo: its traffic holds no such feedback.
+_EMPTY_DATASETS = {
+    "sft": "it takes negative feedback that carries a correction; HH-RLHF and OASST1 give thumbs "
+    "and ratings only",
+    "preference": "it takes a correction, or two versions with opposite feedback on one prompt",
+    "golden": "it takes positive feedback",
+    "safety_review": "the cheap toxicity scorer flagged no prompt or reply",
+}
+
+
 def render(summary: dict[str, Any]) -> str:
     """The summary as a few readable lines."""
     s = summary
@@ -535,7 +560,8 @@ def render(summary: dict[str, Any]) -> str:
         "",
         f"loopwatch demo: real HH-RLHF and OASST1 traffic through the {s['broker']}",
         f"  in:        {s['events_in']['inference']} inference logs, "
-        f"{s['events_in']['feedback']} feedback events",
+        f"{s['events_in']['feedback']} feedback events ({s['events_in']['before_rollback']} replayed "
+        f"before the rollback request, {s['events_in']['after_rollback']} after it)",
         f"  valid:     {s['valid']['inference']} inference logs enriched and forwarded for detection, "
         f"{s['valid']['feedback']} feedback events",
         f"  rejected:  {s['dead_lettered']['total']} messages dead-lettered with a reason:",
@@ -567,6 +593,13 @@ def render(summary: dict[str, Any]) -> str:
             f"  dataset:   {table['table']:<14} version {table['version']:>3}, "
             f"{table['rows']} rows  {table['uri']}"
         )
+    written = {table["table"] for table in s["datasets"]}
+    if written:
+        lines += [
+            f"  dataset:   {kind:<14} none: {why}"
+            for kind, why in _EMPTY_DATASETS.items()
+            if kind not in written
+        ]
     if s["export"]:
         e = s["export"]
         lines.append(

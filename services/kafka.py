@@ -27,6 +27,10 @@ def admin_client(bootstrap: str) -> KafkaAdminClient:
         bootstrap_servers=bootstrap.split(","),
         client_id="loopwatch-admin",
         request_timeout_ms=10_000,
+        # Give up (callers retry) rather than back off for up to 30 s: a broker that
+        # just restarted is seen at the next check.
+        bootstrap_timeout_ms=10_000,
+        reconnect_backoff_max_ms=1_000,
     )
 
 
@@ -78,6 +82,21 @@ def _connect_any(bootstrap: str) -> None:
     raise error
 
 
+def existing_topics(bootstrap: str) -> set[str]:
+    """The topics the cluster has now; BrokerError when it does not answer (blocking: run in a thread)."""
+    try:
+        _connect_any(bootstrap)
+        admin = admin_client(bootstrap)
+    except (KafkaError, OSError) as exc:
+        raise BrokerError(f"Kafka at {bootstrap} does not answer: {exc.__class__.__name__}") from exc
+    try:
+        return set(admin.list_topics())
+    except KafkaError as exc:
+        raise BrokerError(f"Kafka at {bootstrap} could not list topics: {exc!r}") from exc
+    finally:
+        admin.close()
+
+
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the topics loopwatch uses when they are missing; return the ones created.
 
@@ -96,7 +115,11 @@ def ensure_topics(settings: Settings) -> list[str]:
                     # worker and keeps the latest value per key.
                     num_partitions=1 if t == settings.topics.control else settings.partitions,
                     replication_factor=settings.replication_factor,
-                    topic_configs={"cleanup.policy": "compact"} if t == settings.topics.control else {},
+                    # Large enough for every record loopwatch writes (its default is 1 MB on Kafka).
+                    topic_configs={
+                        **settings.record_topic_configs(),
+                        **({"cleanup.policy": "compact"} if t == settings.topics.control else {}),
+                    },
                 )
                 for t in missing
             ]

@@ -69,9 +69,17 @@ class Replayer:
         self.sent = 0
         self.failures: list[str] = []
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Queue one message; delivery errors are collected and raised by :meth:`flush`."""
-        future = self.producer.send(topic, value=value, key=key if key is not None else event_key(value))
+        future = self.producer.send(
+            topic, value=value, key=key if key is not None else event_key(value), headers=headers
+        )
         future.add_errback(lambda exc: self.failures.append(repr(exc)))
         self.sent += 1
 

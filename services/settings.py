@@ -6,13 +6,19 @@ explicitly; nothing below this module reads the environment.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # services/ sits at the repository root; the shared sample data sits beside it.
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# What a record needs beyond the input bytes it carries: an enriched record's
+# descriptors and source offsets, or a dead letter's error, detail and key.
+RECORD_HEADROOM = 64 * 1024
 
 
 class Topics(BaseSettings):
@@ -33,10 +39,12 @@ class Topics(BaseSettings):
     rollback_requests: str = "loopwatch.rollback-requests.v1"
     delivery_failures: str = "loopwatch.delivery-failures.v1"
     control: str = "loopwatch.control.v1"
+    # Internal: messages not keyed by their request_id, re-sent keyed by it so the join finds them.
+    rekey: str = "loopwatch.rekeyed.v1"
 
     def co_partitioned(self) -> list[str]:
         """Topics keyed by request_id, which must share one partition count for the join."""
-        return [self.inference, self.feedback, self.enriched, self.joined, self.unmatched]
+        return [self.inference, self.feedback, self.rekey, self.enriched, self.joined, self.unmatched]
 
     def with_prefix(self, prefix: str) -> Topics:
         """The same topics with ``prefix`` in front of every name (tests, shared clusters)."""
@@ -63,10 +71,37 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         1_048_576, ge=1024, description="Larger messages are dead-lettered as oversize"
     )
+    # Compared with the Kafka message's timestamp, so consumer lag does not count.
+    # A week back covers producers that buffer through an outage; backfills of
+    # older logs raise it. An hour ahead covers clock skew, not a wrong timezone.
+    max_timestamp_past_seconds: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="Events timestamped longer than this before their Kafka message are"
+        " dead-lettered as timestamp_out_of_range",
+    )
+    max_timestamp_future_seconds: float = Field(
+        3_600.0,
+        gt=0,
+        description="Events timestamped longer than this after their Kafka message are"
+        " dead-lettered as timestamp_out_of_range",
+    )
+    max_record_bytes: int = Field(
+        4_194_304,
+        ge=2 * RECORD_HEADROOM,
+        description="Largest record loopwatch writes (the producer's max_request_size); larger outputs"
+        " are dropped, counted and dead-lettered. Kafka's message.max.bytes must be at least this",
+    )
+    deadletter_value_bytes: int = Field(
+        65_536, ge=0, description="A dead letter keeps this many first bytes of the refused message"
+    )
     join_ttl_seconds: float = Field(
         86_400.0, gt=0, description="How long an unmatched request waits for its partner"
     )
     join_sweep_seconds: float = Field(30.0, gt=0, description="How often expired joins are swept")
+    join_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb", description="Where join states wait: on disk (RocksDB under data_dir) or in RAM"
+    )
     commit_interval_seconds: float = Field(1.0, gt=0, description="Offset commit interval")
 
     web_host: str = Field("127.0.0.1", description="Bind address of /metrics and /health")
@@ -81,6 +116,18 @@ class Settings(BaseSettings):
         description="Folder with the real sample data the demo and benchmarks replay",
     )
     log_level: str = Field("info", description="Worker log level")
+    topic_check_seconds: float = Field(
+        5.0, gt=0, description="How often the worker checks that the broker answers and its topics exist"
+    )
+    on_missing_topics: Literal["recreate", "exit"] = Field(
+        "recreate", description="When topics vanish (a broker restarted empty): recreate them, or stop"
+    )
+    stop_grace_seconds: float = Field(
+        15.0, gt=0, description="After SIGTERM the worker exits within this long, whatever the broker does"
+    )
+    stream_stall_seconds: float = Field(
+        300.0, gt=0, description="A partition whose records wait unprocessed this long is logged as stalled"
+    )
 
     detection: bool = Field(True, description="Summarise windows and run the detectors on them")
     window_seconds: float | None = Field(
@@ -109,6 +156,14 @@ class Settings(BaseSettings):
     stable_versions: dict[str, str] = Field(
         default_factory=dict, description='Stable version per model (JSON: {"model": "version"})'
     )
+    control_key: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key of control-topic messages: unsigned or badly signed ones are refused"
+        " [default: none, messages are not authenticated]",
+    )
+    silence_max_seconds: float = Field(
+        7 * 86_400.0, gt=0, description="Longer silences (and ones matching every alert) need --force"
+    )
     drift_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate per window, after correction")
     decide: bool = Field(True, description="Run the decide pipeline over detections")
     policy_file: Path | None = Field(
@@ -130,6 +185,26 @@ class Settings(BaseSettings):
     slow_detector_queue: int = Field(
         1, ge=1, description="Windows waiting for slow detectors; more are skipped and counted"
     )
+
+    @model_validator(mode="after")
+    def _records_fit(self) -> Self:
+        """Refuse limits under which a maximal valid event or a dead letter could not be written."""
+        if self.max_event_bytes + RECORD_HEADROOM > self.max_record_bytes:
+            raise ValueError(
+                f"max_record_bytes ({self.max_record_bytes:,}) must exceed max_event_bytes"
+                f" ({self.max_event_bytes:,}) by {RECORD_HEADROOM:,}: an enriched event carries the"
+                " whole event plus its descriptors"
+            )
+        if 4 * math.ceil(self.deadletter_value_bytes / 3) + RECORD_HEADROOM > self.max_record_bytes:
+            raise ValueError(
+                f"deadletter_value_bytes ({self.deadletter_value_bytes:,}) is too large for"
+                f" max_record_bytes ({self.max_record_bytes:,}): base64 grows it by a third"
+            )
+        return self
+
+    def record_topic_configs(self) -> dict[str, str]:
+        """Kafka topic settings that accept every record loopwatch writes (a batch adds its own header)."""
+        return {"max.message.bytes": str(self.max_record_bytes + 1024)}
 
     def datasets_uri(self) -> str:
         """The root of the dataset tables."""

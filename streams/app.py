@@ -21,22 +21,27 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import islice, repeat
 from typing import Any, cast
 
 import faust
 from faust.types import TP
 from faust.web import Request, Response, View
-from pydantic_core import from_json, to_json
+from pydantic_core import to_json
 
 from detectors.frame import feedback_row, log_row, segment_of
-from schemas.events import Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
+from schemas.events import DeadLetterReason, Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
 from services.settings import Settings
 from streams import join
+from streams.broker_watch import BrokerWatch
 from streams.consumer import BatchHandler, FastDrainTransport
+from streams.control import ControlFollower
 from streams.detect_stage import DetectStage, window_spec
-from streams.ingest import Accepted, Rejected, decode, describe, enriched_json
+from streams.ingest import Accepted, Rejected, decode, describe, enriched_json, out_of_range
+from streams.join_store import SWEEP_CHUNK, JoinStore, claim_directory, table_options
 from streams.metrics import Metrics
-from streams.outbox import Outbox
+from streams.outbox import Outbox, OutputLimit
+from streams.rekey import Origin, headers_for, origin_in
 from streams.windows import BatchSummaries
 
 log = logging.getLogger("loopwatch.streams")
@@ -57,10 +62,20 @@ class BatchRoute:
 class LoopwatchApp(faust.App):
     """faust.App whose consumer can hand whole fetches of a topic to a batch handler."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, output_limit: OutputLimit, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_routes: dict[str, BatchRoute] = {}
         self.stop_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.output_limit = output_limit
+
+    def outbox(self) -> Outbox:
+        """An empty outbox whose records are held to the output limit."""
+        return Outbox(self.output_limit)
+
+    def Table(self, *args: Any, **kwargs: Any) -> Any:
+        """faust's Table, whose changelog topic takes records up to ``max_record_bytes``."""
+        kwargs.setdefault("extra_topic_configs", self.output_limit.topic_configs)
+        return super().Table(*args, **kwargs)
 
     async def on_stop(self) -> None:
         """Run loopwatch's own shutdown work (e.g. deliver queued pages) while the producer is up."""
@@ -97,15 +112,22 @@ class Ingest:
         self.topics = settings.topics
         self.metrics = metrics
         # The raw codec for keys and values, both when writing the changelog and
-        # when recovering from it: each entry is its JoinState as JSON bytes. Bytes
-        # are not tracked by Python's garbage collector; a million state dicts
-        # were, and every full collection walked them all.
-        self.joins = app.Table("joins", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        # When each entry was first seen, so that the expiry sweep reads a float
-        # per entry instead of parsing every state.
-        self.first_seen: dict[bytes, float] = {}
+        # when recovering from it: each entry is its JoinState as join.encode bytes.
+        # Bytes are not tracked by Python's garbage collector; a million state
+        # dicts were, and every full collection walked them all.
+        directory, self._directory_lock = claim_directory(settings.data_dir / "joins")
+        self.joins = app.Table(
+            "joins",
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            **table_options(settings.join_store, directory),
+        )
+        self.join_store = JoinStore(self.joins, settings.join_store, directory)
+        self._indexed_generation: int | None = None
         self.last_offset: dict[TP, int] = {}
-        inputs = (self.topics.inference, self.topics.feedback)
+        inputs = (self.topics.inference, self.topics.feedback, self.topics.rekey)
+        self._warned: set[str] = set()
         self._in = {t: metrics.events_in.labels(t) for t in inputs}
         self._valid = {t: metrics.events_valid.labels(t) for t in inputs}
         self._seconds = {t: metrics.processing_seconds.labels(t) for t in inputs}
@@ -123,11 +145,54 @@ class Ingest:
         """Validate feedback and join it with its inference (or keep it waiting)."""
         await self._handle(messages, Feedback, self._feedback)
 
+    async def on_rekeyed(self, messages: list[Any]) -> None:
+        """Process messages re-keyed by their request_id as if they had come with that key."""
+        kinds: dict[str, tuple[type[Any], Callable[..., None]]] = {
+            self.topics.inference: (InferenceLog, self._inference),
+            self.topics.feedback: (Feedback, self._feedback),
+        }
+        by_kind: dict[str, tuple[list[Any], list[Origin]]] = {}
+        strays = []
+        for message in messages:
+            origin = origin_in(message.headers)
+            if origin is None or origin.source.topic not in kinds:
+                strays.append(message)
+            else:
+                batch, origins = by_kind.setdefault(origin.source.topic, ([], []))
+                batch.append(message)
+                origins.append(origin)
+        for topic, (batch, origins) in by_kind.items():
+            model, handle_valid = kinds[topic]
+            await self._handle(batch, model, handle_valid, origins)
+        if strays:
+            await self._strays(strays)
+        for message in messages:  # by offset again: the batches above were split by kind
+            self.last_offset[message.tp] = message.offset
+
+    async def _strays(self, messages: list[Any]) -> None:
+        """Dead-letter messages on the repartition topic that ingest did not write there."""
+        outbox = self.app.outbox()
+        rejected = Rejected(
+            DeadLetterReason.MISSING_FIELD,
+            f"{self.topics.rekey} is internal: its messages need the loopwatch-source header naming"
+            f" {self.topics.inference} or {self.topics.feedback}, which ingest writes",
+        )
+        for message in messages:
+            outbox.add_dead_letter(self.topics.deadletter, message, rejected)
+            self.metrics.rejected(message.topic, rejected.reason)
+        await outbox.send(self.app.kafka_producer())
+        self._in[self.topics.rekey].inc(len(messages))
+
     def _inference(
-        self, outbox: Outbox, message: Any, source: SourceRef, accepted: Accepted[InferenceLog], now: float
+        self,
+        outbox: Outbox,
+        message: Any,
+        source: SourceRef,
+        accepted: Accepted[InferenceLog],
+        key: bytes,
+        now: float,
     ) -> None:
         event = accepted.event
-        key = self._key(message, event.request_id)
         descriptors = describe(event)
         outbox.add(
             self.topics.enriched,
@@ -137,35 +202,64 @@ class Ingest:
         )
         if self.settings.detection:
             self._sample_inference(event, descriptors)
-        result = join.on_inference(self._state(key), accepted.text, accepted.event, source, now)
-        self._store(outbox, key, result, message.partition)
+        previous = self._state(key, message.partition)
+        result = join.on_inference(previous, accepted.text, event, source, now, partition=message.partition)
+        self._store(outbox, key, result, message.partition, new=previous is None)
 
     def _feedback(
-        self, outbox: Outbox, message: Any, source: SourceRef, accepted: Accepted[Feedback], now: float
+        self,
+        outbox: Outbox,
+        message: Any,
+        source: SourceRef,
+        accepted: Accepted[Feedback],
+        key: bytes,
+        now: float,
     ) -> None:
-        key = self._key(message, accepted.event.request_id)
-        result = join.on_feedback(self._state(key), accepted.text, accepted.event, source, now)
+        previous = self._state(key, message.partition)
+        result = join.on_feedback(
+            previous, accepted.text, accepted.event, source, now, partition=message.partition
+        )
         if result.duplicate:
             self.metrics.feedback_duplicate.inc()
-        self._store(outbox, key, result, message.partition)
+        self._store(outbox, key, result, message.partition, new=previous is None)
 
     # -- steps shared by both handlers -------------------------------------------
 
-    async def _handle(self, messages: list[Any], model: type[Any], handle_valid: Callable[..., None]) -> None:
-        """Decode every message; dead-letter the bad ones, pass the valid ones on; send; count."""
+    async def _handle(
+        self,
+        messages: list[Any],
+        model: type[Any],
+        handle_valid: Callable[..., None],
+        origins: list[Origin] | None = None,
+    ) -> None:
+        """Decode each message; dead-letter the bad, re-key the wrongly keyed, pass the rest on; send; count.
+
+        ``origins`` are the messages the producer wrote, when ``messages`` are their
+        copies from the repartition topic: sources and dead letters point there.
+        """
         started = time.perf_counter()
-        outbox = Outbox()
+        outbox = self.app.outbox()
         now = time.time()
         valid = 0
-        for message in messages:
-            source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
-            outcome = decode(message.value, model, max_bytes=self.settings.max_event_bytes)
-            if isinstance(outcome, Rejected):
-                outbox.add_dead_letter(self.topics.deadletter, message, outcome)
-                self.metrics.rejected(message.topic, outcome.reason)
+        for message, origin in zip(messages, origins or repeat(None), strict=False):
+            if origin is None:
+                source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
             else:
-                handle_valid(outbox, message, source, outcome, now)
-                valid += 1
+                source = origin.source
+            outcome = decode(message.value, model, max_bytes=self.settings.max_event_bytes)
+            if isinstance(outcome, Accepted) and origin is None:
+                # Checked once, against the producer's message: a re-keyed copy carries
+                # the time it was re-sent.
+                outcome = self._timely(outcome, message, now)
+            if isinstance(outcome, Rejected):
+                outbox.add_dead_letter(self.topics.deadletter, message, outcome, origin)
+                self.metrics.rejected(message.topic, outcome.reason)
+                continue
+            valid += 1
+            key = outcome.event.request_id.encode()
+            if message.key != key and self._rekeyed(outbox, message, key):
+                continue
+            handle_valid(outbox, message, source, outcome, key, now)
         self._flush_summaries(outbox)
         await outbox.send(self.app.kafka_producer())
         for message in messages:
@@ -175,23 +269,62 @@ class Ingest:
         self._valid[topic].inc(valid)
         self._seconds[topic].observe((time.perf_counter() - started) / len(messages))
 
-    def _key(self, message: Any, request_id: str) -> bytes:
-        key = request_id.encode()
-        if message.key != key:
-            self.metrics.join_key_mismatch.labels(message.topic).inc()
-        return key
+    def _timely(self, accepted: Accepted[Any], message: Any, now: float) -> Accepted[Any] | Rejected:
+        """The event, or its rejection when its timestamp is too far from its Kafka message's."""
+        rejected = out_of_range(
+            accepted.event.timestamp,
+            message.timestamp,
+            now,
+            max_past=self.settings.max_timestamp_past_seconds,
+            max_future=self.settings.max_timestamp_future_seconds,
+        )
+        return accepted if rejected is None else rejected
 
-    def _state(self, key: bytes) -> join.JoinState | None:
-        state = self.joins.data.get(key)
-        return None if state is None else from_json(state)
+    def _rekeyed(self, outbox: Outbox, message: Any, key: bytes) -> bool:
+        """Re-send a message not keyed by its request_id to the repartition topic, keyed by it.
 
-    def _store(self, outbox: Outbox, key: bytes, result: join.JoinResult, partition: int) -> None:
+        The join is partition-local: under another key the message may sit where
+        its partner never comes. False for a message that came from the
+        repartition topic already: it is joined where it is, never sent round again.
+        """
+        topic = message.topic
+        self.metrics.join_key_mismatch.labels(topic).inc()
+        if topic == self.topics.rekey:
+            self._warn_once(topic, message, key, f"left in partition {message.partition}, not re-keyed again")
+            return False
+        outbox.add(self.topics.rekey, key, message.value, headers=headers_for(Origin.of(message)))
+        self.metrics.rekeyed.labels(topic).inc()
+        self._warn_once(topic, message, key, f"re-keyed through {self.topics.rekey} so that they join")
+        return True
+
+    def _warn_once(self, topic: str, message: Any, key: bytes, what: str) -> None:
+        if topic in self._warned:
+            return
+        self._warned.add(topic)
+        shown = "no key" if message.key is None else f"key {message.key[:64]!r}"
+        log.warning(
+            "messages on %s are not keyed by their request_id (first: %s, request_id %r,"
+            " partition %d, offset %d): %s; counted in loopwatch_join_key_mismatch_total, warned once",
+            topic,
+            shown,
+            key[:64].decode(errors="replace"),
+            message.partition,
+            message.offset,
+            what,
+        )
+
+    def _state(self, key: bytes, partition: int) -> join.JoinState | None:
+        stored = self.join_store.get(partition, key)
+        return None if stored is None else join.decode(stored)
+
+    def _store(
+        self, outbox: Outbox, key: bytes, result: join.JoinResult, partition: int, *, new: bool
+    ) -> None:
         """Keep the new join state (table and changelog) and queue the joined records."""
         if not result.duplicate:
-            state = to_json(result.state)
-            self.joins.data[key] = state
-            self.first_seen.setdefault(key, result.state["first_seen"])
-            outbox.add(self._changelog, key, state, partition=partition)
+            stored = join.encode(result.state)
+            self.join_store.put(partition, key, stored, new=new)
+            outbox.add(self._changelog, key, stored, partition=partition)
         for record in result.joined:
             outbox.add(self.topics.joined, key, record.model_dump_json().encode(), partition=partition)
             if self.settings.detection:
@@ -226,7 +359,9 @@ class Ingest:
         if not self.summaries.partials:
             return
         for (segment, _, _), partial in self.summaries.partials.items():
-            outbox.add(self.topics.summaries, segment.encode(), to_json(partial.to_json()))
+            # Strict JSON whatever a row holds: a NaN (none gets past validation) would be null.
+            value = to_json(partial.to_json(), inf_nan_mode="null")
+            outbox.add(self.topics.summaries, segment.encode(), value)
         self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
 
     @property
@@ -237,45 +372,45 @@ class Ingest:
 
     async def sweep(self) -> None:
         """Expire joins older than the TTL; publish their unmatched feedback, then delete them."""
+        app = cast(Any, self.app)
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return  # entries recovered from now on would be missing from the expiry index
+        if app.consumer_generation_id != self._indexed_generation:
+            self.join_store.on_rebalance()
+            self._indexed_generation = app.consumer_generation_id
+        partitions = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == self.topics.inference
+        }
+        await self.join_store.reindex(partitions)
+        before = time.time() - self.settings.join_ttl_seconds
+        while True:
+            # A chunk at a time: a large backlog expiring at once stays bounded in RAM.
+            expired = list(islice(self.join_store.expired(partitions, before), SWEEP_CHUNK))
+            if not expired or not await self._expire(expired) or len(expired) < SWEEP_CHUNK:
+                break
+        self.metrics.join_entries.set(self.join_store.count(partitions))
+
+    async def _expire(self, expired: list[tuple[int, bytes, bytes]]) -> int:
+        """Publish the unmatched feedback of ``expired`` and tombstone them; delete what did not change."""
         now = time.time()
-        entries = self.joins.data
-        for key in entries.keys() - self.first_seen.keys():  # recovered from the changelog
-            self.first_seen[key] = from_json(entries[key])["first_seen"]
-        active = self.app.assignor.assigned_actives()
-        expired = []
-        for key, first_seen in list(self.first_seen.items()):
-            if key not in entries:  # its partition moved to another worker
-                del self.first_seen[key]
-            elif join.is_expired(first_seen, now, self.settings.join_ttl_seconds):
-                stored = entries[key]
-                state: join.JoinState = from_json(stored)
-                if TP(self.topics.inference, state["partition"]) in active:
-                    expired.append((key, stored, state))
-        if not expired:
-            self.metrics.join_entries.set(len(entries))
-            return
-        outbox = Outbox()
+        outbox = self.app.outbox()
         unmatched = 0
-        for key, _, state in expired:
-            for record in join.unmatched(state, key.decode(), now):
-                outbox.add(
-                    self.topics.unmatched,
-                    key,
-                    record.model_dump_json().encode(),
-                    partition=state["partition"],
-                )
+        for partition, key, stored in expired:
+            for record in join.unmatched(join.decode(stored), key.decode(), now):
+                outbox.add(self.topics.unmatched, key, record.model_dump_json().encode(), partition=partition)
                 unmatched += 1
-            outbox.add(self._changelog, key, None, partition=state["partition"])  # tombstone
+            outbox.add(self._changelog, key, None, partition=partition)  # tombstone
         # Wait for the broker: an entry is deleted only once its feedback is published.
-        for delivered in await outbox.send(self.app.kafka_producer()):
-            await delivered
-        for key, stored, _ in expired:
+        await outbox.send_and_wait(self.app.kafka_producer())
+        deleted = 0
+        for partition, key, stored in expired:
             # New feedback for this request may have come in meanwhile: its newer
             # state (written to the changelog after the tombstone) stays.
-            if entries.get(key) == stored:
-                del entries[key], self.first_seen[key]
+            if self.join_store.get(partition, key) == stored:
+                self.join_store.delete(partition, key, stored)
+                deleted += 1
         self.metrics.feedback_unmatched.inc(unmatched)
-        self.metrics.join_entries.set(len(entries))
+        return deleted
 
     def update_lag(self) -> None:
         """Consumer lag per partition: the high-water mark minus the next offset to process."""
@@ -290,6 +425,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
     metrics = metrics or Metrics()
     app = LoopwatchApp(
         settings.app_id,
+        output_limit=OutputLimit(settings, metrics),
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         store="memory://",
         datadir=str(settings.data_dir),
@@ -303,27 +439,38 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         # Outputs are sent as whole record batches (streams/outbox.py); a linger
         # would only make the next batch for a partition wait for this one.
         producer_linger_ms=0,
-        producer_max_batch_size=1 << 20,
+        # Every record is held to max_record_bytes (streams/outbox.py), so the
+        # producer's own check never refuses one; a batch is never larger than
+        # the broker must accept anyway.
+        producer_max_request_size=settings.max_record_bytes,
+        producer_max_batch_size=min(1 << 20, settings.max_record_bytes),
         # Larger fetches: fewer round trips through faust's consumer thread.
         consumer_max_fetch_size=32 << 20,
         # A crashed worker's partitions move on after 10 s instead of faust's 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
+        # faust logs a partition as stalled when its records wait this long (see
+        # FastDrainConsumer._handle_batch for how batch topics report progress).
+        stream_processing_timeout=settings.stream_stall_seconds,
         key_serializer="raw",
         value_serializer="raw",
     )
     ingest = Ingest(app, settings, metrics)
     app.batch_topic(settings.topics.inference, ingest.on_inference, stage="ingest")
     app.batch_topic(settings.topics.feedback, ingest.on_feedback, stage="ingest")
+    app.batch_topic(settings.topics.rekey, ingest.on_rekeyed, stage="ingest")
     if settings.curation:
         from streams.curate_stage import CurateStage
 
         curate = CurateStage(app, settings, metrics)
         app.batch_topic(settings.topics.joined, curate.on_joined, stage="curate")
+    # One control-topic follower per worker: stable marks reach detect, silences and marks decide.
+    control = ControlFollower(app, settings, metrics)
     if settings.decide:
         from streams.decide_stage import DecideStage
 
         decide = DecideStage(app, settings, metrics)
+        control.subscribe(silence=decide.add_silence, stable=decide.mark_stable)
         app.batch_topic(settings.topics.detections, decide.on_detections, stage="decide")
         app.stop_hooks.append(decide.stop)
 
@@ -331,16 +478,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         async def start_notifiers() -> None:
             await decide.start()
 
-        @app.task
-        async def follow_control() -> None:
-            await decide.follow_control()
-
         @app.timer(5.0)
         async def decide_tick() -> None:
             await decide.tick()
 
     if settings.detection:
         detect = DetectStage(app, settings, metrics)
+        control.subscribe(stable=detect.mark_stable)
         app.batch_topic(settings.topics.summaries, detect.on_summaries, stage="detect")
         app.stop_hooks.append(detect.stop)
 
@@ -349,6 +493,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
             await detect.tick()
 
         app.detect = detect  # type: ignore[attr-defined]
+
+    if settings.decide or settings.detection:
+
+        @app.task
+        async def follow_control() -> None:
+            await control.follow()
 
     @app.timer(settings.join_sweep_seconds)
     async def sweep_joins() -> None:
@@ -367,15 +517,25 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         ingest.update_lag()
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
+    watch = BrokerWatch(app, settings, metrics)
+
+    @app.timer(settings.topic_check_seconds)
+    async def check_broker() -> None:
+        await watch.check()
+
     @app.page("/health")
     async def health(web: View, request: Request) -> Response:
         ready = not app.rebalancing and cast(Any, app.tables).recovery.completed.is_set()
-        body = {
-            "status": "ok" if ready else "starting",
+        problem = watch.problem
+        body: dict[str, Any] = {
+            "status": "unhealthy" if problem else "ok" if ready else "starting",
             "app_id": settings.app_id,
             "assigned_partitions": len(app.assignor.assigned_actives()),
         }
-        return web.json(body, status=200 if ready else 503)
+        if problem:
+            body["reason"] = problem
+        return web.json(body, status=200 if ready and not problem else 503)
 
     app.loopwatch = ingest  # type: ignore[attr-defined]
+    app.broker_watch = watch  # type: ignore[attr-defined]
     return app

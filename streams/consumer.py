@@ -114,6 +114,7 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
                 for topic, messages in batches.items():
                     if messages:
                         await self._deliver_batch(batch_routes[topic], messages)
+                self._report_progress(batch_routes)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
@@ -123,6 +124,22 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
                 raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _report_progress(self, batch_routes: Mapping[str, Any]) -> None:
+        """Tell faust's stall check that the batch partitions are being taken in.
+
+        faust's ``verify_event_path`` reads when a stream last took an event of each
+        partition (``monitor.stream_inbound_time``). Batch topics bypass faust's
+        streams, so it logged their partitions as "Stream has not started processing"
+        (an ERROR with a troubleshooting block) after ``stream_processing_timeout`` in
+        a healthy worker. Stamped once per fetch-loop turn: while the loop waits for a
+        stage far behind, the stamps age and the check fires as it should.
+        """
+        inbound = self.app.monitor.stream_inbound_time
+        now = time.monotonic()
+        for tp in self.assignment():
+            if tp.topic in batch_routes:
+                inbound[tp] = now
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -159,6 +176,15 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
         ack = self.ack
         for message in messages:
             ack(message)
+
+    async def rejoin_group(self) -> None:
+        """Refresh topic metadata and rejoin the consumer group (after topics were recreated).
+
+        A broker that restarted empty forgets the group; the worker rejoined it
+        while its topics were missing and so was assigned none of their partitions.
+        """
+        thread: ShortWaitConsumerThread = self._thread  # type: ignore[assignment]
+        await thread.call_thread(thread.rejoin_group)
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         """End offsets, corrected for brokers that report the last *batch's* base offset + 1.
@@ -262,6 +288,12 @@ class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
         return consumer
+
+    async def rejoin_group(self) -> None:
+        """Fetch fresh metadata, then ask the group coordinator for a new assignment (runs in this thread)."""
+        consumer = self._ensure_consumer()
+        await consumer._client.force_metadata_update()
+        consumer._coordinator.request_rejoin()
 
 
 class FastDrainTransport(faust_aiokafka.Transport):

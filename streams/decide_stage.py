@@ -18,6 +18,12 @@ the crash falls between the two writes; no action is ever lost.
 Pages go to the notifiers through a bounded queue in the background, so a
 slow or dead webhook never stalls the stream; every failed delivery is
 published on ``loopwatch.delivery-failures.v1``.
+
+Silences and stable marks come from :mod:`streams.control`. Every silence is
+announced as an info alert (on the alerts topic and to the receivers) when it
+is applied and again when it ends, so a mute is never invisible. The worker
+that owns partition 0 of the detections topic announces, and remembers what
+it announced in the ``decisions`` table, so a restart does not repeat it.
 """
 
 from __future__ import annotations
@@ -27,17 +33,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from faust.types import TP
+from pydantic import TypeAdapter
+
 from curation.store import DatasetStore
 from retrain_trigger.actions import ROLLBACK_REQUESTED, to_kafka
-from retrain_trigger.control import ControlEvent
+from retrain_trigger.alerts import firing_counts, transition_line
 from retrain_trigger.notify import DeliveryFailure, Dispatcher, ReceiverConfig
 from retrain_trigger.pipeline import Decider, ModelState
 from retrain_trigger.policy import PolicyError, load_policy
 from retrain_trigger.publish import Decision, action_topic
+from retrain_trigger.silence import Silence
 from retrain_trigger.stable import StableVersionMarked
 from schemas.events import CloudEvent, Detection
 from services.config_files import load_yaml_list
 from services.settings import Settings
+from streams.control import settings_marks
 from streams.ingest import Rejected, decode
 from streams.metrics import Metrics
 from streams.outbox import Outbox
@@ -47,7 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loopwatch.decide")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The decisions-table key of the silences announced so far (id -> announced end).
+_ANNOUNCED_KEY = b"*silences-announced*"
+_ANNOUNCED = TypeAdapter(dict[str, datetime])
 
 
 def load_receivers(path: Path | None) -> list[Any]:
@@ -66,53 +79,25 @@ class DecideStage:
         self.policy_path = settings.policy_file
         self.policy_mtime = self._mtime()
         self.decider = Decider(load_policy(self.policy_path))
-        for model, version in settings.stable_versions.items():
-            self.decider.mark_stable(StableVersionMarked(model=model, version=version, marked_at=_EPOCH))
+        for mark in settings_marks(settings):
+            self.decider.mark_stable(mark)
         self.table = app.Table("decisions", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         self.datasets = DatasetStore(settings.datasets_uri()) if settings.curation else None
         self.dispatcher = Dispatcher(load_receivers(settings.receivers_file), on_failure=self._failed)
         self.partition_of: dict[str, int] = {}
-        self._failures = Outbox()
+        self._failures = self.app.outbox()
 
     async def start(self) -> None:
         """Start the notifiers' background senders."""
         await self.dispatcher.start()
 
-    async def follow_control(self) -> None:
-        """Apply every silence and stable mark on the control topic, from its start, forever."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+    async def add_silence(self, silence: Silence) -> None:
+        """A verified silence from the control topic: it mutes from the next decision (or tick)."""
+        self.decider.add_silence(silence)
 
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
-            group_id=None,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(self.topics.control) or {0}
-            consumer.assign([TopicPartition(self.topics.control, p) for p in sorted(partitions)])
-            await consumer.seek_to_beginning()
-            async for record in consumer:
-                await self._control(record)
-        finally:
-            await consumer.stop()
-
-    async def _control(self, record: Any) -> None:
-        outcome = decode(record.value, ControlEvent, max_bytes=self.settings.max_event_bytes)
-        if isinstance(outcome, Rejected):
-            letters = Outbox()
-            self._reject(letters, record, outcome)
-            for delivered in await letters.send(self.app.kafka_producer()):
-                await delivered
-            return
-        event = outcome.event
-        if event.silence is not None:
-            self.decider.add_silence(event.silence)
-            log.warning("silence %s applied until %s", event.silence.id, event.silence.ends_at)
-        if event.stable is not None:
-            self.decider.mark_stable(event.stable)
-            log.warning("%s %s marked stable", event.stable.model, event.stable.version)
-        self.metrics.control_events.inc()
+    async def mark_stable(self, mark: StableVersionMarked) -> None:
+        """A verified stable mark from the control topic: the target of later rollbacks."""
+        self.decider.mark_stable(mark)
 
     async def stop(self) -> None:
         """Deliver what is queued (failures are recorded), then stop."""
@@ -123,7 +108,7 @@ class DecideStage:
         """Decide on a batch of detections; publish actions, then state; then the batch is acked."""
         decision = Decision()
         touched: set[str] = set()
-        letters = Outbox()
+        letters = self.app.outbox()
         for message in messages:
             outcome = decode(message.value, Detection, max_bytes=self.settings.max_event_bytes)
             if isinstance(outcome, Rejected):  # e.g. from an external detector
@@ -135,7 +120,8 @@ class DecideStage:
             self._restore(model)
             decision.extend(self.decider.decide(detection, detection.detected_at))
             touched.add(model)
-            self.metrics.detections_decided.inc()
+            segment = detection.segment
+            self.metrics.decided(model, segment.model_version, detection.detector_id, detection.verdict)
         await letters.send(self.app.kafka_producer())
         await self._publish(decision, touched)
 
@@ -146,41 +132,70 @@ class DecideStage:
     async def tick(self) -> None:
         """Time-based decisions (stale alerts resolve, repeat pages, rollback watch deadlines)."""
         self._reload_policy()
-        decision = self.decider.tick(datetime.now(UTC))
+        now = datetime.now(UTC)
+        decision = self.decider.tick(now)
         await self._publish(decision, set(self.decider.state.models))
+        await self._announce_silences(now)
+
+    async def _announce_silences(self, now: datetime) -> None:
+        """Info alerts for silences applied or ended since the last tick (on one worker only)."""
+        if self.app.rebalancing or not cast(Any, self.app.tables).recovery.completed.is_set():
+            return  # what was announced is not known before the table is recovered
+        if TP(self.topics.detections, 0) not in self.app.assignor.assigned_actives():
+            return
+        stored = self.table.data.get(_ANNOUNCED_KEY)
+        announced = _ANNOUNCED.validate_json(stored) if stored is not None else {}
+        notices = self.decider.state.silences.announce(announced, now)
+        if not notices:
+            return
+        outbox = self.app.outbox()
+        for notice in notices:
+            for alert in notice.alerts:
+                outbox.add(self.topics.alerts, alert.fingerprint.encode(), alert.model_dump_json().encode())
+                self.metrics.alerts.labels(alert.status).inc()
+        # Alerts first, then the record of them: a crash between repeats an alert, never loses one.
+        await outbox.send_and_wait(self.app.kafka_producer())
+        value = _ANNOUNCED.dump_json(announced)
+        self.table.data[_ANNOUNCED_KEY] = value
+        state = self.app.outbox()
+        state.add(cast(str, self.table.changelog_topic.get_topic_name()), _ANNOUNCED_KEY, value, partition=0)
+        await state.send_and_wait(self.app.kafka_producer())
+        for notice in notices:
+            self.dispatcher.submit(notice)
 
     async def _publish(self, decision: Decision, touched: set[str]) -> None:
         producer = self.app.kafka_producer()
-        actions = Outbox()
+        actions = self.app.outbox()
         for event in decision.actions:
             rollback = action_topic(event) == "rollback"
             topic = self.topics.rollback_requests if rollback else self.topics.retrain_requests
             key, value, headers = to_kafka(self._with_dataset(event))
             actions.add(topic, key, value, headers=headers)
             self.metrics.actions.labels(event.type).inc()
-            log.warning("published %s %s for %s", event.type, event.id, event.subject)
+            # Formatted here: the log's repeat filter folds lines by template, and each action is news.
+            log.warning(f"published {event.type} {event.id} for {event.subject}")
         for event in decision.dry_run_actions:
             self.metrics.actions_dry_run.labels(event.type).inc()
-            log.warning("dry-run: would publish %s %s for %s", event.type, event.id, event.subject)
+            log.warning(f"dry-run: would publish {event.type} {event.id} for {event.subject}")
         for alert in decision.alerts:
             actions.add(self.topics.alerts, alert.fingerprint.encode(), alert.model_dump_json().encode())
             self.metrics.alerts.labels(alert.status).inc()
+            log.warning(transition_line(alert))
         for entry in decision.log:
             if not entry.passed and entry.stage in ("inhibit", "silence", "dedup", "cooldown"):
                 self.metrics.actions_stopped.labels(entry.stage).inc()
-        for delivered in await actions.send(producer):
-            await delivered
-        state = Outbox()
+        await actions.send_and_wait(producer)
+        state = self.app.outbox()
         changelog = cast(str, self.table.changelog_topic.get_topic_name())
         for model in touched:
             value = self.decider.model_state(model).to_json()
             if self.table.data.get(model.encode()) != value:
                 self.table.data[model.encode()] = value
                 state.add(changelog, model.encode(), value, partition=self.partition_of.get(model, 0))
-        for delivered in await state.send(producer):
-            await delivered
+        await state.send_and_wait(producer)
         for notification in decision.notifications:
             self.dispatcher.submit(notification)
+        self.metrics.set_alerts_firing(firing_counts(ms.book for ms in self.decider.state.models.values()))
         await self._send_failures()
 
     def _with_dataset(self, event: CloudEvent) -> CloudEvent:

@@ -5,7 +5,9 @@
 1. a reference file (``LOOPWATCH_REFERENCE_FILE``), when one is configured;
 2. otherwise, for a model version that is not its model's stable version,
    the latest window of the stable version on the same app/route/tenant
-   (a canary is judged against what it replaces);
+   (a canary is judged against what it replaces). The stable versions come
+   from settings and change with every stable mark on the control topic
+   (:meth:`References.mark_stable`), at once for windows still open;
 3. otherwise the segment's own first ``reference_windows`` windows, pinned
    (a fixed time range at the start of the stream).
 
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from detectors.base import Detector, Finding
+from detectors.base import Detector, DetectorNotReady, Finding
 from detectors.correction import Method, correct
 from detectors.registry import create
 from schemas.events import Detection, Evidence, Segment
@@ -88,17 +90,37 @@ class References:
         self.pinned_windows = pinned_windows
         self.stable_versions = dict(stable_versions or {})
         self.reference_frame = reference_frame
+        # The latest window of every segment seen here, so a version marked stable
+        # later is a reference at once (kept in memory only: after a restart the
+        # marks are known before any window closes).
+        self.latest: dict[str, ClosedWindow] = {}
+
+    def mark_stable(self, model: str, version: str) -> list[tuple[str, bytes, str]]:
+        """Make ``version`` the stable one of ``model``.
+
+        Returns what to store (key, value, and the segment it came from): the
+        latest windows of that version seen here, as the stable references.
+        """
+        self.stable_versions[model] = version
+        return [
+            (
+                self._stable_key(window.segment, window.kind, version),
+                self._stable_state(window),
+                segment_key(window.segment),
+            )
+            for window in self.latest.values()
+            if window.segment.get("model") == model and window.segment.get("model_version") == version
+        ]
 
     def for_window(self, window: ClosedWindow) -> Reference | None:
         """The reference to judge ``window`` against, or None while it is still being pinned."""
         if self.reference_frame is not None:
             return Reference("file", self.reference_frame, len(self.reference_frame))
-        model, version = window.segment.get("model"), window.segment.get("model_version")
-        stable = self.stable_versions.get(model or "")
-        if stable and stable != version:
-            found = self.store.get(self._stable_key(window))
+        stable_key = self._stable_key_for(window)
+        if stable_key is not None:
+            found = self.store.get(stable_key)
             if found is not None:
-                return self._reference(f"stable:{self._stable_key(window)}", found)
+                return self._reference(f"stable:{stable_key.removeprefix('stable|')}", found)
         pinned = self.store.get(self._pinned_key(window))
         if pinned is None or _decode(pinned)["windows"] < self.pinned_windows:
             return None
@@ -108,17 +130,14 @@ class References:
         """A window of a non-stable version whose stable version has no window yet to compare with."""
         if self.reference_frame is not None:
             return False
-        stable = self.stable_versions.get(window.segment.get("model") or "")
-        return (
-            bool(stable)
-            and stable != window.segment.get("model_version")
-            and (self.store.get(self._stable_key(window)) is None)
-        )
+        stable_key = self._stable_key_for(window)
+        return stable_key is not None and self.store.get(stable_key) is None
 
     def observe(self, window: ClosedWindow) -> list[tuple[str, bytes]]:
         """What to store after ``window``: its segment's pinned reference grows, a stable one moves."""
         updates = []
         key = self._pinned_key(window)
+        self.latest[key] = window
         pinned = self.store.get(key)
         state: dict[str, Any] = (
             _decode(pinned) if pinned is not None else {"windows": 0, "seen": 0, "rows": []}
@@ -130,9 +149,11 @@ class References:
                 "rows": state["rows"] + window.rows,
             }
             updates.append((key, _encode(state)))
-        if self.stable_versions.get(window.segment.get("model") or "") == window.segment.get("model_version"):
-            stable = {"windows": 1, "seen": window.seen, "rows": window.rows, "end": window.end.isoformat()}
-            updates.append((self._stable_key(window), _encode(stable)))
+        version = window.segment.get("model_version") or ""
+        if self.stable_versions.get(window.segment.get("model") or "") == version:
+            updates.append(
+                (self._stable_key(window.segment, window.kind, version), self._stable_state(window))
+            )
         return updates
 
     def _reference(self, name: str, data: bytes) -> Reference:
@@ -142,13 +163,26 @@ class References:
         return Reference(f"{name}@{version}", pd.DataFrame(state["rows"]), state["seen"])
 
     @staticmethod
+    def _stable_state(window: ClosedWindow) -> bytes:
+        return _encode(
+            {"windows": 1, "seen": window.seen, "rows": window.rows, "end": window.end.isoformat()}
+        )
+
+    @staticmethod
     def _pinned_key(window: ClosedWindow) -> str:
         return f"{window.kind}|{segment_key(window.segment)}"
 
+    def _stable_key_for(self, window: ClosedWindow) -> str | None:
+        """Where the reference of a non-stable version's window is (None: no other version is stable)."""
+        stable = self.stable_versions.get(window.segment.get("model") or "")
+        if not stable or stable == window.segment.get("model_version"):
+            return None
+        return self._stable_key(window.segment, window.kind, stable)
+
     @staticmethod
-    def _stable_key(window: ClosedWindow) -> str:
-        segment = dict(window.segment, model_version="*stable*")
-        return f"{window.kind}|{segment_key(segment)}"
+    def _stable_key(segment: Mapping[str, str | None], kind: str, version: str) -> str:
+        # Named after the stable version, so a new mark never finds the previous version's window.
+        return f"stable|{kind}|{segment_key(dict(segment, model_version=version))}"
 
 
 @dataclass(frozen=True)
@@ -190,12 +224,15 @@ class Judge:
         alpha: float = 0.05,
         correction: Method = "bh",
         on_failure: Callable[[str], None] = lambda detector_id: None,
+        on_not_ready: Callable[[str], None] = lambda detector_id: None,
     ) -> None:
         self.specs = specs
         self.alpha = alpha
         self.correction = correction
         self.on_failure = on_failure
+        self.on_not_ready = on_not_ready
         self._fitted: dict[tuple[int, str], Detector[Any]] = {}
+        self._told_not_ready: set[str] = set()
 
     def specs_for(self, kind: WindowKind, *, slow: bool) -> list[DetectorSpec]:
         """The detectors that run on windows of ``kind``, fast or slow ones."""
@@ -205,7 +242,10 @@ class Judge:
         """Every spec's finding on this window, corrected for multiple testing.
 
         A detector that fails (a column missing from this traffic, say) is
-        logged and reported to ``on_failure``; the others still report.
+        logged and reported to ``on_failure``; the others still report. A
+        detector that is not ready (:class:`~detectors.base.DetectorNotReady`:
+        a reference of one or two rows, say) is expected early in a stream: it
+        is reported to ``on_not_ready`` and logged at INFO once per detector.
         """
         current = pd.DataFrame(window.rows)
         configs, findings = [], []
@@ -214,12 +254,27 @@ class Judge:
                 detector = self._detector(spec, reference)
                 findings.append(detector.detect(current))
                 configs.append(detector.config.model_dump(mode="json"))
+            except DetectorNotReady as exc:
+                self._not_ready(spec.detector_id, window, exc)
             except Exception:
                 segment = segment_key(window.segment)
                 log.exception("detector %s failed on a window of %s", spec.detector_id, segment)
                 self.on_failure(spec.detector_id)
         corrected = correct(findings, method=self.correction, alpha=self.alpha)
         return [Judged(config, finding) for config, finding in zip(configs, corrected, strict=True)]
+
+    def _not_ready(self, detector_id: str, window: ClosedWindow, error: DetectorNotReady) -> None:
+        self.on_not_ready(detector_id)
+        if detector_id in self._told_not_ready:
+            return
+        self._told_not_ready.add(detector_id)
+        log.info(
+            "detector %s cannot judge a window of %s yet (%s); such windows are counted in"
+            " loopwatch_detector_not_ready_total, and this is logged once",
+            detector_id,
+            segment_key(window.segment),
+            error,
+        )
 
     def _detector(self, spec: DetectorSpec, reference: Reference) -> Detector[Any]:
         cache_key = (self.specs.index(spec), reference.name)

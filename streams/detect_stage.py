@@ -17,18 +17,21 @@ small summaries topic.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from detectors.files import read_frame
+from retrain_trigger.stable import StableVersionMarked
 from services.config_files import load_yaml_list
 from services.settings import Settings
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
 from streams.metrics import Metrics
-from streams.outbox import Outbox
 from streams.slow_detectors import SlowDetectors
 from streams.windows import ClosedWindow, Partial, Windows, WindowSpec, segment_key
 
@@ -54,6 +57,18 @@ def load_specs(path: Path | None) -> list[DetectorSpec]:
     return list(DEFAULT_SPECS) if path is None else load_yaml_list(path, DetectorSpec, "detectors")
 
 
+def report_file_name(segment: str, start: datetime) -> str:
+    """A safe file name for a segment's report: no separators or dots, bounded, unique by a hash.
+
+    >>> report_file_name("support|v2|shop|/chat/../admin|acme", datetime(2026, 3, 1, 12))
+    'support_v2_shop_chat_admin_acme-9f454eb6093e-20260301T120000.html'
+    """
+    # Segment labels come from producers: a route like /chat must not become a folder.
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", segment).strip("_")[:80]
+    digest = hashlib.sha256(segment.encode()).hexdigest()[:12]
+    return f"{readable}-{digest}-{start:%Y%m%dT%H%M%S}.html"
+
+
 class DetectStage:
     """Merges window summaries, judges closed windows, publishes Detections."""
 
@@ -63,8 +78,13 @@ class DetectStage:
         self.metrics = metrics
         self.windows = Windows(window_spec(settings))
         specs = load_specs(settings.detectors_file)
-        self.judge = Judge(specs, alpha=settings.drift_alpha, on_failure=self._detector_failed)
-        self.slow = SlowDetectors(specs, alpha=settings.drift_alpha, log_level=settings.log_level)
+        not_ready = self._detector_not_ready
+        self.judge = Judge(
+            specs, alpha=settings.drift_alpha, on_failure=self._detector_failed, on_not_ready=not_ready
+        )
+        self.slow = SlowDetectors(
+            specs, alpha=settings.drift_alpha, log_level=settings.log_level, on_not_ready=not_ready
+        )
         # A changelog-backed table, so pinned references survive restarts and rebalances.
         self.table = app.Table("references", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         reference_frame = read_frame(settings.reference_file) if settings.reference_file else None
@@ -77,7 +97,7 @@ class DetectStage:
         self.reports = settings.data_dir / "reports"
         self.slow_pending = 0
         self.partition_of: dict[str, int] = {}
-        self._outbox = Outbox()
+        self._outbox = self.app.outbox()
         self._tasks: set[asyncio.Future[None]] = set()
         self.waiting: list[tuple[ClosedWindow, float]] = []
         self.max_wait = settings.window_idle_seconds
@@ -88,12 +108,31 @@ class DetectStage:
         late = self.windows.late_events
         closed: list[ClosedWindow] = []
         for message in messages:
-            partial = Partial.from_json(json.loads(message.value))
-            self.partition_of[segment_key(partial.segment)] = message.partition
-            self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
-            closed.extend(self.windows.add(partial, now))
+            try:
+                partial = Partial.from_json(json.loads(message.value))
+                self.partition_of[segment_key(partial.segment)] = message.partition
+                self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
+                closed.extend(self.windows.add(partial, now))
+            except Exception:
+                # A summary this stage cannot merge must not crash the worker (and,
+                # re-read after the restart, crash it again): it is logged and counted.
+                self._failed(f"summary at {message.topic}/{message.partition}/{message.offset}")
         self.metrics.window_late_events.inc(self.windows.late_events - late)
         await self._close(closed)
+
+    async def mark_stable(self, mark: StableVersionMarked) -> None:
+        """A stable mark from the control topic: the version is the reference of the others from now on.
+
+        Its latest windows seen here become the stable references at once, so
+        canary windows waiting for one are judged at the next tick. The records
+        go out through an outbox of their own: the stage's outbox may be mid-send.
+        """
+        outbox = self.app.outbox()
+        changelog = cast(str, self.table.changelog_topic.get_topic_name())
+        for key, value, segment in self.references.mark_stable(mark.model, mark.version):
+            self.table.data[key.encode()] = value
+            outbox.add(changelog, key.encode(), value, partition=self.partition_of.get(segment, 0))
+        await outbox.send_and_wait(self.app.kafka_producer())
 
     async def tick(self) -> None:
         """Close windows of segments that went quiet; judge canary windows whose stable reference came."""
@@ -105,13 +144,29 @@ class DetectStage:
         ]
         self.waiting = [(w, since) for w, since in self.waiting if all(w is not r for r in ready)]
         for window in ready:
-            self._judge(window, waited=True)
-        await self._close(self.windows.tick(now))
+            self._judge_or_count(window, waited=True)
+        try:
+            closed = self.windows.tick(now)
+        except Exception:
+            self._failed("closing windows")
+            closed = []
+        await self._close(closed)
 
     async def _close(self, closed: list[ClosedWindow]) -> None:
         for window in closed:
-            self._judge(window)
+            self._judge_or_count(window)
         await self._send()
+
+    def _judge_or_count(self, window: ClosedWindow, *, waited: bool = False) -> None:
+        """Judge a window; a failure loses that window's detections, never the worker (nor its timer)."""
+        try:
+            self._judge(window, waited=waited)
+        except Exception:
+            self._failed(f"a {window.kind} window of {segment_key(window.segment)} from {window.start}")
+
+    def _failed(self, what: str) -> None:
+        self.metrics.detector_errors.labels("detect-stage").inc()
+        log.exception("detect stage failed on %s; carrying on", what)
 
     def _judge(self, window: ClosedWindow, *, waited: bool = False) -> None:
         if not waited and self.references.awaits_stable(window):
@@ -151,6 +206,9 @@ class DetectStage:
     def _detector_failed(self, detector_id: str) -> None:
         self.metrics.detector_errors.labels(detector_id).inc()
 
+    def _detector_not_ready(self, detector_id: str) -> None:
+        self.metrics.detector_not_ready.labels(detector_id).inc()
+
     async def _run_slow(self, window: ClosedWindow, reference: Reference) -> None:
         try:
             specs = self.judge.specs_for(window.kind, slow=True)
@@ -180,8 +238,7 @@ class DetectStage:
         )
         if not columns:
             return None
-        name = f"{segment_key(window.segment).replace('|', '_')}-{window.start:%Y%m%dT%H%M%S}.html"
-        path = self.reports / name
+        path = self.reports / report_file_name(segment_key(window.segment), window.start)
 
         def failed(error: BaseException) -> None:
             self.metrics.detector_errors.labels("drift-report").inc()

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+import jiter
 from pydantic import BaseModel, ValidationError
 
 from schemas.events import (
@@ -24,6 +26,7 @@ from schemas.events import (
     InferenceLog,
     SourceRef,
 )
+from streams.rekey import KEY_PREFIX_BYTES
 
 EventT = TypeVar("EventT", bound=BaseModel)
 
@@ -52,6 +55,8 @@ _PRIORITY = [
     DeadLetterReason.OVERSIZE,
     DeadLetterReason.MISSING_FIELD,
     DeadLetterReason.UNKNOWN_FIELD,
+    # Before wrong_type: NaN in a number-or-string field also fails as "not a string".
+    DeadLetterReason.NON_FINITE_NUMBER,
     DeadLetterReason.WRONG_TYPE,
     DeadLetterReason.INVALID_VALUE,
 ]
@@ -80,9 +85,81 @@ def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int) -> Accepte
             f"the message is not UTF-8: byte {exc.start} ({raw[exc.start : exc.start + 1]!r}) is invalid",
         )
     try:
-        return Accepted(model.model_validate_json(text), text)
+        event = model.model_validate_json(text)
     except ValidationError as exc:
         return _classify(exc, model.__name__)
+    repeated = _repeated_key(raw)
+    if repeated is not None:
+        return Rejected(
+            DeadLetterReason.DUPLICATE_KEY,
+            f"{repeated}: the keys of a JSON object must be unique (I-JSON, RFC 7493)",
+        )
+    return Accepted(event, text)
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    """Where ``raw`` (JSON that validated) repeats a key in one object, or None.
+
+    pydantic's parser keeps the last of two equal keys, so the event cannot tell
+    that ``{"schema_version": "2", "schema_version": "1"}`` ever said "2". jiter
+    (the same parser, as a library) has an option to refuse them. It costs a
+    second parse, about half of what validation costs. A Python scan of the raw
+    bytes (count ``":``, compare with the event's distinct keys) that proves most
+    messages free of repeats was measured too: as slow at 1 KB, slower beyond.
+    """
+    try:
+        jiter.from_json(raw, catch_duplicate_keys=True, cache_mode="keys")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def out_of_range(
+    timestamp: datetime, message_time: float | None, now: float, *, max_past: float, max_future: float
+) -> Rejected | None:
+    """A rejection when an event's ``timestamp`` is too far from its Kafka message's time.
+
+    ``message_time`` is the message's timestamp in epoch seconds (the producer's
+    or the broker's clock, as the topic is configured); without one (None, or
+    Kafka's -1), the worker's clock ``now`` stands in.
+
+    >>> from datetime import datetime, timezone
+    >>> far = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    >>> out_of_range(far, 1.8e9, 1.8e9, max_past=86400, max_future=3600).reason.value
+    'timestamp_out_of_range'
+    """
+    reference = message_time if message_time is not None and message_time > 0 else now
+    ahead = timestamp.timestamp() - reference
+    if ahead > max_future:
+        direction, limit, setting = "after", max_future, "max_timestamp_future_seconds"
+    elif -ahead > max_past:
+        direction, limit, setting = "before", max_past, "max_timestamp_past_seconds"
+    else:
+        return None
+    return Rejected(
+        DeadLetterReason.TIMESTAMP_OUT_OF_RANGE,
+        f"timestamp {timestamp.isoformat()} is {_duration(abs(ahead))} {direction} the Kafka message's"
+        f" time ({_instant(reference)}); at most {_duration(limit)} is"
+        f" accepted ({setting})",
+        [
+            {
+                "field": "timestamp",
+                "type": "timestamp_out_of_range",
+                "message": f"more than {limit:g} s {direction}",
+            }
+        ],
+    )
+
+
+def _instant(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):  # a producer's clock can say anything
+        return f"{seconds:.0f} s after 1970"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 86_400:,.1f} days" if seconds >= 86_400 else f"{seconds:,.0f} s"
 
 
 def _classify(exc: ValidationError, model_name: str) -> Rejected:
@@ -115,6 +192,8 @@ def _reason_for(error: Any) -> DeadLetterReason:
         return DeadLetterReason.UNKNOWN_FIELD
     if kind in _TOO_LONG:
         return DeadLetterReason.OVERSIZE
+    if kind == "finite_number":
+        return DeadLetterReason.NON_FINITE_NUMBER
     if kind.endswith(("_type", "_parsing")) or kind == "int_from_float":
         return DeadLetterReason.WRONG_TYPE
     return DeadLetterReason.INVALID_VALUE
@@ -124,19 +203,57 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(message)"
 
 
+# Bounds of a dead letter's parts besides the value prefix, chosen so that together
+# they stay under settings.RECORD_HEADROOM even when every character is escaped in
+# JSON (six bytes each); a test builds the worst case.
+_ERROR_CHARS = 1_000
+_DETAILS = 20
+_DETAIL_CHARS = 160
+
+
 def dead_letter(
-    rejected: Rejected, source: SourceRef, key: bytes | None, value: bytes | None, now: datetime
+    rejected: Rejected,
+    source: SourceRef | None,
+    key: bytes | None,
+    value: bytes | None,
+    now: datetime,
+    *,
+    prefix_bytes: int,
+    key_bytes: int | None = None,
+    output_topic: str | None = None,
 ) -> DeadLetter:
-    """The dead-letter record for a rejected message, original bytes included."""
+    """The dead letter of a rejected message: the first ``prefix_bytes`` of it, its length and SHA-256.
+
+    ``source`` says where to fetch the whole message while the topic retains it.
+    ``key_bytes`` is the original key's length when ``key`` is already a cut copy.
+
+    >>> from datetime import datetime, timezone
+    >>> letter = dead_letter(Rejected(DeadLetterReason.OVERSIZE, "too big"), None, None, b"x" * 10,
+    ...     datetime(2026, 1, 1, tzinfo=timezone.utc), prefix_bytes=4)
+    >>> (base64.b64decode(letter.value_b64), letter.value_bytes, letter.value_sha256[:8])
+    (b'xxxx', 10, 'fc11d6f2')
+    """
+    value = value or b""
     return DeadLetter(
         reason=rejected.reason,
-        error=rejected.error,
-        detail=rejected.detail[:20],
+        error=_cut(rejected.error, _ERROR_CHARS),
+        detail=[
+            {name: _cut(part, _DETAIL_CHARS) if isinstance(part, str) else part for name, part in d.items()}
+            for d in rejected.detail[:_DETAILS]
+        ],
         source=source,
-        key_b64=base64.b64encode(key).decode("ascii") if key is not None else None,
-        value_b64=base64.b64encode(value or b"").decode("ascii"),
+        key_b64=None if key is None else base64.b64encode(key[:KEY_PREFIX_BYTES]).decode("ascii"),
+        key_bytes=None if key is None else len(key) if key_bytes is None else key_bytes,
+        value_b64=base64.b64encode(value[:prefix_bytes]).decode("ascii"),
+        value_bytes=len(value),
+        value_sha256=hashlib.sha256(value).hexdigest(),
+        output_topic=output_topic,
         received_at=now,
     )
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # Openings that chat models use to decline; matched on the start of the reply.

@@ -1,11 +1,76 @@
-"""Prometheus metrics of one worker, served on ``/metrics``."""
+"""Prometheus metrics of one worker, served on ``/metrics``.
+
+Label sets stay bounded: the per-model metrics keep series for at most
+:data:`MAX_MODELS` models and :data:`MAX_DETECTORS` detector ids (later ones
+are counted under ``other``), and for each model the :data:`MAX_VERSIONS`
+most recently seen versions; when another version of a model appears, the
+series of its least recently seen version are dropped (counters restart if
+it comes back, which ``rate()`` handles as a reset).
+"""
 
 from __future__ import annotations
+
+from collections import Counter as Tally
+from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.events import DeadLetterReason
+
+MAX_MODELS = 50
+MAX_VERSIONS = 5
+MAX_DETECTORS = 64
+OTHER = "other"
+
+
+class LabelBudget:
+    """Bounded label values: the first models and detector ids, the latest versions of each model.
+
+    >>> budget = LabelBudget(max_models=1, max_versions=2, max_detectors=8)
+    >>> budget.model("chat"), budget.model("search")
+    ('chat', 'other')
+    >>> [budget.version("chat", v) for v in ("v1", "v2", "v1", "v3")]
+    [('v1', None), ('v2', None), ('v1', None), ('v3', 'v2')]
+    """
+
+    def __init__(
+        self,
+        max_models: int = MAX_MODELS,
+        max_versions: int = MAX_VERSIONS,
+        max_detectors: int = MAX_DETECTORS,
+    ) -> None:
+        self.max_models, self.max_versions, self.max_detectors = max_models, max_versions, max_detectors
+        self._models: set[str] = set()
+        self._detectors: set[str] = set()
+        self._versions: dict[str, OrderedDict[str, None]] = {}
+
+    @staticmethod
+    def _admit(seen: set[str], value: str, limit: int) -> str:
+        if value in seen:
+            return value
+        if len(seen) >= limit:
+            return OTHER
+        seen.add(value)
+        return value
+
+    def model(self, name: str) -> str:
+        """The model's label value (``other`` once MAX_MODELS models have one)."""
+        return self._admit(self._models, name, self.max_models)
+
+    def detector(self, detector_id: str) -> str:
+        """The detector's label value (``other`` once MAX_DETECTORS detectors have one)."""
+        return self._admit(self._detectors, detector_id, self.max_detectors)
+
+    def version(self, model: str, version: str) -> tuple[str, str | None]:
+        """The version's label value, and the version whose series must be dropped to make room (or None)."""
+        versions = self._versions.setdefault(model, OrderedDict())
+        if version in versions:
+            versions.move_to_end(version)
+            return version, None
+        versions[version] = None
+        evicted = versions.popitem(last=False)[0] if len(versions) > self.max_versions else None
+        return version, evicted
 
 
 class Metrics:
@@ -43,6 +108,19 @@ class Metrics:
             "loopwatch_join_key_mismatch",
             "Messages whose Kafka key is not their request_id (the join needs key = request_id)",
             ["topic"],
+            registry=r,
+        )
+        self.rekeyed = Counter(
+            "loopwatch_rekeyed",
+            "Messages re-sent keyed by their request_id to the repartition topic, so that they join",
+            ["topic"],
+            registry=r,
+        )
+        self.output_dropped = Counter(
+            "loopwatch_output_dropped",
+            "Output records not written: too_large (over max_record_bytes, dead-lettered when possible)"
+            " or failed (refused by the broker)",
+            ["topic", "reason"],
             registry=r,
         )
         self.join_entries = Gauge(
@@ -99,6 +177,20 @@ class Metrics:
             ["detector"],
             registry=r,
         )
+        self.detector_not_ready = Counter(
+            "loopwatch_detector_not_ready",
+            "Windows a detector could not judge yet (e.g. a reference too small); logged once per detector",
+            ["detector"],
+            registry=r,
+        )
+        self.broker_ok = Gauge(
+            "loopwatch_broker_ok",
+            "1 while the broker answers and every topic the worker uses exists, else 0",
+            registry=r,
+        )
+        self.topics_recreated = Counter(
+            "loopwatch_topics_recreated", "Topics the worker recreated after they vanished", registry=r
+        )
 
         self.curated_events = Counter(
             "loopwatch_curated_events",
@@ -121,6 +213,18 @@ class Metrics:
         self.detections_decided = Counter(
             "loopwatch_detections_decided", "Detections run through the decide pipeline", registry=r
         )
+        self.model_detections = Counter(
+            "loopwatch_model_detections",
+            "Detections decided, by model, model version, detector and verdict (label values bounded)",
+            ["model", "model_version", "detector", "verdict"],
+            registry=r,
+        )
+        self.alerts_firing = Gauge(
+            "loopwatch_alerts_firing",
+            "Alerts announced as firing and not resolved yet, on this worker's models",
+            ["severity", "model", "alertname"],
+            registry=r,
+        )
         self.actions = Counter(
             "loopwatch_actions", "Retrain/rollback CloudEvents published, by type", ["type"], registry=r
         )
@@ -139,6 +243,12 @@ class Metrics:
         self.control_events = Counter(
             "loopwatch_control_events", "Silences and stable marks applied from the control topic", registry=r
         )
+        self.control_rejected = Counter(
+            "loopwatch_control_rejected",
+            "Control-topic records refused, by reason (unsigned, bad_signature, invalid, too_broad, ...)",
+            ["reason"],
+            registry=r,
+        )
         self.alerts = Counter("loopwatch_alerts", "Alert events published, by status", ["status"], registry=r)
         self.delivery_failures = Counter(
             "loopwatch_delivery_failures",
@@ -151,10 +261,37 @@ class Metrics:
             "Edited policy files refused (the previous policy kept running)",
             registry=r,
         )
+        self._budget = LabelBudget()
+        self._series: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._firing: set[tuple[str, str, str]] = set()
 
     def rejected(self, topic: str, reason: DeadLetterReason) -> None:
         """Count one dead-lettered message."""
         self.events_rejected.labels(topic, reason.value).inc()
+
+    def decided(self, model: str, version: str, detector: str, verdict: str) -> None:
+        """Count one decided detection, in total and per model version (within the label budget)."""
+        self.detections_decided.inc()
+        model_label = self._budget.model(model)
+        version_label, evicted = (
+            (OTHER, None) if model_label == OTHER else self._budget.version(model, version)
+        )
+        for labels in self._series.pop((model_label, evicted), set()) if evicted else ():
+            self.model_detections.remove(model_label, evicted, *labels)
+        detector_label = self._budget.detector(detector)
+        self._series.setdefault((model_label, version_label), set()).add((detector_label, verdict))
+        self.model_detections.labels(model_label, version_label, detector_label, verdict).inc()
+
+    def set_alerts_firing(self, counts: Tally[tuple[str, str, str]]) -> None:
+        """Set the firing-alerts gauge from (severity, model, alertname) counts; finished series stay at 0."""
+        values: Tally[tuple[str, str, str]] = Tally()
+        for (severity, model, alertname), count in counts.items():
+            values[(severity, self._budget.model(model), alertname)] += count
+        for key in self._firing - values.keys():
+            self.alerts_firing.labels(*key).set(0)
+        for key, count in values.items():
+            self.alerts_firing.labels(*key).set(count)
+        self._firing |= values.keys()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -6,24 +6,92 @@ The outbox appends records to one aiokafka ``BatchBuilder`` per topic
 partition and sends each builder with a single ``send_batch``. It uses faust's
 own aiokafka producer, so faust's commit, which flushes that producer before
 committing offsets, still makes every output at-least-once.
+
+Every record must fit in ``max_record_bytes`` (:class:`OutputLimit`), which is
+also the producer's ``max_request_size``. A record over it is not sent: it is
+counted (``loopwatch_output_dropped_total{topic,reason}``), logged, and
+replaced by a small dead letter that says which output it was and keeps its
+first bytes, length and hash. Records the producer or the broker refuses are
+counted and logged the same way. Neither stops the rest of the batch, and
+neither crashes the worker: before, one dead letter too large for the
+producer crashed it on every restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import contextlib
+import logging
+import math
+from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from schemas.events import SourceRef
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+
+from schemas.events import DeadLetterReason
+from services.settings import Settings
 from streams.ingest import Rejected, dead_letter
+from streams.metrics import Metrics
+from streams.rekey import KEY_PREFIX_BYTES, Origin
 
 Headers = list[tuple[str, bytes]]
 
+log = logging.getLogger("loopwatch.outbox")
+
+# An upper bound of what aiokafka counts against max_request_size besides the key,
+# value and header bytes (batch header 61, record framing 21, length varints); a
+# test checks it against aiokafka's own estimate.
+RECORD_OVERHEAD = 128
+HEADER_OVERHEAD = 10
+
+# What a producer or broker says when a record or batch is too large.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """An upper bound of the size the producer checks against its ``max_request_size``."""
+    size = RECORD_OVERHEAD + (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
+    for name, data in headers:
+        size += HEADER_OVERHEAD + len(name.encode()) + len(data)
+    return size
+
+
+class OutputLimit:
+    """The size every output record must fit, shared by all outboxes; counts and logs what did not fit."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.max_bytes = settings.max_record_bytes
+        self.topic_configs = settings.record_topic_configs()
+        self.deadletter_topic = settings.topics.deadletter
+        self.prefix_bytes = settings.deadletter_value_bytes
+        self.metrics = metrics
+        self._dropped: Counter[tuple[str, str]] = Counter()
+
+    def dropped(self, topic: str, reason: str, error: str, count: int = 1) -> None:
+        """Count ``count`` records for ``topic`` that were not written; log the 1st, 10th, 100th..."""
+        self.metrics.output_dropped.labels(topic, reason).inc(count)
+        before = self._dropped[topic, reason]
+        after = self._dropped[topic, reason] = before + count
+        # One line per condition and order of magnitude: a flood of large records
+        # must not become a flood of log lines.
+        if before == 0 or math.floor(math.log10(after)) > math.floor(math.log10(before)):
+            log.error(
+                "%s (%d record(s) for %s not written so far, reason %s; see loopwatch_output_dropped_total)",
+                error,
+                after,
+                topic,
+                reason,
+            )
+
 
 class Outbox:
-    """Records to send, grouped by topic and partition."""
+    """Records to send, grouped by topic and partition, each within the output limit."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: OutputLimit) -> None:
+        self.limit = limit
+        self._room = limit.max_bytes - RECORD_OVERHEAD
         self._records: dict[tuple[str, int | None], list[tuple[bytes | None, bytes | None, Headers]]] = {}
 
     def add(
@@ -35,41 +103,120 @@ class Outbox:
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None:
-        """Queue one record; ``partition=None`` lets the producer's partitioner choose."""
-        self._records.setdefault((topic, partition), []).append((key, value, headers or []))
+        """Queue one record (``partition=None``: the partitioner chooses); dead-letter it if too large."""
+        headers = headers or []
+        size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
+        if size > self._room or (headers and record_size(key, value, headers) > self.limit.max_bytes):
+            self._too_large(topic, key, value, record_size(key, value, headers))
+            return
+        self._records.setdefault((topic, partition), []).append((key, value, headers))
 
-    def add_dead_letter(self, topic: str, message: Any, rejected: Rejected) -> None:
-        """Queue the dead letter of a rejected Kafka message (its reason also in a header)."""
-        source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
-        record = dead_letter(rejected, source, message.key, message.value, datetime.now(UTC))
+    def _too_large(self, topic: str, key: bytes | None, value: bytes | None, size: int) -> None:
+        error = (
+            f"a record for {topic} is {size:,} bytes, over the limit of {self.limit.max_bytes:,}"
+            " (max_record_bytes); it was not written"
+        )
+        self.limit.dropped(topic, "too_large", error)
+        if topic == self.limit.deadletter_topic:
+            return  # a dead letter's dead letter could be too large again: counting it must do
+        rejected = Rejected(DeadLetterReason.OUTPUT_TOO_LARGE, error)
+        letter = dead_letter(
+            rejected,
+            None,
+            key,
+            value,
+            datetime.now(UTC),
+            prefix_bytes=self.limit.prefix_bytes,
+            output_topic=topic,
+        )
+        self._add_letter(key, letter.model_dump_json().encode(), rejected)
+
+    def add_dead_letter(
+        self, topic: str, message: Any, rejected: Rejected, origin: Origin | None = None
+    ) -> None:
+        """Queue the dead letter of a rejected Kafka message (its reason also in a header).
+
+        ``origin`` names the message the producer wrote when ``message`` is a copy of
+        it (from the repartition topic); by default ``message`` is that message.
+        """
+        origin = origin or Origin.of(message)
+        record = dead_letter(
+            rejected,
+            origin.source,
+            origin.key,
+            message.value,
+            datetime.now(UTC),
+            prefix_bytes=self.limit.prefix_bytes,
+            key_bytes=origin.key_bytes,
+        )
+        self._add_letter(origin.key, record.model_dump_json().encode(), rejected, topic)
+
+    def _add_letter(
+        self, key: bytes | None, value: bytes, rejected: Rejected, topic: str | None = None
+    ) -> None:
         self.add(
-            topic,
-            message.key,
-            record.model_dump_json().encode(),
+            topic or self.limit.deadletter_topic,
+            None if key is None else key[:KEY_PREFIX_BYTES],
+            value,
             headers=[("loopwatch-reason", rejected.reason.value.encode())],
         )
 
     def __len__(self) -> int:
         return sum(len(records) for records in self._records.values())
 
-    async def send(self, producer: Any) -> list[Awaitable[Any]]:
+    async def send(self, producer: Any) -> list[asyncio.Future[Any]]:
         """Hand every record to ``producer`` (an AIOKafkaProducer); return the delivery futures.
 
         The futures resolve when the broker acknowledged; faust's commit flushes the
-        producer first, so callers need not wait for them.
+        producer first, so callers need not wait for them. A future that fails has
+        its records counted and logged as not written.
         """
-        futures: list[Awaitable[Any]] = []
+        futures: list[asyncio.Future[Any]] = []
         for (topic, partition), records in self._records.items():
             if partition is None:
                 for key, value, headers in records:
-                    futures.append(await producer.send(topic, value, key=key, headers=headers))
+                    try:
+                        sent = await producer.send(topic, value, key=key, headers=headers)
+                    except _TOO_LARGE as exc:  # the producer's own check, should ours ever be short
+                        error = f"the producer refused a record for {topic}: {exc}"
+                        self.limit.dropped(topic, "too_large", error)
+                        continue
+                    futures.append(self._watch(sent, topic, 1))
                 continue
             batch = producer.create_batch()
+            count = 0
             for key, value, headers in records:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    sent = await producer.send_batch(batch, topic, partition=partition)
+                    futures.append(self._watch(sent, topic, count))
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None, headers=headers)
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    count = 0
+                count += 1
+            sent = await producer.send_batch(batch, topic, partition=partition)
+            futures.append(self._watch(sent, topic, count))
         self._records.clear()
         return futures
+
+    async def send_and_wait(self, producer: Any) -> None:
+        """Send, then wait until the broker acknowledged every record.
+
+        Records refused for their size are counted and logged, not raised: sending
+        them again cannot help. Other delivery errors are raised to the caller.
+        """
+        for delivered in await self.send(producer):
+            with contextlib.suppress(*_TOO_LARGE):  # counted and logged by _settled
+                await delivered
+
+    def _watch(self, future: asyncio.Future[Any], topic: str, count: int) -> asyncio.Future[Any]:
+        future.add_done_callback(partial(self._settled, topic, count))
+        return future
+
+    def _settled(self, topic: str, count: int, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()  # also marks it retrieved: it is counted here, even if nobody awaits it
+        if exc is not None:
+            reason = "too_large" if isinstance(exc, _TOO_LARGE) else "failed"
+            error = f"the broker did not take {count} record(s) for {topic}: {exc!r}"
+            self.limit.dropped(topic, reason, error, count)

@@ -13,11 +13,24 @@ need it does not pay for its imports. It keeps its own
 :class:`~streams.detect.Judge`, so detectors fitted on a reference
 (embedding the reference texts, calibrating) are reused across windows. If
 the child dies (out of memory, say), the next job starts a new one.
+
+Memory: the child's RSS used to grow by hundreds of MB per window (357 ->
+860 -> 1,333 MB over three windows, issue 15). No Python object leaked; glibc's
+allocator kept what torch freed. The permutation tests allocate and free
+kernel matrices of 2,000 x 2,000 floats (16 MB) from several threads; glibc
+raises its mmap threshold after the first such free, so later ones come from
+the heap arenas, and freed arena memory stays in the process. Fixing the
+threshold at 1 MiB (``mallopt``) makes every large block an ``mmap`` that goes
+back to the system when freed, and a ``malloc_trim`` after each job returns
+what smaller blocks left behind: on the same windows one MMD test went from
++640 MB to +10 MB (``bench/soak_bench.py`` shows the child over time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -37,8 +50,14 @@ log = logging.getLogger("loopwatch.detect")
 #: Added to the child's nice value: the stream gets the CPU before the slow detectors.
 NICENESS = 10
 
+#: Blocks at least this large are mmap-ed by glibc, and so returned to the system when freed.
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
 _judge: Judge | None = None  # the child's own, built once by _start_child
+_libc: Any = None  # glibc, when the child runs on it
 _failed: list[str] = []
+_not_ready: list[str] = []
 
 
 def _start_child(specs: list[DetectorSpec], alpha: float, log_level: str) -> None:
@@ -46,15 +65,39 @@ def _start_child(specs: list[DetectorSpec], alpha: float, log_level: str) -> Non
     die_with_parent()
     os.nice(NICENESS)
     configure_logging(log_level)
-    _judge = Judge(specs, alpha=alpha, on_failure=_failed.append)
+    _return_freed_memory_to_the_system()
+    _judge = Judge(specs, alpha=alpha, on_failure=_failed.append, on_not_ready=_not_ready.append)
+
+
+def _return_freed_memory_to_the_system() -> None:
+    """Set glibc's mmap threshold once, so large freed blocks leave the process (see the module doc)."""
+    global _libc
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only: musl and macOS have neither)
+    except (OSError, AttributeError):
+        log.info("not glibc: the slow-detector child keeps the allocator's defaults")
+        return
+    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:
+        _libc = libc
+
+
+def _trim() -> None:
+    """Give the system back the free memory the allocator still holds (after each job)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
 
 
 def _judge_in_child(
     window: ClosedWindow, reference: Reference, specs: list[DetectorSpec]
-) -> tuple[list[Judged], list[str]]:
+) -> tuple[list[Judged], list[str], list[str]]:
     assert _judge is not None, "the child was not started by _start_child"
     _failed.clear()
-    return _judge.run(window, reference, specs), list(_failed)
+    _not_ready.clear()
+    try:
+        return _judge.run(window, reference, specs), list(_failed), list(_not_ready)
+    finally:
+        _trim()
 
 
 def _report_in_child(
@@ -64,14 +107,26 @@ def _report_in_child(
 
     from detectors.report import render_drift_report
 
-    render_drift_report(reference.frame, pd.DataFrame(rows), columns, path)
+    try:
+        render_drift_report(reference.frame, pd.DataFrame(rows), columns, path)
+    finally:
+        _trim()
 
 
 class SlowDetectors:
     """Runs slow detectors and reports in one lower-priority child process."""
 
-    def __init__(self, specs: list[DetectorSpec], *, alpha: float, log_level: str) -> None:
+    def __init__(
+        self,
+        specs: list[DetectorSpec],
+        *,
+        alpha: float,
+        log_level: str,
+        on_not_ready: Callable[[str], None] = lambda detector_id: None,
+    ) -> None:
         self._start_args = (specs, alpha, log_level)
+        self.on_not_ready = on_not_ready
+        self._stopped = False
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -85,14 +140,24 @@ class SlowDetectors:
     async def judge(
         self, window: ClosedWindow, reference: Reference, specs: list[DetectorSpec]
     ) -> tuple[list[Judged], list[str]]:
-        """The slow specs' findings on ``window``, and the ids of detectors that failed."""
+        """The slow specs' findings on ``window``, and the ids of detectors that failed.
+
+        Detectors that were not ready go to ``on_not_ready`` (the child logs them once).
+        """
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, _judge_in_child, window, reference, specs)
+            judged, failed, not_ready = await loop.run_in_executor(
+                self._pool, _judge_in_child, window, reference, specs
+            )
         except BrokenProcessPool:
+            if self._stopped:
+                return [], []  # ended by stop(): nothing to judge or to restart
             log.error("the slow-detector process died; starting a new one for the next window")
             self._pool = self._new_pool()
             raise
+        for detector_id in not_ready:
+            self.on_not_ready(detector_id)
+        return judged, failed
 
     def report(
         self,
@@ -117,4 +182,11 @@ class SlowDetectors:
 
     def stop(self) -> None:
         """Stop the child; work in flight is abandoned (its windows' fast detections are out)."""
+        # The pool's exit hook joins a child still busy with a window (embedding it can
+        # take seconds on a loaded machine), so the worker outlasted its SIGTERM grace:
+        # the child is ended instead. concurrent.futures has no public way to do this before 3.14.
+        self._stopped = True
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()

@@ -245,7 +245,9 @@ class Windows:
         """Merge a partial; return the windows that are complete now."""
         slot = (segment_key(partial.segment), partial.kind, partial.window_id)
         stream = slot[:2]
-        if self.spec.seconds is not None and partial.window_id <= self.closed_upto.get(stream, -1):
+        # No default of -1: windows before 1970 have negative ids, and are not late.
+        closed_upto = self.closed_upto.get(stream)
+        if self.spec.seconds is not None and closed_upto is not None and partial.window_id <= closed_upto:
             self.late_events += partial.sample.seen
             return self.tick(now)
         current = self.open.get(slot)
@@ -277,7 +279,7 @@ class Windows:
         del self.last_update[slot]
         if self.spec.seconds is not None:
             stream = slot[:2]
-            self.closed_upto[stream] = max(self.closed_upto.get(stream, -1), slot[2])
+            self.closed_upto[stream] = max(self.closed_upto.get(stream, slot[2]), slot[2])
             start = partial.window_id * self.spec.seconds
             end = start + self.spec.seconds
         else:
@@ -292,5 +294,17 @@ class Windows:
         )
 
 
+# What datetime can hold. A valid event at 9999-12-31T23:59:59Z opens a window
+# whose end is in year 10000; its bounds are clamped rather than crash the timer.
+# (Whole seconds: datetime.max's microseconds round up to year 10000 as a float.)
+_FIRST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_LAST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
+    """The UTC datetime of an epoch timestamp, clamped to years 1-9999.
+
+    >>> _utc(1e12).year
+    9999
+    """
+    return datetime.fromtimestamp(min(max(timestamp, _FIRST), _LAST), UTC)

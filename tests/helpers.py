@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -45,6 +46,28 @@ class WorkerStack:
             **{f"LOOPWATCH_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.process: subprocess.Popen[bytes] | None = None
+
+    def peer(self, workdir: Path) -> WorkerStack:
+        """Another worker of the same app (same topics and consumer group), with its own port and state."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        other = WorkerStack(self.bootstrap, workdir)
+        other.topics = self.topics
+        other.env = {
+            **self.env,
+            "LOOPWATCH_WEB_PORT": str(other.web_port),
+            "LOOPWATCH_DATA_DIR": str(workdir / "data"),
+        }
+        return other
+
+    def health(self) -> dict[str, Any]:
+        """The /health body, whether it answers 200 or 503 ({} while it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=5) as r:
+                return dict(json.load(r))
+        except urllib.error.HTTPError as exc:
+            return dict(json.load(exc))
+        except OSError:
+            return {}
 
     def start(self, *, wait: bool = True) -> WorkerStack:
         """Start the worker process (and wait until /health answers 200)."""

@@ -30,6 +30,11 @@ def test_demo_end_to_end(tmp_path):
     assert summary["feedback"]["unmatched_expired"] == summary["expected"]["unmatched"]
     assert summary["feedback"]["duplicates_ignored"] == summary["expected"]["duplicates"]
     assert "adds up" in out.getvalue()
+    # What is replayed when: the events before the rollback request, and the rest after it.
+    events_in = summary["events_in"]
+    assert events_in["before_rollback"] + events_in["after_rollback"] == events_in["total"]
+    assert f"{events_in['after_rollback']} more once the rollback is requested" in out.getvalue()
+    assert f"{events_in['before_rollback']} replayed before the rollback request" in out.getvalue()
     # The incident: the canary serves the replies people rejected, and its feedback shows it.
     flagged = {(d["detector"], d["version"], d["verdict"]) for d in summary["detections"]["flagged"]}
     assert ("quality.negative_feedback.v1", CANARY_VERSION, "drift") in flagged, summary["detections"]
@@ -54,6 +59,9 @@ def test_demo_end_to_end(tmp_path):
     # The curated tables grew; the retrain request names one of their versions, which is exported.
     tables = {t["table"]: t for t in summary["datasets"]}
     assert tables["preference"]["rows"] > 0 and tables["golden"]["rows"] > 0
+    # The demo's feedback carries no corrections, so no SFT table, and the output says why.
+    assert "sft" not in tables
+    assert "sft            none: it takes negative feedback that carries a correction" in out.getvalue()
     [retrain] = [a for a in summary["actions"] if a["type"] == "io.loopwatch.retrain.requested"]
     assert retrain["dataset"]["table"] in tables and retrain["dataset"]["version"] >= 0
     export = summary["export"]

@@ -56,11 +56,14 @@ def test_early_against_late_elec2_is_drift(elec2_files: dict[str, Path]) -> None
             "statistic",
             "p_value",
             "effect_size",
-            "threshold",
+            "alpha",
+            "min_effect_size",
             "drift",
             "verdict",
         }
         assert test["drift"] == (test["verdict"] == "drift")
+        assert "threshold" not in test  # it meant alpha for some tests and the minimum effect for others
+        assert (test["alpha"], test["min_effect_size"]) == (0.05, 0.1)
 
 
 def test_a_random_split_of_elec2_is_not_drift(elec2_files: dict[str, Path]) -> None:
@@ -85,8 +88,9 @@ def test_columns_option_and_text_format(elec2_files: dict[str, Path]) -> None:
         "statistic",
         "p_value",
         "p_adj",
+        "alpha",
         "effect",
-        "threshold",
+        "min_effect",
         "verdict",
     ]
     assert lines[2].split()[:2] == ["day", "ks"] and lines[2].split()[-1] == "ok"
@@ -123,3 +127,47 @@ def test_bad_input_exits_2_with_one_line(
     assert result.exit_code == 2
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_embedding_test_shows_alpha_and_minimum_effect_apart() -> None:
+    from detectors.base import Finding
+    from detectors.files import DriftReport, _as_test, format_table
+
+    # What the embedding detectors return: alpha in ``threshold``, the minimum effect in measurements.
+    finding = Finding(
+        detector_id="drift.embedding_mmd.v1",
+        verdict="drift",
+        reference_size=300,
+        current_size=300,
+        statistic=0.0221,
+        p_value=0.001,
+        threshold=0.05,
+        effect_size=0.0221,
+        measurements={"min_effect_size": 0.005, "p_value_adjusted": 0.002},
+    )
+    test = _as_test("text", finding, alpha=0.01)
+    assert (test.alpha, test.min_effect_size) == (0.01, 0.005)
+    report = DriftReport(
+        drift=True, alpha=0.01, correction="bh", reference_rows=300, current_rows=300, tests=[test]
+    )
+    row = format_table(report).splitlines()[2].split()
+    assert row == ["text", "embedding_mmd", "0.0221", "0.001", "0.002", "0.01", "0.0221", "0.005", "DRIFT"]
+
+
+def test_a_csv_without_header_is_refused_with_what_to_fix(tmp_path: Path) -> None:
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("0.1,3,5\n0.2,4,6\n0.3,1,1\n")
+    result = _run("--reference", numbers, "--current", numbers)
+    assert result.exit_code == 2
+    assert "numbers.csv: needs a header row naming its columns; its first line (0.1, 3, 5)" in result.output
+
+
+def test_files_sharing_no_column_name_are_told_they_need_a_header_row(tmp_path: Path) -> None:
+    # Text in the first line cannot be told from a header, but two such files share no name.
+    reference, current = tmp_path / "reference.csv", tmp_path / "current.csv"
+    reference.write_text("hello,positive\nhi,negative\n")
+    current.write_text("bye,negative\nyo,positive\n")
+    result = _run("--reference", reference, "--current", current)
+    assert result.exit_code == 2
+    assert "share no column name (reference: hello, positive; current: bye, negative)" in result.output
+    assert "needs a header row" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from schemas.events import (
     SourceRef,
 )
 from services import sample_data
-from streams.ingest import Accepted, Rejected, dead_letter, decode, describe
+from streams.ingest import Accepted, Rejected, dead_letter, decode, describe, out_of_range
 
 MAX_BYTES = 1_048_576
 
@@ -73,7 +74,55 @@ BREAKAGES = [
     ("negative latency", lambda e: _dump({**e, "latency_ms": -1}), "invalid_value"),
     ("bad status", lambda e: _dump({**e, "status": "meh"}), "invalid_value"),
     ("bad timestamp", lambda e: _dump({**e, "timestamp": "yesterday"}), "wrong_type"),
+    # Issue 14 defect 7, issue 15 finding 3: what JSON Schema says, the decoder does.
+    ("epoch timestamp", lambda e: _dump({**e, "timestamp": 1_700_000_000}), "wrong_type"),
+    ("epoch timestamp text", lambda e: _dump({**e, "timestamp": "1700000000"}), "wrong_type"),
+    ("timestamp without offset", lambda e: _dump({**e, "timestamp": "2026-11-01T10:00:00"}), "wrong_type"),
+    ("latency NaN", lambda e: _token(e, "latency_ms", "NaN"), "non_finite_number"),
+    ("latency Infinity", lambda e: _token(e, "latency_ms", "Infinity"), "non_finite_number"),
+    ("cost -Infinity", lambda e: _token(e, "cost_usd", "-Infinity"), "non_finite_number"),
+    ("latency 1e400", lambda e: _token(e, "latency_ms", "1e400"), "non_finite_number"),
+    (
+        "tokens 1e400",
+        lambda e: _token(e, "tokens", '{"prompt": 1e400, "completion": 1}'),
+        "non_finite_number",
+    ),
+    ("feature NaN", lambda e: _token(e, "features", '{"temperature": NaN}'), "non_finite_number"),
+    ("prediction Infinity", lambda e: _token(e, "prediction", "Infinity"), "non_finite_number"),
+    ("latency true", lambda e: _dump({**e, "latency_ms": True}), "wrong_type"),
+    ("cost false", lambda e: _dump({**e, "cost_usd": False}), "wrong_type"),
+    ("latency as text", lambda e: _dump({**e, "latency_ms": "150"}), "wrong_type"),
+    ("tokens true", lambda e: _dump({**e, "tokens": {"prompt": True, "completion": 2}}), "wrong_type"),
+    ("tokens as text", lambda e: _dump({**e, "tokens": {"prompt": "3", "completion": 2}}), "wrong_type"),
+    ("feature true", lambda e: _dump({**e, "features": {"flag": True}}), "wrong_type"),
+    ("prediction true", lambda e: _dump({**e, "prediction": True}), "wrong_type"),
+    (
+        "tokens beyond 2^53",
+        lambda e: _dump({**e, "tokens": {"prompt": 2**53, "completion": 2}}),
+        "invalid_value",
+    ),
+    (
+        "repeated schema_version",
+        lambda e: _repeat(_dump({**e, "schema_version": "2"}), '"schema_version": "1"'),
+        "duplicate_key",
+    ),
+    (
+        "repeated nested key",
+        lambda e: _dump(e).replace(b'"model": {', b'"model": {"name": "x", ', 1),
+        "duplicate_key",
+    ),
+    ("repeated label", lambda e: _token(e, "labels", '{"team": "a", "team": "b"}'), "duplicate_key"),
 ]
+
+
+def _token(event: dict[str, Any], field: str, token: str) -> bytes:
+    """The event with ``field`` set to a raw JSON token (json.dumps cannot write NaN as a producer might)."""
+    return _dump({**event, field: "__token__"}).replace(b'"__token__"', token.encode())
+
+
+def _repeat(raw: bytes, member: str) -> bytes:
+    """``raw`` with one more top-level member: a key it already has, repeated."""
+    return raw[:-1] + b", " + member.encode() + b"}"
 
 
 @pytest.mark.parametrize(("case", "breaker", "reason"), BREAKAGES, ids=[b[0] for b in BREAKAGES])
@@ -82,6 +131,34 @@ def test_each_breakage_is_rejected_with_its_reason(valid, case, breaker, reason)
     assert isinstance(outcome, Rejected), case
     assert outcome.reason == DeadLetterReason(reason)
     assert outcome.error  # a sentence a person can act on
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tokens": {"prompt": 12.0, "completion": 3}},  # JSON Schema's integer: 12.0 is one
+        {"latency_ms": 0, "cost_usd": 1e308},
+        {"features": {"temperature": 0.7, "segment": "gold"}, "prediction": -0.0},
+        {"timestamp": "2026-11-01T10:00:00.123456789-05:30"},
+        {"timestamp": "9999-12-31T23:59:59Z"},  # valid here; the worker's skew check refuses it
+        # Keys repeated in different objects, and JSON quoted inside a string, are no repeats.
+        {"response": 'Use {"a": 1, "a": 2} ": "a": and \\": here', "labels": {"prompt": "x", "a": "y"}},
+    ],
+)
+def test_values_at_the_edges_are_accepted(valid, change):
+    outcome = decode(_dump({**valid, **change}), InferenceLog, max_bytes=MAX_BYTES)
+    assert isinstance(outcome, Accepted), outcome
+
+
+def test_pretty_printed_and_compact_json_are_accepted(valid):
+    for raw in (json.dumps(valid, indent=2).encode(), json.dumps(valid, separators=(",", ":")).encode()):
+        assert isinstance(decode(raw, InferenceLog, max_bytes=MAX_BYTES), Accepted)
+    spaced = json.dumps(valid).replace('": ', '" :\t ').encode()
+    assert isinstance(decode(spaced, InferenceLog, max_bytes=MAX_BYTES), Accepted)
+    repeated = spaced[:-1] + b', "schema_version"\n: "1"}'
+    outcome = decode(repeated, InferenceLog, max_bytes=MAX_BYTES)
+    assert isinstance(outcome, Rejected) and outcome.reason is DeadLetterReason.DUPLICATE_KEY
+    assert "schema_version" in outcome.error
 
 
 def test_valid_event_is_accepted_and_keeps_its_text(valid):
@@ -105,7 +182,13 @@ def test_message_over_the_byte_limit_is_oversize(valid):
         ({"kind": "rating", "value": True}, "invalid_value"),
         ({"kind": "correction", "value": None}, "invalid_value"),
         ({"user_id": "jane.doe@example.com"}, "invalid_value"),
+        ({"user_id": "u0123456789abcdef\n"}, "invalid_value"),
         ({"kind": "like"}, "invalid_value"),
+        ({"value": 0}, "invalid_value"),  # thumbs are true/false or 1/-1; 0 is neither
+        ({"value": 2}, "invalid_value"),
+        ({"kind": "rating", "value": "4"}, "invalid_value"),
+        ({"kind": "rating", "value": "__token__"}, "non_finite_number"),
+        ({"timestamp": 1_700_000_000}, "wrong_type"),
     ],
 )
 def test_feedback_rules(change, reason):
@@ -119,7 +202,8 @@ def test_feedback_rules(change, reason):
         "user_id": "u0123456789abcdef",
     }
     assert isinstance(decode(_dump(event), Feedback, max_bytes=MAX_BYTES), Accepted)
-    outcome = decode(_dump({**event, **change}), Feedback, max_bytes=MAX_BYTES)
+    raw = _dump({**event, **change}).replace(b'"__token__"', b"NaN")
+    outcome = decode(raw, Feedback, max_bytes=MAX_BYTES)
     assert isinstance(outcome, Rejected) and outcome.reason == DeadLetterReason(reason)
 
 
@@ -129,10 +213,11 @@ def test_dead_letter_keeps_original_bytes_and_source(valid):
     raw = _dump(valid)[:50]
     outcome = decode(raw, InferenceLog, max_bytes=MAX_BYTES)
     assert isinstance(outcome, Rejected)
-    letter = dead_letter(outcome, SourceRef(topic="t", partition=3, offset=99), b"k", raw, sample_data.now())
+    source = SourceRef(topic="t", partition=3, offset=99)
+    letter = dead_letter(outcome, source, b"k", raw, sample_data.now(), prefix_bytes=1024)
     assert base64.b64decode(letter.value_b64) == raw
     assert base64.b64decode(letter.key_b64 or "") == b"k"
-    assert (letter.source.partition, letter.source.offset) == (3, 99)
+    assert letter.source == source
 
 
 @pytest.mark.parametrize(
@@ -218,3 +303,46 @@ def test_spliced_enriched_json_equals_the_model(valid):
     source = SourceRef(topic="llm.inference.v1", partition=1, offset=42)
     spliced = EnrichedInference.model_validate_json(enriched_json(raw, describe(outcome.event), source))
     assert spliced == enrich(outcome.event, source)
+
+
+# --- timestamps far from their Kafka message's time (issue 15 finding 2) -----------
+
+_MESSAGE_TIME = 1_796_000_000.0  # 2026-11-29, as the Kafka message's timestamp in seconds
+_LIMITS = {"max_past": 7 * 86_400.0, "max_future": 3_600.0}
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "refused"),
+    [
+        (_at(_MESSAGE_TIME), False),
+        (_at(_MESSAGE_TIME + 3_600), False),
+        (_at(_MESSAGE_TIME + 3_601), True),
+        (_at(_MESSAGE_TIME - 7 * 86_400), False),
+        (_at(_MESSAGE_TIME - 7 * 86_400 - 1), True),
+        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), True),
+        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(-timedelta(hours=23, minutes=59))), True),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23, minutes=59))), True),
+    ],
+)
+def test_timestamps_far_from_the_message_time_are_refused(timestamp, refused):
+    outcome = out_of_range(timestamp, _MESSAGE_TIME, 0.0, **_LIMITS)
+    assert (outcome is not None) == refused
+    if outcome is not None:
+        assert outcome.reason is DeadLetterReason.TIMESTAMP_OUT_OF_RANGE
+        assert "max_timestamp_" in outcome.error and outcome.detail[0]["field"] == "timestamp"
+
+
+@pytest.mark.parametrize("message_time", [None, -0.001, 0.0])
+def test_without_a_message_time_the_worker_clock_decides(message_time):
+    now = _MESSAGE_TIME
+    assert out_of_range(_at(now - 60), message_time, now, **_LIMITS) is None
+    assert out_of_range(_at(now + 7_200), message_time, now, **_LIMITS) is not None
+
+
+def test_an_absurd_message_time_is_reported_not_raised():
+    outcome = out_of_range(_at(_MESSAGE_TIME), 1e15, 0.0, **_LIMITS)
+    assert outcome is not None and "after 1970" in outcome.error

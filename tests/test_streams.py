@@ -45,7 +45,8 @@ def numbered_thumbs(prefix: str, n: int) -> list[bytes]:
                 "schema_version": "1",
                 "event_id": f"fb-{prefix}-{i}",
                 "request_id": f"{prefix}-{i}",
-                "timestamp": "2026-11-01T10:00:00Z",
+                # Recent: timestamps far from the message's time are dead-lettered.
+                "timestamp": sample_data.now().isoformat(),
                 "kind": "thumbs",
                 "value": True,
             }

@@ -341,9 +341,33 @@ def test_cli_falls_back_to_profanity_check_by_default_when_detoxify_cannot_load(
         main, [*args, "--output", str(out), "--checkpoint", str(tmp_path / "broken.ckpt")]
     )
     assert result.exit_code == 0, result.output
-    assert "scoring with profanity-check instead" in result.output
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith("warning: Detoxify weights could not be loaded (")
+    assert warning.endswith("scoring with profanity-check (--scorer detoxify says how to load them offline)")
     benign, toxic = _read_jsonl(out)
     assert set(benign) == {"row", "toxicity", "profanity"} and toxic["toxicity"] > benign["toxicity"]
+
+
+def test_cli_offline_says_in_one_line_that_it_uses_profanity_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.hub
+
+    def no_network(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    # An empty hub cache, so torch.hub announces a download (on stdout) before it fails.
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    (tmp_path / "in.csv").write_text("reply\nhello there\n")
+    args = ["score", "toxicity", "--input", str(tmp_path / "in.csv"), "--text-column", "reply"]
+    result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"scored 1 rows with profanity into {tmp_path / 'out.jsonl'}\n"
+    assert result.stderr.splitlines() == [
+        "warning: Detoxify weights could not be loaded (URLError: <urlopen error [Errno -2] Name or service"
+        " not known>); scoring with profanity-check (--scorer detoxify says how to load them offline)"
+    ]
 
 
 def test_cli_names_the_columns_when_the_text_column_is_missing(tmp_path: Path) -> None:
