@@ -170,9 +170,15 @@ class SlowDetectors:
         """Render an Evidently report in the child; ``on_failure`` hears of any error."""
 
         def done(future: Future[None]) -> None:
+            if future.cancelled():
+                return
             error = future.exception()
-            if error is not None:
-                on_failure(error)
+            if error is None:
+                return
+            if self._stopped and isinstance(error, BrokenProcessPool):
+                log.warning("stopping: the drift report %s is not rendered", path)
+                return
+            on_failure(error)
 
         try:
             self._pool.submit(_report_in_child, reference, window.rows, columns, path).add_done_callback(done)

@@ -81,6 +81,12 @@ def test_windows_are_judged_against_the_pinned_first_window(
         # Every valid event was counted into its window; no partial came too late to count.
         assert stack.metric("loopwatch_window_events_total") == len(inferences) + len(feedback)
         assert stack.metric("loopwatch_window_late_events_total") == 0
+        # The drifted window's Evidently report is rendered off the hot path; a worker that
+        # stops first abandons it, so wait for it while the worker runs.
+        shifted_reports = [d.evidence.report_path for d in detections if d.evidence.report_path]
+        deadline = time.monotonic() + 60
+        while shifted_reports and not Path(shifted_reports[0]).exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         stack.stop()
     assert len(detections) == 4, stack.log()[-3000:]
@@ -105,9 +111,7 @@ def test_windows_are_judged_against_the_pinned_first_window(
     # The drifted window got an Evidently report, rendered off the hot path and linked.
     assert calm.evidence.report_path is None and shifted.evidence.report_path is not None
     report = Path(shifted.evidence.report_path)
-    deadline = time.monotonic() + 60
-    while not report.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    assert report.exists(), stack.log()[-3000:]
     assert "response_chars" in report.read_text()
     feedback_calm = by_window["quality.negative_feedback.v1", 1]
     feedback_alarm = by_window["quality.negative_feedback.v1", 2]
