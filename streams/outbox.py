@@ -11,16 +11,16 @@ Every record must fit in ``max_record_bytes`` (:class:`OutputLimit`), which is
 also the producer's ``max_request_size``. A record over it is not sent: it is
 counted (``loopwatch_output_dropped_total{topic,reason}``), logged, and
 replaced by a small dead letter that says which output it was and keeps its
-first bytes, length and hash. Records the producer or the broker refuses are
-counted and logged the same way. Neither stops the rest of the batch, and
-neither crashes the worker: before, one dead letter too large for the
-producer crashed it on every restart.
+first bytes, length and hash; it does not stop the rest of the batch, nor
+crash the worker: before, one dead letter too large for the producer crashed
+it on every restart. :meth:`Outbox.send_and_wait` sends again what the broker
+did not take for another reason (a restart, a topic being recreated) for up to
+``RETRY_SECONDS``; only then are those records counted and the error raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections import Counter
@@ -37,6 +37,10 @@ from streams.metrics import Metrics
 from streams.rekey import KEY_PREFIX_BYTES, Origin
 
 Headers = list[tuple[str, bytes]]
+Record = tuple[bytes | None, bytes | None, Headers]
+
+# How long send_and_wait keeps re-sending a topic partition the broker did not take.
+RETRY_SECONDS = 30.0
 
 log = logging.getLogger("loopwatch.outbox")
 
@@ -92,7 +96,7 @@ class Outbox:
     def __init__(self, limit: OutputLimit) -> None:
         self.limit = limit
         self._room = limit.max_bytes - RECORD_OVERHEAD
-        self._records: dict[tuple[str, int | None], list[tuple[bytes | None, bytes | None, Headers]]] = {}
+        self._records: dict[tuple[str, int | None], list[Record]] = {}
 
     def add(
         self,
@@ -173,28 +177,7 @@ class Outbox:
         """
         futures: list[asyncio.Future[Any]] = []
         for (topic, partition), records in self._records.items():
-            if partition is None:
-                for key, value, headers in records:
-                    try:
-                        sent = await producer.send(topic, value, key=key, headers=headers)
-                    except _TOO_LARGE as exc:  # the producer's own check, should ours ever be short
-                        error = f"the producer refused a record for {topic}: {exc}"
-                        self.limit.dropped(topic, "too_large", error)
-                        continue
-                    futures.append(self._watch(sent, topic, 1))
-                continue
-            batch = producer.create_batch()
-            count = 0
-            for key, value, headers in records:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    sent = await producer.send_batch(batch, topic, partition=partition)
-                    futures.append(self._watch(sent, topic, count))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None, headers=headers)
-                    count = 0
-                count += 1
-            sent = await producer.send_batch(batch, topic, partition=partition)
-            futures.append(self._watch(sent, topic, count))
+            futures.extend(await self._send_group(producer, topic, partition, records, watch=True))
         self._records.clear()
         return futures
 
@@ -202,11 +185,77 @@ class Outbox:
         """Send, then wait until the broker acknowledged every record.
 
         Records refused for their size are counted and logged, not raised: sending
-        them again cannot help. Other delivery errors are raised to the caller.
+        them again cannot help. A topic partition whose delivery fails otherwise (a
+        broker restarting, a topic being recreated) is sent again with a backoff, for
+        up to about ``RETRY_SECONDS``; then its records are counted as not written and
+        the error is raised to the caller. A retried record may reach the broker
+        twice: outputs are at-least-once.
         """
-        for delivered in await self.send(producer):
-            with contextlib.suppress(*_TOO_LARGE):  # counted and logged by _settled
-                await delivered
+        pending = dict(self._records)
+        self._records.clear()
+        delay = 0.2
+        deadline = asyncio.get_running_loop().time() + RETRY_SECONDS
+        while True:
+            failed: dict[tuple[str, int | None], list[Record]] = {}
+            error: BaseException | None = None
+            for (topic, partition), records in pending.items():
+                for delivered in await self._send_group(producer, topic, partition, records, watch=False):
+                    try:
+                        await delivered
+                    except _TOO_LARGE as exc:
+                        self.limit.dropped(
+                            topic, "too_large", f"the broker refused a record for {topic}: {exc}"
+                        )
+                    except Exception as exc:  # every future is awaited: none fails unread
+                        failed[topic, partition] = records
+                        error = exc
+            if error is None:
+                return
+            if asyncio.get_running_loop().time() + delay > deadline:
+                for (topic, _), records in failed.items():
+                    self.limit.dropped(
+                        topic,
+                        "failed",
+                        f"the broker did not take records for {topic}: {error!r}",
+                        len(records),
+                    )
+                raise error
+            log.warning("delivery to %s failed (%r); sending again in %.1fs", sorted(failed), error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            pending = failed
+
+    async def _send_group(
+        self, producer: Any, topic: str, partition: int | None, records: list[Record], *, watch: bool
+    ) -> list[asyncio.Future[Any]]:
+        """Send one topic partition's records (as record batches when the partition is known)."""
+
+        def tracked(sent: asyncio.Future[Any], count: int) -> asyncio.Future[Any]:
+            return self._watch(sent, topic, count) if watch else sent
+
+        futures: list[asyncio.Future[Any]] = []
+        if partition is None:
+            for key, value, headers in records:
+                try:
+                    sent = await producer.send(topic, value, key=key, headers=headers)
+                except _TOO_LARGE as exc:  # the producer's own check, should ours ever be short
+                    self.limit.dropped(
+                        topic, "too_large", f"the producer refused a record for {topic}: {exc}"
+                    )
+                    continue
+                futures.append(tracked(sent, 1))
+            return futures
+        batch = producer.create_batch()
+        count = 0
+        for key, value, headers in records:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(tracked(await producer.send_batch(batch, topic, partition=partition), count))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+                count = 0
+            count += 1
+        futures.append(tracked(await producer.send_batch(batch, topic, partition=partition), count))
+        return futures
 
     def _watch(self, future: asyncio.Future[Any], topic: str, count: int) -> asyncio.Future[Any]:
         future.add_done_callback(partial(self._settled, topic, count))

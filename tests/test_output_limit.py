@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, UnknownError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from schemas.events import DeadLetter, DeadLetterReason, Feedback, SourceRef
 from services.settings import RECORD_HEADROOM, Settings
 from streams import join
+from streams import outbox as outbox_module
 from streams.ingest import Rejected, dead_letter
 from streams.metrics import Metrics
 from streams.outbox import Outbox, OutputLimit, record_size
@@ -193,3 +194,44 @@ def test_a_rekeyed_copy_keeps_its_join_state_in_the_partition_it_is_processed_in
     result = join.on_feedback(None, feedback, event, original, 0.0, partition=1)
     assert result.state["partition"] == 1
     assert result.state["pending"][0]["source"] == ("llm.feedback.v1", 3, 9)
+
+
+class _FlakyProducer:
+    """Fails the first ``failures`` deliveries (as a broker that is restarting does), then takes them."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.delivered: list[bytes | None] = []
+
+    async def send(
+        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list
+    ) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if self.failures > 0:
+            self.failures -= 1
+            future.set_exception(UnknownError())
+        else:
+            self.delivered.append(value)
+            future.set_result(None)
+        return future
+
+
+def test_send_and_wait_sends_again_what_a_restarting_broker_did_not_take():
+    limit, metrics = _limit()
+    outbox = Outbox(limit)
+    outbox.add("t", b"k", b"state")
+    producer = _FlakyProducer(failures=2)
+    asyncio.run(outbox.send_and_wait(producer))
+    assert producer.delivered == [b"state"]
+    assert _dropped(metrics, "t", "failed") == 0
+
+
+def test_send_and_wait_gives_up_after_its_retry_time_counts_and_raises(monkeypatch):
+    monkeypatch.setattr(outbox_module, "RETRY_SECONDS", 0.5)
+    limit, metrics = _limit()
+    outbox = Outbox(limit)
+    outbox.add("t", b"k", b"one")
+    outbox.add("t", b"k", b"two")
+    with pytest.raises(UnknownError):
+        asyncio.run(outbox.send_and_wait(_FlakyProducer(failures=10**6)))
+    assert _dropped(metrics, "t", "failed") == 2
