@@ -114,9 +114,12 @@ class ControlFollower:
 
     async def _apply(self, event: ControlEvent) -> None:
         if event.silence is not None:
+            # `silence expire` republishes the silence ending now: say so, not "applied".
+            ended = event.silence.ends_at <= datetime.now(UTC)
             log.warning(
-                "silence %s applied until %s: %s (%s, by %s)",
+                "silence %s %s %s: %s (%s, by %s)",
                 event.silence.id,
+                "expired at" if ended else "applied until",
                 event.silence.ends_at.isoformat(),
                 ",".join(str(m) for m in event.silence.matchers),
                 event.silence.comment,

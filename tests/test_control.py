@@ -232,3 +232,27 @@ def test_the_follower_hands_verified_events_to_every_subscriber_and_counts_refus
     assert metrics.control_rejected.labels("unsigned")._value.get() == 1
     [line] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert line.startswith("control record refused (unsigned)") and "key=b'silence:forged'" in line
+
+
+def test_the_follower_logs_an_expired_silence_as_expired_not_applied(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    follower = ControlFollower(None, Settings(), Metrics())  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    live = Silence(id="live", matchers=[parse_matcher("model=m")], starts_at=now, ends_at=now + WEEK)
+    # What `silence expire` publishes: the same silence, ending now.
+    ended = live.model_copy(
+        update={"id": "ended", "starts_at": now - WEEK, "ends_at": now - timedelta(seconds=1)}
+    )
+    caplog.set_level("WARNING", logger="loopwatch.control")
+
+    async def feed() -> None:
+        for silence in (live, ended):
+            await follower.handle(_Record(*_record(ControlEvent(silence=silence), None)))
+
+    asyncio.run(feed())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("silence ")]
+    assert [line.split(" ", 3)[:3] for line in lines] == [
+        ["silence", "live", "applied"],
+        ["silence", "ended", "expired"],
+    ]
