@@ -122,7 +122,7 @@ class DecideStage:
             touched.add(model)
             segment = detection.segment
             self.metrics.decided(model, segment.model_version, detection.detector_id, detection.verdict)
-        await letters.send(self.app.kafka_producer())
+        await letters.send_and_wait(self.app.kafka_producer())
         await self._publish(decision, touched)
 
     def _reject(self, outbox: Outbox, message: Any, rejected: Rejected) -> None:
@@ -241,4 +241,4 @@ class DecideStage:
 
     async def _send_failures(self) -> None:
         if len(self._failures):
-            await self._failures.send(self.app.kafka_producer())
+            await self._failures.send_and_wait(self.app.kafka_producer())

@@ -257,8 +257,9 @@ class DetectStage:
         )
 
     async def _send(self) -> None:
+        # Waits for the broker: a detection it did not take is sent again, not only counted.
         if len(self._outbox):
-            await self._outbox.send(self.app.kafka_producer())
+            await self._outbox.send_and_wait(self.app.kafka_producer())
 
 
 class _TableView:
