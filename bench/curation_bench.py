@@ -35,15 +35,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.processes import spawn_worker, stop_process  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from curation.rows import CuratedRow, DatasetKind  # noqa: E402
 from curation.rules import curate  # noqa: E402
 from curation.store import PARTITION_BY, DatasetStore, to_arrow  # noqa: E402
 from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef  # noqa: E402
 from services import sample_data  # noqa: E402
 from services.broker import free_port, start_broker  # noqa: E402
-from services.kafka import ensure_topics  # noqa: E402
-from services.processes import spawn_worker, stop_process  # noqa: E402
-from services.settings import Settings  # noqa: E402
+from streams.kafka import ensure_topics  # noqa: E402
 from streams.metrics import metric_total  # noqa: E402
 
 GOAL_EVENTS_PER_SECOND = 1_000

@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.settings import Settings  # noqa: E402
 from detectors.embedding import (  # noqa: E402
     Embedder,
     EmbedderConfig,
@@ -45,7 +46,6 @@ from detectors.embedding import (  # noqa: E402
 )
 from detectors.online import OnlineConfig, OnlineEmbeddingMMD  # noqa: E402
 from eval.embedding_eval import hh_rlhf_texts  # noqa: E402
-from services.settings import Settings  # noqa: E402
 
 
 def timed(action: Callable[[], object], repeats: int) -> float:

@@ -37,11 +37,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.processes import spawn, spawn_worker, stop_process  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from services import sample_data  # noqa: E402
 from services.broker import free_port, start_broker  # noqa: E402
-from services.kafka import ensure_topics  # noqa: E402
-from services.processes import spawn, spawn_worker, stop_process  # noqa: E402
-from services.settings import Settings  # noqa: E402
+from streams.kafka import ensure_topics  # noqa: E402
 
 TARGET_BYTES = 1024
 

@@ -39,11 +39,11 @@ from kafka import KafkaConsumer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.processes import spawn_worker, stop_process, wait_until_healthy  # noqa: E402
+from core.settings import Settings, Topics  # noqa: E402
 from services import sample_data  # noqa: E402
 from services.broker import free_port, start_broker  # noqa: E402
-from services.processes import spawn_worker, stop_process, wait_until_healthy  # noqa: E402
 from services.replay import Replayer  # noqa: E402
-from services.settings import Settings, Topics  # noqa: E402
 
 PER_WINDOW = 60  # requests per version and window: above the policy's min_samples of 30
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from core.settings import Settings  # noqa: E402
 from detectors.scorers import (  # noqa: E402
     CascadeScorer,
     DetoxifyScorer,
@@ -40,7 +41,6 @@ from detectors.scorers import (  # noqa: E402
     thread_budget,
 )
 from services import sample_data  # noqa: E402
-from services.settings import Settings  # noqa: E402
 from tests.detoxify_fixture import build_detoxify_checkpoint  # noqa: E402
 
 THREADS = 2

@@ -1149,10 +1149,10 @@ class CanaryDetector(Detector[CanaryConfig]):
 
 def joined_row(joined: JoinedFeedback) -> dict[str, Any]:
     """One window row for one joined feedback event: the feedback plus its request's serving facts."""
-    from streams.ingest import describe  # the same descriptors ingest gives the stream
-
     enriched = EnrichedInference(
-        inference=joined.inference, descriptors=describe(joined.inference), source=joined.inference_source
+        inference=joined.inference,
+        descriptors=frame.describe(joined.inference),
+        source=joined.inference_source,
     )
     return {**frame.inference_row(enriched), **frame.feedback_row(joined)}
 

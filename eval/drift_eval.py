@@ -36,8 +36,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.settings import Settings  # noqa: E402
 from detectors.files import drift_report  # noqa: E402
-from services.settings import Settings  # noqa: E402
 
 ELEC2_COLUMNS = ["date", "day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
 # Feature order as described by Elwell & Polikar for the Offutt AFB daily records.

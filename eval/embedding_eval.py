@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.settings import Settings  # noqa: E402
 from detectors.base import verdict  # noqa: E402
 from detectors.embedding import Embedder, EmbeddingLSDD, EmbeddingMMD, LSDDConfig, MMDConfig  # noqa: E402
 from services import sample_data  # noqa: E402
-from services.settings import Settings  # noqa: E402
 
 DETECTORS = (EmbeddingMMD, EmbeddingLSDD)
 

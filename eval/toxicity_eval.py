@@ -31,11 +31,11 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.settings import Settings  # noqa: E402
 from detectors import frame  # noqa: E402
 from detectors.scorers import DetoxifyScorer, DetoxifySettings, ProfanityScorer  # noqa: E402
 from detectors.toxicity import ProfanityRateConfig, ProfanityRateDetector  # noqa: E402
 from services import sample_data  # noqa: E402
-from services.settings import Settings  # noqa: E402
 
 PREFILTER_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 

@@ -1,1 +1,1 @@
-"""Processes and commands: settings, the embedded broker, the worker, replay and the demo."""
+"""The top layer: the CLI, the embedded broker, the worker, replay and the demo."""

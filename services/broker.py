@@ -12,8 +12,8 @@ import socket
 import subprocess
 import time
 
+from core.processes import spawn, stop_process
 from schemas.errors import BrokerError
-from services.processes import spawn, stop_process
 
 
 def tansu_binary() -> str:

@@ -11,8 +11,8 @@ import click
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from core.settings import Settings
 from schemas.errors import LoopwatchError
-from services.settings import Settings
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -75,8 +75,8 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on [default: 9092]")
 def broker(port: int | None) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, in-memory) in the foreground."""
+    from core.processes import stop_process
     from services.broker import start_broker
-    from services.processes import stop_process
 
     settings = _settings(broker_port=port)
     process = start_broker(settings.broker_port, quiet=False)

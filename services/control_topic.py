@@ -9,12 +9,12 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from core.settings import Settings
 from retrain_trigger.control import ControlEvent, Refused, check, signature_headers
 from retrain_trigger.silence import Silences
 from retrain_trigger.stable import StableVersions
 from schemas.errors import BrokerError
 from services.replay import Replayer
-from services.settings import Settings
 
 
 def publish(settings: Settings, event: ControlEvent) -> None:

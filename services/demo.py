@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from kafka import KafkaConsumer
 
+from core.processes import spawn_worker, stop_process, wait_until_healthy
+from core.settings import Settings, Topics
 from retrain_trigger.actions import (
     RETRAIN_REQUESTED,
     ROLLBACK_FAILED,
@@ -35,9 +37,7 @@ from retrain_trigger.policy import DEFAULT_POLICY, parse_policy
 from schemas.events import MAX_TEXT_CHARS, Alert, CloudEvent, Detection
 from services import sample_data
 from services.broker import free_port, start_broker
-from services.processes import spawn_worker, stop_process, wait_until_healthy
 from services.replay import Replayer
-from services.settings import Settings, Topics
 from streams.metrics import metric_total
 
 

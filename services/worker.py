@@ -16,13 +16,13 @@ from typing import Any
 
 import faust
 
+from core.logs import configure_logging, flush_repeats
+from core.processes import spawn_worker, stop_process
+from core.settings import Settings
 from services.broker import start_broker
-from services.kafka import ensure_topics, wait_for_kafka
-from services.logs import configure_logging, flush_repeats
-from services.processes import spawn_worker, stop_process
-from services.settings import Settings
 from streams.app import create_app
 from streams.broker_watch import EXIT_TOPICS_MISSING
+from streams.kafka import ensure_topics, wait_for_kafka
 
 log = logging.getLogger("loopwatch.worker")
 

@@ -1,7 +1,7 @@
 """The faust app factory: topics, the join table, the ingest handlers, /metrics and /health.
 
 No app exists at import time: :func:`create_app` builds one from a
-:class:`~services.settings.Settings`.
+:class:`~core.settings.Settings`.
 
 faust runs everything around ingest: the consumer group and partition
 assignment, offsets and commits, the changelog-backed join table and its
@@ -29,15 +29,15 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from pydantic_core import to_json
 
-from detectors.frame import feedback_row, log_row, segment_of
+from core.settings import Settings
+from detectors.frame import describe, feedback_row, log_row, segment_of
 from schemas.events import DeadLetterReason, Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
-from services.settings import Settings
 from streams import join
 from streams.broker_watch import BrokerWatch
 from streams.consumer import BatchHandler, FastDrainTransport
 from streams.control import ControlFollower
 from streams.detect_stage import DetectStage, window_spec
-from streams.ingest import Accepted, Rejected, decode, describe, enriched_json, out_of_range
+from streams.ingest import Accepted, Rejected, decode, enriched_json, out_of_range
 from streams.join_store import SWEEP_CHUNK, JoinStore, claim_directory, table_options
 from streams.metrics import Metrics
 from streams.outbox import Outbox, OutputLimit

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from core.settings import Settings
 from schemas.errors import LoopwatchError
-from services.kafka import ensure_topics, existing_topics
-from services.settings import Settings
+from streams.kafka import ensure_topics, existing_topics
 from streams.metrics import Metrics
 
 log = logging.getLogger("loopwatch.broker")

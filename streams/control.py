@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from core.settings import Settings
 from retrain_trigger.control import ControlEvent, Refused, check
 from retrain_trigger.silence import Silence
 from retrain_trigger.stable import StableVersionMarked, StableVersions
-from services.settings import Settings
 from streams.ingest import Rejected, decode
 from streams.metrics import Metrics
 

@@ -15,13 +15,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from core.settings import Settings
 from curation import CurationConfig, ToxicityFlag, ToxicityVerdict
 from curation.rows import CuratedRow
 from curation.rules import curate
 from curation.store import DatasetStore, WriteResult
 from detectors.scorers import ProfanityScorer
 from schemas.events import JoinedFeedback
-from services.settings import Settings
 from streams.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, cast
 from faust.types import TP
 from pydantic import TypeAdapter
 
+from core.config_files import load_yaml_list
+from core.settings import Settings
 from curation.store import DatasetStore
 from retrain_trigger.actions import ROLLBACK_REQUESTED, to_kafka
 from retrain_trigger.alerts import firing_counts, transition_line
@@ -46,8 +48,6 @@ from retrain_trigger.publish import Decision, action_topic
 from retrain_trigger.silence import Silence
 from retrain_trigger.stable import StableVersionMarked
 from schemas.events import CloudEvent, Detection
-from services.config_files import load_yaml_list
-from services.settings import Settings
 from streams.control import settings_marks
 from streams.ingest import Rejected, decode
 from streams.metrics import Metrics

@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from core.config_files import load_yaml_list
+from core.settings import Settings
 from detectors.files import read_frame
 from retrain_trigger.stable import StableVersionMarked
-from services.config_files import load_yaml_list
-from services.settings import Settings
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
 from streams.metrics import Metrics
 from streams.slow_detectors import SlowDetectors

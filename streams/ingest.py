@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -18,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import jiter
 from pydantic import BaseModel, ValidationError
 
+from detectors.frame import describe
 from schemas.events import (
     DeadLetter,
     DeadLetterReason,
@@ -254,50 +253,6 @@ def dead_letter(
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# Openings that chat models use to decline; matched on the start of the reply.
-_REFUSAL = re.compile(
-    r"^\W*(?:i'?m sorry|i am sorry|sorry, (?:but )?i|i apologi[sz]e|as an ai\b|"
-    r"i (?:can(?:'|no)?t|cannot|won'?t|am not able to|'m not able to|am unable to|'m unable to)"
-    r" (?:help|assist|provide|comply|do that|answer|fulfil|support|engage|discuss|create|write|give))",
-    re.IGNORECASE,
-)
-_CHARS_PER_TOKEN = 4  # the usual estimate for English text with BPE tokenizers
-
-
-def describe(log: InferenceLog) -> Descriptors:
-    """Cheap descriptors of one request: lengths, tokens (estimated if absent), empty, refusal.
-
-    >>> from datetime import datetime, timezone
-    >>> log = InferenceLog(schema_version="1", event_id="e", request_id="r",
-    ...     timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    ...     model={"name": "m", "version": "1"}, prompt="Hi!", response="I'm sorry, I can't help.")
-    >>> d = describe(log)
-    >>> (d.prompt_chars, d.prompt_tokens, d.tokens_estimated, d.refusal)
-    (3, 1, True, True)
-    """
-    prompt = log.prompt_text()
-    response = log.response or ""
-    if log.tokens is not None:
-        prompt_tokens, completion_tokens, estimated = (
-            log.tokens.prompt,
-            log.tokens.completion,
-            False,
-        )
-    else:
-        prompt_tokens = math.ceil(len(prompt) / _CHARS_PER_TOKEN)
-        completion_tokens = math.ceil(len(response) / _CHARS_PER_TOKEN)
-        estimated = True
-    return Descriptors(
-        prompt_chars=len(prompt),
-        response_chars=len(response),
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        tokens_estimated=estimated,
-        empty_response=log.status == "ok" and not response.strip(),
-        refusal=_REFUSAL.match(response[:200]) is not None,
-    )
 
 
 def enrich(log: InferenceLog, source: SourceRef) -> EnrichedInference:

@@ -30,8 +30,8 @@ from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from core.settings import Settings
 from schemas.events import DeadLetterReason
-from services.settings import Settings
 from streams.ingest import Rejected, dead_letter
 from streams.metrics import Metrics
 from streams.rekey import KEY_PREFIX_BYTES, Origin

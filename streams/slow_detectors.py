@@ -40,8 +40,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from services.logs import configure_logging
-from services.processes import die_with_parent
+from core.logs import configure_logging
+from core.processes import die_with_parent
 from streams.detect import DetectorSpec, Judge, Judged, Reference
 from streams.windows import ClosedWindow
 

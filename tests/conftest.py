@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from core.processes import stop_process
+from core.settings import Settings
 from schemas.errors import BrokerError
 from services import sample_data
 from services.broker import free_port, start_broker
-from services.processes import stop_process
-from services.settings import Settings
 
 from .helpers import WorkerStack
 

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.settings import Settings
+from core.settings import Settings
 
 #: Class names as stored in Detoxify's ``original`` checkpoint (Detoxify renames them on load).
 JIGSAW_CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]

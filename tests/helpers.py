@@ -15,11 +15,11 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
+from core.processes import spawn_worker, stop_process, wait_until_healthy
+from core.settings import Topics
 from schemas.errors import LoopwatchError
 from services.broker import free_port
-from services.processes import spawn_worker, stop_process, wait_until_healthy
 from services.replay import Replayer
-from services.settings import Topics
 from streams.metrics import metric_total
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from core.processes import stop_process
 from schemas.errors import BrokerError
 from services import sample_data
 from services.broker import free_port, start_broker
-from services.kafka import existing_topics
-from services.processes import stop_process
 from services.worker import EXIT_STOP_TIMEOUT
 from streams.broker_watch import EXIT_TOPICS_MISSING
+from streams.kafka import existing_topics
 
 from .helpers import WorkerStack
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTING_NAMES = {f"LOOPWATCH_{name.upper()}" for name in Settings.model_fields}
@@ -172,7 +172,7 @@ def test_the_copied_files_install_into_a_fresh_venv_and_build_the_app(tmp_path: 
     check = f"""
 import streams.app
 from retrain_trigger.policy import load_policy
-from services.settings import Settings
+from core.settings import Settings
 from streams.app import create_app
 assert streams.app.__file__.startswith({site!r}), streams.app.__file__
 create_app(Settings(data_dir={str(tmp_path / "state")!r}))

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from core.settings import Settings
 from retrain_trigger.control import SIGNATURE_HEADER, ControlEvent, Refused, check, sign, signature_headers
 from retrain_trigger.silence import Silence, Silences, parse_matcher
 from retrain_trigger.stable import StableVersionMarked
-from services.settings import Settings
 from streams.control import ControlFollower
 from streams.detect import References
 from streams.metrics import Metrics

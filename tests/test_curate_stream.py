@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from core.settings import Settings
 from curation import DATASET_KINDS
 from curation.rules import curate
 from curation.store import DatasetStore
 from detectors.scorers import ProfanityScorer
 from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef
 from services import sample_data
-from services.settings import Settings
 from streams.curate_stage import toxicity_verdicts
 from tests.helpers import WorkerStack
 

@@ -207,7 +207,7 @@ from curation.rules import curate
 from curation.store import DatasetStore
 from tests.test_dataset_store import NOW, real_records
 from services import sample_data
-from services.settings import Settings
+from core.settings import Settings
 pairs = [e for _, p in zip(range(150), sample_data.hh_rlhf(Settings().sample_data)) for e in p]
 records = real_records(pairs)
 store = DatasetStore(sys.argv[1])

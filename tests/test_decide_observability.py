@@ -16,7 +16,7 @@ from kafka.admin import NewTopic
 
 from schemas.events import Detection, Segment
 from services.cli import main
-from services.kafka import admin_client
+from streams.kafka import admin_client
 from tests.helpers import WorkerStack
 from tests.test_decide_pipeline import POLICY, detection
 from tests.test_policy_cli import _policy_file

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.settings import Settings
 from services.demo import CANARY_VERSION, run_demo
-from services.settings import Settings
 
 pytestmark = pytest.mark.broker
 

@@ -113,10 +113,9 @@ def test_a_failing_detector_is_reported_and_the_others_still_run() -> None:
 
 def _real_windows(exchanges: list[Any]) -> tuple[ClosedWindow, ClosedWindow]:
     """An inference window and a feedback window of real exchanges, as ingest would build them."""
-    from detectors.frame import feedback_row, log_row
+    from detectors.frame import describe, feedback_row, log_row
     from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef
     from services import sample_data
-    from streams.ingest import describe
 
     rng = random.Random(0)
     source = SourceRef(topic="t", partition=0, offset=0)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from core.settings import Settings
 from detectors import frame, online
 from detectors.base import load_state, save_state
 from detectors.embedding import (
@@ -24,7 +25,6 @@ from detectors.embedding import (
 from detectors.online import OnlineConfig, OnlineEmbeddingMMD
 from schemas.errors import LoopwatchError
 from services import sample_data
-from services.settings import Settings
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic_core import to_json
 
-from detectors.frame import feedback_row, log_row, segment_of
+from detectors.frame import describe, feedback_row, log_row, segment_of
 from schemas.events import (
     MAX_COUNT,
     MAX_NUMBER,
@@ -34,7 +34,7 @@ from schemas.events import (
 from services import sample_data
 from streams import join
 from streams.detect import DEFAULT_SPECS, Judge, Reference, to_detection
-from streams.ingest import Accepted, decode, describe, enriched_json
+from streams.ingest import Accepted, decode, enriched_json
 from streams.windows import BatchSummaries, ClosedWindow, Partial, Windows, WindowSpec
 
 from .helpers import WorkerStack

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detectors.frame import describe
 from schemas.events import (
     MAX_LABELS,
     MAX_TEXT_CHARS,
@@ -20,7 +21,7 @@ from schemas.events import (
     SourceRef,
 )
 from services import sample_data
-from streams.ingest import Accepted, Rejected, dead_letter, decode, describe, out_of_range
+from streams.ingest import Accepted, Rejected, dead_letter, decode, out_of_range
 
 MAX_BYTES = 1_048_576
 
@@ -294,8 +295,9 @@ def test_fuzz_mutated_valid_events(valid, data):
 
 
 def test_spliced_enriched_json_equals_the_model(valid):
+    from detectors.frame import describe
     from schemas.events import EnrichedInference
-    from streams.ingest import describe, enrich, enriched_json
+    from streams.ingest import enrich, enriched_json
 
     raw = _dump(valid)
     outcome = decode(raw, InferenceLog, max_bytes=MAX_BYTES)

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from core.settings import RECORD_HEADROOM, Settings
 from schemas.events import DeadLetter, DeadLetterReason, Feedback, SourceRef
-from services.settings import RECORD_HEADROOM, Settings
 from streams import join
 from streams import outbox as outbox_module
 from streams.ingest import Rejected, dead_letter

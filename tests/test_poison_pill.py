@@ -9,8 +9,8 @@ import json
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from core.settings import Settings
 from services import sample_data
-from services.settings import Settings
 
 from .helpers import WorkerStack, values_json
 from .test_streams import numbered_inference

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 import streams.detect
+from core.logs import RepeatFilter, configure_logging
 from detectors.base import DetectorNotReady
 from services import sample_data
-from services.logs import RepeatFilter, configure_logging
 from streams.detect import DetectorSpec, Judge, Reference
 from streams.windows import ClosedWindow
 

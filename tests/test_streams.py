@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
+from core.processes import stop_process
 from services import sample_data
 from services.broker import free_port, start_broker
-from services.processes import stop_process
 
 from .helpers import WorkerStack, values_json
 

@@ -15,8 +15,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from core.settings import Settings
 from schemas.errors import BrokerError, ConfigError
-from services.settings import Settings
 
 log = logging.getLogger("loopwatch.kafka")
 
