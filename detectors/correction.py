@@ -10,6 +10,7 @@ back the verdicts whose adjusted p-value is no longer significant.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -60,3 +61,26 @@ def correct(findings: Sequence[Finding], method: Method = "bh", alpha: float = 0
             }
         )
     return result
+
+
+@dataclass(frozen=True)
+class Correction:
+    """How a batch of findings is corrected together: the method and the level adjusted p-values must beat.
+
+    The stream, ``detect drift`` and ``detect quality`` all use it; the default
+    is the stream's (Benjamini-Hochberg at the default ``drift_alpha``).
+
+    >>> Correction().method, Correction().alpha
+    ('bh', 0.05)
+    """
+
+    method: Method = "bh"
+    alpha: float = 0.05
+
+    def apply(self, findings: Sequence[Finding]) -> list[Finding]:
+        """The findings corrected together (see :func:`correct`)."""
+        return correct(findings, method=self.method, alpha=self.alpha)
+
+
+#: Benjamini-Hochberg at 0.05: the stream's correction with default settings.
+DEFAULT_CORRECTION = Correction()

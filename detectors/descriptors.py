@@ -18,11 +18,10 @@ from pydantic import Field
 from scipy import stats
 
 from detectors import frame
-from detectors.base import Example, verdict
+from detectors.base import Example, Finding, verdict
 from detectors.drift import (
     ChiSquareConfig,
     ChiSquareDrift,
-    Comparison,
     KSConfig,
     KSDrift,
     UnivariateConfig,
@@ -125,13 +124,15 @@ class FlagRateDrift(UnivariateDrift[FlagRateConfig]):
     def _values(self, window: pd.DataFrame) -> tuple[np.ndarray, int]:
         return flags(column_of(window, self.config.column))
 
-    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Comparison:
+    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Finding:
         flagged = np.array([reference.sum(), current.sum()], dtype=np.int64)
         totals = np.array([len(reference), len(current)], dtype=np.int64)
         p = two_proportion_p_value(flagged, totals)
         rate_reference, rate_current = flagged / totals
         effect = float(abs(rate_current - rate_reference))
-        return Comparison(
+        return self._found(
+            reference,
+            current,
             verdict=verdict(p, self.config.alpha, effect, self.config.min_effect_size),
             statistic=effect,
             p_value=p,

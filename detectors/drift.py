@@ -20,7 +20,6 @@ than a verdict built on noise.
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -52,18 +51,6 @@ class UnivariateConfig(DetectorConfig):
     column: str = Field(min_length=1, description="Window column to compare")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the test")
     min_samples: int = Field(30, ge=2, description="Fewer usable values on either side: verdict ok")
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """What one statistical comparison found, before it becomes a :class:`Finding`."""
-
-    verdict: Verdict
-    statistic: float
-    effect_size: float
-    threshold: float
-    p_value: float | None = None
-    measurements: dict[str, float] = field(default_factory=dict)
 
 
 def column_of(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -143,8 +130,14 @@ class UnivariateDrift(Detector[C]):
         """Usable values of the configured column and the count of missing ones."""
 
     @abstractmethod
-    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Comparison:
-        """The test proper, on values that passed the size guard."""
+    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Finding:
+        """The test proper, on values that passed the size guard (build it with :meth:`_found`)."""
+
+    def _found(self, reference: np.ndarray, current: np.ndarray, **result: Any) -> Finding:
+        """This detector's Finding on these values: ``result`` holds the verdict, statistic, p-value..."""
+        return Finding(
+            detector_id=self.id, reference_size=len(reference), current_size=len(current), **result
+        )
 
     def fit(self, reference: pd.DataFrame) -> None:
         """Keep the reference column's usable values."""
@@ -160,17 +153,7 @@ class UnivariateDrift(Detector[C]):
         if min(len(self._reference), len(values)) < minimum:
             return _too_few(self.id, len(self._reference), len(values), counts, minimum)
         result = self._compare(self._reference, values)
-        return Finding(
-            detector_id=self.id,
-            verdict=result.verdict,
-            reference_size=len(self._reference),
-            current_size=len(values),
-            statistic=result.statistic,
-            p_value=result.p_value,
-            threshold=result.threshold,
-            effect_size=result.effect_size,
-            measurements={**counts, **result.measurements},
-        )
+        return result.model_copy(update={"measurements": {**counts, **result.measurements}})
 
     def state(self) -> dict[str, np.ndarray]:
         """The reference values and how many reference rows were missing."""
@@ -220,10 +203,12 @@ class KSDrift(NumericDrift[KSConfig]):
     id = "drift.ks.v1"
     Config = KSConfig
 
-    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Comparison:
+    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Finding:
         result = stats.ks_2samp(reference, current, method=self.config.method)
         d, p = float(result.statistic), float(result.pvalue)
-        return Comparison(
+        return self._found(
+            reference,
+            current,
             verdict=verdict(p, self.config.alpha, d, self.config.min_effect_size),
             statistic=d,
             p_value=p,
@@ -289,7 +274,7 @@ class WassersteinDrift(NumericDrift[WassersteinConfig]):
     id = "drift.wasserstein.v1"
     Config = WassersteinConfig
 
-    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Comparison:
+    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Finding:
         config = self.config
         scale = robust_scale(reference)
         distance = float(stats.wasserstein_distance(reference, current))
@@ -306,7 +291,9 @@ class WassersteinDrift(NumericDrift[WassersteinConfig]):
             random_state=rng,
         )
         p, effect = float(result.pvalue), distance / scale
-        return Comparison(
+        return self._found(
+            reference,
+            current,
             verdict=verdict(p, config.alpha, effect, config.min_effect_size),
             statistic=distance,
             p_value=p,
@@ -373,7 +360,7 @@ class PSIDrift(NumericDrift[PSIConfig]):
     id = "drift.psi.v1"
     Config = PSIConfig
 
-    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Comparison:
+    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Finding:
         config = self.config
         quantiles = np.linspace(0, 1, config.bins + 1)[1:-1]
         edges = np.unique(np.quantile(reference, quantiles))
@@ -386,7 +373,9 @@ class PSIDrift(NumericDrift[PSIConfig]):
             level = "drift"
         elif p < config.alpha and index >= config.warning_threshold:
             level = "warning"
-        return Comparison(
+        return self._found(
+            reference,
+            current,
             verdict=level,
             statistic=index,
             p_value=p,
@@ -456,11 +445,13 @@ class ChiSquareDrift(CategoricalDrift[ChiSquareConfig]):
     id = "drift.chi2.v1"
     Config = ChiSquareConfig
 
-    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Comparison:
+    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Finding:
         _, table = self._table(reference, current)
         statistic, p = contingency_test(table)
         effect = cramers_v(statistic, int(table.sum()), (2, int((table.sum(axis=0) > 0).sum())))
-        return Comparison(
+        return self._found(
+            reference,
+            current,
             verdict=verdict(p, self.config.alpha, effect, self.config.min_effect_size),
             statistic=statistic,
             p_value=p,
@@ -494,11 +485,13 @@ class JensenShannonDrift(CategoricalDrift[JensenShannonConfig]):
     id = "drift.jensen_shannon.v1"
     Config = JensenShannonConfig
 
-    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Comparison:
+    def _compare(self, reference: np.ndarray, current: np.ndarray) -> Finding:
         _, table = self._table(reference, current)
         distance = float(jensenshannon(table[0], table[1], base=2))
         _, p = contingency_test(table)
-        return Comparison(
+        return self._found(
+            reference,
+            current,
             verdict=verdict(p, self.config.alpha, distance, self.config.threshold),
             statistic=distance,
             p_value=p,

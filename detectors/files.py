@@ -4,8 +4,10 @@ What ``loopwatch detect drift`` runs. Numeric columns get the KS test,
 the others chi-square (both with a minimum effect size, see
 :mod:`detectors.drift`); a text column gets the embedding tests of
 :mod:`detectors.embedding`; then all p-values are corrected together
-(:mod:`detectors.correction`) so twenty columns do not mean twenty chances
-of a false alarm.
+(:func:`detectors.run.run_detectors`, with the stream's correction by
+default) so twenty columns do not mean twenty chances of a false alarm.
+Each test is a :class:`ColumnFinding`: the column, the level it was held to
+and its :class:`~detectors.base.Finding`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from detectors.base import Detector, Finding, Verdict
-from detectors.correction import Method, correct
-from detectors.drift import TEST_NAMES, categorical_detector, numeric_detector
+from detectors.base import Finding
+from detectors.correction import Correction, Method
+from detectors.drift import TEST_NAMES, ChiSquareDrift, KSDrift
+from detectors.run import DetectorRun, Judged, run_detectors
 from schemas.errors import ConfigError
 
 #: Readers by file extension (before any ``.gz``).
@@ -76,25 +79,60 @@ def _names_are_numbers(names: pd.Index) -> bool:
     return True
 
 
-class DriftTest(BaseModel):
-    """One test of one column (or of the text column's embeddings)."""
+class ColumnFinding(BaseModel):
+    """One test of one column (or of the text column's embeddings): its Finding and the level it was held to.
+
+    Serialised flat, one entry per test as ``detect drift`` prints it.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     column: str
-    test: str
-    detector_id: str
-    statistic: float | None
-    p_value: float | None
-    p_value_adjusted: float | None
-    effect_size: float | None
     alpha: float = Field(description="Level the adjusted p-value is compared with")
-    min_effect_size: float | None = Field(description="Smallest effect that counts as drift (else a warning)")
-    verdict: Verdict
-    drift: bool
-    reference_size: int
-    current_size: int
-    measurements: dict[str, float] = Field(default_factory=dict)
+    finding: Finding
+
+    @property
+    def test(self) -> str:
+        """The short test name (``ks``, ``chi2``, ``embedding_mmd``...)."""
+        detector_id = self.finding.detector_id
+        return TEST_NAMES.get(detector_id, detector_id.split(".")[1])
+
+    @property
+    def p_value_adjusted(self) -> float | None:
+        """The p-value after the correction, None when the test gave no p-value."""
+        return self.finding.measurements.get("p_value_adjusted")
+
+    @property
+    def min_effect_size(self) -> float | None:
+        """Smallest effect that counts as drift (else a warning)."""
+        # The embedding tests put alpha in ``threshold`` and their minimum effect in the
+        # measurements; KS and chi-square put the minimum effect in ``threshold``.
+        return self.finding.measurements.get("min_effect_size", self.finding.threshold)
+
+    @property
+    def drift(self) -> bool:
+        """The verdict is ``drift``."""
+        return self.finding.verdict == "drift"
+
+    @model_serializer
+    def _flat(self) -> dict[str, Any]:
+        finding = self.finding
+        return {
+            "column": self.column,
+            "test": self.test,
+            "detector_id": finding.detector_id,
+            "statistic": finding.statistic,
+            "p_value": finding.p_value,
+            "p_value_adjusted": self.p_value_adjusted,
+            "effect_size": finding.effect_size,
+            "alpha": self.alpha,
+            "min_effect_size": self.min_effect_size,
+            "verdict": finding.verdict,
+            "drift": self.drift,
+            "reference_size": finding.reference_size,
+            "current_size": finding.current_size,
+            "measurements": finding.measurements,
+        }
 
 
 class DriftReport(BaseModel):
@@ -107,7 +145,7 @@ class DriftReport(BaseModel):
     correction: Method
     reference_rows: int
     current_rows: int
-    tests: list[DriftTest]
+    tests: list[ColumnFinding]
     skipped: dict[str, str] = Field(default_factory=dict, description="Columns not tested, and why")
 
 
@@ -145,11 +183,10 @@ def _columns_to_test(
     return chosen, skipped
 
 
-def _detector_for(reference: pd.Series, current: pd.Series, column: str, alpha: float) -> Detector[Any]:
-    """KS when both sides hold numbers, chi-square otherwise."""
-    if _is_numeric(reference) and _is_numeric(current):
-        return numeric_detector(column, alpha)
-    return categorical_detector(column, alpha)
+def _spec_for(reference: pd.Series, current: pd.Series, column: str, alpha: float) -> DetectorRun:
+    """KS when both sides hold numbers, chi-square otherwise (each with its default minimum effect size)."""
+    detector_id = KSDrift.id if _is_numeric(reference) and _is_numeric(current) else ChiSquareDrift.id
+    return DetectorRun(detector_id, {"column": column, "alpha": alpha})
 
 
 def _text_findings(
@@ -163,29 +200,6 @@ def _text_findings(
             raise DataFileError(f"{name} has no text column {text_column!r}")
     texts = [data[text_column].dropna().astype(str).tolist() for data in (reference, current)]
     return text_drift(texts[0], texts[1], seed=seed)
-
-
-def _as_test(column: str, finding: Finding, alpha: float) -> DriftTest:
-    """A finding as one row of the report."""
-    # The embedding tests put alpha in ``threshold`` and their minimum effect in the
-    # measurements; KS and chi-square put the minimum effect in ``threshold``.
-    min_effect = finding.measurements.get("min_effect_size", finding.threshold)
-    return DriftTest(
-        column=column,
-        test=TEST_NAMES.get(finding.detector_id, finding.detector_id.split(".")[1]),
-        detector_id=finding.detector_id,
-        statistic=finding.statistic,
-        p_value=finding.p_value,
-        p_value_adjusted=finding.measurements.get("p_value_adjusted"),
-        effect_size=finding.effect_size,
-        alpha=alpha,
-        min_effect_size=min_effect,
-        verdict=finding.verdict,
-        drift=finding.verdict == "drift",
-        reference_size=finding.reference_size,
-        current_size=finding.current_size,
-        measurements=finding.measurements,
-    )
 
 
 def drift_report(
@@ -204,24 +218,23 @@ def drift_report(
     >>> before = pd.DataFrame({"x": rng.normal(0, 1, 500), "y": rng.choice(["a", "b"], 500)})
     >>> after = pd.DataFrame({"x": rng.normal(1, 1, 500), "y": rng.choice(["a", "b"], 500)})
     >>> report = drift_report(before, after)
-    >>> report.drift, [(test.column, test.test, test.verdict) for test in report.tests]
+    >>> report.drift, [(test.column, test.test, test.finding.verdict) for test in report.tests]
     (True, [('x', 'ks', 'drift'), ('y', 'chi2', 'ok')])
     """
     chosen, skipped = _columns_to_test(reference, current, columns, text_column)
     if not chosen and text_column is None:
         raise DataFileError(_nothing_to_test(reference, current, skipped))
-    labelled: list[tuple[str, Finding]] = []
-    for column in chosen:
-        detector = _detector_for(reference[column], current[column], column, alpha)
-        detector.fit(reference)
-        labelled.append((column, detector.detect(current)))
+    specs = [_spec_for(reference[column], current[column], column, alpha) for column in chosen]
+    # The embedding tests read the text column without its missing values, so they run apart.
+    labels, computed = list(chosen), []
     if text_column is not None:
-        labelled += [
-            (text_column, finding) for finding in _text_findings(reference, current, text_column, seed)
-        ]
-    corrected = correct([finding for _, finding in labelled], method=correction, alpha=alpha)
+        for finding in _text_findings(reference, current, text_column, seed):
+            labels.append(text_column)
+            computed.append(Judged({"column": text_column}, finding))
+    judged = run_detectors(specs, reference, current, Correction(correction, alpha), computed=computed)
     tests = [
-        _as_test(column, finding, alpha) for (column, _), finding in zip(labelled, corrected, strict=True)
+        ColumnFinding(column=column, alpha=alpha, finding=item.finding)
+        for column, item in zip(labels, judged, strict=True)
     ]
     return DriftReport(
         drift=any(test.drift for test in tests),
@@ -255,13 +268,13 @@ def format_table(report: DriftReport) -> str:
             (
                 test.column,
                 test.test,
-                _number(test.statistic),
-                _number(test.p_value),
+                _number(test.finding.statistic),
+                _number(test.finding.p_value),
                 _number(test.p_value_adjusted),
                 _number(test.alpha),
-                _number(test.effect_size),
+                _number(test.finding.effect_size),
                 _number(test.min_effect_size),
-                test.verdict.upper() if test.drift else test.verdict,
+                test.finding.verdict.upper() if test.drift else test.finding.verdict,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -23,7 +23,9 @@ _MODULES = (
     "detectors.embedding",
     "detectors.online",
     "detectors.toxicity",
-    "detectors.quality",
+    "detectors.feedback",
+    "detectors.serving",
+    "detectors.canary",
 )
 _REGISTRY: dict[str, type[Detector[Any]]] = {}
 

@@ -47,5 +47,8 @@ def render_drift_report(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
+    # Written aside and renamed: a reader that sees the path (a Detection links it) sees the whole report.
+    partial = path.with_name(f".{path.name}.partial")
+    snapshot.save_html(str(partial))
+    partial.replace(path)
     return path

@@ -94,7 +94,7 @@ def _judge(pairs: Iterator[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[Rate, Ra
         report = drift_report(reference, current)
         trials += 1
         drift += report.drift
-        raw += any(test.p_value is not None and test.p_value < 0.05 for test in report.tests)
+        raw += any(test.finding.p_value is not None and test.finding.p_value < 0.05 for test in report.tests)
     seconds = (time.perf_counter() - start) / max(trials, 1)
     return Rate(drift, trials), Rate(raw, trials), seconds
 

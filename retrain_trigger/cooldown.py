@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from retrain_trigger.policy import RateLimit
 from retrain_trigger.state import State
+
+if TYPE_CHECKING:
+    from retrain_trigger.context import Candidate, DecideContext
 
 
 class CooldownState(State):
@@ -35,3 +39,20 @@ class CooldownState(State):
         self.last[f"{action}|{group}"] = now
         recent = [t for t in self.history.get(action, []) if now - t < limit.per]
         self.history[action] = [*recent, now]
+
+
+class CooldownStage:
+    """Cooldown: an action too soon after the last one for its group, or over the rate limit, stops here."""
+
+    def run(self, ctx: DecideContext, candidate: Candidate) -> bool:
+        """False (and why) while the incident's group is cooling down or its action kind is capped."""
+        rule = candidate.rule
+        assert rule is not None, "the cooldown stage runs after dedup"
+        policy = ctx.policy
+        reason = ctx.state.cooldown.check(
+            rule.action, candidate.action_key, ctx.now, policy.cooldown_for(rule), policy.rate_limit
+        )
+        if reason is None:
+            return True
+        ctx.log("cooldown", candidate.subject, False, reason)
+        return False

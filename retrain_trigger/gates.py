@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from retrain_trigger.alerts import AlertRecord
 from retrain_trigger.policy import Rule
 from schemas.events import Detection
+
+if TYPE_CHECKING:
+    from retrain_trigger.context import DecideContext
 
 Outcome = Literal["breach", "clear", "skip"]
 
 
-@dataclass(frozen=True)
-class Evidence:
+# NamedTuples, not frozen dataclasses: two are built per rule and detection, and a
+# frozen dataclass pays object.__setattr__ for every field.
+class Evidence(NamedTuple):
     """What one window says for one rule: a breach, a clear window, or no evidence (skipped)."""
 
     outcome: Outcome
@@ -35,8 +39,7 @@ def judge(rule: Rule, detection: Detection) -> Evidence:
     return Evidence("breach", f"verdict {detection.verdict}")
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """The counters after one window, and whether the alert fires or resolves on it."""
 
     breaches: int
@@ -54,3 +57,85 @@ def step(rule: Rule, firing: bool, breaches: int, clears: int, outcome: Outcome)
         return Step(breaches, clears, not firing and breaches >= rule.gates.for_windows, False)
     breaches, clears = 0, clears + 1
     return Step(breaches, clears, False, firing and clears >= rule.gates.resolve_windows)
+
+
+class GatesStage:
+    """Gates: each matched rule's evidence moves its alert to pending, firing or resolved (or resets it)."""
+
+    def run(self, ctx: DecideContext) -> bool:
+        """Update the alerts of the matched rules; ``ctx.changed`` when one fired or resolved."""
+        detection = ctx.detection
+        if detection is None:
+            return True
+        segment = detection.segment
+        alerts = ctx.state.book.alerts
+        now, log, alert_id = ctx.now, ctx.log, ctx.index.alert_id
+        # This runs per rule and detection: without explain, no reason text is even built.
+        explain = ctx.explain
+        for rule in ctx.matched:
+            evidence = judge(rule, detection)
+            fp, labels = alert_id(rule, detection)
+            subject = (
+                f"{rule.name} {detection.detector_id} {segment.model}/{segment.model_version}"
+                if explain
+                else ""
+            )
+            record = alerts.get(fp)
+            if record is None and evidence.outcome != "breach":
+                if explain:
+                    log("gates", subject, False, f"{evidence.reason}: nothing to do")
+                continue
+            firing = record is not None and record.status == "firing"
+            counters = step(
+                rule,
+                firing,
+                record.breaches if record else 0,
+                record.clears if record else 0,
+                evidence.outcome,
+            )
+            if record is None:
+                record = AlertRecord(
+                    fingerprint=fp,
+                    rule=rule.name,
+                    labels=labels,
+                    starts_at=detection.window_start,
+                    last_seen=now,
+                )
+                alerts[fp] = record
+            record.breaches, record.clears, record.last_seen = counters.breaches, counters.clears, now
+            if evidence.outcome == "breach":
+                record.remember(detection)
+            if counters.fires:
+                record.status = "firing"
+                ctx.changed = True
+                if explain:
+                    log(
+                        "gates",
+                        subject,
+                        True,
+                        f"{evidence.reason}: fires after {counters.breaches} window(s)",
+                    )
+            elif counters.resolves:
+                del alerts[fp]
+                ctx.resolved.append((record, detection.window_end))
+                ctx.changed = True
+                if explain:
+                    log(
+                        "gates",
+                        subject,
+                        True,
+                        f"{evidence.reason}: resolves after {counters.clears} clear window(s)",
+                    )
+            elif evidence.outcome == "clear" and record.status == "pending":
+                del alerts[fp]
+                if explain:
+                    log("gates", subject, False, f"{evidence.reason}: pending alert reset")
+            elif explain:
+                need = rule.gates.for_windows if evidence.outcome == "breach" else rule.gates.resolve_windows
+                have = counters.breaches if evidence.outcome == "breach" else counters.clears
+                if firing and evidence.outcome == "breach":
+                    progress = f"still firing ({have} breaching windows)"
+                else:
+                    progress = f"{record.status}, {have} of {need} window(s)"
+                log("gates", subject, False, f"{evidence.reason}: {progress}")
+        return True

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 from retrain_trigger.policy import InhibitRule
+
+if TYPE_CHECKING:
+    from retrain_trigger.context import Candidate, DecideContext
 
 
 def labels_match(patterns: dict[str, str], labels: dict[str, str]) -> bool:
@@ -33,3 +37,16 @@ def inhibited_by(
             if all(source_labels.get(n, "") == target_labels.get(n, "") for n in rule.equal):
                 return source_fp
     return None
+
+
+class InhibitStage:
+    """Inhibit: a firing alert muted by another firing alert of the policy's inhibit rules stops here."""
+
+    def run(self, ctx: DecideContext, candidate: Candidate) -> bool:
+        """False (and a log line naming the muting alert) when another firing alert inhibits this one."""
+        record = candidate.record
+        source = inhibited_by((record.fingerprint, record.labels), ctx.firing, ctx.policy.inhibit)
+        if source is None:
+            return True
+        ctx.log("inhibit", candidate.subject, False, f"muted by firing alert {source}")
+        return False

@@ -1,6 +1,8 @@
-"""Notifiers: pages for alert groups to a webhook, Slack, PagerDuty (Events API v2) or Alertmanager.
+"""Notify: pages for alert groups to a webhook, Slack, PagerDuty (Events API v2) or Alertmanager.
 
-Payloads are built by pure functions. Delivery is asynchronous: :class:`Dispatcher`
+Each integration is one notifier class in ``notifiers/`` (its receiver settings,
+its payload as a pure function, and its request), chosen by the type of the
+receiver settings (``notifiers.NOTIFIERS``). Delivery is asynchronous: :class:`Dispatcher`
 keeps one bounded queue and a few sender tasks per receiver, so a slow or dead
 endpoint delays nobody else and never the stream. Each delivery has a timeout and
 retries with exponential backoff when retrying can help (timeouts, connection
@@ -14,73 +16,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict
 
 from retrain_trigger.alerts import Notification
-from retrain_trigger.policy import Severity
-from schemas.errors import PublishError
+from retrain_trigger.notifiers import NOTIFIERS, ReceiverConfig, notifier_for
+from retrain_trigger.notifiers.alertmanager import AlertmanagerReceiver, alertmanager_payload
+from retrain_trigger.notifiers.base import DeliveryError, Notifier, Receiver
+from retrain_trigger.notifiers.pagerduty import (
+    PAGERDUTY_EVENTS_URL,
+    PagerDutyReceiver,
+    pagerduty_dedup_key,
+    pagerduty_payload,
+)
+from retrain_trigger.notifiers.slack import SlackReceiver, slack_payload
+from retrain_trigger.notifiers.webhook import WebhookReceiver, webhook_payload
+
+__all__ = [
+    "NOTIFIERS",
+    "PAGERDUTY_EVENTS_URL",
+    "AlertmanagerReceiver",
+    "DeliveryError",
+    "DeliveryFailure",
+    "Dispatcher",
+    "Notifier",
+    "PagerDutyReceiver",
+    "Receiver",
+    "ReceiverConfig",
+    "SlackReceiver",
+    "WebhookReceiver",
+    "alertmanager_payload",
+    "backoff",
+    "deliver",
+    "notifier_for",
+    "pagerduty_dedup_key",
+    "pagerduty_payload",
+    "render",
+    "slack_payload",
+    "webhook_payload",
+]
 
 log = logging.getLogger(__name__)
 
-PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 _SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
-_ZERO_TIME = "0001-01-01T00:00:00Z"
-
-
-class _Receiver(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, description="Receiver name, used in logs and failure records")
-    min_severity: Severity = Field("info", description="Pages below this severity are not sent here")
-    timeout_seconds: float = Field(5.0, gt=0, description="Per attempt")
-    retries: int = Field(3, ge=0, description="Retries after the first attempt (recoverable errors only)")
-    backoff_seconds: float = Field(0.5, ge=0, description="First retry delay; doubles each retry")
-    max_backoff_seconds: float = Field(30.0, ge=0)
-
-
-class WebhookReceiver(_Receiver):
-    """A generic JSON webhook: the Notification as JSON."""
-
-    kind: Literal["webhook"] = "webhook"
-    url: SecretStr
-
-
-class SlackReceiver(_Receiver):
-    """A Slack incoming webhook (the URL holds the token)."""
-
-    kind: Literal["slack"] = "slack"
-    url: SecretStr
-
-
-class PagerDutyReceiver(_Receiver):
-    """PagerDuty Events API v2: trigger and resolve with ``dedup_key`` = the alert group."""
-
-    kind: Literal["pagerduty"] = "pagerduty"
-    routing_key: SecretStr
-    url: str = PAGERDUTY_EVENTS_URL
-
-
-class AlertmanagerReceiver(_Receiver):
-    """A receiver that understands Alertmanager's webhook payload (version 4)."""
-
-    kind: Literal["alertmanager"] = "alertmanager"
-    url: SecretStr
-    external_url: str = ""
-
-
-ReceiverConfig = Annotated[
-    WebhookReceiver | SlackReceiver | PagerDutyReceiver | AlertmanagerReceiver, Field(discriminator="kind")
-]
 
 
 class DeliveryFailure(BaseModel):
@@ -102,143 +88,16 @@ class DeliveryFailure(BaseModel):
     notification: Notification
 
 
-# --------------------------------------------------------------------------
-# Payloads (pure)
-
-
-def _time(value: datetime | None) -> str:
-    return value.isoformat().replace("+00:00", "Z") if value else _ZERO_TIME
-
-
-def webhook_payload(notification: Notification) -> dict[str, Any]:
-    """The generic webhook body: the Notification itself, versioned."""
-    return {"version": "1", **notification.model_dump(mode="json")}
-
-
-def slack_payload(notification: Notification) -> dict[str, Any]:
-    """A Slack incoming-webhook message: a fallback ``text`` and one block per alert."""
-    icon = ":white_check_mark:" if notification.status == "resolved" else ":rotating_light:"
-    title = f"{icon} [{notification.status.upper()}] {notification.severity} {notification.group_key}"
-    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": title[:150]}}]
-    for alert in notification.alerts[:20]:
-        notes = notification.annotations.get(alert.fingerprint, {})
-        line = f"*{alert.summary}*\nsince {_time(alert.starts_at)}"
-        if "runbook_url" in notes:
-            line += f" · <{notes['runbook_url']}|runbook>"
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": line[:3000]}})
-    return {"text": title, "blocks": blocks}
-
-
-def pagerduty_dedup_key(group_key: str) -> str:
-    """One PagerDuty incident per alert group: later triggers update it, resolve closes it."""
-    return "loopwatch-" + hashlib.sha256(group_key.encode()).hexdigest()[:32]
-
-
-def pagerduty_payload(notification: Notification, routing_key: str) -> dict[str, Any]:
-    """A PagerDuty Events API v2 event (trigger or resolve)."""
-    body: dict[str, Any] = {
-        "routing_key": routing_key,
-        "event_action": "resolve" if notification.status == "resolved" else "trigger",
-        "dedup_key": pagerduty_dedup_key(notification.group_key),
-    }
-    if notification.status == "resolved":
-        return body
-    first = notification.alerts[0]
-    summary = (
-        first.summary
-        if len(notification.alerts) == 1
-        else f"{len(notification.alerts)} alerts: {first.summary}"
-    )
-    body["payload"] = {
-        "summary": summary[:1024],
-        "source": notification.group_labels.get("model", "loopwatch"),
-        "severity": notification.severity,
-        "timestamp": _time(notification.sent_at),
-        "component": first.labels.get("model_version", ""),
-        "group": notification.group_key,
-        "class": first.labels.get("detector", ""),
-        "custom_details": {a.fingerprint: a.labels for a in notification.alerts},
-    }
-    runbooks = {n["runbook_url"] for n in notification.annotations.values() if "runbook_url" in n}
-    body["links"] = [{"href": url, "text": "runbook"} for url in sorted(runbooks)]
-    return body
-
-
-def alertmanager_payload(notification: Notification, receiver: str, external_url: str = "") -> dict[str, Any]:
-    """Alertmanager's webhook payload (version 4): groupKey, status, common labels, alerts[]."""
-    alerts = notification.alerts
-    common = dict(set.intersection(*(set(a.labels.items()) for a in alerts))) if alerts else {}
-    notes = [notification.annotations.get(a.fingerprint, {}) for a in alerts]
-    common_notes = dict(set.intersection(*(set(n.items()) for n in notes))) if notes else {}
-    return {
-        "version": "4",
-        "groupKey": notification.group_key,
-        "truncatedAlerts": 0,
-        "status": notification.status,
-        "receiver": receiver,
-        "groupLabels": notification.group_labels,
-        "commonLabels": common,
-        "commonAnnotations": common_notes,
-        "externalURL": external_url,
-        "alerts": [
-            {
-                "status": a.status,
-                "labels": a.labels,
-                "annotations": notification.annotations.get(a.fingerprint, {}),
-                "startsAt": _time(a.starts_at),
-                "endsAt": _time(a.ends_at),
-                "generatorURL": "",
-                "fingerprint": a.fingerprint,
-            }
-            for a in alerts
-        ],
-    }
-
-
 def render(receiver: ReceiverConfig, notification: Notification) -> tuple[str, dict[str, Any]]:
-    """The URL and JSON body for one receiver (the only place secrets are revealed)."""
-    if isinstance(receiver, SlackReceiver):
-        return receiver.url.get_secret_value(), slack_payload(notification)
-    if isinstance(receiver, PagerDutyReceiver):
-        return receiver.url, pagerduty_payload(notification, receiver.routing_key.get_secret_value())
-    if isinstance(receiver, AlertmanagerReceiver):
-        return receiver.url.get_secret_value(), alertmanager_payload(
-            notification, receiver.name, receiver.external_url
-        )
-    return receiver.url.get_secret_value(), webhook_payload(notification)
+    """The URL and JSON body for one receiver (its integration's notifier builds them)."""
+    return notifier_for(receiver).request(notification)
 
 
 # --------------------------------------------------------------------------
 # Delivery
 
 
-class DeliveryError(PublishError):
-    """One failed delivery; the message names no URL or key, and ``attempts`` counts the tries."""
-
-    def __init__(self, message: str, *, recoverable: bool, attempts: int = 1, http_status: int | None = None):
-        super().__init__(message, recoverable=recoverable)
-        self.attempts = attempts
-        self.http_status = http_status
-
-
-async def _post_once(session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout: float) -> None:
-    """One POST; raises DeliveryError saying whether a retry can help."""
-    try:
-        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            await response.read()
-            status = response.status
-    except TimeoutError as exc:
-        raise DeliveryError(f"timed out after {timeout:g}s", recoverable=True) from exc
-    except aiohttp.ClientError as exc:
-        # str(exc) of aiohttp errors can contain the URL (and so a token): only the type is kept.
-        raise DeliveryError(f"connection failed ({type(exc).__name__})", recoverable=True) from exc
-    if 200 <= status < 300:
-        return
-    recoverable = status >= 500 or status == 429
-    raise DeliveryError(f"HTTP {status}", recoverable=recoverable, http_status=status)
-
-
-def backoff(receiver: _Receiver, attempt: int, rng: random.Random) -> float:
+def backoff(receiver: Receiver, attempt: int, rng: random.Random) -> float:
     """Delay before retry number ``attempt`` (0-based): doubling, capped, with jitter of up to +25%."""
     base = min(receiver.max_backoff_seconds, receiver.backoff_seconds * 2**attempt)
     return base * (1 + 0.25 * rng.random())
@@ -252,10 +111,10 @@ async def deliver(
 ) -> int:
     """Send one page with retries; returns the attempts used, raises DeliveryError when it finally fails."""
     rng = rng or random.Random()
-    url, body = render(receiver, notification)
+    notifier = notifier_for(receiver)
     for attempt in range(receiver.retries + 1):
         try:
-            await _post_once(session, url, body, receiver.timeout_seconds)
+            await notifier.notify(session, notification)
             return attempt + 1
         except DeliveryError as exc:
             exc.attempts = attempt + 1

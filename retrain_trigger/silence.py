@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from retrain_trigger.alerts import Notification, fingerprint
 from retrain_trigger.state import State
 from schemas.events import Alert
+
+if TYPE_CHECKING:
+    from retrain_trigger.context import Candidate, DecideContext
 
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
 # A regex that accepts both accepts about anything a (non-empty) label holds.
@@ -199,3 +202,16 @@ class Silences(State):
         if len(found) != 1:
             raise KeyError(prefix)
         return found[0]
+
+
+class SilenceStage:
+    """Silence: a firing alert that an active silence matches stops here (no page, no action)."""
+
+    def run(self, ctx: DecideContext, candidate: Candidate) -> bool:
+        """False (and a log line naming the silence) when a silence mutes this alert now."""
+        silence = ctx.silences.muting(candidate.record.labels, ctx.now)
+        if silence is None:
+            return True
+        reason = f"silenced by {silence.id} until {silence.ends_at.isoformat()} ({silence.comment})"
+        ctx.log("silence", candidate.subject, False, reason)
+        return False

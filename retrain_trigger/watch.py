@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from detectors.base import verdict
 from detectors.correction import adjust
-from detectors.quality import compare_proportions
+from detectors.quality_checks import compare_proportions
 from retrain_trigger.actions import Judgement, MetricComparison, RollbackOutcome
 from retrain_trigger.policy import Verify
 from retrain_trigger.state import State

@@ -79,3 +79,13 @@ def start_broker(port: int, host: str = "127.0.0.1", *, quiet: bool = True) -> s
         time.sleep(0.05)
     stop_process(process)
     raise BrokerError(f"the embedded broker did not listen on {host}:{port} within 15s")
+
+
+def wait_then_stop(process: subprocess.Popen[bytes]) -> None:
+    """Wait until the broker exits or Ctrl-C, then stop it (a foreground ``loopwatch broker``)."""
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_process(process)

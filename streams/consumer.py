@@ -14,17 +14,14 @@ falls back to faust's original race only while the flow is suspended (during
 a rebalance), so the rebalance behaviour is unchanged. Offsets, gaps, acks
 and commits go through faust's own methods as before.
 
-Batch delivery: messages of topics registered in ``app.batch_routes`` skip
-faust's per-message Event and stream machinery altogether; each fetch is
-handed to the topic's handler as one list and acked afterwards, so faust's
-commit covers exactly what was handled (see :mod:`streams.app`).
-
-Stages side by side: each route names its stage (ingest, curate, detect,
-decide). A stage handles its batches one at a time, in order, but the stages
-run concurrently, and the fetch loop goes on while they work. Batches that
-arrive while their stage is busy wait, merged into larger ones. Before, a
-curation batch waiting for its Delta commit (a few hundred ms) held up the
-fetch loop and with it every hop from an incident to its rollback.
+Batch delivery: messages of the stages' input topics (``app.runtime.route``)
+skip faust's per-message Event and stream machinery altogether; each fetch is
+handed to the stage runtime (:mod:`streams.runtime`) as one list, and the
+runtime acks the messages once their effects are performed, so faust's commit
+covers exactly what was handled. The stages run concurrently and the fetch
+loop goes on while they work: before, a curation batch waiting for its Delta
+commit (a few hundred ms) held up the fetch loop and with it every hop from an
+incident to its rollback.
 
 End offsets: see :meth:`FastDrainConsumer.highwaters`.
 """
@@ -33,9 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -43,8 +39,6 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 FETCH_MAX_WAIT_MS = 100
-
-BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
 
 class FastDrainConsumer(faust_aiokafka.Consumer):
@@ -54,20 +48,14 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
     #: timers are served while a large fetch is drained.
     yield_every = 1_000
 
-    #: Most messages handed to a batch handler at once: large fetches keep the
+    #: Most messages handed to a stage at once: large fetches keep the
     #: consumer busy, bounded batches keep latency and memory in check.
     max_batch = 2_000
 
-    #: Messages that may wait for a busy stage before the fetch loop waits too.
-    max_waiting = 10_000
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._stages: dict[str, StageQueue] = {}
-
     async def _drain_messages(self, fetcher: Any) -> None:
         callback = self.callback
-        batch_routes = getattr(self.app, "batch_routes", {})
+        runtime = cast(Any, self.app).runtime
+        batch_routes = runtime.route
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
         suspended = self.suspend_flow.is_set
@@ -104,7 +92,7 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
                         batch = batches.setdefault(message.topic, [])
                         batch.append(message)
                         if len(batch) >= self.max_batch:
-                            await self._deliver_batch(batch_routes[message.topic], batch)
+                            await runtime.put_batch(message.topic, batch)
                             batches[message.topic] = []
                     elif suspended():
                         await self.wait_first(callback(message), self.suspend_flow.wait())
@@ -113,7 +101,7 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
                     set_read_offset(tp, offset)
                 for topic, messages in batches.items():
                     if messages:
-                        await self._deliver_batch(batch_routes[topic], messages)
+                        await runtime.put_batch(topic, messages)
                 self._report_progress(batch_routes)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -144,38 +132,14 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    async def _deliver_batch(self, route: Any, messages: list[Any]) -> None:
-        """Queue a batch for its stage (waits only while the stage is far behind)."""
-        if route.stage not in self._stages:
-            self._stages[route.stage] = StageQueue(self._handle_batch, self.max_batch, self.max_waiting)
-        await self._stages[route.stage].put(route.handler, messages)
-
     async def wait_empty(self) -> None:
-        """Also wait for the stages' batches (faust waits only for its own streams' messages).
+        """Also wait for the stages' work (faust waits only for its own streams' messages).
 
         faust calls this before it commits and gives partitions up in a
         rebalance, and when it stops.
         """
-        for stage in self._stages.values():
-            await stage.join()
+        await cast(Any, self.app).runtime.join()
         await super().wait_empty()
-
-    async def _handle_batch(self, handler: Any, messages: list[Any]) -> None:
-        """Run a batch handler, then ack its messages so faust's next commit covers them.
-
-        A handler must not raise on bad input (it dead-letters it); if it raises anyway
-        the messages stay unacked, their offsets are not committed, and the worker
-        crashes so that a restart re-processes them (at-least-once).
-        """
-        try:
-            await handler(messages)
-        except Exception as exc:
-            self.log.exception("batch handler failed on %d messages", len(messages))
-            await self.crash(exc)
-            return
-        ack = self.ack
-        for message in messages:
-            ack(message)
 
     async def rejoin_group(self) -> None:
         """Refresh topic metadata and rejoin the consumer group (after topics were recreated).
@@ -224,54 +188,6 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
         finally:
             await probe.stop()
         return ends
-
-
-class StageQueue:
-    """The batches one stage has yet to handle, handled in order by one task at a time.
-
-    A batch that arrives while the stage is busy joins the last waiting batch of
-    the same handler (up to ``max_batch`` messages), so a stage that waits on
-    I/O gets fewer, larger batches. :meth:`put` waits only once ``max_waiting``
-    messages are waiting: that is the back-pressure on the fetch loop.
-    """
-
-    def __init__(
-        self,
-        handle: Callable[[BatchHandler, list[Any]], Awaitable[None]],
-        max_batch: int,
-        max_waiting: int,
-    ) -> None:
-        self.handle = handle
-        self.max_batch = max_batch
-        self.max_waiting = max_waiting
-        self.waiting: deque[tuple[BatchHandler, list[Any]]] = deque()
-        self.waiting_messages = 0
-        self.running: asyncio.Future[None] | None = None
-
-    async def put(self, handler: BatchHandler, messages: list[Any]) -> None:
-        """Queue ``messages`` for ``handler``, and start the stage's task if it is idle."""
-        while self.waiting_messages >= self.max_waiting and self.running is not None:
-            await asyncio.shield(self.running)
-        last = self.waiting[-1] if self.waiting else None
-        if last is not None and last[0] == handler and len(last[1]) + len(messages) <= self.max_batch:
-            last[1].extend(messages)
-        else:
-            self.waiting.append((handler, list(messages)))
-        self.waiting_messages += len(messages)
-        if self.running is None or self.running.done():
-            self.running = asyncio.ensure_future(self._run())
-
-    async def join(self) -> None:
-        """Wait until every queued batch has been handled."""
-        while self.running is not None and not self.running.done():
-            await asyncio.shield(self.running)
-
-    async def _run(self) -> None:
-        # Batches queued while one is handled are picked up by this same loop.
-        while self.waiting:
-            handler, messages = self.waiting.popleft()
-            self.waiting_messages -= len(messages)
-            await self.handle(handler, messages)
 
 
 class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

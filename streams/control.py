@@ -15,7 +15,7 @@ model goes to the decide stage (rollback target) and the detect stage
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,8 @@ log = logging.getLogger("loopwatch.control")
 #: When the marks from ``LOOPWATCH_STABLE_VERSIONS`` count as made: any mark on the topic is newer.
 SETTINGS_MARKED_AT = datetime(1970, 1, 1, tzinfo=UTC)
 
-SilenceHandler = Callable[[Silence], Awaitable[None]]
-StableHandler = Callable[[StableVersionMarked], Awaitable[None]]
+SilenceHandler = Callable[[Silence], None]
+StableHandler = Callable[[StableVersionMarked], None]
 
 
 def settings_marks(settings: Settings) -> list[StableVersionMarked]:
@@ -63,7 +63,11 @@ class ControlFollower:
     def subscribe(
         self, *, silence: SilenceHandler | None = None, stable: StableHandler | None = None
     ) -> None:
-        """Have silences and/or the newest stable mark of each model handed to these coroutines."""
+        """Have silences and/or the newest stable mark of each model handed to these callables.
+
+        The stages subscribe ``runtime.post`` to their name: an event is handled in the
+        stage's queue, like its batches and ticks.
+        """
         if silence is not None:
             self.silence_handlers.append(silence)
         if stable is not None:
@@ -126,7 +130,7 @@ class ControlFollower:
                 event.silence.created_by,
             )
             for on_silence in self.silence_handlers:
-                await on_silence(event.silence)
+                on_silence(event.silence)
         mark = event.stable
         if mark is not None:
             before = self.stable.models.get(mark.model)
@@ -143,7 +147,7 @@ class ControlFollower:
                 "%s %s marked stable (by %s at %s)", mark.model, mark.version, mark.marked_by, mark.marked_at
             )
             for on_stable in self.stable_handlers:
-                await on_stable(mark)
+                on_stable(mark)
 
     async def _refuse(self, record: Any, refused: Refused) -> None:
         self.metrics.control_rejected.labels(refused.reason).inc()

@@ -1,31 +1,36 @@
-"""The curate stage's Kafka edge: joined feedback in, rows in the Delta dataset tables.
+"""The curate stage: joined feedback in, rows in the Delta dataset tables, on the stage runtime.
 
-Each batch of ``loopwatch.feedback-joined.v1`` is scored for toxicity with the
-cheap scorer (flagged requests go to safety review, never to SFT), curated by
-the pure rules in :mod:`curation.rules`, and merged into the Delta tables
-*before* its offsets are acknowledged. A crash between the write and the
-commit replays the batch; the merge on each row's content hash makes that
-replay insert nothing, so rows are neither lost nor duplicated.
+Each batch of ``loopwatch.feedback-joined.v1`` is decoded by the runtime (a
+record that is not a valid JoinedFeedback is dead-lettered with its reason,
+and the stage carries on), scored for toxicity with the cheap scorer (flagged
+requests go to safety review, never to SFT) and curated by the pure rules in
+:mod:`curation.rules`. The merge into the Delta tables is the unit's blocking
+call (``Effects.calls``): the runtime runs it in a thread after the unit's
+records (its dead letters) are acknowledged and *before* its offsets are
+acked. A crash between the write and the commit replays the batch; the merge
+on each row's content hash makes that replay insert nothing, so rows are
+neither lost nor duplicated. Each commit's metadata names the batch's last
+offsets (``loopwatch.offsets``). A write that still fails after its retries
+crashes the worker, whose restart processes the batch again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 from core.settings import Settings
 from curation import CurationConfig, ToxicityFlag, ToxicityVerdict
 from curation.rows import CuratedRow
-from curation.rules import curate
+from curation.rules import CurationResult, curate
 from curation.store import DatasetStore, WriteResult
 from detectors.scorers import ProfanityScorer
 from schemas.events import JoinedFeedback
+from streams.ingest import Accepted, Rejected, decode
 from streams.metrics import Metrics
-
-if TYPE_CHECKING:
-    from streams.app import LoopwatchApp
+from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
 
 log = logging.getLogger("loopwatch.curate")
 
@@ -53,26 +58,42 @@ def toxicity_verdicts(
     }
 
 
-class CurateStage:
+class CurateStage(Stage):
     """Curates each batch of joined feedback into the dataset tables."""
 
-    def __init__(self, app: LoopwatchApp, settings: Settings, metrics: Metrics) -> None:
-        self.app = app
+    name = "curate"
+
+    def __init__(self, runtime: Runtime, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(runtime)
         self.metrics = metrics
+        max_bytes = settings.max_record_bytes  # a joined record holds an inference and its feedback
+
+        def decode_joined(message: Any, now: float) -> Accepted[Any] | Rejected:
+            return decode(message.value, JoinedFeedback, max_bytes=max_bytes)
+
+        self.inputs: dict[str, Decoder] = {settings.topics.joined: decode_joined}
         self.config = CurationConfig(retention_days=settings.dataset_retention_days)
         self.store = DatasetStore(settings.datasets_uri(), retention_days=settings.dataset_retention_days)
         self.scorer = ProfanityScorer()
         self.flag_threshold = settings.toxicity_flag_threshold
 
-    async def on_joined(self, messages: list[Any]) -> None:
-        """Curate a batch and write it; return only once the rows are committed to Delta."""
-        records = [JoinedFeedback.model_validate_json(message.value) for message in messages]
+    async def handle(self, batch: Batch, now: float) -> Effects:
+        """Curate a batch; its Delta write is a call the runtime makes before the offsets are acked."""
+        effects = self.effects()
+        records: list[JoinedFeedback] = [accepted.event for _, accepted in batch.accepted]
+        if not records:
+            return effects  # only dead letters, which the runtime sends
         result = curate(records, self.config, toxicity_verdicts(records, self.scorer, self.flag_threshold))
-        last = {f"{m.topic}/{m.partition}": str(m.offset) for m in messages}
+        # The batch's last offsets (dead-lettered messages included: they are acked with it).
+        last = {f"{m.topic}/{m.partition}": str(m.offset) for m in batch.messages}
         metadata = {"loopwatch.offsets": ",".join(f"{tp}@{offset}" for tp, offset in sorted(last.items()))}
-        loop = asyncio.get_running_loop()
-        written = await loop.run_in_executor(None, self._write, result.rows, metadata)
-        self.metrics.curated_events.inc(len(messages))
+        effects.calls.append(partial(self._write, result, metadata, len(records)))
+        return effects
+
+    def _write(self, result: CurationResult, metadata: dict[str, str], events: int) -> None:
+        """Merge the rows into Delta (in a thread), retrying conflicts; then count what was written."""
+        written = self._write_rows(result.rows, metadata)
+        self.metrics.curated_events.inc(events)
         for kind, count in written.inserted.items():
             self.metrics.curated_rows.labels(kind).inc(count)
         for kind, version in written.versions.items():
@@ -80,7 +101,7 @@ class CurateStage:
         for pii, count in result.redactions.items():
             self.metrics.redactions.labels(pii).inc(count)
 
-    def _write(self, rows: list[CuratedRow], metadata: dict[str, str]) -> WriteResult:
+    def _write_rows(self, rows: list[CuratedRow], metadata: dict[str, str]) -> WriteResult:
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 return self.store.write(rows, commit_metadata=metadata)
@@ -88,5 +109,5 @@ class CurateStage:
                 if attempt == _WRITE_ATTEMPTS:
                     raise  # the worker restarts and replays the batch: nothing is lost
                 log.warning("dataset write failed (attempt %d), retrying", attempt, exc_info=True)
-                time.sleep(0.2 * 2**attempt)
+                time.sleep(0.2 * 2**attempt)  # in the runtime's thread, not on the event loop
         raise AssertionError("unreachable")

@@ -13,7 +13,8 @@
 
 :class:`Judge` fits each configured detector on the reference (once per
 reference, then cached), runs it on the window, applies the
-multiple-testing correction across everything that window produced, and
+multiple-testing correction across everything that window produced (all
+through :func:`detectors.run.run_detectors`, as the file commands do), and
 turns each :class:`~detectors.base.Finding` into a
 :class:`~schemas.events.Detection` that carries the detector's config.
 """
@@ -31,9 +32,10 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from detectors.base import Detector, DetectorNotReady, Finding
-from detectors.correction import Method, correct
+from detectors.base import Detector, DetectorNotReady
+from detectors.correction import Correction, Method
 from detectors.registry import create
+from detectors.run import Judged, run_detectors
 from schemas.events import Detection, Evidence, Segment
 from streams.windows import ClosedWindow, WindowKind, segment_key
 
@@ -185,14 +187,6 @@ class References:
         return f"stable|{kind}|{segment_key(dict(segment, model_version=version))}"
 
 
-@dataclass(frozen=True)
-class Judged:
-    """A detector's finding with the exact config that produced it."""
-
-    config: dict[str, Any]
-    finding: Finding
-
-
 # The built-in detector set: cheap ones inline on every window, slow ones in a
 # worker thread when it is free. Detoxify is not in it because its weights are
 # a download; add ``toxicity.detoxify.v1`` in a detectors file where they load.
@@ -247,21 +241,23 @@ class Judge:
         a reference of one or two rows, say) is expected early in a stream: it
         is reported to ``on_not_ready`` and logged at INFO once per detector.
         """
-        current = pd.DataFrame(window.rows)
-        configs, findings = [], []
-        for spec in specs:
-            try:
-                detector = self._detector(spec, reference)
-                findings.append(detector.detect(current))
-                configs.append(detector.config.model_dump(mode="json"))
-            except DetectorNotReady as exc:
-                self._not_ready(spec.detector_id, window, exc)
-            except Exception:
-                segment = segment_key(window.segment)
-                log.exception("detector %s failed on a window of %s", spec.detector_id, segment)
-                self.on_failure(spec.detector_id)
-        corrected = correct(findings, method=self.correction, alpha=self.alpha)
-        return [Judged(config, finding) for config, finding in zip(configs, corrected, strict=True)]
+
+        def failed(spec: DetectorSpec, error: Exception) -> None:
+            if isinstance(error, DetectorNotReady):
+                self._not_ready(spec.detector_id, window, error)
+                return
+            segment = segment_key(window.segment)
+            log.error("detector %s failed on a window of %s", spec.detector_id, segment, exc_info=error)
+            self.on_failure(spec.detector_id)
+
+        return run_detectors(
+            specs,
+            reference.frame,
+            pd.DataFrame(window.rows),
+            Correction(self.correction, self.alpha),
+            fit=lambda spec, _: self._detector(spec, reference),
+            on_error=failed,
+        )
 
     def _not_ready(self, detector_id: str, window: ClosedWindow, error: DetectorNotReady) -> None:
         self.on_not_ready(detector_id)

@@ -1,17 +1,30 @@
-"""The detect stage's Kafka edge: window summaries in, Detections out.
+"""The detect stage: window summaries in, Detections out, on the stage runtime.
 
 It merges the partial summaries every ingest batch publishes
 (:mod:`streams.windows`), and when a window closes, judges it
 (:mod:`streams.detect`) and publishes one Detection per detector on
-``loopwatch.detections.v1``, keyed by segment.
+``loopwatch.detections.v1``, keyed by model. A summary that cannot be parsed
+is dead-lettered with a reason by the runtime (and counted in
+``loopwatch_detector_errors_total{detector="detect-stage"}``); a valid one that
+fails to merge or judge is logged and counted the same way, never raised.
 
-Fast detectors run inline: they take milliseconds on a window sample.
-Slow ones (embeddings, Detoxify) and the Evidently report run in a child
-process (:mod:`streams.slow_detectors`), at most ``slow_detector_queue``
-windows at a time; a window that finds the queue full is not given to them, and
-``loopwatch_windows_skipped_total`` counts it. Ingest never waits for any
-of this: it runs on its own topics, and the detect stage only reads the
-small summaries topic.
+Fast detectors run inline in the handler: they take milliseconds on a window
+sample. Slow ones (embeddings, Detoxify) and the Evidently report run in a
+child process (:mod:`streams.slow_detectors`), at most ``slow_detector_queue``
+windows at a time; a window that finds the queue full is not given to them,
+and ``loopwatch_windows_skipped_total`` counts it. Their judging is the
+stage's background work (``Effects.background``): its :class:`SlowResult`
+comes back to :meth:`DetectStage.receive` through the stage's queue, so the
+stage's state is only ever touched by one unit of work at a time. Ingest never
+waits for any of this: it runs on its own topics, and this stage only reads
+the small summaries topic.
+
+The handlers never send or write themselves. Detections go into the unit's
+records; reference windows go into the ``references`` table
+(:class:`~streams.runtime.ChangelogTable`, so pinned references survive
+restarts and rebalances) as state writes. A unit reads its own writes before
+the runtime applies them (:class:`_Store`): two windows of one segment that
+close in one batch see each other, as they did when the table was written at once.
 """
 
 from __future__ import annotations
@@ -21,35 +34,24 @@ import hashlib
 import json
 import logging
 import re
-import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast, get_args
 
 from core.config_files import load_yaml_list
 from core.settings import Settings
 from detectors.files import read_frame
 from retrain_trigger.stable import StableVersionMarked
+from schemas.events import DeadLetterReason
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
+from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
+from streams.runtime import Batch, ChangelogTable, Decoder, Effects, Runtime, Stage
 from streams.slow_detectors import SlowDetectors
-from streams.windows import ClosedWindow, Partial, Windows, WindowSpec, segment_key
-
-if TYPE_CHECKING:
-    from streams.app import LoopwatchApp
+from streams.windows import ClosedWindow, Partial, WindowKind, Windows, segment_key, window_spec
 
 log = logging.getLogger("loopwatch.detect")
-
-
-def window_spec(settings: Settings) -> WindowSpec:
-    """The window shape from settings: by count when ``window_events`` is set, else by time."""
-    return WindowSpec(
-        seconds=None if settings.window_events else settings.window_seconds,
-        events=settings.window_events,
-        sample_size=settings.window_sample_size,
-        grace_seconds=settings.window_grace_seconds,
-        idle_seconds=settings.window_idle_seconds,
-    )
 
 
 def load_specs(path: Path | None) -> list[DetectorSpec]:
@@ -69,13 +71,93 @@ def report_file_name(segment: str, start: datetime) -> str:
     return f"{readable}-{digest}-{start:%Y%m%dT%H%M%S}.html"
 
 
-class DetectStage:
+# The JSON type of each field of a summary (Partial.to_json); bool is an int in Python, and harmless here.
+_SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "segment": dict,
+    "kind": str,
+    "window_id": int,
+    "first_seen": (int, float),
+    "last_seen": (int, float),
+    "seen": int,
+    "capacity": int,
+    "floor": (int, float),
+    "keys": list,
+    "rows": list,
+}
+
+
+def decode_summary(message: Any, now: float) -> Accepted[Any] | Rejected:
+    """A window summary (a :class:`Partial`) from the summaries topic, or why it is not one.
+
+    ``Accepted[Any]``: its event is a Partial, not one of the pydantic events ingest decodes.
+    """
+    raw = message.value
+    if not raw:
+        return Rejected(DeadLetterReason.MALFORMED_JSON, "the summary has no value (empty or tombstone)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejected(DeadLetterReason.INVALID_UTF8, f"the summary is not UTF-8: {exc}")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return Rejected(DeadLetterReason.MALFORMED_JSON, f"the summary is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        return Rejected(DeadLetterReason.NOT_AN_OBJECT, "a window summary must be a JSON object")
+    for name, kind in _SUMMARY_FIELDS.items():
+        if name not in data:
+            return Rejected(DeadLetterReason.MISSING_FIELD, f"the summary has no {name!r}")
+        if not isinstance(data[name], kind):
+            return Rejected(
+                DeadLetterReason.WRONG_TYPE, f"the summary's {name!r} is a {type(data[name]).__name__}"
+            )
+    if data["kind"] not in get_args(WindowKind):
+        return Rejected(
+            DeadLetterReason.INVALID_VALUE, f"the summary's kind {data['kind']!r} is not a window kind"
+        )
+    try:
+        partial = Partial.from_json(data)
+    except (TypeError, ValueError) as exc:  # e.g. keys and rows of different lengths, a key not a number
+        return Rejected(DeadLetterReason.INVALID_VALUE, f"the summary's sample is not one: {exc}")
+    return Accepted(cast(Any, partial), text)
+
+
+@dataclass(frozen=True)
+class SlowResult:
+    """What the slow detectors found on one window, back to the stage (``crashed``: they raised)."""
+
+    window: ClosedWindow
+    reference: Reference
+    judged: list[Judged]
+    failed: list[str]
+    crashed: bool = False
+
+
+class _Store:
+    """The references table read with str keys: this unit's own writes first, then the table."""
+
+    def __init__(self, table: ChangelogTable) -> None:
+        self.table = table
+        self.written: dict[str, bytes] = {}
+
+    def get(self, key: str, /) -> bytes | None:
+        """The value under ``key`` as this unit left it, or None."""
+        written = self.written.get(key)
+        return written if written is not None else self.table.get(key.encode())
+
+
+class DetectStage(Stage):
     """Merges window summaries, judges closed windows, publishes Detections."""
 
-    def __init__(self, app: LoopwatchApp, settings: Settings, metrics: Metrics) -> None:
-        self.app = app
+    name = "detect"
+    #: Idle windows close and canary windows whose stable reference came are judged within this.
+    tick_seconds = 0.1
+
+    def __init__(self, runtime: Runtime, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(runtime)
         self.settings = settings
         self.metrics = metrics
+        self.inputs: dict[str, Decoder] = {settings.topics.summaries: self._decode}
         self.windows = Windows(window_spec(settings))
         specs = load_specs(settings.detectors_file)
         not_ready = self._detector_not_ready
@@ -85,11 +167,11 @@ class DetectStage:
         self.slow = SlowDetectors(
             specs, alpha=settings.drift_alpha, log_level=settings.log_level, on_not_ready=not_ready
         )
-        # A changelog-backed table, so pinned references survive restarts and rebalances.
-        self.table = app.Table("references", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        self.table = ChangelogTable(runtime.app, "references", settings.partitions)
+        self.store = _Store(self.table)
         reference_frame = read_frame(settings.reference_file) if settings.reference_file else None
         self.references = References(
-            _TableView(self.table),
+            self.store,
             pinned_windows=settings.reference_windows,
             stable_versions=settings.stable_versions,
             reference_frame=reference_frame,
@@ -97,19 +179,35 @@ class DetectStage:
         self.reports = settings.data_dir / "reports"
         self.slow_pending = 0
         self.partition_of: dict[str, int] = {}
-        self._outbox = self.app.outbox()
-        self._tasks: set[asyncio.Future[None]] = set()
         self.waiting: list[tuple[ClosedWindow, float]] = []
         self.max_wait = settings.window_idle_seconds
 
-    async def on_summaries(self, messages: list[Any]) -> None:
-        """Merge a batch of partial summaries; judge and publish the windows they complete."""
-        now = time.time()
+    def _decode(self, message: Any, now: float) -> Accepted[Any] | Rejected:
+        outcome = decode_summary(message, now)
+        if isinstance(outcome, Rejected):
+            self.metrics.detector_errors.labels("detect-stage").inc()
+            log.error(
+                "summary at %s/%s/%s dead-lettered: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                outcome.error,
+            )
+        return outcome
+
+    def _unit(self) -> Effects:
+        """Empty effects for a new unit of work (the previous unit's writes are in the table now)."""
+        self.store.written.clear()
+        return self.effects()
+
+    async def handle(self, batch: Batch, now: float) -> Effects:
+        """Merge a batch of partial summaries; judge the windows they complete."""
+        effects = self._unit()
         late = self.windows.late_events
         closed: list[ClosedWindow] = []
-        for message in messages:
+        for message, accepted in batch.accepted:
+            partial: Partial = accepted.event
             try:
-                partial = Partial.from_json(json.loads(message.value))
                 self.partition_of[segment_key(partial.segment)] = message.partition
                 self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
                 closed.extend(self.windows.add(partial, now))
@@ -118,25 +216,13 @@ class DetectStage:
                 # re-read after the restart, crash it again): it is logged and counted.
                 self._failed(f"summary at {message.topic}/{message.partition}/{message.offset}")
         self.metrics.window_late_events.inc(self.windows.late_events - late)
-        await self._close(closed)
+        for window in closed:
+            self._judge_or_count(effects, window, now)
+        return effects
 
-    async def mark_stable(self, mark: StableVersionMarked) -> None:
-        """A stable mark from the control topic: the version is the reference of the others from now on.
-
-        Its latest windows seen here become the stable references at once, so
-        canary windows waiting for one are judged at the next tick. The records
-        go out through an outbox of their own: the stage's outbox may be mid-send.
-        """
-        outbox = self.app.outbox()
-        changelog = cast(str, self.table.changelog_topic.get_topic_name())
-        for key, value, segment in self.references.mark_stable(mark.model, mark.version):
-            self.table.data[key.encode()] = value
-            outbox.add(changelog, key.encode(), value, partition=self.partition_of.get(segment, 0))
-        await outbox.send_and_wait(self.app.kafka_producer())
-
-    async def tick(self) -> None:
+    async def tick(self, now: float) -> Effects:
         """Close windows of segments that went quiet; judge canary windows whose stable reference came."""
-        now = time.time()
+        effects = self._unit()
         ready = [
             w
             for w, since in self.waiting
@@ -144,23 +230,60 @@ class DetectStage:
         ]
         self.waiting = [(w, since) for w, since in self.waiting if all(w is not r for r in ready)]
         for window in ready:
-            self._judge_or_count(window, waited=True)
+            self._judge_or_count(effects, window, now, waited=True)
         try:
             closed = self.windows.tick(now)
         except Exception:
             self._failed("closing windows")
             closed = []
-        await self._close(closed)
-
-    async def _close(self, closed: list[ClosedWindow]) -> None:
         for window in closed:
-            self._judge_or_count(window)
-        await self._send()
+            self._judge_or_count(effects, window, now)
+        return effects
 
-    def _judge_or_count(self, window: ClosedWindow, *, waited: bool = False) -> None:
+    async def receive(self, message: Any, now: float) -> Effects:
+        """A stable mark from the control topic, or the slow detectors' result on a window."""
+        effects = self._unit()
+        if isinstance(message, StableVersionMarked):
+            self._mark_stable(effects, message)
+        elif isinstance(message, SlowResult):
+            self._slow_done(effects, message)
+        else:
+            raise TypeError(f"the detect stage takes no {type(message).__name__}")
+        return effects
+
+    async def stop(self) -> None:
+        """Stop the slow detectors' process (the runtime has cancelled their work in flight)."""
+        self.slow.stop()
+
+    def _mark_stable(self, effects: Effects, mark: StableVersionMarked) -> None:
+        """The version is the reference of the others from now on.
+
+        Its latest windows seen here become the stable references at once, so
+        canary windows waiting for one are judged at the next tick.
+        """
+        for key, value, segment in self.references.mark_stable(mark.model, mark.version):
+            self._put(effects, key, value, self.partition_of.get(segment, 0))
+
+    def _slow_done(self, effects: Effects, result: SlowResult) -> None:
+        self.slow_pending -= 1
+        if result.crashed:
+            self.metrics.detector_errors.labels("slow-detectors").inc()
+            return
+        for detector_id in result.failed:
+            self._detector_failed(detector_id)
+        for item in result.judged:
+            self._publish(effects, to_detection(item, result.window, result.reference))
+
+    def _put(self, effects: Effects, key: str, value: bytes, partition: int) -> None:
+        self.store.written[key] = value
+        effects.put(self.table, key.encode(), value, partition)
+
+    def _judge_or_count(
+        self, effects: Effects, window: ClosedWindow, now: float, *, waited: bool = False
+    ) -> None:
         """Judge a window; a failure loses that window's detections, never the worker (nor its timer)."""
         try:
-            self._judge(window, waited=waited)
+            self._judge(effects, window, now, waited=waited)
         except Exception:
             self._failed(f"a {window.kind} window of {segment_key(window.segment)} from {window.start}")
 
@@ -168,26 +291,24 @@ class DetectStage:
         self.metrics.detector_errors.labels("detect-stage").inc()
         log.exception("detect stage failed on %s; carrying on", what)
 
-    def _judge(self, window: ClosedWindow, *, waited: bool = False) -> None:
+    def _judge(self, effects: Effects, window: ClosedWindow, now: float, *, waited: bool) -> None:
         if not waited and self.references.awaits_stable(window):
             # A canary's window closed before any window of its stable version: wait for one
             # (at most max_wait) rather than pin the canary's own traffic as its reference.
-            self.waiting.append((window, time.time()))
+            self.waiting.append((window, now))
             return
         self.metrics.window_rows.labels(window.kind).inc(len(window.rows))
         reference = self.references.for_window(window)
         partition = self.partition_of.get(segment_key(window.segment), 0)
-        changelog = cast(str, self.table.changelog_topic.get_topic_name())
         for key, value in self.references.observe(window):
-            self.table.data[key.encode()] = value
-            self._outbox.add(changelog, key.encode(), value, partition=partition)
+            self._put(effects, key, value, partition)
         if reference is None:
             log.info("window %s of %s pinned as reference", window.kind, segment_key(window.segment))
             return
         judged = self.judge.run(window, reference, self.judge.specs_for(window.kind, slow=False))
         report = self._maybe_report(window, reference, judged)
         for item in judged:
-            self._publish(to_detection(item, window, reference, report))
+            self._publish(effects, to_detection(item, window, reference, report))
         slow = self.judge.specs_for(window.kind, slow=True)
         if not slow:
             return
@@ -195,13 +316,22 @@ class DetectStage:
             self.metrics.windows_skipped.labels(window.kind).inc()
             return
         self.slow_pending += 1
-        task = asyncio.ensure_future(self._run_slow(window, reference))
-        self._tasks.add(task)  # a task nobody references can be garbage-collected mid-run
-        task.add_done_callback(self._tasks.discard)
+        effects.background.append(self._judge_slowly(window, reference, slow))
 
-    async def stop(self) -> None:
-        """Stop the slow detectors' process."""
-        self.slow.stop()
+    async def _judge_slowly(
+        self, window: ClosedWindow, reference: Reference, specs: list[DetectorSpec]
+    ) -> SlowResult:
+        """The slow detectors' findings (run by the runtime in the background; the result comes back)."""
+        try:
+            judged, failed = await self.slow.judge(window, reference, specs)
+        except asyncio.CancelledError:
+            log.warning("stopping: the slow detections of a %s window are not published", window.kind)
+            raise
+        except Exception:
+            # Returned, not raised: the stage must hear of it to free the window's queue slot.
+            log.exception("slow detectors failed on a %s window", window.kind)
+            return SlowResult(window, reference, [], [], crashed=True)
+        return SlowResult(window, reference, judged, failed)
 
     def _detector_failed(self, detector_id: str) -> None:
         self.metrics.detector_errors.labels(detector_id).inc()
@@ -209,26 +339,12 @@ class DetectStage:
     def _detector_not_ready(self, detector_id: str) -> None:
         self.metrics.detector_not_ready.labels(detector_id).inc()
 
-    async def _run_slow(self, window: ClosedWindow, reference: Reference) -> None:
-        try:
-            specs = self.judge.specs_for(window.kind, slow=True)
-            judged, failed = await self.slow.judge(window, reference, specs)
-            if self.app.should_stop:
-                log.warning("stopping: the slow detections of a %s window are not published", window.kind)
-                return
-            for detector_id in failed:
-                self._detector_failed(detector_id)
-            for item in judged:
-                self._publish(to_detection(item, window, reference))
-            await self._send()
-        except Exception:
-            self.metrics.detector_errors.labels("slow-detectors").inc()
-            log.exception("slow detectors failed on a %s window", window.kind)
-        finally:
-            self.slow_pending -= 1
-
     def _maybe_report(self, window: ClosedWindow, reference: Reference, judged: list[Judged]) -> str | None:
-        """Render an Evidently report (in the slow detectors' process) for a window whose columns drifted."""
+        """Render an Evidently report (in the slow detectors' process) for a window whose columns drifted.
+
+        Handed to the child and not awaited: the report touches no stage state and
+        sends nothing, and the Detection links its path before it exists.
+        """
         columns = sorted(
             {
                 str(item.config["column"])
@@ -247,27 +363,11 @@ class DetectStage:
         self.slow.report(reference, window, columns, path, failed)
         return str(path)
 
-    def _publish(self, detection: Any) -> None:
+    def _publish(self, effects: Effects, detection: Any) -> None:
         self.metrics.detections.labels(detection.detector_id, detection.verdict).inc()
         # Keyed by model: every decision about one model is made by one worker.
-        self._outbox.add(
+        effects.records.add(
             self.settings.topics.detections,
             detection.segment.model.encode(),
             detection.model_dump_json().encode(),
         )
-
-    async def _send(self) -> None:
-        # Waits for the broker: a detection it did not take is sent again, not only counted.
-        if len(self._outbox):
-            await self._outbox.send_and_wait(self.app.kafka_producer())
-
-
-class _TableView:
-    """A faust table's data (bytes keys) read with str keys."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, key: str, /) -> bytes | None:
-        """The stored value under ``key``, or None."""
-        return cast(bytes | None, self.table.data.get(key.encode()))

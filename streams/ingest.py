@@ -25,7 +25,7 @@ from schemas.events import (
     InferenceLog,
     SourceRef,
 )
-from streams.rekey import KEY_PREFIX_BYTES
+from streams.rekey import KEY_PREFIX_BYTES, Origin
 
 EventT = TypeVar("EventT", bound=BaseModel)
 
@@ -45,6 +45,8 @@ class Rejected:
     reason: DeadLetterReason
     error: str
     detail: list[dict[str, Any]] = field(default_factory=list)
+    #: The message the producer wrote, when the rejected one is its re-keyed copy.
+    origin: Origin | None = None
 
 
 # When a message has several problems, the dead letter names the one a

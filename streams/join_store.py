@@ -134,6 +134,19 @@ class JoinStore:
             return cast(bytes | None, self.store.data.get(key))
         return cast(bytes | None, self.store._db_for_partition(partition).get(key))
 
+    @property
+    def changelog(self) -> str:
+        """The join table's changelog topic."""
+        return cast(str, self.table.changelog_topic.get_topic_name())
+
+    def apply(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """A state write from the runtime: keep ``value`` as ``key``'s state, or forget it (None)."""
+        old = self.get(partition, key)
+        if value is not None:
+            self.put(partition, key, value, new=old is None)
+        elif old is not None:
+            self.delete(partition, key, old)
+
     def put(self, partition: int, key: bytes, stored: bytes, *, new: bool) -> None:
         """Keep a state (its changelog record is the caller's) and index when it was first seen.
 

@@ -13,8 +13,8 @@ counted (``loopwatch_output_dropped_total{topic,reason}``), logged, and
 replaced by a small dead letter that says which output it was and keeps its
 first bytes, length and hash; it does not stop the rest of the batch, nor
 crash the worker: before, one dead letter too large for the producer crashed
-it on every restart. :meth:`Outbox.send_and_wait` sends again what the broker
-did not take for another reason (a restart, a topic being recreated) for up to
+it on every restart. :meth:`Delivery.wait` sends again what the broker did not
+take for another reason (a restart, a topic being recreated) for up to
 ``RETRY_SECONDS``; only then are those records counted and the error raised.
 """
 
@@ -25,7 +25,6 @@ import logging
 import math
 from collections import Counter
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
@@ -38,6 +37,8 @@ from streams.rekey import KEY_PREFIX_BYTES, Origin
 
 Headers = list[tuple[str, bytes]]
 Record = tuple[bytes | None, bytes | None, Headers]
+#: A delivery future and how many records it stands for.
+Sent = tuple["asyncio.Future[Any]", int]
 
 # How long send_and_wait keeps re-sending a topic partition the broker did not take.
 RETRY_SECONDS = 30.0
@@ -165,24 +166,54 @@ class Outbox:
             headers=[("loopwatch-reason", rejected.reason.value.encode())],
         )
 
+    def extend(self, other: Outbox) -> None:
+        """Queue every record of ``other`` after this outbox's own (``other`` is emptied)."""
+        for group, records in other.take().items():
+            self._records.setdefault(group, []).extend(records)
+
     def __len__(self) -> int:
         return sum(len(records) for records in self._records.values())
 
-    async def send(self, producer: Any) -> list[asyncio.Future[Any]]:
-        """Hand every record to ``producer`` (an AIOKafkaProducer); return the delivery futures.
+    def take(self) -> dict[tuple[str, int | None], list[Record]]:
+        """Every queued record, grouped by topic partition; the outbox is empty afterwards.
 
-        The futures resolve when the broker acknowledged; faust's commit flushes the
-        producer first, so callers need not wait for them. A future that fails has
-        its records counted and logged as not written.
+        One swap, not an iteration over the live dict: a record added while an earlier
+        take is being sent goes out with the next one, never lost nor raising.
         """
-        futures: list[asyncio.Future[Any]] = []
-        for (topic, partition), records in self._records.items():
-            futures.extend(await self._send_group(producer, topic, partition, records, watch=True))
-        self._records.clear()
-        return futures
+        records, self._records = self._records, {}
+        return records
+
+    async def send(self, producer: Any) -> Delivery:
+        """Hand every record to ``producer`` (an AIOKafkaProducer); :meth:`Delivery.wait` for the broker."""
+        pending = self.take()
+        sent = {
+            group: await _send_group(self.limit, producer, *group, records)
+            for group, records in pending.items()
+        }
+        return Delivery(self.limit, producer, pending, sent)
 
     async def send_and_wait(self, producer: Any) -> None:
-        """Send, then wait until the broker acknowledged every record.
+        """Send, then wait until the broker acknowledged every record (see :meth:`Delivery.wait`)."""
+        await (await self.send(producer)).wait()
+
+
+class Delivery:
+    """Records handed to the producer, and the futures that say whether the broker took them."""
+
+    def __init__(
+        self,
+        limit: OutputLimit,
+        producer: Any,
+        records: dict[tuple[str, int | None], list[Record]],
+        sent: dict[tuple[str, int | None], list[Sent]],
+    ) -> None:
+        self.limit = limit
+        self.producer = producer
+        self.records = records
+        self.sent = sent
+
+    async def wait(self) -> None:
+        """Wait until the broker acknowledged every record, sending again what it did not take.
 
         Records refused for their size are counted and logged, not raised: sending
         them again cannot help. A topic partition whose delivery fails otherwise (a
@@ -191,23 +222,21 @@ class Outbox:
         the error is raised to the caller. A retried record may reach the broker
         twice: outputs are at-least-once.
         """
-        pending = dict(self._records)
-        self._records.clear()
         delay = 0.2
         deadline = asyncio.get_running_loop().time() + RETRY_SECONDS
+        sent = self.sent
         while True:
             failed: dict[tuple[str, int | None], list[Record]] = {}
             error: BaseException | None = None
-            for (topic, partition), records in pending.items():
-                for delivered in await self._send_group(producer, topic, partition, records, watch=False):
+            for (topic, partition), futures in sent.items():
+                for delivered, count in futures:
                     try:
                         await delivered
                     except _TOO_LARGE as exc:
-                        self.limit.dropped(
-                            topic, "too_large", f"the broker refused a record for {topic}: {exc}"
-                        )
+                        why = f"the broker refused {count} record(s) for {topic}: {exc}"
+                        self.limit.dropped(topic, "too_large", why, count)
                     except Exception as exc:  # every future is awaited: none fails unread
-                        failed[topic, partition] = records
+                        failed[topic, partition] = self.records[topic, partition]
                         error = exc
             if error is None:
                 return
@@ -223,49 +252,34 @@ class Outbox:
             log.warning("delivery to %s failed (%r); sending again in %.1fs", sorted(failed), error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-            pending = failed
+            sent = {
+                group: await _send_group(self.limit, self.producer, *group, records)
+                for group, records in failed.items()
+            }
 
-    async def _send_group(
-        self, producer: Any, topic: str, partition: int | None, records: list[Record], *, watch: bool
-    ) -> list[asyncio.Future[Any]]:
-        """Send one topic partition's records (as record batches when the partition is known)."""
 
-        def tracked(sent: asyncio.Future[Any], count: int) -> asyncio.Future[Any]:
-            return self._watch(sent, topic, count) if watch else sent
-
-        futures: list[asyncio.Future[Any]] = []
-        if partition is None:
-            for key, value, headers in records:
-                try:
-                    sent = await producer.send(topic, value, key=key, headers=headers)
-                except _TOO_LARGE as exc:  # the producer's own check, should ours ever be short
-                    self.limit.dropped(
-                        topic, "too_large", f"the producer refused a record for {topic}: {exc}"
-                    )
-                    continue
-                futures.append(tracked(sent, 1))
-            return futures
-        batch = producer.create_batch()
-        count = 0
+async def _send_group(
+    limit: OutputLimit, producer: Any, topic: str, partition: int | None, records: list[Record]
+) -> list[Sent]:
+    """Send one topic partition's records (as record batches when the partition is known)."""
+    futures: list[Sent] = []
+    if partition is None:
         for key, value, headers in records:
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                futures.append(tracked(await producer.send_batch(batch, topic, partition=partition), count))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None, headers=headers)
-                count = 0
-            count += 1
-        futures.append(tracked(await producer.send_batch(batch, topic, partition=partition), count))
+            try:
+                sent = await producer.send(topic, value, key=key, headers=headers)
+            except _TOO_LARGE as exc:  # the producer's own check, should ours ever be short
+                limit.dropped(topic, "too_large", f"the producer refused a record for {topic}: {exc}")
+                continue
+            futures.append((sent, 1))
         return futures
-
-    def _watch(self, future: asyncio.Future[Any], topic: str, count: int) -> asyncio.Future[Any]:
-        future.add_done_callback(partial(self._settled, topic, count))
-        return future
-
-    def _settled(self, topic: str, count: int, future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()  # also marks it retrieved: it is counted here, even if nobody awaits it
-        if exc is not None:
-            reason = "too_large" if isinstance(exc, _TOO_LARGE) else "failed"
-            error = f"the broker did not take {count} record(s) for {topic}: {exc!r}"
-            self.limit.dropped(topic, reason, error, count)
+    batch = producer.create_batch()
+    count = 0
+    for key, value, headers in records:
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            futures.append((await producer.send_batch(batch, topic, partition=partition), count))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None, headers=headers)
+            count = 0
+        count += 1
+    futures.append((await producer.send_batch(batch, topic, partition=partition), count))
+    return futures

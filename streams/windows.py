@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from core.settings import Settings
+
 WindowKind = Literal["inference", "feedback"]
 
 
@@ -308,3 +310,14 @@ def _utc(timestamp: float) -> datetime:
     9999
     """
     return datetime.fromtimestamp(min(max(timestamp, _FIRST), _LAST), UTC)
+
+
+def window_spec(settings: Settings) -> WindowSpec:
+    """The window shape from settings: by count when ``window_events`` is set, else by time."""
+    return WindowSpec(
+        seconds=None if settings.window_events else settings.window_seconds,
+        events=settings.window_events,
+        sample_size=settings.window_sample_size,
+        grace_seconds=settings.window_grace_seconds,
+        idle_seconds=settings.window_idle_seconds,
+    )

@@ -10,10 +10,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 
 from core.processes import spawn_worker, stop_process, wait_until_healthy
 from core.settings import Topics
@@ -23,6 +24,32 @@ from services.replay import Replayer
 from streams.metrics import metric_total
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    *,
+    detail: Callable[[], str] | None = None,
+    interval: float = 0.1,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned); fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (outcome := condition()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} (waited {timeout:.0f}s)" + (f":\n{detail()}" if detail else ""))
+        time.sleep(interval)
+    return outcome
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 class WorkerStack:
@@ -138,11 +165,112 @@ class WorkerStack:
             consumer.close()
         return records
 
-    def read_settled(self, topic: str, expected: int, settle: float = 2.0, timeout: float = 60) -> list[Any]:
-        """Read ``expected`` records, then keep reading ``settle`` seconds to catch extras."""
+    def wait(
+        self, condition: Callable[[], Any], what: str, timeout: float = 60, interval: float = 0.1
+    ) -> Any:
+        """``wait_until`` with the tail of this worker's log in the failure message."""
+        return wait_until(condition, timeout, what, detail=lambda: self.log()[-3000:], interval=interval)
+
+    def wait_metric(self, name: str, at_least: float, timeout: float = 60, **labels: str) -> None:
+        """Wait until a metric on /metrics reaches ``at_least``."""
+        self.wait(
+            lambda: self.metric(name, **labels) >= at_least,
+            f"{name}{labels} never reached {at_least}",
+            timeout,
+        )
+
+    def _consumer(self, **config: Any) -> KafkaConsumer:
+        # Polls return whole fetched batches: the end-offset probe needs a batch's last record.
+        return KafkaConsumer(
+            bootstrap_servers=self.bootstrap.split(","),
+            enable_auto_commit=False,
+            max_poll_records=1_000_000,
+            **config,
+        )
+
+    def _partitions(self, consumer: KafkaConsumer, topics: tuple[str, ...]) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+
+    def _ends(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """True end offsets (the consumer is left assigned to the probed partitions).
+
+        The embedded broker (Tansu) reports the last record batch's base offset + 1 as a
+        partition's end; fetching from there returns that batch, whose last record is the end.
+        """
+        ends = dict(consumer.end_offsets(partitions))
+        probed = [tp for tp in partitions if ends[tp] > 0]
+        if not probed:
+            return ends
+        consumer.assign(probed)
+        for tp in probed:
+            consumer.seek(tp, ends[tp] - 1)
+        fetched: set[TopicPartition] = set()
+
+        def last_batches() -> bool:
+            for tp, batch in consumer.poll(timeout_ms=300).items():
+                ends[tp] = max(ends[tp], batch[-1].offset + 1)
+                fetched.add(tp)
+            return fetched >= set(probed)
+
+        wait_until(last_batches, 30, f"could not fetch the last batch of {probed}")
+        return ends
+
+    def uncommitted(self, *topics: str) -> dict[str, int]:
+        """Records on ``topics`` that the worker's consumer group has not committed yet, per topic."""
+        consumer = self._consumer(group_id=self.env["LOOPWATCH_APP_ID"])
+        try:
+            partitions = self._partitions(consumer, topics)
+            # Every committed offset first, every end after: a record that an input caused on
+            # another of these topics existed before that input was committed, so it is counted.
+            committed = {tp: consumer.committed(tp) or 0 for tp in partitions}
+            ends = self._ends(consumer, partitions)
+        finally:
+            consumer.close()
+        behind = dict.fromkeys(topics, 0)
+        for tp in partitions:
+            behind[tp.topic] += max(ends[tp] - committed[tp], 0)
+        return behind
+
+    def wait_committed(self, *topics: str, timeout: float = 60) -> None:
+        """Wait until the worker's consumer group has committed every record now on ``topics``.
+
+        The worker commits an input only once the records it causes are acknowledged,
+        so afterwards every output of those inputs is on its topic.
+        """
+        self.wait(lambda: not any(self.uncommitted(*topics).values()), f"{topics} not all committed", timeout)
+
+    def read_all(self, topic: str, timeout: float = 30) -> list[Any]:
+        """Every record on ``topic`` now: read from the start up to its (true) end offsets."""
+        consumer = self._consumer(group_id=None)
+        try:
+            partitions = self._partitions(consumer, (topic,))
+            if not partitions:
+                return []  # the topic does not exist (yet)
+            ends = self._ends(consumer, partitions)
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            records: list[Any] = []
+
+            def done() -> bool:
+                for batch in consumer.poll(timeout_ms=300).values():
+                    records.extend(batch)
+                return all(consumer.position(tp) >= ends[tp] for tp in partitions)
+
+            wait_until(done, timeout, f"could not read {topic} to its end {ends}")
+        finally:
+            consumer.close()
+        return records
+
+    def read_settled(
+        self, topic: str, expected: int, inputs: tuple[str, ...], timeout: float = 60
+    ) -> list[Any]:
+        """Read ``expected`` records, then everything on ``topic`` once the worker committed its ``inputs``.
+
+        Extras (duplicates, a second action) caused by those inputs are then on the topic.
+        """
         self.read(topic, expected, timeout)
-        time.sleep(settle)
-        return self.read(topic, 10**9, timeout=settle + 3)
+        self.wait_committed(*inputs, timeout=timeout)
+        return self.read_all(topic)
 
 
 def values_json(records: list[Any]) -> list[dict[str, Any]]:

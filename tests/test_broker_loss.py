@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -25,7 +24,7 @@ from services.worker import EXIT_STOP_TIMEOUT
 from streams.broker_watch import EXIT_TOPICS_MISSING
 from streams.kafka import existing_topics
 
-from .helpers import WorkerStack
+from .helpers import WorkerStack, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -53,12 +52,7 @@ def _health(stack: WorkerStack) -> tuple[int, dict]:
 
 
 def _poll(condition, what: str, stack: WorkerStack, timeout: float = 45) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout:.0f}s:\n{stack.log()[-5000:]}")
+    wait_until(condition, timeout, what, detail=lambda: stack.log()[-5000:])
 
 
 def _topics(bootstrap: str) -> set[str]:

@@ -201,10 +201,10 @@ def test_the_follower_hands_verified_events_to_every_subscriber_and_counts_refus
     silences: list[Silence] = []
     marks: list[tuple[str, str]] = []
 
-    async def on_silence(silence: Silence) -> None:
+    def on_silence(silence: Silence) -> None:
         silences.append(silence)
 
-    async def on_stable(mark: StableVersionMarked) -> None:
+    def on_stable(mark: StableVersionMarked) -> None:
         marks.append((mark.model, mark.version))
 
     follower.subscribe(silence=on_silence, stable=on_stable)

@@ -32,13 +32,6 @@ CANARY = "2026-11-20"
 KEY = "operators-only"
 
 
-def _wait(stack: WorkerStack, name: str, at_least: float, timeout: float = 60, **labels: str) -> None:
-    deadline = time.monotonic() + timeout
-    while stack.metric(name, **labels) < at_least:
-        assert time.monotonic() < deadline, stack.log()[-3000:]
-        time.sleep(0.2)
-
-
 def _ab_traffic(data_dir: Path, start: datetime) -> tuple[list[bytes], list[bytes]]:
     """Window 0: the stable version with the replies people chose; window 1: it again, beside a
     canary serving the replies they rejected (HH-RLHF), with the thumbs each reply got."""
@@ -93,13 +86,14 @@ def test_a_version_marked_stable_from_the_cli_only_is_the_canarys_reference_and_
             ["model", "mark-stable", sample_data.MODEL, sample_data.STABLE_VERSION, "--bootstrap", broker],
         )
         assert marked.exit_code == 0, marked.output
-        _wait(stack, "loopwatch_control_events_total", 1)
+        stack.wait_metric("loopwatch_control_events_total", 1)
         start = datetime.fromtimestamp((time.time() // 60 - 10) * 60, UTC)
         inferences, feedback = _ab_traffic(data_dir, start)
         stack.send(stack.topics.inference, inferences)
         stack.send(stack.topics.feedback, feedback)
-        rollbacks = stack.read_settled(stack.topics.rollback_requests, 1, settle=3, timeout=90)
-        detections = [Detection.model_validate_json(r.value) for r in stack.read(stack.topics.detections, 2)]
+        judged = stack.read(stack.topics.detections, 2, timeout=90)
+        detections = [Detection.model_validate_json(r.value) for r in judged]
+        rollbacks = stack.read_settled(stack.topics.rollback_requests, 1, (stack.topics.detections,))
     finally:
         stack.stop()
     assert [from_kafka(r.value).type for r in rollbacks] == [ROLLBACK_REQUESTED], stack.log()[-3000:]
@@ -157,8 +151,8 @@ def test_with_a_key_a_forged_silence_is_refused_and_a_signed_one_is_announced(
             headers=[(SIGNATURE_HEADER, sign(value, SecretStr("guess")))],
         )
         replayer.close()
-        _wait(stack, "loopwatch_control_rejected_total", 1, reason="unsigned")
-        _wait(stack, "loopwatch_control_rejected_total", 1, reason="bad_signature")
+        stack.wait_metric("loopwatch_control_rejected_total", 1, reason="unsigned")
+        stack.wait_metric("loopwatch_control_rejected_total", 1, reason="bad_signature")
         # Nothing is muted: the bad canary is still rolled back.
         stack.send(stack.topics.detections, [_detection(0, "drift")], keys=[b"m"])
         rollbacks = stack.read(stack.topics.rollback_requests, 1, timeout=60)
@@ -167,11 +161,9 @@ def test_with_a_key_a_forged_silence_is_refused_and_a_signed_one_is_announced(
         state = ["--state-dir", str(tmp_path / "cli"), "--bootstrap", broker]
         added = cli.invoke(main, ["silence", "add", "-m", "model=other", "--comment", "db upgrade", *state])
         assert added.exit_code == 0, added.output
-        _wait(stack, "loopwatch_control_events_total", 1)
+        stack.wait_metric("loopwatch_control_events_total", 1)
         alerts = stack.read(stack.topics.alerts, 2, timeout=30)
-        deadline = time.monotonic() + 30
-        while not any(p["severity"] == "info" for p in hook.pages) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        stack.wait(lambda: any(p["severity"] == "info" for p in hook.pages), "no info page", 30)
     finally:
         stack.stop()
     assert [from_kafka(r.value).type for r in rollbacks] == [ROLLBACK_REQUESTED]

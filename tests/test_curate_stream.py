@@ -33,7 +33,9 @@ def _traffic(data_dir: Path, pairs: int) -> tuple[list[bytes], list[bytes], list
     rng = random.Random(3)
     start = sample_data.now() - timedelta(hours=1)
     seen_prompts: set[str] = set()
-    inferences, feedback, joined = [], [], []
+    inferences: list[bytes] = []
+    feedback: list[bytes] = []
+    joined: list[JoinedFeedback] = []
     source = SourceRef(topic="t", partition=0, offset=0)
     for n, (chosen, rejected) in enumerate(sample_data.hh_rlhf(data_dir)):
         if len(inferences) >= pairs:
@@ -89,14 +91,11 @@ def _expected(joined: list[JoinedFeedback]) -> dict[str, list[str]]:
     return {kind: sorted(r.row_id for r in rows if r.kind == kind) for kind in {r.kind for r in rows}}
 
 
-def _wait_until(condition: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _wait_for(root: Path, expected: dict[str, list[str]], timeout: float = 120) -> dict[str, list[str]]:
+    """Poll the stored row ids until they are ``expected``; what is stored at the deadline otherwise.
+
+    The caller compares, so that a failure shows the difference.
+    """
     deadline = time.monotonic() + timeout
     stored: dict[str, list[str]] = {}
     while time.monotonic() < deadline:
@@ -129,10 +128,11 @@ def test_kill_9_during_writes_loses_and_doubles_nothing(broker: str, tmp_path: P
     stack.send(stack.topics.inference, inferences)
     first, second, rest = feedback[:500], feedback[500:1000], feedback[1000:]
     stack.send(stack.topics.feedback, first)
-    _wait_until(lambda: stack.metric("loopwatch_curated_rows_total") > 0)
+    stack.wait(lambda: stack.metric("loopwatch_curated_rows_total") > 0, "no row curated", 120, 0.05)
     # Kill as soon as the second chunk is joined: its rows are being curated and written.
     stack.send(stack.topics.feedback, second)
-    _wait_until(lambda: stack.metric("loopwatch_feedback_joined_total") > len(first))
+    second_joined = "loopwatch_feedback_joined_total"
+    stack.wait(lambda: stack.metric(second_joined) > len(first), "second chunk not joined", 120, 0.05)
     stack.kill9()
     stack.send(stack.topics.feedback, rest)  # while the worker is down
     stack.start()

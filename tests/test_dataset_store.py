@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -212,8 +211,10 @@ pairs = [e for _, p in zip(range(150), sample_data.hh_rlhf(Settings().sample_dat
 records = real_records(pairs)
 store = DatasetStore(sys.argv[1])
 for start in range(0, len(records), 20):
-    store.write(curate(records[start : start + 20]).rows, now=NOW)
-    print(start, flush=True)
+    rows = curate(records[start : start + 20]).rows
+    print("writing", start, flush=True)
+    store.write(rows, now=NOW)
+    print("wrote", start, flush=True)
 """
 
 
@@ -228,9 +229,9 @@ def test_kill_9_during_writes_then_replay_loses_and_duplicates_nothing(
         env={**os.environ, "LOOPWATCH_SAMPLE_DATA": str(data_dir)},
     )
     assert process.stdout is not None
-    for _ in range(4):  # let a few batches commit, then kill it in the middle of the next ones
-        process.stdout.readline()
-    time.sleep(0.05)
+    # Let a few batches commit, then kill it once the next one is being written.
+    lines = [process.stdout.readline() for _ in range(9)]
+    assert [line.split()[0] for line in lines] == [b"writing", b"wrote"] * 4 + [b"writing"], lines
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     store = DatasetStore(root)

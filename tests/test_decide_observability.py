@@ -6,7 +6,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,13 +55,6 @@ def _feedback(minute: int, verdict: str) -> bytes:
     )
 
 
-def _wait(check: Callable[[], bool], stack: WorkerStack, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}:\n{stack.log()[-3000:]}"
-        time.sleep(0.2)
-
-
 def test_alert_transitions_are_logged_at_warning_and_counted_on_metrics(broker: str, tmp_path: Path) -> None:
     stack = WorkerStack(
         broker, tmp_path, detection="false", curation="false", stable_versions=json.dumps({"m": STABLE})
@@ -70,15 +62,15 @@ def test_alert_transitions_are_logged_at_warning_and_counted_on_metrics(broker: 
     firing = {"severity": "critical", "model": "m", "alertname": "bad-replies"}
     try:
         stack.send(stack.topics.detections, [_feedback(0, "drift")], keys=[b"m"])
-        _wait(lambda: stack.metric("loopwatch_alerts_firing", **firing) == 1, stack, "alert never fired")
+        stack.wait(lambda: stack.metric("loopwatch_alerts_firing", **firing) == 1, "alert never fired")
         assert (
             stack.metric("loopwatch_model_detections_total", model="m", model_version=BAD, verdict="drift")
             == 1
         )
         # The default policy's bad-replies rule resolves after two clear windows.
         stack.send(stack.topics.detections, [_feedback(1, "ok"), _feedback(2, "ok")], keys=[b"m", b"m"])
-        _wait(lambda: stack.metric("loopwatch_alerts_firing", **firing) == 0, stack, "alert never resolved")
-        _wait(lambda: "alert resolved" in stack.log(), stack, "no resolved line")
+        stack.wait(lambda: stack.metric("loopwatch_alerts_firing", **firing) == 0, "alert never resolved")
+        stack.wait(lambda: "alert resolved" in stack.log(), "no resolved line")
     finally:
         stack.stop()
     lines = [

@@ -46,7 +46,7 @@ def _detection(
             current_size=500,
             p_value=1e-9 if verdict == "drift" else 0.6,
             effect_size=0.4 if verdict == "drift" else 0.0,
-            verdict=verdict,  # type: ignore[arg-type]
+            verdict=verdict,
             measurements={"current_rate": 0.7 if verdict == "drift" else 0.1},
             reference="stable:m",
             # Detected now, as a live detect stage would: silences and cooldowns apply at this time.
@@ -110,20 +110,18 @@ def test_one_rollback_per_incident_through_a_kill_9_before_the_commit(
     incident = [_detection(minute, "drift") for minute in range(3)]
     stack.send(stack.topics.detections, incident, keys=[b"m"] * len(incident))
     [first] = stack.read(stack.topics.rollback_requests, 1, timeout=60)
-    deadline = time.monotonic() + 30
-    while not hook.pages and time.monotonic() < deadline:
-        time.sleep(0.1)
+    stack.wait(lambda: hook.pages, "no page before the kill", 30)
     stack.kill9()
     stack.start()
     try:
         # The restarted worker decides the same detections again, from the restored state.
-        deadline = time.monotonic() + 60
-        while stack.metric("loopwatch_detections_decided_total") < len(incident):
-            assert time.monotonic() < deadline, stack.log()[-3000:]
-            time.sleep(0.2)
-        records = stack.read_settled(stack.topics.rollback_requests, 1, settle=3)
+        stack.wait_metric("loopwatch_detections_decided_total", len(incident))
     finally:
         stack.stop()
+    # A graceful stop commits what the worker handled: every detection was, so every record
+    # they caused is on its topic now.
+    assert not any(stack.uncommitted(stack.topics.detections).values()), stack.log()[-3000:]
+    records = stack.read_all(stack.topics.rollback_requests)
     assert [from_kafka(r.value).type for r in records] == [ROLLBACK_REQUESTED], records
     event = from_kafka(first.value)
     assert event.type == ROLLBACK_REQUESTED and event.subject == "m"
@@ -178,10 +176,7 @@ def test_a_malformed_policy_edit_is_refused_and_the_previous_policy_keeps_runnin
     stack = _stack(broker, tmp_path, _receivers(tmp_path, url), policy_file=policy).start()
     try:
         policy.write_text("name: broken\nrules:\n  - name: x\n    action: explode\n")
-        deadline = time.monotonic() + 30
-        while stack.metric("loopwatch_policy_rejected_total") < 1:
-            assert time.monotonic() < deadline, stack.log()[-3000:]
-            time.sleep(0.2)
+        stack.wait_metric("loopwatch_policy_rejected_total", 1, timeout=30)
         stack.send(stack.topics.detections, [_detection(0, "drift")], keys=[b"m"])
         rollbacks = stack.read(stack.topics.rollback_requests, 1, timeout=60)
     finally:
@@ -212,25 +207,20 @@ def test_a_rollback_holds_back_the_retrain_of_its_model_until_it_resolves(
             keys=[b"m"] * 4,
         )
         assert len(stack.read(stack.topics.rollback_requests, 1, timeout=60)) == 1
-        _wait_for_metric(stack, "loopwatch_actions_stopped_total", 1, stage="inhibit")
-        assert stack.read(stack.topics.retrain_requests, 1, timeout=3) == []
+        stack.wait_metric("loopwatch_actions_stopped_total", 1, stage="inhibit")
+        stack.wait_committed(stack.topics.detections)  # all decided, and what they caused is out
+        assert stack.read_all(stack.topics.retrain_requests) == []
         # Two calm windows resolve the rollback alert: the held-back retrain goes out.
         stack.send(stack.topics.detections, [canary(1, "ok"), canary(2, "ok")], keys=[b"m"] * 2)
         retrains = stack.read(stack.topics.retrain_requests, 1, timeout=60)
-        alerts = [json.loads(r.value) for r in stack.read_settled(stack.topics.alerts, 3, settle=2)]
+        settled = stack.read_settled(stack.topics.alerts, 3, (stack.topics.detections,))
+        alerts = [json.loads(r.value) for r in settled]
     finally:
         stack.stop()
     assert [from_kafka(r.value).type for r in retrains] == [RETRAIN_REQUESTED]
     transitions = [(a["labels"]["alertname"], a["status"]) for a in alerts]
     # The retrain alert fired only after the rollback alert resolved.
     assert transitions.index(("bad-replies", "resolved")) < transitions.index(("input-drift", "firing"))
-
-
-def _wait_for_metric(stack: WorkerStack, name: str, at_least: float, **labels: str) -> None:
-    deadline = time.monotonic() + 60
-    while stack.metric(name, **labels) < at_least:
-        assert time.monotonic() < deadline, stack.log()[-3000:]
-        time.sleep(0.2)
 
 
 def test_a_silence_from_the_cli_mutes_actions_until_it_is_expired(
@@ -243,14 +233,15 @@ def test_a_silence_from_the_cli_mutes_actions_until_it_is_expired(
     try:
         added = cli.invoke(main, ["silence", "add", "-m", "model=m", "--comment", "maintenance", *state])
         assert added.exit_code == 0, added.output
-        _wait_for_metric(stack, "loopwatch_control_events_total", 1)
+        stack.wait_metric("loopwatch_control_events_total", 1)
         stack.send(stack.topics.detections, [_detection(0, "drift")], keys=[b"m"])
-        _wait_for_metric(stack, "loopwatch_actions_stopped_total", 1, stage="silence")
-        assert stack.read(stack.topics.rollback_requests, 1, timeout=3) == []
+        stack.wait_metric("loopwatch_actions_stopped_total", 1, stage="silence")
+        stack.wait_committed(stack.topics.detections)
+        assert stack.read_all(stack.topics.rollback_requests) == []
         silence_id = added.output.splitlines()[0]
         expired = cli.invoke(main, ["silence", "expire", silence_id, *state])
         assert expired.exit_code == 0, expired.output
-        _wait_for_metric(stack, "loopwatch_control_events_total", 2)
+        stack.wait_metric("loopwatch_control_events_total", 2)
         # The alert is still firing; once the silence is gone, the held-back rollback goes out.
         stack.send(stack.topics.detections, [_detection(1, "drift")], keys=[b"m"])
         rollbacks = stack.read(stack.topics.rollback_requests, 1, timeout=60)
@@ -268,9 +259,10 @@ def test_dry_run_decides_but_publishes_no_action(
     stack = _stack(broker, tmp_path, _receivers(tmp_path, url), policy_file=policy).start()
     try:
         stack.send(stack.topics.detections, [_detection(m, "drift") for m in range(3)], keys=[b"m"] * 3)
-        _wait_for_metric(stack, "loopwatch_actions_dry_run_total", 1)
+        stack.wait_metric("loopwatch_actions_dry_run_total", 1)
         alerts = stack.read(stack.topics.alerts, 1, timeout=30)
-        assert stack.read(stack.topics.rollback_requests, 1, timeout=3) == []
+        stack.wait_committed(stack.topics.detections)
+        assert stack.read_all(stack.topics.rollback_requests) == []
     finally:
         stack.stop()
     assert json.loads(alerts[0].value)["status"] == "firing"  # dry-run still alerts
@@ -295,8 +287,8 @@ def test_no_second_retrain_request_during_the_cooldown(
         # Three calm windows resolve that incident; three more drifting ones open a new one,
         # within the rule's 24 h cooldown.
         stack.send(stack.topics.detections, windows(3, "ok") + windows(6, "drift"), keys=[b"m"] * 6)
-        _wait_for_metric(stack, "loopwatch_actions_stopped_total", 1, stage="cooldown")
-        retrains = stack.read_settled(stack.topics.retrain_requests, 1, settle=2)
+        stack.wait_metric("loopwatch_actions_stopped_total", 1, stage="cooldown")
+        retrains = stack.read_settled(stack.topics.retrain_requests, 1, (stack.topics.detections,))
     finally:
         stack.stop()
     assert len(retrains) == 1

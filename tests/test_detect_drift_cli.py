@@ -131,7 +131,7 @@ def test_bad_input_exits_2_with_one_line(
 
 def test_an_embedding_test_shows_alpha_and_minimum_effect_apart() -> None:
     from detectors.base import Finding
-    from detectors.files import DriftReport, _as_test, format_table
+    from detectors.files import ColumnFinding, DriftReport, format_table
 
     # What the embedding detectors return: alpha in ``threshold``, the minimum effect in measurements.
     finding = Finding(
@@ -145,7 +145,7 @@ def test_an_embedding_test_shows_alpha_and_minimum_effect_apart() -> None:
         effect_size=0.0221,
         measurements={"min_effect_size": 0.005, "p_value_adjusted": 0.002},
     )
-    test = _as_test("text", finding, alpha=0.01)
+    test = ColumnFinding(column="text", alpha=0.01, finding=finding)
     assert (test.alpha, test.min_effect_size) == (0.01, 0.005)
     report = DriftReport(
         drift=True, alpha=0.01, correction="bh", reference_rows=300, current_rows=300, tests=[test]

@@ -372,13 +372,16 @@ def test_drift_report_picks_tests_skips_identifiers_and_corrects() -> None:
 
     report = drift_report(window(0), window(1.0))
     assert report.skipped == {"request_id": "almost every value distinct (an identifier or free text?)"}
-    assert [(t.column, t.test, t.verdict) for t in report.tests] == [
+    assert [(t.column, t.test, t.finding.verdict) for t in report.tests] == [
         ("x", "ks", "drift"),
         ("flag", "chi2", "ok"),
         ("tier", "chi2", "ok"),
     ]
     assert report.drift is True
-    assert all(t.p_value_adjusted is not None and t.p_value_adjusted >= t.p_value for t in report.tests)  # type: ignore[operator]
+    assert all(
+        t.p_value_adjusted is not None and t.p_value_adjusted >= t.finding.p_value  # type: ignore[operator]
+        for t in report.tests
+    )
     assert "DRIFT: 1 of 3 tests drifted" in format_table(report)
     with pytest.raises(DataFileError, match="no column 'y'"):
         drift_report(window(0), window(0), columns=["x", "y"])
@@ -399,7 +402,7 @@ def test_drift_report_adds_the_embedding_tests_of_the_text_column(monkeypatch: p
     current = pd.DataFrame({"x": np.arange(100.0), frame.PROMPT: ["bonjour"] * 100})
     report = drift_report(reference, current, text_column=frame.PROMPT, seed=3)
     assert seen == {"reference": ["hello"] * 99, "current": ["bonjour"] * 100, "seed": 3}
-    assert [(t.column, t.test, t.verdict) for t in report.tests] == [
+    assert [(t.column, t.test, t.finding.verdict) for t in report.tests] == [
         ("x", "ks", "ok"),
         (frame.PROMPT, "embedding_mmd", "drift"),
         (frame.PROMPT, "embedding_lsdd", "ok"),
@@ -423,5 +426,7 @@ def test_render_drift_report_writes_html_naming_the_columns(tmp_path: Path) -> N
     assert len(html) > 50_000
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000].lower()
     assert "latency_ms" in html and "tier" in html
+    # Written aside and renamed into place, so a path that exists is a whole report: nothing is left over.
+    assert [p.name for p in path.parent.iterdir()] == ["drift.html"]
     with pytest.raises(DataFileError, match="'nope'"):
         render_drift_report(reference, current, ["nope"], tmp_path / "x.html")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import random
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -34,7 +33,7 @@ from schemas.events import (
 from services import sample_data
 from streams import join
 from streams.detect import DEFAULT_SPECS, Judge, Reference, to_detection
-from streams.ingest import Accepted, decode, enriched_json
+from streams.ingest import Accepted, Rejected, decode, enriched_json
 from streams.windows import BatchSummaries, ClosedWindow, Partial, Windows, WindowSpec
 
 from .helpers import WorkerStack
@@ -281,7 +280,8 @@ def test_a_detectors_nan_is_written_as_null_or_left_out():
     # Read back (the decide stage), it is valid; a detection with a NaN token is not.
     assert isinstance(decode(detection.model_dump_json().encode(), Detection, max_bytes=MAX_BYTES), Accepted)
     hostile = detection.model_dump_json().replace('"window_events":0.0', '"window_events":NaN').encode()
-    assert decode(hostile, Detection, max_bytes=MAX_BYTES).reason.value == "non_finite_number"
+    refused = decode(hostile, Detection, max_bytes=MAX_BYTES)
+    assert isinstance(refused, Rejected) and refused.reason.value == "non_finite_number"
 
 
 # -- a hostile run against a real worker -----------------------------------------------
@@ -372,28 +372,16 @@ def _valid(data_dir: Any) -> tuple[list[bytes], list[bytes]]:
     return inferences, feedback
 
 
-def _read_all(
-    stack: Any, topics: list[str], settle: float = 3.0, timeout: float = 30.0
-) -> dict[str, list[bytes]]:
-    """Every record of ``topics``, read until none has come for ``settle`` seconds."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        *topics, bootstrap_servers=stack.bootstrap.split(","), auto_offset_reset="earliest", group_id=None
+def _written(stack: WorkerStack, topics: list[str]) -> dict[str, list[bytes]]:
+    """Every record of ``topics`` once the worker has handled its inputs and expired its joins."""
+    stack.wait(lambda: stack.metric("loopwatch_join_entries") == 0, "the joins never expired")
+    t = stack.topics
+    stack.wait_committed(t.inference, t.feedback, t.rekey, t.summaries, t.detections)
+    stack.wait(
+        lambda: len(stack.read_all(t.unmatched)) >= stack.metric("loopwatch_feedback_unmatched_total"),
+        "the expired feedback was counted but not published",
     )
-    found: dict[str, list[bytes]] = {topic: [] for topic in topics}
-    deadline = time.monotonic() + timeout
-    quiet_since = time.monotonic()
-    try:
-        while time.monotonic() - quiet_since < settle and time.monotonic() < deadline:
-            batches = consumer.poll(timeout_ms=300)
-            for tp, records in batches.items():
-                found[tp.topic] += [r.value for r in records]
-            if batches:
-                quiet_since = time.monotonic()
-    finally:
-        consumer.close()
-    return found
+    return {topic: [r.value for r in stack.read_all(topic)] for topic in topics}
 
 
 @pytest.mark.broker
@@ -427,7 +415,7 @@ def test_a_hostile_run_is_dead_lettered_and_valid_traffic_after_it_is_processed(
         assert stack.process is not None and stack.process.poll() is None, stack.log()[-3000:]
         assert stack.metric("loopwatch_events_in_total") >= len(hostile) + len(inferences) + len(feedback)
         outputs = [t for t in stack.topics.all() if t not in (stack.topics.inference, stack.topics.feedback)]
-        written = _read_all(stack, outputs)
+        written = _written(stack, outputs)
         assert stack.process.poll() is None, stack.log()[-3000:]
     finally:
         stack.stop()

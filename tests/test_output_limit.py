@@ -10,9 +10,10 @@ import logging
 import math
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, UnknownError
+from aiokafka.errors import MessageSizeTooLargeError, UnknownError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
@@ -139,22 +140,31 @@ def test_dropped_records_are_logged_once_per_order_of_magnitude(caplog):
     assert _dropped(metrics, "t", "too_large") == 120
 
 
-def test_failed_deliveries_are_counted_and_size_refusals_do_not_raise():
+class _RefusingProducer:
+    """A producer whose broker refuses every record batch as too large."""
+
+    def create_batch(self) -> Any:
+        return _Batch()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(MessageSizeTooLargeError())
+        return future
+
+
+class _Batch:
+    def append(self, **record: Any) -> object:
+        return record
+
+
+def test_size_refusals_are_counted_per_record_and_do_not_raise():
     limit, metrics = _limit()
     outbox = Outbox(limit)
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        refused, failed = loop.create_future(), loop.create_future()
-        outbox._watch(refused, "t", 5)
-        outbox._watch(failed, "t", 2)
-        refused.set_exception(MessageSizeTooLargeError())
-        failed.set_exception(KafkaTimeoutError())
-        await asyncio.sleep(0)  # done callbacks run on the next loop iteration
-
-    asyncio.run(run())
+    for n in range(5):
+        outbox.add("t", b"k", b"v%d" % n, partition=0)
+    asyncio.run(outbox.send_and_wait(_RefusingProducer()))
     assert _dropped(metrics, "t", "too_large") == 5
-    assert _dropped(metrics, "t", "failed") == 2
+    assert _dropped(metrics, "t", "failed") == 0
 
 
 def test_settings_refuse_limits_a_maximal_event_or_dead_letter_would_not_fit():

@@ -17,9 +17,12 @@ from click.testing import CliRunner
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from detectors import frame
-from detectors.quality import (
-    CanaryConfig,
-    CanaryDetector,
+from detectors.canary import CanaryConfig, CanaryDetector
+from detectors.correction import adjust
+from detectors.feedback import NegativeFeedbackConfig, NegativeFeedbackDetector, RatingConfig, RatingDetector
+from detectors.quality import compare_versions, joined_row
+from detectors.quality_checks import compare_proportions, probability_rate_higher
+from detectors.serving import (
     CostConfig,
     CostDetector,
     EmptyRefusalConfig,
@@ -28,14 +31,6 @@ from detectors.quality import (
     ErrorRateDetector,
     LatencyConfig,
     LatencyDetector,
-    NegativeFeedbackConfig,
-    NegativeFeedbackDetector,
-    RatingConfig,
-    RatingDetector,
-    compare_proportions,
-    compare_versions,
-    joined_row,
-    probability_rate_higher,
 )
 from schemas.events import Feedback, InferenceLog, JoinedFeedback, SourceRef
 from services.cli import main
@@ -354,6 +349,24 @@ def test_compare_versions_picks_the_busier_version_as_baseline(rollout: pd.DataF
     assert canary.findings["quality.error_rate.v1"].verdict == "ok"
     # No ratings in HH-RLHF: the rating detector says so instead of failing.
     assert canary.findings["quality.rating.v1"].measurements["too_few_samples"] == 1.0
+
+
+def test_compare_versions_corrects_each_version_like_a_window_of_the_stream(rollout: pd.DataFrame) -> None:
+    report = compare_versions(rollout)
+    for version in report.versions:
+        tested = [f for f in version.findings.values() if f.p_value is not None]
+        expected = adjust([f.p_value for f in tested if f.p_value is not None], "bh")
+        assert [f.measurements["p_value_adjusted"] for f in tested] == pytest.approx(expected)
+        untested = [f for f in version.findings.values() if f.p_value is None]
+        assert all("p_value_adjusted" not in f.measurements for f in untested)
+    canary = next(v for v in report.versions if v.version == CANARY)
+    assert len([f for f in canary.findings.values() if f.p_value is not None]) > 2
+    # Without the correction nothing else changes: the same verdicts, raw p-values kept.
+    raw = next(v for v in compare_versions(rollout, correction=None).versions if v.version == CANARY)
+    assert {i: f.verdict for i, f in raw.findings.items()} == {
+        i: f.verdict for i, f in canary.findings.items()
+    }
+    assert all(raw.findings[i].p_value == f.p_value for i, f in canary.findings.items())
 
 
 # --------------------------------------------------------------------------

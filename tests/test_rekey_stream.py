@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from kafka import KafkaProducer
 
 from services import sample_data
 
-from .helpers import WorkerStack, values_json
+from .helpers import WorkerStack, values_json, wait_until
 from .test_streams import numbered_inference
 
 pytestmark = pytest.mark.broker
@@ -50,14 +49,16 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes,
 
 def split_partitions(workers: list[WorkerStack], timeout: float = 60) -> None:
     """Wait until every worker is healthy and owns partitions: the join must cross workers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        bodies = [w.health() for w in workers]
-        if all(b.get("status") == "ok" and b.get("assigned_partitions", 0) > 0 for b in bodies):
-            return
-        time.sleep(0.2)
-    logs = "\n".join(w.log()[-2000:] for w in workers)
-    raise AssertionError(f"partitions not split between the workers: {bodies}\n{logs}")
+    bodies: list[dict] = []
+
+    def split() -> bool:
+        bodies[:] = [w.health() for w in workers]
+        return all(b.get("status") == "ok" and b.get("assigned_partitions", 0) > 0 for b in bodies)
+
+    def detail() -> str:
+        return f"{bodies}\n" + "\n".join(w.log()[-2000:] for w in workers)
+
+    wait_until(split, timeout, "partitions not split between the workers", detail=detail)
 
 
 def test_messages_keyed_wrong_are_rekeyed_and_joined_with_their_original_sources(
@@ -136,4 +137,5 @@ def check(stack: WorkerStack, workers: list[WorkerStack], exchanges, rng) -> Non
     [stray] = values_json(stack.read(stack.topics.deadletter, 1))
     assert stray["reason"] == "missing_field" and stray["source"]["topic"] == stack.topics.rekey
     assert metric(workers, "loopwatch_join_key_mismatch_total", topic=stack.topics.rekey) == 1
-    assert len(stack.read_settled(stack.topics.rekey, 2 * rekeyed + 2)) == 2 * rekeyed + 2
+    inputs = (stack.topics.inference, stack.topics.feedback, stack.topics.rekey)
+    assert len(stack.read_settled(stack.topics.rekey, 2 * rekeyed + 2, inputs)) == 2 * rekeyed + 2

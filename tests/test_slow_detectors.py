@@ -14,6 +14,7 @@ import pytest
 from streams.detect import DetectorSpec, Judge, Reference
 from streams.slow_detectors import NICENESS, SlowDetectors
 
+from .helpers import process_alive, wait_until
 from .test_detect import _window
 
 SPECS = [
@@ -27,7 +28,7 @@ def _reference() -> Reference:
 
 
 def _child_pid(slow: SlowDetectors) -> int:
-    [pid] = list(slow._pool._processes)  # type: ignore[union-attr]
+    [pid] = list(slow._pool._processes)
     return pid
 
 
@@ -56,7 +57,7 @@ def test_a_dead_child_fails_one_window_and_the_next_gets_a_new_one() -> None:
         await slow.judge(window, reference, SPECS[:1])
         first = _child_pid(slow)
         os.kill(first, signal.SIGKILL)
-        await asyncio.sleep(0.5)
+        wait_until(lambda: not process_alive(first), 30, "the killed child is still running")
         with pytest.raises(BrokenProcessPool):
             await slow.judge(window, reference, SPECS[:1])
         judged, _ = await slow.judge(window, reference, SPECS[:1])

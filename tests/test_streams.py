@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import random
-import time
 from collections import Counter
 
 import pytest
@@ -71,8 +70,9 @@ def test_every_message_ends_in_exactly_one_place(stack: WorkerStack, exchanges, 
     fb = [f for e in exchanges[:60] for f in feedback(e)]
     stack.send(stack.topics.feedback, fb + bad_feedback)
 
-    enriched = stack.read_settled(stack.topics.enriched, len(good))
-    letters = values_json(stack.read_settled(stack.topics.deadletter, len(bad) + len(bad_feedback)))
+    inputs = (stack.topics.inference, stack.topics.feedback, stack.topics.rekey)
+    enriched = stack.read_settled(stack.topics.enriched, len(good), inputs)
+    letters = values_json(stack.read_settled(stack.topics.deadletter, len(bad) + len(bad_feedback), inputs))
     assert len({e["inference"]["request_id"] for e in values_json(enriched)}) == len(good)
     assert len(letters) == len(bad) + len(bad_feedback)
     assert Counter(d["reason"] for d in letters) == Counter(
@@ -101,13 +101,14 @@ def test_join_in_order_feedback_first_duplicate_and_expired(stack: WorkerStack, 
     stack.start()
     in_order, early, duplicated, orphan = exchanges[0], exchanges[2], exchanges[4], exchanges[6]
     # Feedback first (its inference comes later) and feedback that never gets an inference.
+    inputs = (stack.topics.inference, stack.topics.feedback, stack.topics.rekey)
     stack.send(stack.topics.feedback, feedback(early) + feedback(orphan))
-    time.sleep(1.0)
+    stack.wait_committed(*inputs)  # the feedback waits in the join before its inference arrives
     stack.send(stack.topics.inference, [inference(e, rng) for e in (in_order, early, duplicated)])
-    time.sleep(0.5)
+    stack.wait_committed(*inputs)
     stack.send(stack.topics.feedback, feedback(in_order) + feedback(duplicated) * 2)
 
-    joined = values_json(stack.read_settled(stack.topics.joined, 3))
+    joined = values_json(stack.read_settled(stack.topics.joined, 3, inputs))
     assert sorted(j["request_id"] for j in joined) == sorted(
         [in_order.request_id, early.request_id, duplicated.request_id]
     )
@@ -125,10 +126,9 @@ def test_kill9_mid_stream_loses_nothing_and_restores_the_join_table(broker, tmp_
     n = 60_000
     stack.send(stack.topics.inference, numbered_inference("crash", n, exchanges, random.Random(3)))
     stack.start()
-    deadline = time.monotonic() + 60
-    while stack.metric("loopwatch_events_in_total") < n // 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.7)  # let at least one offset commit (every 0.5 s here) land
+    stack.wait_metric("loopwatch_events_in_total", n // 4)
+    # At least one offset commit landed: the restarted worker resumes mid-topic.
+    stack.wait(lambda: stack.uncommitted(stack.topics.inference)[stack.topics.inference] < n, "no commit")
     processed_before_crash = stack.metric("loopwatch_events_in_total")
     stack.kill9()
     assert processed_before_crash < n, "the crash must land mid-stream"
@@ -151,10 +151,7 @@ def test_join_table_is_fully_restored_after_a_crash_at_rest(broker, tmp_path, ex
     n = 3000
     stack.start()
     stack.send(stack.topics.inference, numbered_inference("rest", n, exchanges, random.Random(5)))
-    deadline = time.monotonic() + 60
-    while stack.metric("loopwatch_events_in_total") < n and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(2)  # several commit intervals
+    stack.wait_committed(stack.topics.inference, stack.topics.rekey)
     stack.kill9()
     stack.start()
     stack.send(stack.topics.feedback, numbered_thumbs("rest", n))
@@ -170,14 +167,12 @@ def test_waiting_feedback_restored_after_a_crash_still_expires(broker, tmp_path,
     stack = WorkerStack(broker, tmp_path, join_ttl_seconds=15, join_sweep_seconds=0.5)
     orphans = exchanges[10:13]
     stack.start()
-    started = time.monotonic()
     stack.send(stack.topics.feedback, [value for e in orphans for value in feedback(e)])
-    deadline = time.monotonic() + 10
-    while stack.metric("loopwatch_join_entries") < len(orphans) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.5)  # let the offset commit land, so the restart does not re-read them
+    stack.wait_metric("loopwatch_join_entries", len(orphans))
+    # Committed, so the restart does not re-read them: it knows them only from the changelog.
+    stack.wait_committed(stack.topics.feedback, stack.topics.rekey)
     stack.kill9()
-    assert time.monotonic() - started < 15, "the crash must come before the TTL"
+    assert not stack.read_all(stack.topics.unmatched), "the crash must come before the TTL"
     stack.start()
     unmatched = values_json(stack.read(stack.topics.unmatched, len(orphans), timeout=60))
     stack.stop()
@@ -190,7 +185,8 @@ def test_worker_waits_for_a_broker_that_is_not_up_yet(tmp_path):
     worker = WorkerStack(f"127.0.0.1:{port}", tmp_path)
     worker.start(wait=False)
     try:
-        time.sleep(4)
+        # Retried three times (the fourth attempt comes 3.5 s after the first) and still running.
+        worker.wait(lambda: "(attempt 4," in worker.log(), "the worker did not keep retrying")
         assert worker.process is not None and worker.process.poll() is None, worker.log()
         assert "waiting for kafka" in worker.log()
         broker = start_broker(port)

@@ -1,0 +1,55 @@
+"""Follow-up of published rollbacks as stages: each detection is evidence, each settle checks deadlines.
+
+The judging itself is ``watch.py``; the publish stage starts a watch. These two
+stages turn the watch's outcomes into ``rollback.verified`` / ``rollback.failed``
+CloudEvents on the decision.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from retrain_trigger import watch as rollback_watch
+from retrain_trigger.actions import ROLLBACK_FAILED, ROLLBACK_VERIFIED, RollbackOutcome, cloud_event
+
+if TYPE_CHECKING:
+    from retrain_trigger.context import DecideContext
+
+
+def record_outcome(ctx: DecideContext, outcome: RollbackOutcome, at: datetime) -> None:
+    """Add the CloudEvent of a rollback's outcome (verified or failed, at ``at``) to the decision."""
+    suffix, event_type = ("verified", ROLLBACK_VERIFIED) if outcome.verified else ("failed", ROLLBACK_FAILED)
+    event = cloud_event(
+        event_id=f"{outcome.rollback_id}.{suffix}",
+        source=ctx.policy.source,
+        event_type=event_type,
+        subject=outcome.model,
+        time=at,
+        data=outcome,
+    )
+    ctx.decision.actions.append(event)
+    ctx.log("watch", outcome.model, outcome.verified, outcome.reason)
+
+
+class WatchStage:
+    """Watch: a detection of a rolled-back model is evidence for its pending rollback watches."""
+
+    def run(self, ctx: DecideContext) -> bool:
+        """Judge the watches on the detection (before routing: it counts whether a rule matches or not)."""
+        detection = ctx.detection
+        if detection is not None:
+            for outcome in rollback_watch.observe(ctx.state.watch, ctx.policy.verify, detection):
+                # The window's end, not the clock: a replay rebuilds the same event.
+                record_outcome(ctx, outcome, detection.window_end)
+        return True
+
+
+class WatchDeadlineStage:
+    """Watch deadline: a rollback not shown better within ``verify.within`` fails."""
+
+    def run(self, ctx: DecideContext) -> bool:
+        """Conclude the watches whose time is up."""
+        for outcome in rollback_watch.expire(ctx.state.watch, ctx.policy.verify, ctx.now):
+            record_outcome(ctx, outcome, ctx.now)
+        return True

@@ -1,0 +1,1 @@
+"""The command groups of ``loopwatch``, one module each; ``services.cli`` puts them together."""

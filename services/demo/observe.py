@@ -1,0 +1,162 @@
+"""What the demo reads back: the output topics, the worker's metrics and the curated datasets.
+
+It reads them as any downstream consumer would: group-less consumers from the
+start of each topic, the Prometheus endpoint, the Delta tables.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from core.settings import Topics
+from retrain_trigger.actions import (
+    RETRAIN_REQUESTED,
+    ROLLBACK_FAILED,
+    ROLLBACK_REQUESTED,
+    ROLLBACK_VERIFIED,
+    from_kafka,
+)
+from schemas.events import Alert, CloudEvent, Detection
+from services.demo.scenario import Traffic
+
+
+@dataclass
+class Observed:
+    """What the output topics held once the pipeline settled."""
+
+    enriched: int = 0
+    joined: int = 0
+    unmatched: int = 0
+    rejections: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+
+def _reader(bootstrap: str, *topics: str) -> KafkaConsumer:
+    """A group-less consumer that reads these topics from their start, as any downstream reader would."""
+    return KafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap.split(","),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+
+
+def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) -> Observed:
+    """Read the output topics until every expected record arrived, or ``timeout`` passes."""
+    consumer = _reader(bootstrap, topics.deadletter, topics.enriched, topics.joined, topics.unmatched)
+    seen = Observed()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.topic == topics.deadletter:
+                        letter = json.loads(record.value)
+                        seen.rejections[letter["reason"]] += 1
+                        seen.examples.setdefault(letter["reason"], letter["error"])
+                    elif record.topic == topics.enriched:
+                        seen.enriched += 1
+                    elif record.topic == topics.joined:
+                        seen.joined += 1
+                    else:
+                        seen.unmatched += 1
+            if (
+                seen.rejections == traffic.expected_rejections
+                and seen.joined >= traffic.expected_joins
+                and seen.unmatched >= traffic.expected_unmatched
+                and seen.enriched >= traffic.valid_inference
+            ):
+                break
+    finally:
+        consumer.close()
+    return seen
+
+
+@dataclass
+class Loop:
+    """What the detect and decide stages published, with when each record reached its topic."""
+
+    detections: list[Detection] = field(default_factory=list)
+    alerts: list[tuple[float, Alert]] = field(default_factory=list)
+    actions: list[tuple[float, CloudEvent]] = field(default_factory=list)
+
+    def settled(self) -> bool:
+        """The incident ran its course: rollback checked, and no alert left firing."""
+        outcome = any(event.type in (ROLLBACK_VERIFIED, ROLLBACK_FAILED) for _, event in self.actions)
+        status = {alert.fingerprint: alert.status for _, alert in sorted(self.alerts, key=lambda a: a[0])}
+        return outcome and bool(status) and all(s == "resolved" for s in status.values())
+
+    def rolled_back(self) -> bool:
+        """A rollback request is out."""
+        return any(event.type == ROLLBACK_REQUESTED for _, event in self.actions)
+
+
+def observe_loop(
+    bootstrap: str, topics: Topics, *, quiet: float, timeout: float, until: Callable[[Loop], bool]
+) -> Loop:
+    """Read detections, alerts and actions until ``until`` holds, or nothing came for ``quiet`` s."""
+    consumer = _reader(
+        bootstrap, topics.detections, topics.alerts, topics.rollback_requests, topics.retrain_requests
+    )
+    loop = Loop()
+    deadline = time.monotonic() + timeout
+    last_news = time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last_news < quiet and not until(loop):
+            for records in consumer.poll(timeout_ms=500).values():
+                last_news = time.monotonic()
+                for r in records:
+                    at = r.timestamp / 1000
+                    if r.topic == topics.detections:
+                        loop.detections.append(Detection.model_validate_json(r.value))
+                    elif r.topic == topics.alerts:
+                        loop.alerts.append((at, Alert.model_validate_json(r.value)))
+                    else:
+                        loop.actions.append((at, from_kafka(r.value)))
+    finally:
+        consumer.close()
+    loop.detections.sort(key=lambda d: (d.window_start, d.segment.key(), d.detector_id))
+    return loop
+
+
+def scrape_metrics(web_port: int) -> str:
+    """The worker's Prometheus metrics, as text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def read_datasets(root: Path, loop: Loop, output: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The curated tables the traffic grew, and an export of the version the retrain request named."""
+    from curation.export import export
+    from curation.store import DatasetStore, table_kind
+
+    if not root.exists():
+        return [], None
+    store = DatasetStore(root)
+    tables = [
+        {"table": kind, "version": version, "rows": store.read(kind).num_rows, "uri": store.uri(kind)}
+        for kind, version in store.latest_versions().items()
+    ]
+    named = [
+        e.data["dataset"] for _, e in loop.actions if e.type == RETRAIN_REQUESTED and e.data.get("dataset")
+    ]
+    target = named[0] if named else store.training_ref()
+    if target is None:
+        return tables, None
+    result = export(store, table_kind(str(target["table"])), output, version=int(target["version"]))
+    return tables, {
+        "table": result.table,
+        "version": result.version,
+        "rows": result.rows,
+        "path": str(output),
+    }

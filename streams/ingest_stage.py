@@ -1,0 +1,327 @@
+"""The ingest stage: inference logs and feedback in; enriched logs, joined feedback and window summaries out.
+
+Its three topics (inference, feedback and the repartition topic) are one
+stage, so their batches never interleave. The runtime decodes each message with
+this stage's decoders (schema, size, timestamp) and dead-letters what they
+reject; :meth:`IngestStage.handle` then only calls the pure functions in
+:mod:`streams.ingest` and :mod:`streams.join` and says what to write.
+
+Join state lives in the ``joins`` table (:mod:`streams.join_store`): the
+handler reads it, and the runtime writes it (locally at once, then to the
+changelog once the batch's outputs are acknowledged). Within one batch the
+handler reads its own writes from ``_written``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from itertools import islice
+from typing import TYPE_CHECKING, Any, cast
+
+from faust.types import TP
+from pydantic_core import to_json
+
+from core.settings import Settings
+from detectors.frame import describe, feedback_row, log_row, segment_of
+from schemas.events import DeadLetterReason, Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
+from streams import join
+from streams.ingest import Accepted, Rejected, decode, enriched_json, out_of_range
+from streams.join_store import SWEEP_CHUNK, JoinStore, claim_directory, table_options
+from streams.metrics import Metrics
+from streams.outbox import Outbox
+from streams.rekey import Origin, headers_for, origin_in
+from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
+from streams.windows import BatchSummaries, window_spec
+
+if TYPE_CHECKING:
+    from streams.app import LoopwatchApp
+
+log = logging.getLogger("loopwatch.streams")
+
+# Rows each batch contributes per window and segment: bounds the summary
+# message size (rows hold prompts and replies cut to window_text_chars).
+_ROWS_PER_PARTIAL = 200
+
+
+class IngestStage(Stage):
+    """Validates, enriches, joins and samples each batch; expires joins that waited past the TTL."""
+
+    name = "ingest"
+    #: The broker's round trip for one batch overlaps the handling of the next ones.
+    max_in_flight = 4
+
+    def __init__(self, runtime: Runtime, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(runtime)
+        self.app: LoopwatchApp = runtime.app
+        self.settings = settings
+        self.topics = topics = settings.topics
+        self.metrics = metrics
+        self.tick_seconds = settings.join_sweep_seconds
+        self.inputs: dict[str, Decoder] = {
+            topics.inference: self._decoder(InferenceLog),
+            topics.feedback: self._decoder(Feedback),
+            topics.rekey: self._decode_rekeyed,
+        }
+        # The raw codec for keys and values, both when writing the changelog and
+        # when recovering from it: each entry is its JoinState as join.encode bytes.
+        # Bytes are not tracked by Python's garbage collector; a million state
+        # dicts were, and every full collection walked them all.
+        directory, self._directory_lock = claim_directory(settings.data_dir / "joins")
+        self.joins = self.app.Table(
+            "joins",
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            **table_options(settings.join_store, directory),
+        )
+        self.join_store = JoinStore(self.joins, settings.join_store, directory)
+        self._written: dict[bytes, bytes] = {}
+        self._indexed_generation: int | None = None
+        self.last_offset: dict[TP, int] = {}
+        inputs = (topics.inference, topics.feedback, topics.rekey)
+        self._warned: set[str] = set()
+        self._in = {t: metrics.events_in.labels(t) for t in inputs}
+        self._valid = {t: metrics.events_valid.labels(t) for t in inputs}
+        self._seconds = {t: metrics.processing_seconds.labels(t) for t in inputs}
+        self.window_spec = window_spec(settings)
+        self.rng = random.Random()
+        self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
+
+    # -- decoding (called by the runtime for each message) -------------------------
+
+    def _decoder(self, model: type[Any]) -> Decoder:
+        max_bytes = self.settings.max_event_bytes
+
+        def decode_message(message: Any, now: float) -> Accepted[Any] | Rejected:
+            outcome = decode(message.value, model, max_bytes=max_bytes)
+            return self._timely(outcome, message, now) if isinstance(outcome, Accepted) else outcome
+
+        return decode_message
+
+    def _decode_rekeyed(self, message: Any, now: float) -> Accepted[Any] | Rejected:
+        """A re-keyed copy, decoded as the kind of event its origin header names.
+
+        Its timestamp was checked once, against the producer's message: the copy
+        carries the time it was re-sent.
+        """
+        origin = origin_in(message.headers)
+        kinds = {self.topics.inference: InferenceLog, self.topics.feedback: Feedback}
+        if origin is None or origin.source.topic not in kinds:
+            return Rejected(
+                DeadLetterReason.MISSING_FIELD,
+                f"{self.topics.rekey} is internal: its messages need the loopwatch-source header naming"
+                f" {self.topics.inference} or {self.topics.feedback}, which ingest writes",
+            )
+        model: type[Any] = kinds[origin.source.topic]
+        outcome = decode(message.value, model, max_bytes=self.settings.max_event_bytes)
+        return dataclasses.replace(outcome, origin=origin) if isinstance(outcome, Rejected) else outcome
+
+    def _timely(self, accepted: Accepted[Any], message: Any, now: float) -> Accepted[Any] | Rejected:
+        """The event, or its rejection when its timestamp is too far from its Kafka message's."""
+        rejected = out_of_range(
+            accepted.event.timestamp,
+            message.timestamp,
+            now,
+            max_past=self.settings.max_timestamp_past_seconds,
+            max_future=self.settings.max_timestamp_future_seconds,
+        )
+        return accepted if rejected is None else rejected
+
+    # -- a batch -------------------------------------------------------------------
+
+    async def handle(self, batch: Batch, now: float) -> Effects:
+        """Re-key the wrongly keyed, pass the rest on: enriched, joined, sampled into windows; count."""
+        effects = self.effects()
+        topic = batch.topic
+        rekeyed = topic == self.topics.rekey
+        self._written.clear()
+        for message, accepted in batch.accepted:
+            if rekeyed:
+                source = cast(Origin, origin_in(message.headers)).source
+            else:
+                source = SourceRef(topic=topic, partition=message.partition, offset=message.offset)
+            key = accepted.event.request_id.encode()
+            if message.key != key and self._rekeyed(effects.records, message, key):
+                continue
+            if isinstance(accepted.event, InferenceLog):
+                self._inference(effects, message, source, accepted, key, now)
+            else:
+                self._feedback(effects, message, source, accepted, key, now)
+        self._flush_summaries(effects.records)
+        messages = batch.messages
+        for message in messages:
+            self.last_offset[message.tp] = message.offset
+        self._in[topic].inc(len(messages))
+        self._valid[topic].inc(len(batch.accepted))
+        self._seconds[topic].observe((time.perf_counter() - batch.started) / len(messages))
+        return effects
+
+    def _inference(
+        self,
+        effects: Effects,
+        message: Any,
+        source: SourceRef,
+        accepted: Accepted[InferenceLog],
+        key: bytes,
+        now: float,
+    ) -> None:
+        event = accepted.event
+        descriptors = describe(event)
+        effects.records.add(
+            self.topics.enriched,
+            key,
+            enriched_json(message.value, descriptors, source),
+            partition=message.partition,
+        )
+        if self.settings.detection:
+            self._sample_inference(event, descriptors)
+        previous = self._state(key, message.partition)
+        result = join.on_inference(previous, accepted.text, event, source, now, partition=message.partition)
+        self._store(effects, key, result, message.partition)
+
+    def _feedback(
+        self,
+        effects: Effects,
+        message: Any,
+        source: SourceRef,
+        accepted: Accepted[Feedback],
+        key: bytes,
+        now: float,
+    ) -> None:
+        previous = self._state(key, message.partition)
+        result = join.on_feedback(
+            previous, accepted.text, accepted.event, source, now, partition=message.partition
+        )
+        if result.duplicate:
+            self.metrics.feedback_duplicate.inc()
+        self._store(effects, key, result, message.partition)
+
+    def _rekeyed(self, outbox: Outbox, message: Any, key: bytes) -> bool:
+        """Re-send a message not keyed by its request_id to the repartition topic, keyed by it.
+
+        The join is partition-local: under another key the message may sit where
+        its partner never comes. False for a message that came from the
+        repartition topic already: it is joined where it is, never sent round again.
+        """
+        topic = message.topic
+        self.metrics.join_key_mismatch.labels(topic).inc()
+        if topic == self.topics.rekey:
+            self._warn_once(topic, message, key, f"left in partition {message.partition}, not re-keyed again")
+            return False
+        outbox.add(self.topics.rekey, key, message.value, headers=headers_for(Origin.of(message)))
+        self.metrics.rekeyed.labels(topic).inc()
+        self._warn_once(topic, message, key, f"re-keyed through {self.topics.rekey} so that they join")
+        return True
+
+    def _warn_once(self, topic: str, message: Any, key: bytes, what: str) -> None:
+        if topic in self._warned:
+            return
+        self._warned.add(topic)
+        shown = "no key" if message.key is None else f"key {message.key[:64]!r}"
+        log.warning(
+            "messages on %s are not keyed by their request_id (first: %s, request_id %r,"
+            " partition %d, offset %d): %s; counted in loopwatch_join_key_mismatch_total, warned once",
+            topic,
+            shown,
+            key[:64].decode(errors="replace"),
+            message.partition,
+            message.offset,
+            what,
+        )
+
+    def _state(self, key: bytes, partition: int) -> join.JoinState | None:
+        stored = self._written.get(key)
+        if stored is None:
+            stored = self.join_store.get(partition, key)
+        return None if stored is None else join.decode(stored)
+
+    def _store(self, effects: Effects, key: bytes, result: join.JoinResult, partition: int) -> None:
+        """Write the new join state and queue the joined records."""
+        if not result.duplicate:
+            stored = self._written[key] = join.encode(result.state)
+            effects.put(self.join_store, key, stored, partition)
+        for record in result.joined:
+            effects.records.add(
+                self.topics.joined, key, record.model_dump_json().encode(), partition=partition
+            )
+            if self.settings.detection:
+                self._sample_feedback(record)
+        self.metrics.feedback_joined.inc(len(result.joined))
+
+    # -- window summaries for the detect stage -----------------------------------
+
+    def _sample_inference(self, event: InferenceLog, descriptors: Descriptors) -> None:
+        """Count the event into its window; keep its row only if the window's sample wants it."""
+        segment = {
+            "model": event.model.name,
+            "model_version": event.model.version,
+            "app": event.app,
+            "route": event.route,
+            "tenant": event.tenant,
+        }
+        wanted = self.summaries.wants(segment, "inference", event.timestamp.timestamp())
+        if wanted is not None:
+            partial, sample_key = wanted
+            partial.sample.keep(log_row(event, descriptors, self.settings.window_text_chars), sample_key)
+
+    def _sample_feedback(self, record: JoinedFeedback) -> None:
+        row = feedback_row(record)
+        wanted = self.summaries.wants(segment_of(row), "feedback", record.feedback.timestamp.timestamp())
+        if wanted is not None:
+            partial, sample_key = wanted
+            partial.sample.keep(row, sample_key)
+
+    def _flush_summaries(self, outbox: Outbox) -> None:
+        """Publish this batch's window summaries with its other outputs (before the commit)."""
+        if not self.summaries.partials:
+            return
+        for (segment, _, _), partial in self.summaries.partials.items():
+            # Strict JSON whatever a row holds: a NaN (none gets past validation) would be null.
+            value = to_json(partial.to_json(), inf_nan_mode="null")
+            outbox.add(self.topics.summaries, segment.encode(), value)
+        self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
+
+    # -- the expiry sweep (the stage's tick) -------------------------------------
+
+    async def tick(self, now: float) -> Effects:
+        """Expire joins older than the TTL: publish their unmatched feedback, then forget them.
+
+        A chunk at a time: a large backlog expiring at once stays bounded in RAM,
+        and the next chunk is the stage's next unit of work.
+        """
+        effects = self.effects()
+        app = cast(Any, self.app)
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return effects  # entries recovered from now on would be missing from the expiry index
+        if app.consumer_generation_id != self._indexed_generation:
+            self.join_store.on_rebalance()
+            self._indexed_generation = app.consumer_generation_id
+        partitions = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == self.topics.inference
+        }
+        await self.join_store.reindex(partitions)
+        before = now - self.settings.join_ttl_seconds
+        expired = list(islice(self.join_store.expired(partitions, before), SWEEP_CHUNK))
+        unmatched = 0
+        for partition, key, stored in expired:
+            for record in join.unmatched(join.decode(stored), key.decode(), now):
+                value = record.model_dump_json().encode()
+                effects.records.add(self.topics.unmatched, key, value, partition=partition)
+                unmatched += 1
+            # Forgotten once its feedback is published: the tombstone goes to the changelog after it.
+            effects.put(self.join_store, key, None, partition)
+        self.metrics.feedback_unmatched.inc(unmatched)
+        self.metrics.join_entries.set(self.join_store.count(partitions) - len(expired))
+        if len(expired) == SWEEP_CHUNK:
+            self.runtime.tick(self.name)
+        return effects
+
+    def update_lag(self) -> None:
+        """Consumer lag per partition: the high-water mark minus the next offset to process."""
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic in self._in and tp in self.last_offset:
+                lag = self.app.consumer.highwater(tp) - (self.last_offset[tp] + 1)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))

@@ -1,0 +1,422 @@
+"""The stage runtime: each stage's work one unit at a time, and every unit's effects in one order.
+
+A *stage* (ingest, curate, detect, decide) is a class with a name, the topics it
+reads (each with the decoder that turns a Kafka message into an event), and
+three handlers. Each handler returns :class:`Effects`: what should happen, not
+done yet.
+
+- ``handle(batch, now)``: a batch of its input messages, already decoded (the
+  runtime dead-letters those its decoder rejects, with the reason);
+- ``tick(now)``: time-based work, every ``tick_seconds``;
+- ``receive(message, now)``: anything else addressed to it: the result of its
+  own slow work (``Effects.background``), an event from the control topic.
+
+The runtime runs all of a stage's units (batches, ticks, messages) through one
+queue, one at a time, so a stage's state is touched by one coroutine only.
+Then it performs the unit's effects in this order:
+
+1. state writes are applied to the local tables at once, so the stage's next
+   unit reads them (the local store is a cache: a restarted worker rebuilds it
+   from the changelog);
+2. output records (including dead letters) are sent and acknowledged by the broker;
+3. blocking calls (a Delta commit) run in a thread;
+4. the state writes' changelog records are sent and acknowledged;
+5. ``after`` callbacks run (e.g. pages handed to the notifiers);
+6. the unit's input messages are acked, so faust's next commit covers them.
+
+A crash anywhere before 6 replays the unit from the state of the last changelog
+record: every output is at-least-once and no state is durable before the outputs
+it produced. A failure to deliver (after :mod:`streams.outbox`'s retries) or a
+batch handler that raises crashes the worker, so its messages are processed
+again after the restart; a tick or message handler that raises is logged and
+the stage carries on (the next tick is a retry).
+
+Steps 2-6 of a unit may overlap the next unit's handler (``max_in_flight``
+units at once, acked in order): ingest keeps the broker's round trip off its
+hot path that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+
+from streams.ingest import Accepted, Rejected
+from streams.metrics import Metrics
+from streams.outbox import Outbox, OutputLimit
+
+if TYPE_CHECKING:
+    from streams.app import LoopwatchApp
+
+log = logging.getLogger("loopwatch.runtime")
+
+#: Turns one Kafka message into an event (``now`` is the handling time), or says why not.
+Decoder = Callable[[Any, float], Accepted[Any] | Rejected]
+
+
+@dataclass
+class Batch:
+    """Messages of one topic for one stage, in offset order, with the events decoded from the valid ones."""
+
+    topic: str
+    messages: list[Any]
+    accepted: list[tuple[Any, Accepted[Any]]]
+    #: ``time.perf_counter()`` when the runtime took the batch up (decoding included).
+    started: float
+
+
+class StateTable(Protocol):
+    """Where a stage keeps state: a local store whose every write also goes to a changelog topic."""
+
+    @property
+    def changelog(self) -> str:
+        """The changelog topic's name."""
+        ...
+
+    def apply(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """Write ``value`` under ``key`` in the local store (None deletes)."""
+        ...
+
+
+class ChangelogTable:
+    """A faust table of bytes (changelog-backed, recovered by faust) written only through Effects."""
+
+    def __init__(self, app: LoopwatchApp, name: str, partitions: int) -> None:
+        self.table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+
+    @property
+    def changelog(self) -> str:
+        """The changelog topic's name."""
+        return cast(str, self.table.changelog_topic.get_topic_name())
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or None."""
+        return cast(bytes | None, self.table.data.get(key))
+
+    def apply(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """Write ``value`` under ``key`` in the local store (None deletes)."""
+        if value is None:
+            self.table.data.pop(key, None)
+        else:
+            self.table.data[key] = value
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One state write: a local store write plus its changelog record (same key, value and partition)."""
+
+    table: StateTable
+    key: bytes
+    value: bytes | None
+    partition: int
+
+
+@dataclass
+class Effects:
+    """What one unit of a stage's work wants done; only the runtime does it (in the order above)."""
+
+    records: Outbox
+    writes: list[Write] = field(default_factory=list)
+    #: Blocking work (a Delta commit), run in a thread after the records are acknowledged.
+    calls: list[Callable[[], Any]] = field(default_factory=list)
+    #: Run once the unit's state is durable (e.g. hand pages to the notifiers).
+    after: list[Callable[[], None]] = field(default_factory=list)
+    #: Slow work: each result that is not None comes back to the stage's ``receive``.
+    background: list[Awaitable[Any]] = field(default_factory=list)
+
+    def put(self, table: StateTable, key: bytes, value: bytes | None, partition: int = 0) -> None:
+        """Write ``value`` under ``key`` (None deletes), locally and on the changelog."""
+        self.writes.append(Write(table, key, value, partition))
+
+
+class Stage:
+    """A stage: its name, its input topics and their decoders, and what it does with each unit of work."""
+
+    name: ClassVar[str]
+    #: Input topic -> decoder. Batches of the stage's topics are handled one at a time, in order.
+    inputs: Mapping[str, Decoder] = {}
+    #: Run ``tick`` this often (None: never).
+    tick_seconds: float | None = None
+    #: Units whose effects may be in flight while the next unit is handled.
+    max_in_flight: int = 1
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def effects(self) -> Effects:
+        """Empty effects whose records are held to the output limit."""
+        return self.runtime.effects()
+
+    async def handle(self, batch: Batch, now: float) -> Effects:
+        """What a batch of decoded input messages leads to."""
+        raise NotImplementedError(f"{self.name} reads no topic")
+
+    async def tick(self, now: float) -> Effects:
+        """Time-based work (every ``tick_seconds``)."""
+        return self.effects()
+
+    async def receive(self, message: Any, now: float) -> Effects:
+        """A message addressed to this stage (its own slow results, control events)."""
+        raise NotImplementedError(f"{self.name} takes no {type(message).__name__}")
+
+    async def start(self) -> None:
+        """Called once the worker runs (start background senders and the like)."""
+
+    async def stop(self) -> None:
+        """Called while the worker stops, before the producer does."""
+
+
+# -- the units of work in a stage's queue -------------------------------------------
+
+
+@dataclass
+class _Messages:
+    topic: str
+    messages: list[Any]
+
+
+@dataclass
+class _Tick:
+    pass
+
+
+@dataclass
+class _Message:
+    payload: Any
+
+
+_Unit = _Messages | _Tick | _Message
+
+
+class Runtime:
+    """Every stage's queue, and the one place where effects are performed."""
+
+    #: Most messages handed to a stage at once (batches that wait are merged up to this).
+    max_batch = 2_000
+    #: Messages that may wait for a busy stage before :meth:`put_batch` waits too.
+    max_waiting = 10_000
+
+    #: The app this runtime serves (set by :class:`~streams.app.LoopwatchApp`).
+    app: LoopwatchApp
+
+    def __init__(self, limit: OutputLimit, metrics: Metrics, deadletter_topic: str) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self.deadletter_topic = deadletter_topic
+        self.stages: dict[str, Stage] = {}
+        self.queues: dict[str, _StageQueue] = {}
+        self.route: dict[str, str] = {}  # input topic -> stage name
+        self._background: set[asyncio.Future[Any]] = set()
+
+    def effects(self) -> Effects:
+        """Empty effects whose records are held to the output limit."""
+        return Effects(Outbox(self.limit))
+
+    def add(self, stage: Stage) -> Stage:
+        """Run ``stage``: subscribe to its inputs and tick it."""
+        self.stages[stage.name] = stage
+        self.queues[stage.name] = _StageQueue(self, stage)
+        for topic in stage.inputs:
+            self.route[topic] = stage.name
+        return stage
+
+    # -- putting work in ---------------------------------------------------------
+
+    async def put_batch(self, topic: str, messages: list[Any]) -> None:
+        """Queue fetched messages of ``topic`` for its stage (waits only while that stage is far behind)."""
+        await self.queues[self.route[topic]].put_messages(topic, messages)
+
+    def tick(self, stage: str) -> None:
+        """Queue a tick for ``stage`` unless one is waiting already."""
+        self.queues[stage].put_tick()
+
+    def post(self, stage: str, message: Any) -> None:
+        """Queue ``message`` for ``stage``'s ``receive``."""
+        self.queues[stage].put(_Message(message))
+
+    async def join(self) -> None:
+        """Wait until every queued unit of every stage has been handled and its effects performed."""
+        for queue in self.queues.values():
+            await queue.join()
+
+    async def start(self) -> None:
+        """Start every stage."""
+        for stage in self.stages.values():
+            await stage.start()
+
+    async def stop(self) -> None:
+        """Abandon slow work, let every stage finish its queue, then stop the stages."""
+        for task in list(self._background):
+            task.cancel()
+        for name, stage in self.stages.items():
+            try:
+                await self.queues[name].join()
+                await stage.stop()
+                await self.queues[name].join()  # what stopping posted (e.g. failed deliveries)
+            except Exception:
+                log.exception("stopping the %s stage failed", name)
+
+    # -- running a unit ------------------------------------------------------------
+
+    async def run(self, stage: Stage, unit: _Unit) -> Effects:
+        """The effects of one unit, from the stage's handler (dead letters of a batch included)."""
+        now = time.time()
+        if isinstance(unit, _Tick):
+            return await stage.tick(now)
+        if isinstance(unit, _Message):
+            return await stage.receive(unit.payload, now)
+        return await self._handle(stage, unit, now)
+
+    async def _handle(self, stage: Stage, unit: _Messages, now: float) -> Effects:
+        started = time.perf_counter()
+        decode = stage.inputs[unit.topic]
+        letters = Outbox(self.limit)
+        accepted: list[tuple[Any, Accepted[Any]]] = []
+        for message in unit.messages:
+            outcome = decode(message, now)
+            if isinstance(outcome, Rejected):
+                letters.add_dead_letter(self.deadletter_topic, message, outcome, outcome.origin)
+                self.metrics.rejected(message.topic, outcome.reason)
+            else:
+                accepted.append((message, outcome))
+        effects = await stage.handle(Batch(unit.topic, unit.messages, accepted, started), now)
+        letters.extend(effects.records)  # dead letters first: they come from the earliest step
+        effects.records = letters
+        return effects
+
+    def start_background(self, stage: Stage, work: Awaitable[Any]) -> None:
+        """Run slow work; post its result (unless None) back to ``stage``."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)  # a task nobody references can be garbage-collected mid-run
+        task.add_done_callback(lambda done: self._finished(stage.name, done))
+
+    def _finished(self, stage: str, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("slow work of the %s stage failed", stage, exc_info=error)
+        elif task.result() is not None:
+            self.post(stage, task.result())
+
+    async def perform(self, effects: Effects) -> None:
+        """Steps 2-5: outputs acknowledged, blocking calls, changelog acknowledged, callbacks."""
+        producer = self.app.kafka_producer()
+        await (await effects.records.send(producer)).wait()
+        for call in effects.calls:
+            await asyncio.get_running_loop().run_in_executor(None, call)
+        if effects.writes:
+            changelog = Outbox(self.limit)
+            for write in effects.writes:
+                changelog.add(write.table.changelog, write.key, write.value, partition=write.partition)
+            await changelog.send_and_wait(producer)
+        for callback in effects.after:
+            callback()
+
+
+class _StageQueue:
+    """One stage's waiting units, run in order by one task at a time; effects may trail by max_in_flight.
+
+    A batch that arrives while the stage is busy joins the last waiting batch of
+    the same topic (up to ``max_batch`` messages), so a stage that waits on I/O
+    gets fewer, larger batches. :meth:`put_messages` waits only once
+    ``max_waiting`` messages are waiting: that is the back-pressure on the fetch loop.
+    """
+
+    def __init__(self, runtime: Runtime, stage: Stage) -> None:
+        self.runtime = runtime
+        self.stage = stage
+        self.waiting: deque[_Unit] = deque()
+        self.waiting_messages = 0
+        self.running: asyncio.Future[None] | None = None
+        self.in_flight: deque[asyncio.Future[None]] = deque()
+
+    async def put_messages(self, topic: str, messages: list[Any]) -> None:
+        """Queue ``messages``, merged into the last waiting batch of ``topic`` when it has room."""
+        while self.waiting_messages >= self.runtime.max_waiting and self.running is not None:
+            await asyncio.shield(self.running)
+        last = self.waiting[-1] if self.waiting else None
+        if (
+            isinstance(last, _Messages)
+            and last.topic == topic
+            and len(last.messages) + len(messages) <= self.runtime.max_batch
+        ):
+            last.messages.extend(messages)
+        else:
+            self.waiting.append(_Messages(topic, list(messages)))
+        self.waiting_messages += len(messages)
+        self._wake()
+
+    def put_tick(self) -> None:
+        """Queue a tick, unless one is already waiting (ticks of a busy stage do not pile up)."""
+        if not any(isinstance(unit, _Tick) for unit in self.waiting):
+            self.put(_Tick())
+
+    def put(self, unit: _Unit) -> None:
+        """Queue one unit."""
+        self.waiting.append(unit)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.running is None or self.running.done():
+            self.running = asyncio.ensure_future(self._run())
+
+    async def join(self) -> None:
+        """Wait until every queued unit has been handled and its effects performed."""
+        while self.running is not None and not self.running.done():
+            await asyncio.shield(self.running)
+        while self.in_flight:
+            await asyncio.shield(self.in_flight[0])
+
+    async def _run(self) -> None:
+        # Units queued while one is handled are picked up by this same loop.
+        while self.waiting:
+            unit = self.waiting.popleft()
+            messages = unit.messages if isinstance(unit, _Messages) else []
+            self.waiting_messages -= len(messages)
+            try:
+                effects = await self.runtime.run(self.stage, unit)
+            except Exception as exc:
+                if not messages:
+                    log.exception("the %s stage failed on a %s; carrying on", self.stage.name, _what(unit))
+                    continue
+                # Unacked, its messages are handled again after the restart (at-least-once).
+                log.exception("the %s stage failed on %d messages", self.stage.name, len(messages))
+                await self.runtime.app.consumer.crash(exc)
+                return
+            for write in effects.writes:
+                write.table.apply(write.key, write.value, write.partition)
+            for work in effects.background:
+                self.runtime.start_background(self.stage, work)
+            while len(self.in_flight) >= self.stage.max_in_flight:
+                await asyncio.shield(self.in_flight[0])
+            previous = self.in_flight[-1] if self.in_flight else None
+            self.in_flight.append(asyncio.ensure_future(self._perform(effects, messages, previous)))
+
+    async def _perform(
+        self, effects: Effects, messages: list[Any], previous: asyncio.Future[None] | None
+    ) -> None:
+        """Step 6 after steps 2-5, and after the previous unit's acks: offsets are acked in order."""
+        try:
+            await self.runtime.perform(effects)
+            if previous is not None:
+                await asyncio.shield(previous)
+            ack = self.runtime.app.consumer.ack
+            for message in messages:
+                ack(message)
+        except Exception as exc:
+            log.exception("the effects of the %s stage could not be delivered", self.stage.name)
+            await self.runtime.app.consumer.crash(exc)
+        finally:
+            # Removed by the task itself: a done task still listed would make join() spin.
+            self.in_flight.remove(cast("asyncio.Future[None]", asyncio.current_task()))
+
+
+def _what(unit: _Unit) -> str:
+    return "tick" if isinstance(unit, _Tick) else type(cast(_Message, unit).payload).__name__
