@@ -250,9 +250,16 @@ class Runtime:
             await stage.start()
 
     async def stop(self) -> None:
-        """Abandon slow work, let every stage finish its queue, then stop the stages."""
+        """Abandon slow work and waiting batches, finish the units under way, then stop the stages.
+
+        Waiting batches are not handled: their messages are unacked, so the next
+        worker handles them. faust calls this while the consumer still fetches; a
+        stage that took every batch in before stopping would not stop under traffic.
+        """
         for task in list(self._background):
             task.cancel()
+        for queue in self.queues.values():
+            queue.stop_taking_batches()
         for name, stage in self.stages.items():
             try:
                 await self.queues[name].join()
@@ -336,11 +343,20 @@ class _StageQueue:
         self.waiting_messages = 0
         self.running: asyncio.Future[None] | None = None
         self.in_flight: deque[asyncio.Future[None]] = deque()
+        # Units queued and units finished so far: join() waits for the units queued
+        # before it was called, not for a stage that new ticks or batches keep busy.
+        self.queued = 0
+        self.finished = 0
+        self.progress = asyncio.Event()
+        self.taking_batches = True
+        self.crashed = False
 
     async def put_messages(self, topic: str, messages: list[Any]) -> None:
         """Queue ``messages``, merged into the last waiting batch of ``topic`` when it has room."""
         while self.waiting_messages >= self.runtime.max_waiting and self.running is not None:
             await asyncio.shield(self.running)
+        if not self.taking_batches:
+            return  # stopping: unacked, the messages go to the next worker
         last = self.waiting[-1] if self.waiting else None
         if (
             isinstance(last, _Messages)
@@ -349,30 +365,43 @@ class _StageQueue:
         ):
             last.messages.extend(messages)
         else:
-            self.waiting.append(_Messages(topic, list(messages)))
+            self.put(_Messages(topic, list(messages)))
         self.waiting_messages += len(messages)
-        self._wake()
 
     def put_tick(self) -> None:
         """Queue a tick, unless one is already waiting (ticks of a busy stage do not pile up)."""
-        if not any(isinstance(unit, _Tick) for unit in self.waiting):
+        if self.taking_batches and not any(isinstance(unit, _Tick) for unit in self.waiting):
             self.put(_Tick())
 
     def put(self, unit: _Unit) -> None:
         """Queue one unit."""
         self.waiting.append(unit)
+        self.queued += 1
         self._wake()
+
+    def stop_taking_batches(self) -> None:
+        """Drop the waiting batches and ticks, and take no more (messages posted still count)."""
+        self.taking_batches = False
+        kept: deque[_Unit] = deque(unit for unit in self.waiting if isinstance(unit, _Message))
+        self._finish(len(self.waiting) - len(kept))
+        self.waiting, self.waiting_messages = kept, 0
+
+    def _finish(self, units: int = 1) -> None:
+        self.finished += units
+        self.progress.set()
 
     def _wake(self) -> None:
         if self.running is None or self.running.done():
             self.running = asyncio.ensure_future(self._run())
 
     async def join(self) -> None:
-        """Wait until every queued unit has been handled and its effects performed."""
-        while self.running is not None and not self.running.done():
-            await asyncio.shield(self.running)
-        while self.in_flight:
-            await asyncio.shield(self.in_flight[0])
+        """Wait until every unit queued so far has been handled and its effects performed."""
+        target = self.queued
+        while self.finished < target and not self.crashed:
+            self.progress.clear()
+            await self.progress.wait()
+        for performing in list(self.in_flight):  # a unit that failed fast may have finished first
+            await asyncio.shield(performing)
 
     async def _run(self) -> None:
         # Units queued while one is handled are picked up by this same loop.
@@ -385,10 +414,11 @@ class _StageQueue:
             except Exception as exc:
                 if not messages:
                     log.exception("the %s stage failed on a %s; carrying on", self.stage.name, _what(unit))
+                    self._finish()
                     continue
                 # Unacked, its messages are handled again after the restart (at-least-once).
                 log.exception("the %s stage failed on %d messages", self.stage.name, len(messages))
-                await self.runtime.app.consumer.crash(exc)
+                await self._crash(exc)
                 return
             for write in effects.writes:
                 write.table.apply(write.key, write.value, write.partition)
@@ -412,10 +442,16 @@ class _StageQueue:
                 ack(message)
         except Exception as exc:
             log.exception("the effects of the %s stage could not be delivered", self.stage.name)
-            await self.runtime.app.consumer.crash(exc)
+            await self._crash(exc)
         finally:
             # Removed by the task itself: a done task still listed would make join() spin.
             self.in_flight.remove(cast("asyncio.Future[None]", asyncio.current_task()))
+            self._finish()
+
+    async def _crash(self, error: BaseException) -> None:
+        self.crashed = True
+        self.progress.set()
+        await self.runtime.app.consumer.crash(error)
 
 
 def _what(unit: _Unit) -> str:

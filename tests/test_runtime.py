@@ -384,3 +384,49 @@ def test_a_record_added_while_an_outbox_is_sending_is_sent_later_not_lost() -> N
         return producer.delivered
 
     assert sorted(asyncio.run(scenario())) == [b"first", b"from a slow result", b"from the tick", b"second"]
+
+
+def test_stop_under_traffic_drops_waiting_batches_unacked_and_still_publishes_what_stopping_posts() -> None:
+    """faust stops the app while its consumer still fetches: stop must not wait for the backlog."""
+
+    class Busy(Writer):
+        async def handle(self, batch: Batch, now: float) -> Effects:
+            await asyncio.sleep(0)  # a unit takes a while; batches pile up meanwhile
+            return await super().handle(batch, now)
+
+        async def receive(self, message: Any, now: float) -> Effects:
+            effects = self.effects()
+            effects.records.add("failures", None, message)
+            return effects
+
+        async def stop(self) -> None:
+            self.runtime.post(self.name, b"a page that failed while stopping")
+
+    async def scenario() -> list[Any]:
+        rt = runtime()
+        app: App = rt.app  # type: ignore[assignment]
+        rt.add(Busy(rt, app.log))
+        feeding = True
+
+        async def fetch_loop() -> None:
+            offset = 0
+            while feeding:
+                offset += 1
+                await rt.put_batch("in", [message("in", offset)])
+                rt.tick("writer")
+                await asyncio.sleep(0)
+
+        fetching = asyncio.ensure_future(fetch_loop())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(rt.stop(), 5)
+        feeding = False
+        await fetching
+        return app.log
+
+    log = asyncio.run(scenario())
+    acked = [entry[1] for entry in log if entry[0] == "ack"]
+    handled = [entry[1] for entry in log if entry[0] == "local"]
+    assert acked == list(range(1, len(acked) + 1)), "acks stay in order"
+    assert len(handled) == len(acked), "every unit handled before the stop is acked; the rest is not handled"
+    assert ("acked", "failures", b"a page that failed while stopping") in log
