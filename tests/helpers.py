@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from core.processes import spawn_worker, stop_process, wait_until_healthy
 from core.settings import Topics
+from retrain_trigger.control import ControlEvent
+from retrain_trigger.silence import Silence, parse_matcher
 from schemas.errors import LoopwatchError
 from services.broker import free_port
 from services.replay import Replayer
@@ -41,6 +44,19 @@ def wait_until(
             raise AssertionError(f"{what} (waited {timeout:.0f}s)" + (f":\n{detail()}" if detail else ""))
         time.sleep(interval)
     return outcome
+
+
+def forged_silence() -> ControlEvent:
+    """The control event an attacker would write: a forced ten-year silence of every alert, unsigned."""
+    now = datetime.now(UTC)
+    silence = Silence(
+        id="forged",
+        matchers=[parse_matcher("model=~.*")],
+        starts_at=now,
+        ends_at=now + timedelta(days=3650),
+        force=True,
+    )
+    return ControlEvent(silence=silence)
 
 
 def process_alive(pid: int) -> bool:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from retrain_trigger.control import ControlEvent
-from retrain_trigger.silence import Silence, parse_matcher
 from services.cli import main
 from services.replay import Replayer
+from tests.helpers import forged_silence
 
 
 def _in(directory: Path, runner: CliRunner, args: list[str]) -> tuple[int, str]:
@@ -78,16 +76,7 @@ def test_listing_with_bootstrap_reads_the_control_topic_and_shows_refused_record
     marked = signed.invoke(main, ["model", "mark-stable", "chat", "v7", "--bootstrap", broker])
     assert marked.exit_code == 0, marked.output
     # A forged silence, written with a plain producer: no signature.
-    now = datetime.now(UTC)
-    forged = ControlEvent(
-        silence=Silence(
-            id="forged",
-            matchers=[parse_matcher("model=~.*")],
-            starts_at=now,
-            ends_at=now + timedelta(days=3650),
-            force=True,
-        )
-    )
+    forged = forged_silence()
     replayer = Replayer(broker)
     replayer.send(topic, forged.model_dump_json().encode(), forged.key())
     replayer.close()

@@ -17,13 +17,12 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from retrain_trigger.actions import ROLLBACK_REQUESTED, from_kafka
-from retrain_trigger.control import SIGNATURE_HEADER, ControlEvent, sign
-from retrain_trigger.silence import Silence, parse_matcher
+from retrain_trigger.control import SIGNATURE_HEADER, sign
 from schemas.events import Detection
 from services import sample_data
 from services.cli import main
 from services.replay import Replayer
-from tests.helpers import WorkerStack
+from tests.helpers import WorkerStack, forged_silence
 from tests.test_decide_stream import _detection, _receivers, _Webhook
 
 pytestmark = pytest.mark.broker
@@ -129,16 +128,7 @@ def test_with_a_key_a_forged_silence_is_refused_and_a_signed_one_is_announced(
         receivers_file=_receivers(tmp_path, url),
         control_key=KEY,
     ).start()
-    now = datetime.now(UTC)
-    forged = ControlEvent(
-        silence=Silence(
-            id="forged",
-            matchers=[parse_matcher("model=~.*")],
-            starts_at=now,
-            ends_at=now + timedelta(days=3650),
-            force=True,
-        )
-    )
+    forged = forged_silence()
     value = forged.model_dump_json().encode()
     try:
         # Written with a plain producer: once unsigned, once signed with a guessed key.
