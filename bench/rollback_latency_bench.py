@@ -91,7 +91,7 @@ def transit(bootstrap: str, topic: str, samples: int = 20) -> float:
     """Median seconds from a producer's send to a consumer's read (the baseline)."""
     consumer = KafkaConsumer(topic, bootstrap_servers=[bootstrap], auto_offset_reset="latest", group_id=None)
     consumer.poll(timeout_ms=1000)
-    replayer = Replayer(bootstrap)
+    replayer = Replayer(Settings(kafka_bootstrap=bootstrap))
     times = []
     for _ in range(samples):
         sent = time.monotonic()
@@ -111,7 +111,7 @@ def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: li
         topics.rollback_requests, bootstrap_servers=[bootstrap], auto_offset_reset="latest", group_id=None
     )
     consumer.poll(timeout_ms=500)
-    replayer = Replayer(bootstrap)
+    replayer = Replayer(Settings(kafka_bootstrap=bootstrap))
     rng = random.Random(model)
     _sleep_to_boundary(window)
     _paced(

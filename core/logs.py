@@ -47,6 +47,7 @@ def configure_logging(level: str) -> RepeatFilter:
     handler.setFormatter(logging.Formatter(FORMAT))
     global _active
     repeats = _active = RepeatFilter()
+    handler.addFilter(SecretFilter())  # first: a repeat's summary must not carry a secret either
     handler.addFilter(repeats)
     root = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
     logging.basicConfig(level=root, handlers=[handler], force=True)
@@ -58,6 +59,36 @@ def configure_logging(level: str) -> RepeatFilter:
         _flusher.start()
         atexit.register(flush_repeats)
     return repeats
+
+
+#: Values no log line may show (a Kafka password): see :func:`hide_in_logs`.
+_SECRETS: set[str] = set()
+HIDDEN = "**********"
+
+
+def hide_in_logs(secret: str) -> None:
+    """Have every line logged from now on show ``secret`` as ``**********``.
+
+    A library at DEBUG may log its whole configuration (kafka-python's admin client
+    does, password included); the settings' SecretStr cannot help once a client has it.
+    """
+    if secret:
+        _SECRETS.add(secret)
+
+
+class SecretFilter(logging.Filter):
+    """Masks the values given to :func:`hide_in_logs` in every record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message without the secrets (the record is always kept)."""
+        if _SECRETS:
+            message = record.getMessage()
+            hidden = message
+            for secret in _SECRETS:
+                hidden = hidden.replace(secret, HIDDEN)
+            if hidden != message:
+                record.msg, record.args = hidden, None
+        return True
 
 
 def flush_repeats() -> None:

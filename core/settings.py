@@ -21,6 +21,15 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORD_HEADROOM = 64 * 1024
 
 
+# What a SASL_* protocol cannot work without.
+_SASL_NEEDS = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+
+
+def _env(field: str) -> str:
+    """The environment variable of a settings field (what a person sets)."""
+    return "LOOPWATCH_" + field.upper()
+
+
 class Topics(BaseSettings):
     """Kafka topic names (``LOOPWATCH_TOPIC_*``)."""
 
@@ -37,10 +46,15 @@ class Topics(BaseSettings):
     alerts: str = "loopwatch.alerts.v1"
     retrain_requests: str = "loopwatch.retrain-requests.v1"
     rollback_requests: str = "loopwatch.rollback-requests.v1"
+    promotion_requests: str = "loopwatch.promotion-requests.v1"
+    # Pages to deliver (the notify stage reads them); keyed by alert group.
+    pages: str = "loopwatch.pages.v1"
     delivery_failures: str = "loopwatch.delivery-failures.v1"
     control: str = "loopwatch.control.v1"
     # Internal: messages not keyed by their request_id, re-sent keyed by it so the join finds them.
     rekey: str = "loopwatch.rekeyed.v1"
+    # The OpenTelemetry Collector Kafka exporter's default topic: OTLP traces the bridge stage reads.
+    otlp_spans: str = "otlp_spans"
 
     def co_partitioned(self) -> list[str]:
         """Topics keyed by request_id, which must share one partition count for the join."""
@@ -62,6 +76,30 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    # The connection settings of every Kafka client loopwatch opens (streams/kafka.py builds them).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to Kafka: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="SASL mechanism (needed with SASL_*); OAUTHBEARER sends the password as the token"
+    )
+    kafka_sasl_username: str | None = Field(
+        None, description="SASL user name (an API key on Confluent Cloud)"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (an API secret, or an OAUTHBEARER token); never printed or logged"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates [default: the system's]",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS (may hold the key too)"
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the client certificate")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that each broker's certificate names the host connected to"
     )
     app_id: str = Field("loopwatch", description="Faust app id: consumer group and table prefix")
     partitions: int = Field(4, ge=1, description="Partitions for topics loopwatch creates")
@@ -106,6 +144,13 @@ class Settings(BaseSettings):
 
     web_host: str = Field("127.0.0.1", description="Bind address of /metrics and /health")
     web_port: int = Field(6066, ge=0, le=65535, description="Port of /metrics and /health")
+    console_host: str = Field(
+        "127.0.0.1", description="Bind address of `loopwatch console` (any other than loopback needs a token)"
+    )
+    console_port: int = Field(8050, ge=0, le=65535, description="Port of `loopwatch console`")
+    console_token: SecretStr | None = Field(
+        None, description="Token the console requires (header, cookie or ?token=); needed off loopback"
+    )
     data_dir: Path = Field(Path(".loopwatch"), description="Worker state (faust tables)")
     broker_port: int = Field(9092, ge=1, le=65535, description="Port of the embedded broker")
     broker_wait_seconds: float = Field(
@@ -172,6 +217,50 @@ class Settings(BaseSettings):
     receivers_file: Path | None = Field(
         None, description="YAML list of alert receivers (webhook, slack, pagerduty, alertmanager)"
     )
+    registry: Literal["none", "mlflow"] = Field(
+        "none",
+        description="Model registry whose stable alias is the rollback target (none: stable_versions and"
+        " mark-stable on the control topic)",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="The MLflow tracking server (registry=mlflow or actuator=mlflow)"
+    )
+    registry_stable_alias: str = Field("champion", min_length=1, description="Alias of the stable version")
+    registry_canary_alias: str = Field("challenger", min_length=1, description="Alias of the canary version")
+    registry_cache_seconds: float = Field(
+        10.0, ge=0, description="How long a model's aliases read from the registry are reused"
+    )
+    actuator: Literal["none", "mlflow"] = Field(
+        "none",
+        description="Apply rollback and promotion requests by moving the stable alias in the registry"
+        " (the act stage)",
+    )
+    retrain_trigger: Literal["none", "http", "github", "airflow", "command"] = Field(
+        "none", description="Where the act stage dispatches retrain requests"
+    )
+    retrain_trigger_url: SecretStr | None = Field(
+        None,
+        description="The job trigger's URL (github: the workflow's dispatches URL, airflow: its dagRuns URL)",
+    )
+    retrain_trigger_token: SecretStr | None = Field(
+        None, description="Bearer token of the job trigger (with retrain_trigger_username: the password)"
+    )
+    retrain_trigger_username: str | None = Field(
+        None, description="User of the job trigger's basic auth (Airflow's basic_auth backend)"
+    )
+    retrain_trigger_body: str | None = Field(
+        None,
+        description="JSON body template of the job trigger ($model, $table, $delta_version, ...) [preset's]",
+    )
+    retrain_trigger_ref: str = Field("main", min_length=1, description="Git ref a GitHub workflow runs on")
+    retrain_trigger_command: list[str] = Field(
+        default_factory=list, description="Command of the command trigger (JSON list; arguments templated)"
+    )
+    retrain_trigger_attempts: int = Field(4, ge=1, description="Tries of one dispatch before dispatch_failed")
+    retrain_trigger_backoff_seconds: float = Field(
+        0.5, ge=0, description="Wait before the second try of a dispatch, doubled after each"
+    )
+    retrain_trigger_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one dispatch try")
     curation: bool = Field(True, description="Curate joined feedback into the Delta dataset tables")
     datasets_root: str | None = Field(
         None, description="Where the dataset tables live: a path or an object-store URI [<data_dir>/datasets]"
@@ -182,9 +271,78 @@ class Settings(BaseSettings):
     toxicity_flag_threshold: float = Field(
         0.5, gt=0, lt=1, description="Texts the cheap scorer rates at least this go to safety review"
     )
+    history: bool = Field(
+        True, description="Write the monitoring history (windows, detections, alerts, actions, dead letters)"
+    )
+    history_root: str | None = Field(
+        None, description="Where the history tables live: a path or an object-store URI [<data_dir>/history]"
+    )
+    history_retention_days: int | None = Field(
+        90, ge=1, description="History rows of older days are deleted (null: kept forever)"
+    )
+    history_compact_seconds: float = Field(
+        3_600.0, gt=0, description="How often the history tables are compacted, expired and vacuumed"
+    )
     slow_detector_queue: int = Field(
         1, ge=1, description="Windows waiting for slow detectors; more are skipped and counted"
     )
+    otlp: bool = Field(
+        True,
+        description="Run the OTLP bridge: GenAI spans on topics.otlp_spans become inference logs, feedback",
+    )
+    otlp_encoding: Literal["auto", "otlp_proto", "otlp_json"] = Field(
+        "auto",
+        description="How the OTLP spans are encoded (the Collector's Kafka exporter: otlp_proto, otlp_json)",
+    )
+    otlp_version_attribute: str = Field(
+        "service.version",
+        min_length=1,
+        description="Resource (else span) attribute holding the model version",
+    )
+    otlp_tenant_attribute: str | None = Field(
+        "tenant.id", description="Span (else resource) attribute holding the tenant (null: none)"
+    )
+    otlp_route_attribute: str | None = Field(
+        None,
+        description="Span (else resource) attribute holding the route, e.g. gen_ai.operation.name [none]",
+    )
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> Self:
+        """Refuse security settings that the chosen protocol would silently ignore or cannot work without."""
+        protocol = self.kafka_security_protocol
+        tls = [
+            name
+            for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+            if getattr(self, name) is not None
+        ]
+        sasl = [
+            name
+            for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+            if getattr(self, name) is not None
+        ]
+        if tls and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"{_env(tls[0])} is set but LOOPWATCH_KAFKA_SECURITY_PROTOCOL is {protocol}:"
+                " set it to SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("LOOPWATCH_KAFKA_SSL_KEYFILE needs LOOPWATCH_KAFKA_SSL_CERTFILE")
+        if protocol.startswith("SASL"):
+            missing = [name for name in _SASL_NEEDS if getattr(self, name) is None]
+            if self.kafka_sasl_mechanism == "OAUTHBEARER":
+                missing = [name for name in missing if name != "kafka_sasl_username"]
+            if missing:
+                raise ValueError(
+                    f"LOOPWATCH_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                    + ", ".join(_env(name) for name in missing)
+                )
+        elif sasl:
+            raise ValueError(
+                f"{_env(sasl[0])} is set but LOOPWATCH_KAFKA_SECURITY_PROTOCOL is {protocol}:"
+                " set it to SASL_SSL or SASL_PLAINTEXT"
+            )
+        return self
 
     @model_validator(mode="after")
     def _records_fit(self) -> Self:
@@ -202,6 +360,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _act_configured(self) -> Self:
+        """Refuse a registry, actuator or retrain trigger without what it needs."""
+        if "mlflow" in (self.registry, self.actuator) and not self.mlflow_tracking_uri:
+            raise ValueError("registry=mlflow and actuator=mlflow need mlflow_tracking_uri")
+        if self.retrain_trigger == "command" and not self.retrain_trigger_command:
+            raise ValueError("retrain_trigger=command needs retrain_trigger_command")
+        if self.retrain_trigger in ("http", "github", "airflow") and not self.retrain_trigger_url:
+            raise ValueError(f"retrain_trigger={self.retrain_trigger} needs retrain_trigger_url")
+        return self
+
     def record_topic_configs(self) -> dict[str, str]:
         """Kafka topic settings that accept every record loopwatch writes (a batch adds its own header)."""
         return {"max.message.bytes": str(self.max_record_bytes + 1024)}
@@ -209,3 +378,7 @@ class Settings(BaseSettings):
     def datasets_uri(self) -> str:
         """The root of the dataset tables."""
         return self.datasets_root or str(self.data_dir / "datasets")
+
+    def history_uri(self) -> str:
+        """The root of the monitoring history tables."""
+        return self.history_root or str(self.data_dir / "history")

@@ -22,17 +22,22 @@ store); :meth:`DatasetStore.vacuum` keeps the files of every tagged version.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from curation.errors import DatasetError
 from curation.rows import DATASET_KINDS, CuratedRow, DatasetKind
+
+log = logging.getLogger("loopwatch.curation")
+T = TypeVar("T")
 
 TAG_PREFIX = "loopwatch.tag."
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -136,14 +141,8 @@ def to_arrow(rows: Sequence[CuratedRow], written_at: datetime) -> pa.Table:
     return pa.Table.from_pylist([to_record(row, written_at) for row in rows], schema=SCHEMA)
 
 
-class DatasetStore:
-    """The dataset tables under one root; what the stream layer and the CLI use.
-
-    >>> import tempfile
-    >>> store = DatasetStore(tempfile.mkdtemp())
-    >>> store.latest_versions()
-    {}
-    """
+class DeltaRoot:
+    """Delta tables under one root, each opened once for writing and reused across batches."""
 
     def __init__(
         self,
@@ -155,17 +154,39 @@ class DatasetStore:
         self.root = str(root).rstrip("/")
         self.retention_days = retention_days
         self.storage_options = dict(storage_options) if storage_options else None
-        self._writers: dict[DatasetKind, Any] = {}  # open tables, reused across batches
+        self._writers: dict[str, Any] = {}  # open tables, reused across batches
 
-    def uri(self, kind: DatasetKind) -> str:
-        """Where the table of ``kind`` lives."""
-        return f"{self.root}/{kind}"
+    def uri(self, table: str) -> str:
+        """Where ``table`` lives."""
+        return f"{self.root}/{table}"
 
-    def exists(self, kind: DatasetKind) -> bool:
-        """True when the table of ``kind`` has been created."""
+    def exists(self, table: str) -> bool:
+        """True when ``table`` has been created."""
         from deltalake import DeltaTable
 
-        return bool(DeltaTable.is_deltatable(self.uri(kind), storage_options=self.storage_options))
+        return bool(DeltaTable.is_deltatable(self.uri(table), storage_options=self.storage_options))
+
+    def _writable(self, table: str) -> Any:
+        """The table to write, created on first use; later writes read only the new log entries."""
+        opened = self._writers.get(table)
+        if opened is None:
+            opened = self._writers[table] = self._create(table)
+        else:
+            opened.update_incremental()  # another worker may have committed since our last write
+        return opened
+
+    def _create(self, table: str) -> Any:
+        raise NotImplementedError
+
+
+class DatasetStore(DeltaRoot):
+    """The dataset tables under one root; what the stream layer and the CLI use.
+
+    >>> import tempfile
+    >>> store = DatasetStore(tempfile.mkdtemp())
+    >>> store.latest_versions()
+    {}
+    """
 
     def _table(self, kind: DatasetKind, version: int | None = None) -> Any:
         from deltalake import DeltaTable
@@ -181,26 +202,14 @@ class DatasetStore:
                 raise DatasetError(f"dataset table {kind!r} has no version {version}") from exc
             raise
 
-    def _writer(self, kind: DatasetKind) -> Any:
-        """The table to merge into, created on first use; later batches only read the new log entries."""
-        table = self._writers.get(kind)
-        if table is None:
-            table = self._writers[kind] = self._create(kind)
-        else:
-            table.update_incremental()  # another worker may have committed since our last write
-        return table
-
-    def _create(self, kind: DatasetKind) -> Any:
-        from deltalake import DeltaTable
-
-        return DeltaTable.create(
+    def _create(self, kind: str) -> Any:
+        return create_table(
             self.uri(kind),
             SCHEMA,
-            mode="ignore",
-            partition_by=PARTITION_BY,
-            name=f"loopwatch_{kind}",
-            description=f"loopwatch curated dataset: {kind}",
-            storage_options=self.storage_options,
+            PARTITION_BY,
+            f"loopwatch_{kind}",
+            f"loopwatch curated dataset: {kind}",
+            self.storage_options,
         )
 
     def cutoff(self, now: datetime) -> datetime | None:
@@ -232,7 +241,7 @@ class DatasetStore:
             batch = _unique([row for row in fresh if row.kind == kind])
             if not batch:
                 continue
-            table = self._writer(kind)
+            table = self._writable(kind)
             metrics = (
                 table.merge(
                     to_arrow(batch, now),
@@ -346,6 +355,45 @@ class DatasetStore:
                     )
                 )
         return removed
+
+
+def create_table(
+    uri: str,
+    schema: pa.Schema,
+    partition_by: list[str],
+    name: str,
+    description: str,
+    storage_options: Mapping[str, str] | None,
+) -> Any:
+    """The Delta table at ``uri``, created empty when it does not exist yet (another writer may race us)."""
+    from deltalake import DeltaTable
+
+    return DeltaTable.create(
+        uri,
+        schema,
+        mode="ignore",
+        partition_by=partition_by,
+        name=name,
+        description=description,
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+
+
+def with_retries(write: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """Run a Delta write, again after a failure (a commit conflicting with another worker's).
+
+    Runs in the stream runtime's thread, so the backoff blocks no event loop; the
+    last failure is raised, and the worker's restart replays the batch.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except Exception:
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (attempt %d), retrying", what, attempt, exc_info=True)
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _unique(rows: Sequence[CuratedRow]) -> list[CuratedRow]:

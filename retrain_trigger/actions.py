@@ -14,6 +14,7 @@ RETRAIN_REQUESTED = "io.loopwatch.retrain.requested"
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
 ROLLBACK_VERIFIED = "io.loopwatch.rollback.verified"
 ROLLBACK_FAILED = "io.loopwatch.rollback.failed"
+PROMOTION_REQUESTED = "io.loopwatch.promotion.requested"
 EVENT_TYPES = {"retrain": RETRAIN_REQUESTED, "rollback": ROLLBACK_REQUESTED}
 #: Structured mode of the Kafka binding: the whole event is the JSON value.
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
@@ -83,6 +84,61 @@ class MetricComparison(_Data):
     ci_low: float | None = Field(None, description="Interval of target minus rolled-back at the confidence")
     ci_high: float | None = None
     judgement: Judgement | None = None
+
+
+MarginJudgement = Literal["non_inferior", "worse", "inconclusive", "not_enough_data"]
+
+
+class MarginComparison(_Data):
+    """One measure of a challenger against the stable version (lower is better), with its margin.
+
+    ``ci_low``/``ci_high`` bound challenger minus stable at ``confidence``;
+    ``p_value`` is Fisher's exact test that the challenger's rate is higher.
+    """
+
+    detector_id: str
+    measurement: str
+    stable: float
+    candidate: float
+    stable_samples: int
+    candidate_samples: int
+    margin: float
+    difference: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    judgement: MarginJudgement
+
+
+class CandidateEvidence(_Data):
+    """What the challenger's windows show against stable: measures, intervals, windows, alerts."""
+
+    model: str
+    stable_version: str
+    candidate_version: str
+    status: Literal["non_inferior", "worse", "not_enough_data"]
+    reason: str
+    confidence: float
+    windows: int = Field(description="Challenger windows with a judged measure")
+    windows_required: int
+    stable_windows: int
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    alerts: list[str] = Field(default_factory=list, description="Alerts fired for the challenger")
+    comparisons: list[MarginComparison] = Field(default_factory=list)
+
+
+class PromotionRequest(_Data):
+    """Data of ``io.loopwatch.promotion.requested``: stable from ``from_version`` to ``target_version``."""
+
+    reason: str
+    policy: str
+    mode: Literal["auto", "dry-run"]
+    model: str
+    from_version: str
+    target_version: str
+    evidence: CandidateEvidence
+    detection_ids: list[str] = Field(default_factory=list, description="The challenger windows counted")
 
 
 class RollbackOutcome(_Data):

@@ -8,7 +8,9 @@ endpoint delays nobody else and never the stream. Each delivery has a timeout an
 retries with exponential backoff when retrying can help (timeouts, connection
 errors, 5xx, 429); a 4xx is final. Every delivery that finally fails, and every
 page that does not fit in a full queue, becomes a :class:`DeliveryFailure` record
-(the stream layer publishes them): nothing is dropped silently. Webhook URLs and
+(the stream layer publishes them): nothing is dropped silently. The stream's notify
+stage does not queue: it calls :meth:`Dispatcher.send` for each page of a batch and acks the
+batch once each page is delivered or its failure recorded. Webhook URLs and
 routing keys are ``SecretStr`` and appear in no log line, error or record.
 """
 
@@ -162,6 +164,7 @@ class Dispatcher:
         self.delivered: deque[tuple[str, str]] = deque(maxlen=history)
         self._rng = random.Random(seed)
         self._queues: dict[str, asyncio.Queue[Notification]] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Future[None]] = set()
@@ -170,6 +173,7 @@ class Dispatcher:
         """Open the HTTP session and start the sender tasks."""
         self._session = aiohttp.ClientSession()
         for receiver in self.receivers:
+            self._limits[receiver.name] = asyncio.Semaphore(self.concurrency)
             queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=self.queue_size)
             self._queues[receiver.name] = queue
             for _ in range(self.concurrency):
@@ -189,11 +193,33 @@ class Dispatcher:
         if self._session is not None:
             await self._session.close()
 
+    def receivers_for(self, notification: Notification) -> list[ReceiverConfig]:
+        """The receivers whose ``min_severity`` the page reaches."""
+        rank = _SEVERITY_RANK[notification.severity]
+        return [r for r in self.receivers if rank >= _SEVERITY_RANK[r.min_severity]]
+
+    async def send(self, receiver: ReceiverConfig, notification: Notification) -> DeliveryFailure | None:
+        """Deliver one page to one receiver now, with its retries: None once delivered, else the failure.
+
+        At most ``concurrency`` deliveries per receiver run at once (needs :meth:`start`).
+        """
+        assert self._session is not None, "start() the dispatcher first"
+        async with self._limits[receiver.name]:
+            try:
+                await deliver(self._session, receiver, notification, self._rng)
+            except DeliveryError as exc:
+                return self._record(
+                    receiver, notification, str(exc), exc.recoverable, exc.attempts, exc.http_status
+                )
+            except Exception as exc:  # a bug in one page must not kill the sender
+                error = f"unexpected {type(exc).__name__}"
+                return self._record(receiver, notification, error, False, 1, None)
+        self.delivered.append((receiver.name, notification.group_key))
+        return None
+
     def submit(self, notification: Notification) -> None:
         """Queue a page for every receiver whose ``min_severity`` it reaches (never blocks)."""
-        for receiver in self.receivers:
-            if _SEVERITY_RANK[notification.severity] < _SEVERITY_RANK[receiver.min_severity]:
-                continue
+        for receiver in self.receivers_for(notification):
             try:
                 self._queues[receiver.name].put_nowait(notification)
             except asyncio.QueueFull:
@@ -209,14 +235,9 @@ class Dispatcher:
         while True:
             notification = await queue.get()
             try:
-                await deliver(self._session, receiver, notification, self._rng)
-                self.delivered.append((receiver.name, notification.group_key))
-            except DeliveryError as exc:
-                await self._failed(
-                    receiver, notification, str(exc), exc.recoverable, exc.attempts, exc.http_status
-                )
-            except Exception as exc:  # a bug in one page must not kill the sender
-                await self._failed(receiver, notification, f"unexpected {type(exc).__name__}", False, 1, None)
+                failure = await self.send(receiver, notification)
+                if failure is not None:
+                    await self._report(failure)
             finally:
                 queue.task_done()
 
@@ -261,7 +282,9 @@ class Dispatcher:
         attempts: int,
         http_status: int | None,
     ) -> None:
-        failure = self._record(receiver, notification, error, recoverable, attempts, http_status)
+        await self._report(self._record(receiver, notification, error, recoverable, attempts, http_status))
+
+    async def _report(self, failure: DeliveryFailure) -> None:
         if self.on_failure is not None:
             result = self.on_failure(failure)
             if inspect.isawaitable(result):

@@ -17,8 +17,8 @@ as the first run did.
 >>> decider = Decider(load_policy())
 >>> decider.policy.name
 'default'
->>> [type(stage).__name__ for stage in decide_stages()][:4]
-['WatchStage', 'RouteStage', 'GatesStage', 'SettleStage']
+>>> [type(stage).__name__ for stage in decide_stages()][:5]
+['WatchStage', 'RouteStage', 'GatesStage', 'PromoteStage', 'SettleStage']
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from retrain_trigger.gates import GatesStage
 from retrain_trigger.inhibit import InhibitStage
 from retrain_trigger.page import PageStage
 from retrain_trigger.policy import Policy
+from retrain_trigger.promote import CanaryLookup, PromoteStage, PromotionState
 from retrain_trigger.publish import Decision, PublishStage
 from retrain_trigger.resolve import SETTLE_EVERY, ResolveStage, SettleStage
 from retrain_trigger.route import RouteStage
@@ -85,12 +86,13 @@ class EachFiringAlert:
         return True
 
 
-def decide_stages() -> list[PipelineStage]:
-    """The decide pipeline in order: a step runs these until one returns False."""
+def decide_stages(canary: CanaryLookup | None = None) -> list[PipelineStage]:
+    """The decide pipeline in order: a step runs these until one returns False (``canary``: challengers)."""
     return [
         WatchStage(),  # a detection is evidence for the model's pending rollback watches
         RouteStage(),  # which rules the detection is about
         GatesStage(),  # their alerts go pending, fire, resolve or reset
+        PromoteStage(canary),  # a challenger surely no worse than stable, with no alert, is proposed once
         SettleStage(),  # the rest runs when an alert changed, or every SETTLE_EVERY (and on every tick)
         ResolveStage(),  # stale alerts resolve; resolved alerts leave incidents and announce their end
         WatchDeadlineStage(),  # rollbacks not shown better in time fail
@@ -116,6 +118,7 @@ class ModelState(State):
     dedup: DedupState = Field(default_factory=DedupState)
     cooldown: CooldownState = Field(default_factory=CooldownState)
     watch: WatchState = Field(default_factory=WatchState)
+    promotion: PromotionState = Field(default_factory=PromotionState)
     settled_at: datetime | None = None
 
 
@@ -130,11 +133,18 @@ class DeciderState(State):
 class Decider:
     """Runs the decide stages over detections and ticks; holds their state but never sends anything."""
 
-    def __init__(self, policy: Policy, state: DeciderState | None = None, *, explain: bool = True) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        state: DeciderState | None = None,
+        *,
+        explain: bool = True,
+        canary: CanaryLookup | None = None,
+    ) -> None:
         self.state = state if state is not None else DeciderState()
         self.explain = explain
         #: The pipeline this Decider runs (see :func:`decide_stages`).
-        self.stages: tuple[PipelineStage, ...] = tuple(decide_stages())
+        self.stages: tuple[PipelineStage, ...] = tuple(decide_stages(canary))
         # Bound once: a step calls each of them, and there is a step per detection.
         self._runs = tuple(stage.run for stage in self.stages)
         self.use_policy(policy)

@@ -170,6 +170,48 @@ class Verify(_Strict):
     )
 
 
+class Margin(_Strict):
+    """One quality measure a challenger must not be worse on, and by how much it may be."""
+
+    measurement: str = Field(
+        description="Measurement of the detector compared (a share in [0, 1], lower is better)"
+    )
+    margin: float = Field(
+        gt=0,
+        le=1,
+        description="Non-inferior when challenger minus stable is surely below this (absolute rate)",
+    )
+
+
+class Promote(_Strict):
+    """Promotion of a challenger version: when has it served enough, and is it surely not worse than stable?
+
+    Each measure in ``margins`` is compared on the windows since the challenger
+    first served (both versions added up): non-inferior when the upper end of
+    the ``confidence`` interval of challenger minus stable is below the margin,
+    worse when Fisher's exact test says the challenger is higher at
+    ``1 - confidence`` (and it is not non-inferior). A request needs ``windows``
+    challenger windows, ``min_samples`` samples per measure on each version,
+    every measure seen non-inferior, and no alert fired for the challenger.
+    """
+
+    enabled: bool = Field(True, description="Publish promotion requests (false: never)")
+    windows: int = Field(3, ge=1, description="Challenger windows with a judged measure before a promotion")
+    min_samples: int = Field(
+        100, ge=1, description="Samples each version needs on a measure before it is judged"
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the intervals and of the worse test")
+    margins: dict[str, Margin] = Field(
+        default_factory=lambda: {
+            "quality.negative_feedback.v1": Margin(measurement="current_rate", margin=0.05),
+            "toxicity.detoxify.v1": Margin(measurement="rate.toxicity", margin=0.02),
+            "toxicity.profanity.v1": Margin(measurement="rate.profanity", margin=0.02),
+        },
+        min_length=1,
+        description="Detector id -> measure compared and its non-inferiority margin",
+    )
+
+
 class Policy(_Strict):
     """A whole decision policy."""
 
@@ -184,6 +226,7 @@ class Policy(_Strict):
     cooldown: Duration = Field(timedelta(hours=1), description="Default quiet time after an action")
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     verify: Verify = Field(default_factory=Verify)
+    promote: Promote = Field(default_factory=Promote)
     rules: list[Rule] = Field(min_length=1)
     inhibit: list[InhibitRule] = Field(default_factory=list)
 

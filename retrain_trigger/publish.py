@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from retrain_trigger import watch as rollback_watch
 from retrain_trigger.actions import (
     EVENT_TYPES,
+    PROMOTION_REQUESTED,
     ROLLBACK_FAILED,
     ROLLBACK_REQUESTED,
     ROLLBACK_VERIFIED,
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 #: Detections at most in an action's evidence (the latest ones).
 MAX_EVIDENCE = 10
 
-Stage = Literal["route", "gates", "inhibit", "silence", "dedup", "cooldown", "publish", "watch", "alerts"]
+Stage = Literal[
+    "route", "gates", "inhibit", "silence", "dedup", "cooldown", "publish", "watch", "alerts", "promote"
+]
 
 
 class LogEntry(NamedTuple):
@@ -78,8 +81,10 @@ class Decision:
         return not (self.alerts or self.notifications or self.actions)
 
 
-def action_topic(event: CloudEvent) -> Literal["retrain", "rollback"]:
-    """Which action topic an event goes to: rollback requests and their verification, or retrain."""
+def action_topic(event: CloudEvent) -> Literal["retrain", "rollback", "promotion"]:
+    """Which action topic an event goes to: rollbacks and their verification, promotions, or retrain."""
+    if event.type == PROMOTION_REQUESTED:
+        return "promotion"
     return "rollback" if event.type in (ROLLBACK_REQUESTED, ROLLBACK_VERIFIED, ROLLBACK_FAILED) else "retrain"
 
 
@@ -107,11 +112,11 @@ def action_event(ctx: DecideContext, rule: Rule, record: AlertRecord, incident: 
     data: RetrainRequest | RollbackRequest
     if rule.action == "rollback":
         bad = record.labels["model_version"]
-        target = ctx.stable.target(model)
+        target = ctx.stable.rollback_target(model, bad)
+        if target is None and ctx.stable.target(model) == bad:
+            return f"the failing version {bad} is the one marked stable: nothing to roll back to"
         if target is None:
             return f"no stable version of {model} to roll back to (mark one: loopwatch model mark-stable)"
-        if target == bad:
-            return f"the failing version {bad} is the one marked stable: nothing to roll back to"
         data = RollbackRequest(**common, from_version=bad, target_version=target)
     else:
         data = RetrainRequest(**common)

@@ -22,9 +22,24 @@ class StableVersionMarked(BaseModel):
 
 
 class StableVersions(State):
-    """The last version marked stable, per model."""
+    """The last version marked stable, per model; a model registry's stable alias comes first."""
 
     models: dict[str, StableVersionMarked] = Field(default_factory=dict)
+    #: The registry's stable alias per model, as last read (the marks are the fallback).
+    registry: dict[str, str] = Field(default_factory=dict, exclude=True)
+    #: The stable version that the registry's one replaced, per model (from its tag), as last read.
+    previous: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    def use_registry(
+        self, versions: dict[str, str | None], previous: dict[str, str | None] | None = None
+    ) -> None:
+        """Take the stable aliases (and the versions they replaced) just read from the registry."""
+        for read, into in ((versions, self.registry), (previous or {}, self.previous)):
+            for model, version in read.items():
+                if version:
+                    into[model] = version
+                else:  # None: the model has none there
+                    into.pop(model, None)
 
     def apply(self, event: StableVersionMarked) -> None:
         """Record a mark-stable event; an older event never overrides a newer one (replays are safe)."""
@@ -33,6 +48,18 @@ class StableVersions(State):
             self.models[event.model] = event
 
     def target(self, model: str) -> str | None:
-        """The version a rollback of ``model`` goes back to, if one was ever marked stable."""
+        """The stable version of ``model``: the registry's alias, else the last mark."""
+        if model in self.registry:
+            return self.registry[model]
         marked = self.models.get(model)
         return marked.version if marked else None
+
+    def rollback_target(self, model: str, bad: str) -> str | None:
+        """The version a rollback of ``bad`` goes back to; never ``bad`` itself (None: there is none).
+
+        A bad canary goes back to the registry's stable version; a bad stable
+        version to the one it replaced; else to the last mark.
+        """
+        stable, mark = self.registry.get(model), self.models.get(model)
+        candidates = (self.previous.get(model) if stable == bad else stable, mark.version if mark else None)
+        return next((version for version in candidates if version and version != bad), None)

@@ -119,8 +119,13 @@ class WatchState(State):
 def _rate(verify: Verify, detection: Detection) -> tuple[float, int] | None:
     """The detection's verify rate and the samples it was measured on, or None (not a rate we compare)."""
     name = verify.metrics.get(detection.detector_id)
-    value = None if name is None else detection.measurements.get(name)
-    if name is None or value is None or not 0.0 <= value <= 1.0:
+    return None if name is None else measured_rate(name, detection)
+
+
+def measured_rate(name: str, detection: Detection) -> tuple[float, int] | None:
+    """The detection's rate ``name`` and the samples it was measured on, or None (not a rate here)."""
+    value = detection.measurements.get(name)
+    if value is None or not 0.0 <= value <= 1.0:
         return None
     samples = detection.current_size
     head, _, last = name.rpartition(".")

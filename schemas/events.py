@@ -339,6 +339,8 @@ class DeadLetterReason(StrEnum):
     NON_FINITE_NUMBER = "non_finite_number"
     DUPLICATE_KEY = "duplicate_key"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    # On the OTLP spans topic: not an ExportTraceServiceRequest (protobuf or OTLP/JSON).
+    MALFORMED_OTLP = "malformed_otlp"
     # Not the producer's fault: a record loopwatch derived was too large to write.
     OUTPUT_TOO_LARGE = "output_too_large"
 

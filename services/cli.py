@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from services.commands import control, dataset, detect, policy, run, score
+from services.commands import console, control, dataset, deadletter, detect, gate, policy, run, score
 from services.commands.common import LoopwatchGroup
 
 
@@ -40,6 +40,9 @@ for command in (
     policy.policy_group,
     control.silence_group,
     control.model_group,
+    gate.gate,
+    deadletter.deadletter_group,
+    console.console,
 ):
     main.add_command(command)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from core.settings import Settings
 from retrain_trigger.control import ControlEvent, Refused, check, signature_headers
@@ -15,12 +15,13 @@ from retrain_trigger.silence import Silences
 from retrain_trigger.stable import StableVersions
 from schemas.errors import BrokerError
 from services.replay import Replayer
+from services.topic_reader import connected_consumer
 
 
 def publish(settings: Settings, event: ControlEvent) -> None:
     """Send one control event (signed when a control key is set) and wait until the broker has it."""
     value = event.model_dump_json().encode()
-    replayer = Replayer(settings.kafka_bootstrap)
+    replayer = Replayer(settings)
     try:
         headers = signature_headers(value, settings.control_key)
         replayer.send(settings.topics.control, value, event.key(), headers=headers)
@@ -49,9 +50,7 @@ class ControlLog:
 def read(settings: Settings, timeout: float = 30.0) -> ControlLog:
     """Read the whole control topic and check every record exactly as a worker does."""
     topic = settings.topics.control
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False, group_id=None
-    )
+    consumer = connected_consumer(settings, enable_auto_commit=False, group_id=None)
     log = ControlLog()
     max_silence = timedelta(seconds=settings.silence_max_seconds)
     try:

@@ -14,9 +14,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from schemas.errors import ConfigError, PublishError
+from core.settings import Settings
+from schemas.errors import BrokerError, ConfigError, PublishError
+from streams.kafka import checked_options
 
 
 def read_events(path: Path) -> Iterator[bytes]:
@@ -58,14 +61,14 @@ def event_key(value: bytes) -> bytes | None:
 class Replayer:
     """A kafka-python producer that counts deliveries and never loses a failure silently."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap.split(","),
-            acks="all",
-            linger_ms=5,
-            retries=5,
-            max_request_size=8 * 1024 * 1024,
-        )
+    def __init__(self, settings: Settings) -> None:
+        options = checked_options(settings)
+        try:
+            self.producer = KafkaProducer(
+                **options, acks="all", linger_ms=5, retries=5, max_request_size=8 * 1024 * 1024
+            )
+        except KafkaError as exc:
+            raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc!r}") from exc
         self.sent = 0
         self.failures: list[str] = []
 
@@ -103,14 +106,14 @@ class Replayer:
 def replay(
     values: Iterable[bytes],
     topic: str,
-    bootstrap: str,
+    settings: Settings,
     *,
     rate: float | None = None,
     limit: int | None = None,
     progress: bool = True,
 ) -> int:
     """Send ``values`` to ``topic``, at most ``rate`` per second; return how many were sent."""
-    replayer = Replayer(bootstrap)
+    replayer = Replayer(settings)
     started = time.monotonic()
     try:
         with tqdm(total=limit, unit="event", disable=not progress, desc=topic) as bar:

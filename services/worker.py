@@ -5,42 +5,50 @@ from __future__ import annotations
 import faulthandler
 import gc
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
+import traceback
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
 from core.logs import configure_logging, flush_repeats
-from core.processes import spawn_worker, stop_process
+from core.processes import spawn, spawn_worker, stop_process
 from core.settings import Settings
 from services.broker import start_broker
 from streams.app import create_app
 from streams.broker_watch import EXIT_TOPICS_MISSING
 from streams.kafka import ensure_topics, wait_for_kafka
+from streams.runtime import Stage
 
 log = logging.getLogger("loopwatch.worker")
 
 
 #: The worker's exit code when its shutdown outlasted ``stop_grace_seconds`` and it was cut short.
 EXIT_STOP_TIMEOUT = 4
+#: The worker's exit code when it crashed (a stage failed): it exits at once, and its supervisor restarts it.
+EXIT_CRASHED = 5
 
 
 def run_worker(settings: Settings) -> None:
     """Wait for Kafka, create missing topics, then run the faust worker until stopped.
 
     Exits 0 when stopped, :data:`~streams.broker_watch.EXIT_TOPICS_MISSING` when it
-    stopped itself because topics vanished (``on_missing_topics=exit``), and
-    :data:`EXIT_STOP_TIMEOUT` when its shutdown outlasted ``stop_grace_seconds``.
+    stopped itself because topics vanished (``on_missing_topics=exit``),
+    :data:`EXIT_STOP_TIMEOUT` when its shutdown outlasted ``stop_grace_seconds``, and
+    :data:`EXIT_CRASHED` at once when it crashed.
     """
     configure_logging(settings.log_level)
     log.info("starting worker app_id=%s kafka=%s", settings.app_id, settings.kafka_bootstrap)
-    wait_for_kafka(settings.kafka_bootstrap, give_up_after=settings.broker_wait_seconds)
+    wait_for_kafka(settings, give_up_after=settings.broker_wait_seconds)
     ensure_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
@@ -71,6 +79,10 @@ class GracefulWorker(faust.Worker):
     it waited 40-60 s and longer, until the process was killed. A watchdog thread
     starts with the signal, and if the shutdown is still running when the grace
     period ends it says so in one line and exits with :data:`EXIT_STOP_TIMEOUT`.
+
+    A crash (a stage whose batch or effects failed, any service of faust's that
+    crashed) ends the process at once with :data:`EXIT_CRASHED` and one line
+    (:func:`crash_line`); see :meth:`_crash`.
     """
 
     def __init__(self, *args: Any, grace_seconds: float, **kwargs: Any) -> None:
@@ -86,6 +98,19 @@ class GracefulWorker(faust.Worker):
     def _on_sigint(self) -> None:
         self._start_watchdog("SIGINT")
         super()._on_sigint()
+
+    def _crash(self, reason: BaseException) -> None:
+        # mode marks every service crashed, then its shutdown stops them all, waiting on the
+        # work still under way (the next unit of the crashed stage and its retries, the other
+        # stages, a producer without a broker): the process stayed up for 17 s to over 2.5 min,
+        # and a supervisor that restarts on exit could not restart it meanwhile. Ending here
+        # loses nothing: no input is acked before its outputs and state are on the broker, so
+        # the restart processes again what was under way, as after a kill -9.
+        super()._crash(reason)
+        if self._watchdog is not None:
+            return  # already stopping for a signal, within the grace period: its exit code stands
+        log.critical("%s", crash_line(reason))
+        _exit_now(EXIT_CRASHED)
 
     def _start_watchdog(self, signal_name: str) -> None:
         if self._watchdog is not None:
@@ -106,12 +131,57 @@ class GracefulWorker(faust.Worker):
             signal_name,
             code,
         )
-        flush_repeats()
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+        _flush_logs()
         # Where each thread is stuck: what an operator needs to know about a hung shutdown.
         faulthandler.dump_traceback(all_threads=True)
-        os._exit(code)  # the event loop is stuck: no clean exit is possible
+        _exit_now(code)  # the event loop is stuck: no clean exit is possible
+
+
+def _flush_logs() -> None:
+    flush_repeats()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def _exit_now(code: int) -> NoReturn:
+    # The slow-detector process first: the pool's own stop is skipped, and a child still
+    # starting has not yet asked to die with its parent (it stayed, blocked on its queue).
+    for child in multiprocessing.active_children():
+        child.terminate()
+    _flush_logs()
+    os._exit(code)  # not sys.exit: the interpreter's exit would join the threads still busy
+
+
+# Frames in these are the Python library's or a dependency's, not where loopwatch went wrong.
+_LIBRARIES = tuple(sorted({sysconfig.get_paths()[name] for name in ("stdlib", "purelib", "platlib")}))
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def crash_line(reason: BaseException) -> str:
+    """The one line a crash logs: the stage that crashed, the exception, where it was raised, the exit code.
+
+    The stage is the innermost in the traceback (a frame of its own methods or of
+    its queue in the runtime); the place is the innermost frame of loopwatch's
+    code, not a library's.
+    """
+    frames = list(traceback.walk_tb(reason.__traceback__))
+    stage = None
+    for frame, _ in frames:
+        owner = frame.f_locals.get("self")
+        found = owner if isinstance(owner, Stage) else getattr(owner, "stage", None)
+        if isinstance(found, Stage):
+            stage = found.name
+    what = " ".join(str(reason).split())  # one line, whatever the message holds
+    if len(what) > 300:
+        what = what[:300] + "..."
+    line = "the worker crashed" + (f" in the {stage} stage" if stage else "")
+    line += f": {type(reason).__name__}" + (f": {what}" if what else "")
+    ours = [(f, n) for f, n in frames if not f.f_code.co_filename.startswith(_LIBRARIES)]
+    if ours or frames:
+        frame, number = (ours or frames)[-1]
+        path = Path(frame.f_code.co_filename)
+        line += f" (raised at {path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path}:{number})"
+    return f"{line}; exiting with code {EXIT_CRASHED}"
 
 
 def keep_garbage_collection_off_the_hot_path() -> None:
@@ -166,6 +236,9 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
             settings.web_host,
             settings.web_port + i,
         )
+    # The console reads the history the workers write; it has no state, so it is not restarted.
+    console = spawn([sys.executable, "-m", "services.cli", "console"], env=dict(os.environ))
+    log.info("console on http://%s:%d/", settings.console_host, settings.console_port)
     try:
         while not stopping:
             time.sleep(0.5)
@@ -178,5 +251,6 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
         log.info("stopping %d worker(s)%s", len(children), " and the broker" if broker else "")
         for child in children:
             stop_process(child, timeout=30)
+        stop_process(console)
         if broker is not None:
             stop_process(broker)

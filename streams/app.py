@@ -25,6 +25,7 @@ from streams.broker_watch import BrokerWatch
 from streams.consumer import FastDrainTransport
 from streams.control import ControlFollower
 from streams.ingest_stage import IngestStage
+from streams.kafka import broker_credentials, client_options, servers
 from streams.metrics import Metrics
 from streams.outbox import Outbox, OutputLimit
 from streams.runtime import Runtime, Stage
@@ -41,9 +42,18 @@ _ROWS_PER_PARTIAL = 200
 class LoopwatchApp(faust.App):
     """faust.App whose consumer hands whole fetches of the stages' topics to the stage runtime."""
 
-    def __init__(self, *args: Any, output_limit: OutputLimit, runtime: Runtime, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        output_limit: OutputLimit,
+        runtime: Runtime,
+        kafka_options: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.output_limit = output_limit
+        #: What the worker's own aiokafka clients connect with (streams.kafka.client_options).
+        self.kafka_options = kafka_options
         self.runtime = runtime
         runtime.app = self
 
@@ -90,7 +100,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         settings.app_id,
         output_limit=limit,
         runtime=Runtime(limit, metrics, settings.topics.deadletter),
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        kafka_options=client_options(settings),
+        broker=[f"kafka://{server}" for server in servers(settings)],
+        # TLS and SASL for faust's consumer, producer and admin requests.
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         datadir=str(settings.data_dir),
         web_host=settings.web_host,
@@ -122,6 +135,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
     runtime = app.runtime
     ingest = IngestStage(runtime, settings, metrics)
     app.add_stage(ingest)
+    if settings.otlp:
+        from streams.otlp_stage import OtlpStage
+
+        app.add_stage(OtlpStage(runtime, settings, metrics))  # Collector spans -> inference, feedback
     if settings.curation:
         from streams.curate_stage import CurateStage
 
@@ -135,11 +152,23 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         control.subscribe(
             silence=partial(runtime.post, decide.name), stable=partial(runtime.post, decide.name)
         )
+        from streams.notify_stage import NotifyStage
+
+        app.add_stage(NotifyStage(runtime, settings, metrics))  # delivers the pages decide publishes
     if settings.detection:
         from streams.detect_stage import DetectStage
 
         detect = app.add_stage(DetectStage(runtime, settings, metrics))
         control.subscribe(stable=partial(runtime.post, detect.name))
+    if settings.actuator != "none" or settings.retrain_trigger != "none":
+        from streams.act_stage import ActStage
+
+        app.add_stage(ActStage(runtime, settings, metrics))  # moves the registry's alias, starts retrains
+    if settings.history:
+        from streams.history_stage import HistoryStage
+
+        # Last: it reads the topics other stages act on, and a topic's first reader dead-letters.
+        app.add_stage(HistoryStage(runtime, settings, metrics))
 
     @app.task
     async def start_stages() -> None:

@@ -58,7 +58,7 @@ class BrokerWatch:
         settings: Settings,
         metrics: Metrics,
         *,
-        list_topics: Callable[[str], set[str]] = existing_topics,
+        list_topics: Callable[[Settings], set[str]] = existing_topics,
         create_topics: Callable[[Settings], list[str]] = ensure_topics,
     ) -> None:
         self.app = app
@@ -86,7 +86,7 @@ class BrokerWatch:
         if self._listing is None or self._listing.done():
             # kafka-python retries a broker that accepts connections but does not
             # answer for a long time: one listing at a time, waited on for one interval.
-            self._listing = asyncio.ensure_future(asyncio.to_thread(self.list_topics, bootstrap))
+            self._listing = asyncio.ensure_future(asyncio.to_thread(self.list_topics, self.settings))
         try:
             existing = await asyncio.wait_for(asyncio.shield(self._listing), timeout)
             if self.app.should_stop:

@@ -168,8 +168,8 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
         return {**reported, **await self._probe_ends(stale)}
 
     async def _probe_ends(self, reported: dict[TP, int]) -> dict[TP, int]:
-        servers = [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
-        probe = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, group_id=None)
+        options = cast(Any, self.app).kafka_options
+        probe = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
         await probe.start()
         ends = dict(reported)
         try:

@@ -84,8 +84,10 @@ class ControlFollower:
                 " silence alerts; set LOOPWATCH_CONTROL_KEY (and restrict writes with Kafka ACLs)",
                 topic,
             )
+        from streams.kafka import client_options
+
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            **client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
         )

@@ -16,8 +16,6 @@ crashes the worker, whose restart processes the batch again.
 
 from __future__ import annotations
 
-import logging
-import time
 from functools import partial
 from typing import Any
 
@@ -25,16 +23,12 @@ from core.settings import Settings
 from curation import CurationConfig, ToxicityFlag, ToxicityVerdict
 from curation.rows import CuratedRow
 from curation.rules import CurationResult, curate
-from curation.store import DatasetStore, WriteResult
+from curation.store import DatasetStore, WriteResult, with_retries
 from detectors.scorers import ProfanityScorer
 from schemas.events import JoinedFeedback
 from streams.ingest import Accepted, Rejected, decode
 from streams.metrics import Metrics
 from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
-
-log = logging.getLogger("loopwatch.curate")
-
-_WRITE_ATTEMPTS = 5  # concurrent writers from other workers can make a Delta commit conflict
 
 
 def toxicity_verdicts(
@@ -102,12 +96,5 @@ class CurateStage(Stage):
             self.metrics.redactions.labels(pii).inc(count)
 
     def _write_rows(self, rows: list[CuratedRow], metadata: dict[str, str]) -> WriteResult:
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            try:
-                return self.store.write(rows, commit_metadata=metadata)
-            except Exception:
-                if attempt == _WRITE_ATTEMPTS:
-                    raise  # the worker restarts and replays the batch: nothing is lost
-                log.warning("dataset write failed (attempt %d), retrying", attempt, exc_info=True)
-                time.sleep(0.2 * 2**attempt)  # in the runtime's thread, not on the event loop
-        raise AssertionError("unreachable")
+        # A write that still fails raises: the worker restarts and replays the batch, losing nothing.
+        return with_retries(lambda: self.store.write(rows, commit_metadata=metadata), "dataset write")

@@ -9,19 +9,17 @@ table, so a restarted worker carries on where the crashed one stopped.
 The handlers only say what to do; :mod:`streams.runtime` does it, in its one
 order. For a batch of detections: the actions (CloudEvents, with the Kafka
 binding's ``ce_`` headers) and alerts are sent and acknowledged, then the
-changed model states reach the changelog, then the pages are handed to the
-notifiers, and only then are the detections acked. A crash before the
+changed model states reach the changelog, and only then are the detections acked. A crash before the
 changelog write replays the batch from the old state, which re-decides the
 same actions with the same ids; a crash after it replays nothing, because the
 dedup stage remembers the published keys. The only duplicate possible is a
 second copy with the *same* CloudEvent id, if the crash falls between the two
-writes; no action is ever lost, and no page goes out for an action that is not
-durable.
+writes; no action is ever lost.
 
-Pages go to the notifiers through a bounded queue in the background, so a
-slow or dead webhook never stalls the stream; the dispatcher posts every failed
-delivery back to this stage, which publishes it on
-``loopwatch.delivery-failures.v1``.
+Pages are output records too, on ``loopwatch.pages.v1`` (keyed by alert
+group), acknowledged before the detections are acked: the notify stage
+(:mod:`streams.notify_stage`) delivers them, so a slow or dead webhook never
+stalls decisions, and a page is never lost with a worker's memory.
 
 Silences and stable marks come from :mod:`streams.control`, posted to this
 stage's queue. Every silence is announced as an info alert (on the alerts topic
@@ -35,24 +33,23 @@ loses one), and a restart does not repeat it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from faust.types import TP
 from pydantic import TypeAdapter
 
-from core.config_files import load_yaml_list
 from core.settings import Settings
 from curation.store import DatasetStore
 from retrain_trigger.actions import ROLLBACK_REQUESTED, to_kafka
 from retrain_trigger.alerts import Notification, firing_counts, transition_line
-from retrain_trigger.notify import DeliveryFailure, Dispatcher, ReceiverConfig
 from retrain_trigger.pipeline import Decider, ModelState
 from retrain_trigger.policy import PolicyError, load_policy
 from retrain_trigger.publish import Decision, action_topic
+from retrain_trigger.registry import RegistryError, previous_stable, registry_from_settings
 from retrain_trigger.silence import Silence
 from retrain_trigger.stable import StableVersionMarked
 from schemas.events import Alert, CloudEvent, Detection
@@ -74,9 +71,15 @@ _ANNOUNCED = TypeAdapter(dict[str, datetime])
 _STOPPING = ("inhibit", "silence", "dedup", "cooldown")
 
 
-def load_receivers(path: Path | None) -> list[Any]:
-    """Notifier receivers from a YAML list (webhook, slack, pagerduty, alertmanager); none without a file."""
-    return [] if path is None else load_yaml_list(path, ReceiverConfig, "receivers")
+@dataclass(frozen=True)
+class CanaryVersions:
+    """The registry's challenger version of each model, read in the background (and its stable one)."""
+
+    versions: dict[str, str]
+    #: The stable alias per model (None: not set): the rollback target, before any stable mark.
+    stable: dict[str, str | None] = field(default_factory=dict)
+    #: The version the stable one replaced (its tag): the target when the stable version goes bad.
+    previous: dict[str, str | None] = field(default_factory=dict)
 
 
 class DecideStage(Stage):
@@ -94,21 +97,16 @@ class DecideStage(Stage):
         self.inputs: dict[str, Decoder] = {self.topics.detections: self._decode}
         self.policy_path = settings.policy_file
         self.policy_mtime = self._mtime()
-        self.decider = Decider(load_policy(self.policy_path))
+        self.registry = registry_from_settings(settings)
+        #: The registry's challenger per model, read on ticks; until read, no version is one.
+        self.canaries: dict[str, str] = {}
+        self._reading_canaries = False
+        self.decider = Decider(load_policy(self.policy_path), canary=self._canary if self.registry else None)
         for mark in settings_marks(settings):
             self.decider.mark_stable(mark)
         self.table = ChangelogTable(self.app, "decisions", settings.partitions)
         self.datasets = DatasetStore(settings.datasets_uri()) if settings.curation else None
-        self.dispatcher = Dispatcher(load_receivers(settings.receivers_file), on_failure=self._failed)
         self.partition_of: dict[str, int] = {}
-
-    async def start(self) -> None:
-        """Start the notifiers' background senders."""
-        await self.dispatcher.start()
-
-    async def stop(self) -> None:
-        """Deliver what is queued; the failures it posts are published by the runtime's last join."""
-        await self.dispatcher.stop()
 
     def _decode(self, message: Any, now: float) -> Accepted[Detection] | Rejected:
         # Detections may come from an external detector: a bad one is dead-lettered by the runtime.
@@ -140,19 +138,20 @@ class DecideStage(Stage):
         effects = self.effects()
         self._publish(effects, self.decider.tick(at), set(self.decider.state.models))
         self._announce_silences(effects, at)
+        self._refresh_canaries(effects)
         return effects
 
     async def receive(self, message: Any, now: float) -> Effects:
-        """A verified silence or stable mark (control topic), or a page the notifiers could not deliver."""
+        """A verified silence or stable mark (from the control topic)."""
         effects = self.effects()
         if isinstance(message, Silence):
             self.decider.add_silence(message)  # it mutes from the next decision (or tick)
         elif isinstance(message, StableVersionMarked):
             self.decider.mark_stable(message)  # the target of later rollbacks
-        elif isinstance(message, DeliveryFailure):
-            self.metrics.delivery_failures.labels(message.receiver).inc()
-            value = message.model_dump_json().encode()
-            effects.records.add(self.topics.delivery_failures, message.group_key.encode(), value)
+        elif isinstance(message, CanaryVersions):
+            self.canaries.update(message.versions)
+            self.decider.state.stable.use_registry(message.stable, message.previous)
+            self._reading_canaries = False
         else:
             return await super().receive(message, now)
         return effects
@@ -160,10 +159,13 @@ class DecideStage(Stage):
     # -- what a decision leads to ----------------------------------------------------------
 
     def _publish(self, effects: Effects, decision: Decision, touched: set[str]) -> None:
-        """Actions and alerts as records, changed model states as writes, pages once those are durable."""
+        """Actions, alerts and pages as records, changed model states as writes."""
         for event in decision.actions:
-            rollback = action_topic(event) == "rollback"
-            topic = self.topics.rollback_requests if rollback else self.topics.retrain_requests
+            topic = {
+                "rollback": self.topics.rollback_requests,
+                "promotion": self.topics.promotion_requests,
+                "retrain": self.topics.retrain_requests,
+            }[action_topic(event)]
             key, value, headers = to_kafka(self._with_dataset(event))
             effects.records.add(topic, key, value, headers=headers)
             self.metrics.actions.labels(event.type).inc()
@@ -191,13 +193,10 @@ class DecideStage(Stage):
         self.metrics.alerts.labels(alert.status).inc()
 
     def _page(self, effects: Effects, notifications: list[Notification]) -> None:
-        """Hand ``notifications`` to the notifiers once the unit's records and state are durable."""
-        if notifications:
-            effects.after.append(partial(self._submit, notifications))
-
-    def _submit(self, notifications: list[Notification]) -> None:
+        """Pages as records on the pages topic (keyed by group: one group's pages stay in order)."""
         for notification in notifications:
-            self.dispatcher.submit(notification)
+            key, value = notification.group_key.encode(), notification.model_dump_json().encode()
+            effects.records.add(self.topics.pages, key, value)
 
     def _announce_silences(self, effects: Effects, now: datetime) -> None:
         """Info alerts for silences applied or ended since the last tick (on one worker only)."""
@@ -226,6 +225,32 @@ class DecideStage(Stage):
             return event
         return event.model_copy(update={"data": {**event.data, "dataset": dataset}})
 
+    def _canary(self, model: str) -> str:
+        """The model's challenger as last read from the registry ("" when none is known)."""
+        return self.canaries.get(model, "")
+
+    def _refresh_canaries(self, effects: Effects) -> None:
+        """Read every known model's challenger alias in a thread (the registry is a network call)."""
+        if self.registry is None or self._reading_canaries:
+            return
+        self._reading_canaries = True
+        effects.background.append(asyncio.to_thread(self._read_canaries, sorted(self.decider.state.models)))
+
+    def _read_canaries(self, models: list[str]) -> CanaryVersions:
+        assert self.registry is not None
+        found: dict[str, str] = {}
+        stable: dict[str, str | None] = {}
+        previous: dict[str, str | None] = {}
+        for model in models:
+            try:
+                found[model] = self.registry.canary_version(model) or ""
+                stable[model] = version = self.registry.stable_version(model)  # same cached read
+                previous[model] = previous_stable(self.registry, model, version) if version else None
+            except RegistryError as exc:
+                # Kept as last read: promotion waits, nothing else depends on it.
+                log.warning("cannot read the challenger of %s from the registry: %s", model, exc)
+        return CanaryVersions(found, stable, previous)
+
     def _restore(self, model: str) -> None:
         """After a restart or rebalance, pick up the model's state from the table."""
         if model in self.decider.state.models:
@@ -252,7 +277,3 @@ class DecideStage(Stage):
             return self.policy_path.stat().st_mtime if self.policy_path else None
         except OSError:
             return None
-
-    def _failed(self, failure: DeliveryFailure) -> None:
-        """The dispatcher's on_failure: the failure is recorded in the stage's queue, like its other work."""
-        self.runtime.post(self.name, failure)

@@ -25,6 +25,14 @@ records; reference windows go into the ``references`` table
 restarts and rebalances) as state writes. A unit reads its own writes before
 the runtime applies them (:class:`_Store`): two windows of one segment that
 close in one batch see each other, as they did when the table was written at once.
+
+Open windows are state too (:mod:`streams.window_table`): every merged partial
+is a write to the ``windows`` table, deleted when its window closes, and a
+window whose slow detectors are still at work stays there until their result
+is out. At the start of each unit the stage compares the summaries partitions
+it owns with the ones it had: it rebuilds the open windows (and re-queues the
+slow work) of partitions it got, once the tables are recovered, and drops,
+unjudged, the windows of partitions another worker took.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import TYPE_CHECKING, Any, cast, get_args
 
 from core.config_files import load_yaml_list
 from core.settings import Settings
@@ -49,7 +57,11 @@ from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
 from streams.runtime import Batch, ChangelogTable, Decoder, Effects, Runtime, Stage
 from streams.slow_detectors import SlowDetectors
+from streams.window_table import WindowTable, restore_windows
 from streams.windows import ClosedWindow, Partial, WindowKind, Windows, segment_key, window_spec
+
+if TYPE_CHECKING:
+    from streams.app import LoopwatchApp
 
 log = logging.getLogger("loopwatch.detect")
 
@@ -131,6 +143,8 @@ class SlowResult:
     judged: list[Judged]
     failed: list[str]
     crashed: bool = False
+    #: The window's entry in the windows table, deleted once these Detections are out.
+    pending: str | None = None
 
 
 class _Store:
@@ -181,6 +195,10 @@ class DetectStage(Stage):
         self.partition_of: dict[str, int] = {}
         self.waiting: list[tuple[ClosedWindow, float]] = []
         self.max_wait = settings.window_idle_seconds
+        self.app: LoopwatchApp = runtime.app
+        self.window_table = WindowTable(runtime.app, settings.partitions)
+        # Summaries partitions whose open windows are in memory (rebuilt from the table).
+        self.assigned: set[int] = set()
 
     def _decode(self, message: Any, now: float) -> Accepted[Any] | Rejected:
         outcome = decode_summary(message, now)
@@ -195,34 +213,44 @@ class DetectStage(Stage):
             )
         return outcome
 
-    def _unit(self) -> Effects:
+    def _unit(self, now: float) -> Effects:
         """Empty effects for a new unit of work (the previous unit's writes are in the table now)."""
         self.store.written.clear()
-        return self.effects()
+        effects = self.effects()
+        self._follow_assignment(effects, now)
+        return effects
 
     async def handle(self, batch: Batch, now: float) -> Effects:
         """Merge a batch of partial summaries; judge the windows they complete."""
-        effects = self._unit()
+        effects = self._unit(now)
         late = self.windows.late_events
         closed: list[ClosedWindow] = []
         for message, accepted in batch.accepted:
             partial: Partial = accepted.event
+            if self.window_table.holds(message):
+                continue  # replayed after a restart: restored from the table, merged already
             try:
                 self.partition_of[segment_key(partial.segment)] = message.partition
                 self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
-                closed.extend(self.windows.add(partial, now))
+                entry = (
+                    None if self.windows.is_late(partial) else self.window_table.entry(message, accepted.text)
+                )
+                closed.extend(self.windows.add(partial, now, entry))
             except Exception:
                 # A summary this stage cannot merge must not crash the worker (and,
                 # re-read after the restart, crash it again): it is logged and counted.
                 self._failed(f"summary at {message.topic}/{message.partition}/{message.offset}")
         self.metrics.window_late_events.inc(self.windows.late_events - late)
+        self.window_table.flush(effects, closed, self.windows, self.partition_of)
         for window in closed:
             self._judge_or_count(effects, window, now)
         return effects
 
     async def tick(self, now: float) -> Effects:
         """Close windows of segments that went quiet; judge canary windows whose stable reference came."""
-        effects = self._unit()
+        effects = self._unit(now)
+        if self.app.rebalancing:
+            return effects  # windows of partitions on their way to another worker are not ours to close
         ready = [
             w
             for w, since in self.waiting
@@ -236,13 +264,14 @@ class DetectStage(Stage):
         except Exception:
             self._failed("closing windows")
             closed = []
+        self.window_table.flush(effects, closed, self.windows, self.partition_of)
         for window in closed:
             self._judge_or_count(effects, window, now)
         return effects
 
     async def receive(self, message: Any, now: float) -> Effects:
         """A stable mark from the control topic, or the slow detectors' result on a window."""
-        effects = self._unit()
+        effects = self._unit(now)
         if isinstance(message, StableVersionMarked):
             self._mark_stable(effects, message)
         elif isinstance(message, SlowResult):
@@ -266,6 +295,8 @@ class DetectStage(Stage):
 
     def _slow_done(self, effects: Effects, result: SlowResult) -> None:
         self.slow_pending -= 1
+        if result.pending is not None:  # a state write: it reaches the changelog after the Detections
+            self.window_table.done(effects, result.pending)
         if result.crashed:
             self.metrics.detector_errors.labels("slow-detectors").inc()
             return
@@ -315,11 +346,27 @@ class DetectStage(Stage):
         if self.slow_pending >= self.settings.slow_detector_queue:
             self.metrics.windows_skipped.labels(window.kind).inc()
             return
+        self._judge_slowly_later(
+            effects, window, reference, slow, self.window_table.pending(effects, window, partition)
+        )
+
+    def _judge_slowly_later(
+        self,
+        effects: Effects,
+        window: ClosedWindow,
+        reference: Reference,
+        specs: list[DetectorSpec],
+        pending: str,
+    ) -> None:
         self.slow_pending += 1
-        effects.background.append(self._judge_slowly(window, reference, slow))
+        effects.background.append(self._judge_slowly(window, reference, specs, pending))
 
     async def _judge_slowly(
-        self, window: ClosedWindow, reference: Reference, specs: list[DetectorSpec]
+        self,
+        window: ClosedWindow,
+        reference: Reference,
+        specs: list[DetectorSpec],
+        pending: str | None = None,
     ) -> SlowResult:
         """The slow detectors' findings (run by the runtime in the background; the result comes back)."""
         try:
@@ -330,8 +377,58 @@ class DetectStage(Stage):
         except Exception:
             # Returned, not raised: the stage must hear of it to free the window's queue slot.
             log.exception("slow detectors failed on a %s window", window.kind)
-            return SlowResult(window, reference, [], [], crashed=True)
-        return SlowResult(window, reference, judged, failed)
+            return SlowResult(window, reference, [], [], crashed=True, pending=pending)
+        return SlowResult(window, reference, judged, failed, pending=pending)
+
+    # -- open windows across restarts and rebalances -----------------------------------
+
+    def _follow_assignment(self, effects: Effects, now: float) -> None:
+        """Rebuild the open windows of summaries partitions this worker just got; drop the ones it lost."""
+        app: Any = self.app
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return  # the table is complete only once recovered
+        topic = self.settings.topics.summaries
+        assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+        gone, new = self.assigned - assigned, assigned - self.assigned
+        self.assigned = assigned
+        if gone:
+            self._forget(gone)
+        if new:
+            self._recover(effects, new, now)
+
+    def _forget(self, partitions: set[int]) -> None:
+        """Windows of partitions another worker merges now: dropped unjudged (that worker restores them)."""
+        for slot in [s for s in self.windows.open if self.partition_of.get(s[0]) in partitions]:
+            self.window_table.forget(self.windows.entries.get(slot, []))
+            self.windows.forget(slot)
+        self.waiting = [
+            (w, since)
+            for w, since in self.waiting
+            if self.partition_of.get(segment_key(w.segment)) not in partitions
+        ]
+
+    def _recover(self, effects: Effects, partitions: set[int], now: float) -> None:
+        """Open windows and pending slow detections of ``partitions``, from the windows table."""
+        restored = self.window_table.restore(partitions)
+        for key, partial in restored.partials:
+            self.partition_of[segment_key(partial.segment)] = self.window_table.partition[key]
+        for key in restore_windows(self.windows, restored, now):
+            self.window_table.done(effects, key)  # a partial of a window closed already
+        for key, window in restored.pending:
+            self.partition_of.setdefault(segment_key(window.segment), self.window_table.partition[key])
+            reference = self.references.for_window(window)
+            specs = self.judge.specs_for(window.kind, slow=True)
+            if reference is None or not specs:
+                self.window_table.done(effects, key)
+                continue
+            self._judge_slowly_later(effects, window, reference, specs, key)
+        if restored.partials or restored.pending:
+            log.warning(
+                "restored %d open windows (%d partials) and %d windows awaiting slow detectors",
+                len(self.windows.open),
+                len(restored.partials),
+                len(restored.pending),
+            )
 
     def _detector_failed(self, detector_id: str) -> None:
         self.metrics.detector_errors.labels(detector_id).inc()

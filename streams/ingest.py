@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import jiter
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 
 from detectors.frame import describe
 from schemas.events import (
@@ -266,17 +267,22 @@ def enriched_json(raw: bytes, descriptors: Descriptors, source: SourceRef) -> by
     """``enrich(log, source).model_dump_json()``, without serialising the log a second time.
 
     ``raw`` is the message that just validated as the log ``descriptors`` describe,
-    so it is spliced in as it is; only the small parts are serialised. A test checks
-    that the result parses to the same EnrichedInference as :func:`enrich`.
+    so it is spliced in as it is; only the small parts are serialised, the source
+    by hand (its three fields in SourceRef's order: a sixth of this call's time
+    went to pydantic's set-up for them). A test checks that the result parses to
+    the same EnrichedInference as :func:`enrich`.
     """
-    return b"".join(
-        (
-            b'{"schema_version":"1","inference":',
+    return (
+        b'{"schema_version":"1","inference":%s,"descriptors":%s,"source":{"topic":%s,"partition":%d,"offset":%d}}'
+        % (
             raw,
-            b',"descriptors":',
-            descriptors.model_dump_json().encode(),
-            b',"source":',
-            source.model_dump_json().encode(),
-            b"}",
+            _DESCRIPTORS_JSON(descriptors),
+            to_json(source.topic),
+            source.partition,
+            source.offset,
         )
     )
+
+
+#: The serialiser ``model_dump_json`` calls, without its per-call keyword handling and str round trip.
+_DESCRIPTORS_JSON = Descriptors.__pydantic_serializer__.to_json

@@ -135,6 +135,13 @@ class Metrics:
             buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1),
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "loopwatch_stage_seconds",
+            "Time from a stage taking up a batch to acking it (handler, outputs acknowledged, state written)",
+            ["stage"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "loopwatch_consumer_lag",
             "Messages in the partition not yet processed",
@@ -209,6 +216,12 @@ class Metrics:
         self.redactions = Counter(
             "loopwatch_redactions", "PII and secrets redacted before storage, by kind", ["kind"], registry=r
         )
+        self.history_rows = Counter(
+            "loopwatch_history_rows",
+            "Rows inserted into the history tables, by table (replays insert none)",
+            ["table"],
+            registry=r,
+        )
 
         self.detections_decided = Counter(
             "loopwatch_detections_decided", "Detections run through the decide pipeline", registry=r
@@ -259,6 +272,21 @@ class Metrics:
         self.policy_rejected = Counter(
             "loopwatch_policy_rejected",
             "Edited policy files refused (the previous policy kept running)",
+            registry=r,
+        )
+        self.otlp_spans = Counter(
+            "loopwatch_otlp_spans", "Spans read by the OTLP bridge (in decodable messages)", registry=r
+        )
+        self.otlp_mapped = Counter(
+            "loopwatch_otlp_mapped",
+            "Events the OTLP bridge wrote: kind inference (LLM spans) or feedback (evaluation events)",
+            ["kind"],
+            registry=r,
+        )
+        self.otlp_skipped = Counter(
+            "loopwatch_otlp_skipped",
+            "Spans and evaluation events the OTLP bridge skipped, by reason (not_genai, not_an_llm_call...)",
+            ["reason"],
             registry=r,
         )
         self._budget = LabelBudget()

@@ -210,7 +210,7 @@ class Runtime:
         self.deadletter_topic = deadletter_topic
         self.stages: dict[str, Stage] = {}
         self.queues: dict[str, _StageQueue] = {}
-        self.route: dict[str, str] = {}  # input topic -> stage name
+        self.route: dict[str, list[str]] = {}  # input topic -> the stages that read it
         self._background: set[asyncio.Future[Any]] = set()
 
     def effects(self) -> Effects:
@@ -222,14 +222,24 @@ class Runtime:
         self.stages[stage.name] = stage
         self.queues[stage.name] = _StageQueue(self, stage)
         for topic in stage.inputs:
-            self.route[topic] = stage.name
+            self.route.setdefault(topic, []).append(stage.name)
         return stage
 
     # -- putting work in ---------------------------------------------------------
 
     async def put_batch(self, topic: str, messages: list[Any]) -> None:
-        """Queue fetched messages of ``topic`` for its stage (waits only while that stage is far behind)."""
-        await self.queues[self.route[topic]].put_messages(topic, messages)
+        """Queue fetched messages of ``topic`` for its stages (waits only while one is far behind).
+
+        A topic several stages read (detections: decide and history) is acked
+        once every one of them has acked it: each message counts its readers
+        (faust's ``Message.refcount``), and the last ack commits it.
+        """
+        stages = self.route[topic]
+        if len(stages) > 1:
+            for message in messages:
+                message.incref(len(stages))
+        for name in stages:
+            await self.queues[name].put_messages(topic, messages)
 
     def tick(self, stage: str) -> None:
         """Queue a tick for ``stage`` unless one is waiting already."""
@@ -284,11 +294,14 @@ class Runtime:
         decode = stage.inputs[unit.topic]
         letters = Outbox(self.limit)
         accepted: list[tuple[Any, Accepted[Any]]] = []
+        # A topic several stages read is dead-lettered by its first reader only: one letter per message.
+        first_reader = self.route[unit.topic][0] == stage.name
         for message in unit.messages:
             outcome = decode(message, now)
             if isinstance(outcome, Rejected):
-                letters.add_dead_letter(self.deadletter_topic, message, outcome, outcome.origin)
-                self.metrics.rejected(message.topic, outcome.reason)
+                if first_reader:
+                    letters.add_dead_letter(self.deadletter_topic, message, outcome, outcome.origin)
+                    self.metrics.rejected(message.topic, outcome.reason)
             else:
                 accepted.append((message, outcome))
         effects = await stage.handle(Batch(unit.topic, unit.messages, accepted, started), now)
@@ -409,6 +422,7 @@ class _StageQueue:
             unit = self.waiting.popleft()
             messages = unit.messages if isinstance(unit, _Messages) else []
             self.waiting_messages -= len(messages)
+            started = time.perf_counter()
             try:
                 effects = await self.runtime.run(self.stage, unit)
             except Exception as exc:
@@ -427,10 +441,10 @@ class _StageQueue:
             while len(self.in_flight) >= self.stage.max_in_flight:
                 await asyncio.shield(self.in_flight[0])
             previous = self.in_flight[-1] if self.in_flight else None
-            self.in_flight.append(asyncio.ensure_future(self._perform(effects, messages, previous)))
+            self.in_flight.append(asyncio.ensure_future(self._perform(effects, messages, previous, started)))
 
     async def _perform(
-        self, effects: Effects, messages: list[Any], previous: asyncio.Future[None] | None
+        self, effects: Effects, messages: list[Any], previous: asyncio.Future[None] | None, started: float
     ) -> None:
         """Step 6 after steps 2-5, and after the previous unit's acks: offsets are acked in order."""
         try:
@@ -438,8 +452,13 @@ class _StageQueue:
             if previous is not None:
                 await asyncio.shield(previous)
             ack = self.runtime.app.consumer.ack
+            shared = bool(messages) and len(self.runtime.route[messages[0].topic]) > 1
             for message in messages:
-                ack(message)
+                if not shared or not message.decref():  # a shared message: the last reader acks it
+                    ack(message)
+            if messages:
+                took = time.perf_counter() - started
+                self.runtime.metrics.stage_seconds.labels(self.stage.name).observe(took)
         except Exception as exc:
             log.exception("the effects of the %s stage could not be delivered", self.stage.name)
             await self._crash(exc)

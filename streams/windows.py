@@ -221,6 +221,29 @@ class ClosedWindow:
     end: datetime
     seen: int
     rows: list[dict[str, Any]]
+    #: The ids of the partials merged into it (their entries in the open-windows table).
+    entries: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (a window kept until its slow detectors are done)."""
+        return {
+            "segment": self.segment,
+            "kind": self.kind,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "seen": self.seen,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClosedWindow:
+        """Inverse of :meth:`to_json`."""
+        start, end = datetime.fromisoformat(data["start"]), datetime.fromisoformat(data["end"])
+        return cls(data["segment"], data["kind"], start, end, data["seen"], data["rows"])
+
+
+#: Where an open window is: (segment key, kind, window id).
+Slot = tuple[str, WindowKind, int]
 
 
 class Windows:
@@ -233,25 +256,46 @@ class Windows:
     first). Any window closes after ``idle_seconds`` without a partial: its
     segment went quiet. A partial for a window already closed is late: it is
     not judged, and ``late_events`` counts its events.
+
+    Each merged partial may carry an ``entry`` id (where the caller keeps it:
+    the detect stage's open-windows table); a closed window lists its entries,
+    and :meth:`restore` rebuilds open windows from kept partials after a restart.
     """
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
-        self.open: dict[tuple[str, WindowKind, int], Partial] = {}
-        self.last_update: dict[tuple[str, WindowKind, int], float] = {}
+        self.open: dict[Slot, Partial] = {}
+        self.last_update: dict[Slot, float] = {}
+        self.entries: dict[Slot, list[str]] = {}
         self.newest: dict[tuple[str, WindowKind], int] = {}
         self.closed_upto: dict[tuple[str, WindowKind], int] = {}
         self.late_events = 0
 
-    def add(self, partial: Partial, now: float) -> list[ClosedWindow]:
-        """Merge a partial; return the windows that are complete now."""
-        slot = (segment_key(partial.segment), partial.kind, partial.window_id)
-        stream = slot[:2]
+    @staticmethod
+    def slot(partial: Partial) -> Slot:
+        """The open window a partial belongs to."""
+        return (segment_key(partial.segment), partial.kind, partial.window_id)
+
+    def is_late(self, partial: Partial) -> bool:
+        """Whether ``partial`` is for a time window that has closed already."""
         # No default of -1: windows before 1970 have negative ids, and are not late.
-        closed_upto = self.closed_upto.get(stream)
-        if self.spec.seconds is not None and closed_upto is not None and partial.window_id <= closed_upto:
+        closed_upto = self.closed_upto.get((segment_key(partial.segment), partial.kind))
+        return self.spec.seconds is not None and closed_upto is not None and partial.window_id <= closed_upto
+
+    def add(self, partial: Partial, now: float, entry: str | None = None) -> list[ClosedWindow]:
+        """Merge a partial; return the windows that are complete now."""
+        if self.is_late(partial):
             self.late_events += partial.sample.seen
             return self.tick(now)
+        slot = self.restore(partial, now, entry)
+        if self.spec.events is not None and self.open[slot].sample.seen >= self.spec.events:
+            return [self._close(slot), *self.tick(now)]
+        return self.tick(now)
+
+    def restore(self, partial: Partial, now: float, entry: str | None = None) -> Slot:
+        """Merge a partial without closing anything (as :meth:`add` does, and after a restart)."""
+        slot = self.slot(partial)
+        stream = slot[:2]
         current = self.open.get(slot)
         if current is None:
             empty = Sample(self.spec.sample_size)
@@ -261,10 +305,16 @@ class Windows:
             self.open[slot] = current
         current.merge(partial)
         self.last_update[slot] = now
+        if entry is not None:
+            self.entries.setdefault(slot, []).append(entry)
         self.newest[stream] = max(self.newest.get(stream, partial.window_id), partial.window_id)
-        if self.spec.events is not None and current.sample.seen >= self.spec.events:
-            return [self._close(slot), *self.tick(now)]
-        return self.tick(now)
+        return slot
+
+    def forget(self, slot: Slot) -> None:
+        """Drop an open window without judging it (its segment is merged by another worker now)."""
+        self.open.pop(slot, None)
+        self.last_update.pop(slot, None)
+        self.entries.pop(slot, None)
 
     def tick(self, now: float) -> list[ClosedWindow]:
         """Close the windows that are complete: superseded and past the grace period, or idle."""
@@ -276,9 +326,10 @@ class Windows:
         ]
         return [self._close(slot) for slot in sorted(done)]
 
-    def _close(self, slot: tuple[str, WindowKind, int]) -> ClosedWindow:
+    def _close(self, slot: Slot) -> ClosedWindow:
         partial = self.open.pop(slot)
         del self.last_update[slot]
+        entries = tuple(self.entries.pop(slot, ()))
         if self.spec.seconds is not None:
             stream = slot[:2]
             self.closed_upto[stream] = max(self.closed_upto.get(stream, slot[2]), slot[2])
@@ -293,6 +344,7 @@ class Windows:
             end=_utc(end),
             seen=partial.sample.seen,
             rows=partial.sample.rows,
+            entries=entries,
         )
 
 

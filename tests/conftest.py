@@ -16,6 +16,15 @@ from services.broker import free_port, start_broker
 
 from .helpers import WorkerStack
 
+pytest_plugins = ["tests.mlflow_fixture", "tests.console_fixture", "tests.tls_fixture"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run every test that uses the MLflow server in one test process, so one server starts."""
+    for item in items:
+        if "mlflow_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("mlflow"))
+
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:

@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,15 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from core.processes import spawn_worker, stop_process, wait_until_healthy
-from core.settings import Topics
+from core.settings import Settings, Topics
 from retrain_trigger.control import ControlEvent
 from retrain_trigger.silence import Silence, parse_matcher
 from schemas.errors import LoopwatchError
 from services.broker import free_port
 from services.replay import Replayer
+from streams.ingest import Accepted
 from streams.metrics import metric_total
+from streams.runtime import Batch, Stage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +152,7 @@ class WorkerStack:
 
     def send(self, topic: str, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
         """Produce values (keyed by request_id unless keys are given) and wait for delivery."""
-        replayer = Replayer(self.bootstrap)
+        replayer = Replayer(Settings(kafka_bootstrap=self.bootstrap))
         for n, value in enumerate(values):
             replayer.send(topic, value, keys[n] if keys else None)
         replayer.close()
@@ -292,3 +294,13 @@ class WorkerStack:
 def values_json(records: list[Any]) -> list[dict[str, Any]]:
     """Decode the JSON values of Kafka records."""
     return [json.loads(r.value) for r in records]
+
+
+def decoded_batch(stage: Stage, topic: str, messages: Sequence[Any]) -> Batch:
+    """``messages`` decoded by the stage's decoder of ``topic`` as the runtime does; all must be accepted."""
+    accepted = []
+    for message in messages:
+        outcome = stage.inputs[topic](message, time.time())
+        assert isinstance(outcome, Accepted), outcome
+        accepted.append((message, outcome))
+    return Batch(topic, list(messages), accepted, time.perf_counter())

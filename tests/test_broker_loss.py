@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.processes import stop_process
+from core.settings import Settings
 from schemas.errors import BrokerError
 from services import sample_data
 from services.broker import free_port, start_broker
@@ -57,7 +58,7 @@ def _poll(condition, what: str, stack: WorkerStack, timeout: float = 45) -> None
 
 def _topics(bootstrap: str) -> set[str]:
     try:
-        return existing_topics(bootstrap)
+        return existing_topics(Settings(kafka_bootstrap=bootstrap))
     except BrokerError:
         return set()
 

@@ -47,6 +47,12 @@ COMMANDS = {
     "model",
     "model mark-stable",
     "model list",
+    "gate",
+    "deadletter",
+    "deadletter stats",
+    "deadletter show",
+    "deadletter replay",
+    "console",
 }
 
 

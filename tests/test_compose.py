@@ -209,8 +209,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
     )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
-    assert set(resolved["services"]) == {"kafka", "worker-1", "worker-2", "prometheus"}
-    assert set(resolved["volumes"]) == {"worker-1-state", "worker-2-state", "datasets"}
+    assert set(resolved["services"]) == {"kafka", "worker-1", "worker-2", "console", "prometheus", "grafana"}
+    assert set(resolved["volumes"]) == {"worker-1-state", "worker-2-state", "datasets", "grafana"}
 
 
 def workers(services: dict) -> dict[str, dict]:
@@ -219,7 +219,7 @@ def workers(services: dict) -> dict[str, dict]:
 
 def test_compose_runs_kafka_in_kraft_mode_workers_and_prometheus() -> None:
     services = load("docker-compose.yml")["services"]
-    assert set(services) == {"kafka", "worker-1", "worker-2", "prometheus"}
+    assert set(services) == {"kafka", "worker-1", "worker-2", "console", "prometheus", "grafana"}
 
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -253,6 +253,23 @@ def test_each_worker_keeps_its_state_in_its_own_volume_and_the_datasets_in_a_sha
     assert len(set(datasets)) == 1  # one set of curated tables, not two halves
 
 
+def test_the_console_reads_the_history_the_workers_write_and_needs_a_token_off_loopback() -> None:
+    services = load("docker-compose.yml")["services"]
+    console = services["console"]
+    command = console["command"]
+    option = dict(zip(command[2::2], command[3::2], strict=True))
+    assert command[:2] == ["loopwatch", "console"] and option["--host"] == "0.0.0.0"
+    assert "LOOPWATCH_CONSOLE_TOKEN" in console["environment"]  # refused without it off loopback
+    assert console["ports"] == [f"127.0.0.1:{option['--port']}:{option['--port']}"]
+    mounts = dict(reversed(volume.split(":")[:2]) for volume in console["volumes"])
+    for worker in workers(services).values():
+        env = worker["environment"]
+        assert env["LOOPWATCH_HISTORY_ROOT"] == option["--history"]
+        assert env["LOOPWATCH_DATASETS_ROOT"] == option["--datasets"]
+        worker_mounts = dict(reversed(volume.split(":")[:2]) for volume in worker["volumes"])
+        assert worker_mounts[env["LOOPWATCH_DATASETS_ROOT"]] == mounts[option["--datasets"]]
+
+
 def test_prometheus_scrapes_every_workers_metrics_port() -> None:
     compose = load("docker-compose.yml")["services"]
     assert compose["prometheus"]["ports"] == ["9090:9090"]
@@ -262,3 +279,40 @@ def test_prometheus_scrapes_every_workers_metrics_port() -> None:
     expected = {f"{name}:{w['environment']['LOOPWATCH_WEB_PORT']}" for name, w in workers(compose).items()}
     assert set(targets) == expected
     assert set(compose["prometheus"]["depends_on"]) == set(workers(compose))
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> host path (./...) or named volume, of a service's volumes."""
+    return {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+
+
+def test_prometheus_loads_loopwatchs_alert_rules_where_its_config_names_them() -> None:
+    prometheus = load("docker-compose.yml")["services"]["prometheus"]
+    mounts = _mounts(prometheus)
+    config_path = next(path for path, host in mounts.items() if host == "./deploy/prometheus.yml")
+    config = load("deploy/prometheus.yml")
+    [rules] = config["rule_files"]
+    # rule_files are relative to the config file, in the container as for promtool here.
+    in_container = os.path.normpath(os.path.join(os.path.dirname(config_path), rules))
+    assert mounts[in_container] == "./deploy/prometheus/rules.yml"
+    assert (ROOT / "deploy" / rules).exists()
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_loopwatch_dashboard() -> None:
+    compose = load("docker-compose.yml")
+    grafana = compose["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert grafana["ports"] == ["3000:3000"] and grafana["depends_on"] == ["prometheus"]
+    mounts = _mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    assert mounts["/var/lib/grafana"] in compose["volumes"]  # its own state outlives the container
+    [source] = load("deploy/grafana/provisioning/datasources/prometheus.yml")["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"]
+    assert source["url"] == f"http://prometheus:{compose['services']['prometheus']['ports'][0].split(':')[1]}"
+    [provider] = load("deploy/grafana/provisioning/dashboards/loopwatch.yml")["providers"]
+    dashboards = provider["options"]["path"]
+    assert mounts[dashboards] == "./deploy/grafana/dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert os.path.dirname(home) == dashboards
+    assert (ROOT / "deploy" / "grafana" / "dashboards" / os.path.basename(home)).exists()
+    assert json.loads((ROOT / "deploy/grafana/dashboards/loopwatch.json").read_text())["uid"]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from schemas.errors import ConfigError
 from services.cli import main
-from streams.decide_stage import load_receivers
+from streams.notify_stage import load_receivers
 
 from .helpers import WorkerStack
 

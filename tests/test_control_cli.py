@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from core.settings import Settings
 from services.cli import main
 from services.replay import Replayer
 from tests.helpers import forged_silence
@@ -77,7 +78,7 @@ def test_listing_with_bootstrap_reads_the_control_topic_and_shows_refused_record
     assert marked.exit_code == 0, marked.output
     # A forged silence, written with a plain producer: no signature.
     forged = forged_silence()
-    replayer = Replayer(broker)
+    replayer = Replayer(Settings(kafka_bootstrap=broker))
     replayer.send(topic, forged.model_dump_json().encode(), forged.key())
     replayer.close()
     # Listed from another data dir: what is shown comes from the topic, not from local files.

@@ -16,6 +16,7 @@ import yaml
 from click.testing import CliRunner
 from pydantic import SecretStr
 
+from core.settings import Settings
 from retrain_trigger.actions import ROLLBACK_REQUESTED, from_kafka
 from retrain_trigger.control import SIGNATURE_HEADER, sign
 from schemas.events import Detection
@@ -132,7 +133,7 @@ def test_with_a_key_a_forged_silence_is_refused_and_a_signed_one_is_announced(
     value = forged.model_dump_json().encode()
     try:
         # Written with a plain producer: once unsigned, once signed with a guessed key.
-        replayer = Replayer(broker)
+        replayer = Replayer(Settings(kafka_bootstrap=broker))
         replayer.send(stack.topics.control, value, forged.key())
         replayer.send(
             stack.topics.control,

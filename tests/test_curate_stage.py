@@ -12,9 +12,9 @@ import pytest
 
 from core.settings import Settings
 from curation import DATASET_KINDS
+from curation import store as store_module
 from curation.store import DatasetStore
 from schemas.events import DeadLetter, DeadLetterReason, JoinedFeedback
-from streams import curate_stage
 from streams.app import create_app
 from streams.curate_stage import CurateStage
 from streams.ingest import Accepted
@@ -84,7 +84,7 @@ def test_a_failing_write_is_retried_then_raised_for_the_worker_to_replay(
     stage = _stage(tmp_path)
     _, _, joined = _traffic(data_dir, 4)
     waits: list[float] = []
-    monkeypatch.setattr(curate_stage.time, "sleep", waits.append)  # the backoff, not waited out here
+    monkeypatch.setattr(store_module.time, "sleep", waits.append)  # the backoff, not waited out here
     write = stage.store.write
     attempts: list[int] = []
 

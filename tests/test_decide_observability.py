@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from kafka.admin import NewTopic
 
+from core.settings import Settings
 from schemas.events import Detection, Segment
 from services.cli import main
 from streams.kafka import admin_client
@@ -88,7 +89,7 @@ def test_alert_transitions_are_logged_at_warning_and_counted_on_metrics(broker: 
 
 def test_backtest_reads_the_detections_topic_from_its_start_to_its_end(broker: str, tmp_path: Path) -> None:
     topic = f"t{uuid.uuid4().hex[:8]}.detections"
-    admin = admin_client(broker)
+    admin = admin_client(Settings(kafka_bootstrap=broker))
     try:
         admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
     finally:

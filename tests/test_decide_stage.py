@@ -1,4 +1,4 @@
-"""The decide stage's handlers alone: the Effects they return (records, state writes, pages after)."""
+"""The decide stage's handlers alone: the Effects they return (records, pages among them, state writes)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from faust.types import TP
 from core.settings import Settings
 from retrain_trigger.actions import RETRAIN_REQUESTED, ROLLBACK_REQUESTED, from_kafka
 from retrain_trigger.alerts import Notification
-from retrain_trigger.notify import DeliveryFailure
 from retrain_trigger.silence import Silence, parse_matcher
 from retrain_trigger.stable import StableVersionMarked
 from schemas.events import DeadLetterReason, Detection
@@ -25,7 +24,8 @@ from streams.decide_stage import DecideStage
 from streams.ingest import Accepted, Rejected
 from streams.metrics import metric_total
 from streams.outbox import Headers
-from streams.runtime import Batch, Effects, Write
+from streams.runtime import Effects, Write
+from tests.helpers import decoded_batch
 from tests.test_decide_pipeline import POLICY, T0, detection
 
 
@@ -60,26 +60,13 @@ def stage(tmp_path: Path) -> DecideStage:
     return make_stage(tmp_path)
 
 
-@pytest.fixture
-def pages(stage: DecideStage, monkeypatch: pytest.MonkeyPatch) -> list[Notification]:
-    """What the stage hands to the notifiers."""
-    submitted: list[Notification] = []
-    monkeypatch.setattr(stage.dispatcher, "submit", submitted.append)
-    return submitted
-
-
 def handle(stage: DecideStage, detections: list[Detection], partition: int = 0) -> Effects:
     """Decode ``detections`` as the runtime does and hand them to the stage as one batch."""
     topic = stage.topics.detections
     messages = [
         Message(d.model_dump_json().encode(), partition, offset, topic) for offset, d in enumerate(detections)
     ]
-    accepted = []
-    for message in messages:
-        outcome = stage.inputs[topic](message, time.time())
-        assert isinstance(outcome, Accepted), outcome
-        accepted.append((message, outcome))
-    return asyncio.run(stage.handle(Batch(topic, messages, accepted, time.perf_counter()), time.time()))
+    return asyncio.run(stage.handle(decoded_batch(stage, topic, messages), time.time()))
 
 
 def tick(stage: DecideStage, minutes: float) -> Effects:
@@ -109,15 +96,16 @@ def apply(stage: DecideStage, effects: Effects) -> None:
         stage.table.apply(write.key, write.value, write.partition)
 
 
-def run_after(effects: Effects) -> None:
-    """What the runtime does once the unit's records and changelog records are acknowledged."""
-    for callback in effects.after:
-        callback()
+def pages(stage: DecideStage, out: dict[str, list[Sent]]) -> list[Notification]:
+    """The pages among a unit's records (for the notify stage), each keyed by its alert group."""
+    found = [
+        (key, Notification.model_validate_json(value)) for key, value, _ in out.get(stage.topics.pages, [])
+    ]
+    assert all(key == page.group_key.encode() for key, page in found)
+    return [page for _, page in found]
 
 
-def test_a_bad_window_is_a_rollback_record_then_a_state_write_then_a_page(
-    stage: DecideStage, pages: list[Notification]
-) -> None:
+def test_a_bad_window_is_a_rollback_record_and_a_page_record_then_a_state_write(stage: DecideStage) -> None:
     effects = handle(stage, [detection(0)], partition=3)
     out = records(effects)
     [rollback] = out[stage.topics.rollback_requests]
@@ -133,16 +121,16 @@ def test_a_bad_window_is_a_rollback_record_then_a_state_write_then_a_page(
     state = stage.decider.model_state("chat").to_json()
     assert effects.writes == [Write(stage.table, b"chat", state, 3)]
     assert stage.table.get(b"chat") is None
-    # The page waits until the action and the state are durable.
-    assert pages == [] and effects.records.take() == {}
-    run_after(effects)
-    assert [(page.status, page.group_labels["model"]) for page in pages] == [("firing", "chat")]
+    # The page is a record like the action: acknowledged before the detections are acked, and
+    # delivered by the notify stage (nothing is left to run after the unit).
+    assert effects.after == [] and effects.records.take() == {}
+    assert [(page.status, page.group_labels["model"]) for page in pages(stage, out)] == [("firing", "chat")]
     metrics = stage.metrics.render().decode()
     assert metric_total(metrics, "loopwatch_detections_decided_total") == 1
     assert metric_total(metrics, "loopwatch_actions_total", type=ROLLBACK_REQUESTED) == 1
 
 
-def test_an_unchanged_model_state_is_not_written_again(stage: DecideStage, pages: list[Notification]) -> None:
+def test_an_unchanged_model_state_is_not_written_again(stage: DecideStage) -> None:
     apply(stage, handle(stage, [detection(0)]))
     quiet = tick(stage, 1)
     assert quiet.writes == [] and records(quiet) == {}
@@ -196,7 +184,7 @@ def test_a_stable_mark_from_the_control_topic_is_the_target_of_the_next_rollback
 
 
 def test_a_silence_mutes_and_is_announced_once_by_the_partition_0_owner_after_recovery(
-    stage: DecideStage, pages: list[Notification], monkeypatch: pytest.MonkeyPatch
+    stage: DecideStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     silence = Silence(
         id="s1",
@@ -216,14 +204,16 @@ def test_a_silence_mutes_and_is_announced_once_by_the_partition_0_owner_after_re
     assert records(tick(stage, 2)).get(stage.topics.alerts) is None  # partition 0 is another worker's
     assigned.add(TP(stage.topics.detections, 0))
     effects = tick(stage, 2)
-    [notice] = [json.loads(v) for _, v, _ in records(effects)[stage.topics.alerts]]
+    out = records(effects)
+    [notice] = [json.loads(v) for _, v, _ in out[stage.topics.alerts]]
     assert notice["status"] == "firing" and notice["labels"]["silence_id"] == "s1"
     # The record of the announcement is a state write, which the runtime sends after the alert.
     [write] = [w for w in effects.writes if w.key == b"*silences-announced*"]
     assert write.partition == 0 and json.loads(write.value or b"") == {"s1": "2026-03-01T12:30:00Z"}
-    assert stage.table.get(b"*silences-announced*") == announced and pages == []
-    run_after(effects)
-    assert [(page.group_labels["silence_id"], page.status) for page in pages] == [("s1", "firing")]
+    assert stage.table.get(b"*silences-announced*") == announced and effects.after == []
+    assert [(page.group_labels["silence_id"], page.status) for page in pages(stage, out)] == [
+        ("s1", "firing")
+    ]
     apply(stage, effects)
     assert records(tick(stage, 3)).get(stage.topics.alerts) is None  # announced once
     ended = tick(stage, 31)
@@ -234,31 +224,7 @@ def test_a_silence_mutes_and_is_announced_once_by_the_partition_0_owner_after_re
     assert json.loads(write.value or b"") == {}
 
 
-def test_a_failed_page_is_posted_to_the_stage_and_published_on_the_failures_topic(
-    stage: DecideStage, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    notification = stage.decider.decide(detection(0), T0).notifications[0]
-    failure = DeliveryFailure(
-        receiver="oncall",
-        kind="webhook",
-        group_key=notification.group_key,
-        status="firing",
-        fingerprints=[a.fingerprint for a in notification.alerts],
-        attempts=3,
-        recoverable=True,
-        error="HTTP 500",
-        http_status=500,
-        failed_at=T0,
-        notification=notification,
-    )
-    posted: list[tuple[str, Any]] = []
-    monkeypatch.setattr(stage.runtime, "post", lambda name, message: posted.append((name, message)))
-    assert stage.dispatcher.on_failure is not None
-    stage.dispatcher.on_failure(failure)  # from the dispatcher's sender task: into the stage's queue
-    assert posted == [("decide", failure)]
-    [(key, value, _)] = records(receive(stage, failure))[stage.topics.delivery_failures]
-    assert key == notification.group_key.encode() and DeliveryFailure.model_validate_json(value) == failure
-    metrics = stage.metrics.render().decode()
-    assert metric_total(metrics, "loopwatch_delivery_failures_total", receiver="oncall") == 1
+def test_the_stage_takes_no_message_it_does_not_know(stage: DecideStage) -> None:
+    # Failed pages are recorded by the notify stage now (tests/test_pages.py), not posted here.
     with pytest.raises(NotImplementedError):
         receive(stage, object())

@@ -116,6 +116,7 @@ def test_the_pipeline_runs_the_stages_in_the_documented_order() -> None:
         "WatchStage",
         "RouteStage",
         "GatesStage",
+        "PromoteStage",
         "SettleStage",
         "ResolveStage",
         "WatchDeadlineStage",

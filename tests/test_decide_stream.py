@@ -111,6 +111,10 @@ def test_one_rollback_per_incident_through_a_kill_9_before_the_commit(
     stack.send(stack.topics.detections, incident, keys=[b"m"] * len(incident))
     [first] = stack.read(stack.topics.rollback_requests, 1, timeout=60)
     stack.wait(lambda: hook.pages, "no page before the kill", 30)
+    # Pages are at-least-once: the notify stage records the page as handled just after
+    # delivering it, and a kill -9 between the two would page again (tests/test_open_windows_stream.py).
+    notified = f"{stack.env['LOOPWATCH_APP_ID']}-notified-changelog"
+    stack.wait(lambda: stack.read_all(notified), "the page was never recorded as handled", 30)
     stack.kill9()
     stack.start()
     try:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
 from core.settings import Settings
+from services.console import build_console, create_app
 from services.demo import CANARY_VERSION, run_demo
 
 pytestmark = pytest.mark.broker
@@ -71,3 +74,18 @@ def test_demo_end_to_end(tmp_path):
     assert len(lines) == export["rows"] > 0
     assert all(json.loads(line).keys() >= {"prompt", "chosen", "rejected"} for line in lines)
     assert len(pd.read_json(export["path"], lines=True)) == export["rows"]
+    # `loopwatch console --history ... --datasets ...` opens this very run.
+    console = build_console(Settings(), history=summary["history_uri"], datasets=summary["datasets_uri"])
+    with TestClient(create_app(console)) as client:
+        incidents = client.get("/api/incidents").json()
+        assert rollback["id"] in [a["id"] for a in incidents["actions"]]
+        assert rollback["id"] in client.get("/incidents").text
+        reasons = {r["reason"]: r["count"] for r in client.get("/api/deadletters").json()["reasons"]}
+        assert reasons == summary["dead_lettered"]["by_reason"]
+        versions = [v for m in client.get("/api/overview").json()["models"] for v in m["versions"]]
+        [canary] = [v for v in versions if v["model_version"] == CANARY_VERSION]
+        assert canary["role"] == "canary" and canary["worst_verdict"] == "drift"
+        segment = client.get("/api/segments/" + quote(canary["segment"], safe="")).json()
+        assert "quality.negative_feedback.v1" in [d["detector_id"] for d in segment["detectors"]]
+        datasets = {t["table"]: t["rows"] for t in client.get("/api/datasets").json()["tables"]}
+        assert datasets == {t["table"]: t["rows"] for t in summary["datasets"]}

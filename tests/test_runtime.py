@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from core.settings import Settings
 from schemas.events import DeadLetterReason
 from streams.ingest import Accepted, Rejected
-from streams.metrics import Metrics
+from streams.metrics import Metrics, metric_total
 from streams.outbox import Outbox, OutputLimit
 from streams.runtime import Batch, Effects, Runtime, Stage
 
@@ -430,3 +430,20 @@ def test_stop_under_traffic_drops_waiting_batches_unacked_and_still_publishes_wh
     assert acked == list(range(1, len(acked) + 1)), "acks stay in order"
     assert len(handled) == len(acked), "every unit handled before the stop is acked; the rest is not handled"
     assert ("acked", "failures", b"a page that failed while stopping") in log
+
+
+def test_each_stage_records_how_long_a_batch_takes_until_it_is_acked() -> None:
+    async def scenario() -> Runtime:
+        rt = runtime()
+        stage = Recorder(rt)
+        rt.add(stage)
+        stage.release.set()
+        await rt.put_batch("inference", [message("inference", 1), message("inference", 2)])
+        rt.tick(stage.name)  # ticks ack nothing: not timed
+        await rt.join()
+        assert ("ack", 2) in cast(App, rt.app).log
+        return rt
+
+    rendered = asyncio.run(scenario()).metrics.render().decode()
+    assert metric_total(rendered, "loopwatch_stage_seconds_count", stage="recorder") == 1
+    assert metric_total(rendered, "loopwatch_stage_seconds_sum", stage="recorder") > 0

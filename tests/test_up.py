@@ -32,16 +32,22 @@ def _children(pid: int) -> set[int]:
 
 def _metrics(web_port: int) -> str:
     """The /metrics page ('' while it does not answer)."""
+    return _get(f"http://127.0.0.1:{web_port}/metrics")
+
+
+def _get(url: str) -> str:
+    """The body at ``url`` ('' while it does not answer)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2) as r:
             return str(r.read().decode())
     except OSError:
         return ""
 
 
 def test_up_serves_metrics_and_ctrl_c_leaves_no_process_behind(tmp_path):
-    web_port = free_port()
+    web_port, console_port = free_port(), free_port()
     env = {**os.environ, "LOOPWATCH_WEB_PORT": str(web_port), "LOOPWATCH_DATA_DIR": str(tmp_path)}
+    env["LOOPWATCH_CONSOLE_PORT"] = str(console_port)
     up = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--port", str(free_port())],
         cwd=ROOT,
@@ -53,8 +59,12 @@ def test_up_serves_metrics_and_ctrl_c_leaves_no_process_behind(tmp_path):
     try:
         metrics = wait_until(lambda: _metrics(web_port), 90, "/metrics never answered")
         assert "loopwatch_events_in" in metrics
+        overview = wait_until(
+            lambda: _get(f"http://127.0.0.1:{console_port}/api/overview"), 60, "the console never answered"
+        )
+        assert '"models":[]' in overview  # no history written yet: an empty overview, not an error
         children = _children(up.pid)
-        assert len(children) == 2  # the broker and one worker
+        assert len(children) == 3  # the broker, one worker and the console
 
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert up.wait(timeout=60) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -45,10 +46,29 @@ def format_time(value: datetime | None) -> str:
     return value.isoformat().replace("+00:00", "Z") if value else _ZERO_TIME
 
 
-async def post_once(session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout: float) -> None:
+def page_id(notification: Notification) -> str:
+    """A page's identity: the same for every copy of one page (a redelivery, a replayed decision).
+
+    Sent as the ``Idempotency-Key`` header, so a receiver can drop a second copy.
+    """
+    fingerprints = ",".join(sorted(a.fingerprint for a in notification.alerts))
+    sent = notification.sent_at.isoformat()
+    text = f"{notification.group_key}|{notification.status}|{sent}|{notification.repeat}|{fingerprints}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+async def post_once(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> None:
     """One POST; raises DeliveryError saying whether a retry can help."""
     try:
-        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        async with session.post(
+            url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
             await response.read()
             status = response.status
     except TimeoutError as exc:
@@ -82,4 +102,5 @@ class Notifier(Generic[R]):
     async def notify(self, session: aiohttp.ClientSession, notification: Notification) -> None:
         """One delivery attempt; raises DeliveryError (recoverable or not) when it fails."""
         url, body = self.request(notification)
-        await post_once(session, url, body, self.receiver.timeout_seconds)
+        headers = {"Idempotency-Key": page_id(notification)}
+        await post_once(session, url, body, self.receiver.timeout_seconds, headers)

@@ -226,9 +226,15 @@ def model_group() -> None:
 @STATE_DIR_OPTION
 @_BOOTSTRAP_OPTION
 def model_mark_stable(name: str, version: str, state_dir: Path | None, bootstrap: str | None) -> None:
-    """Mark VERSION of model NAME stable: the target of its next rollback, the reference of its canaries."""
+    """Mark VERSION of model NAME stable: the target of its next rollback, the reference of its canaries.
+
+    With a registry configured (LOOPWATCH_REGISTRY=mlflow), its stable alias is moved to VERSION first.
+    """
     from retrain_trigger.control import ControlEvent
 
+    moved = mark_in_registry(settings_from_flags(), name, version)
+    if moved is not None:
+        click.echo(moved)
     marked, previous = mark_stable(
         state_dir_or_default(state_dir) / "stable_versions.json", name, version, datetime.now(UTC)
     )
@@ -236,6 +242,18 @@ def model_mark_stable(name: str, version: str, state_dir: Path | None, bootstrap
     click.echo(
         f"{name}: {version} is stable" + (f" (was {previous})" if previous and previous != version else "")
     )
+
+
+def mark_in_registry(settings: Settings, name: str, version: str) -> str | None:
+    """Point the registry's stable alias of ``name`` at ``version``; what to print (None: no registry)."""
+    from retrain_trigger.registry import registry_from_settings, set_stable
+
+    registry = registry_from_settings(settings)
+    if registry is None:
+        return None
+    previous = set_stable(registry, name, version)  # tags ``version`` with the one it replaces
+    was = f" (was {previous})" if previous and previous != version else ""
+    return f"{name}: alias {registry.stable_alias} -> {version} in the registry{was}"
 
 
 def mark_stable(path: Path, name: str, version: str, now: datetime) -> tuple[StableVersionMarked, str | None]:

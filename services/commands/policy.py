@@ -13,6 +13,7 @@ import click
 from services.commands.common import STATE_DIR_OPTION, settings_from_flags, state_dir_or_default
 
 if TYPE_CHECKING:
+    from core.settings import Settings
     from retrain_trigger.explain import BacktestReport
     from retrain_trigger.policy import Policy
     from retrain_trigger.stable import StableVersions
@@ -87,8 +88,9 @@ def policy_backtest(
     if detections_file is not None:
         detections = read_detections(detections_file)
     elif bootstrap is not None:
-        topic = topic or settings_from_flags(kafka_bootstrap=bootstrap).topics.detections
-        detections, skipped, read = detections_from_topic(bootstrap, topic)
+        settings = settings_from_flags(kafka_bootstrap=bootstrap)
+        topic = topic or settings.topics.detections
+        detections, skipped, read = detections_from_topic(settings, topic)
         # On stderr, so that --format json stays one JSON document on stdout.
         click.echo(f"read {read} records from {topic} at {bootstrap}", err=True)
         for problem in skipped[:5]:
@@ -120,12 +122,12 @@ def stable_for_backtest(state_dir: Path, pairs: tuple[str, ...]) -> StableVersio
     return stable_versions
 
 
-def detections_from_topic(bootstrap: str, topic: str) -> tuple[list[Detection], list[str], int]:
+def detections_from_topic(settings: Settings, topic: str) -> tuple[list[Detection], list[str], int]:
     """The Detections of ``topic`` from its start to its end, what was skipped and why, and how many read."""
     from retrain_trigger.explain import parse_detections
     from services.topic_reader import read_topic
 
-    records = read_topic(bootstrap, topic)
+    records = read_topic(settings, topic)
     detections, skipped = parse_detections((f"{topic}/{r.partition}@{r.offset}", r.value) for r in records)
     return detections, skipped, len(records)
 

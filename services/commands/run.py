@@ -65,7 +65,7 @@ def replay(file: Path, topic: str, rate: float | None, limit: int | None, bootst
     from services.replay import replay as run_replay
 
     settings = settings_from_flags(kafka_bootstrap=bootstrap)
-    sent = run_replay(read_events(file), topic, settings.kafka_bootstrap, rate=rate, limit=limit)
+    sent = run_replay(read_events(file), topic, settings, rate=rate, limit=limit)
     click.echo(f"sent {sent} events to {topic}")
 
 
@@ -79,7 +79,26 @@ def replay(file: Path, topic: str, rate: float | None, limit: int | None, bootst
     default=None,
     help="Also write the summary as JSON to this file",
 )
-def demo(bootstrap: str | None, pairs: int, oasst: int, summary_json: Path | None) -> None:
+@click.option(
+    "--console", "console", is_flag=True, help="Then serve `loopwatch console` on this run until Ctrl-C"
+)
+@click.option(
+    "--otlp", is_flag=True, help="The inference logs arrive as OpenTelemetry GenAI spans from a Collector"
+)
+@click.option(
+    "--mlflow",
+    is_flag=True,
+    help="With a local MLflow registry and the actuator: the rollback, then a second canary promoted",
+)
+def demo(
+    bootstrap: str | None,
+    pairs: int,
+    oasst: int,
+    summary_json: Path | None,
+    console: bool,
+    otlp: bool,
+    mlflow: bool,
+) -> None:
     """Replay real traffic (HH-RLHF, OASST1 and their human feedback) through the loop.
 
     Starts an embedded broker and a worker, sends real conversations plus
@@ -88,9 +107,26 @@ def demo(bootstrap: str | None, pairs: int, oasst: int, summary_json: Path | Non
     """
     from services.demo import run_demo
 
+    settings = settings_from_flags()
     summary = run_demo(
-        settings_from_flags(), bootstrap=bootstrap, pairs=pairs, oasst=oasst, summary_json=summary_json
+        settings,
+        bootstrap=bootstrap,
+        pairs=pairs,
+        oasst=oasst,
+        summary_json=summary_json,
+        otlp=otlp,
+        mlflow=mlflow,
     )
+    if console:
+        from services.console import build_console, serve
+
+        serve(
+            build_console(settings, history=summary["history_uri"], datasets=summary["datasets_uri"]),
+            host=settings.console_host,
+            port=settings.console_port,
+            token=settings.console_token,
+            on_ready=lambda url: click.echo(f"console of this run on {url} (Ctrl-C stops it)"),
+        )
     if not summary["counts_add_up"]:
         sys.exit(1)
 

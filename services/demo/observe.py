@@ -17,7 +17,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from core.settings import Topics
+from core.settings import Settings, Topics
 from retrain_trigger.actions import (
     RETRAIN_REQUESTED,
     ROLLBACK_FAILED,
@@ -27,6 +27,7 @@ from retrain_trigger.actions import (
 )
 from schemas.events import Alert, CloudEvent, Detection
 from services.demo.scenario import Traffic
+from services.topic_reader import connected_consumer
 
 
 @dataclass
@@ -40,20 +41,16 @@ class Observed:
     examples: dict[str, str] = field(default_factory=dict)
 
 
-def _reader(bootstrap: str, *topics: str) -> KafkaConsumer:
+def _reader(settings: Settings, *topics: str) -> KafkaConsumer:
     """A group-less consumer that reads these topics from their start, as any downstream reader would."""
-    return KafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap.split(","),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
+    return connected_consumer(
+        settings, *topics, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
     )
 
 
-def observe(bootstrap: str, topics: Topics, traffic: Traffic, timeout: float) -> Observed:
+def observe(settings: Settings, topics: Topics, traffic: Traffic, timeout: float) -> Observed:
     """Read the output topics until every expected record arrived, or ``timeout`` passes."""
-    consumer = _reader(bootstrap, topics.deadletter, topics.enriched, topics.joined, topics.unmatched)
+    consumer = _reader(settings, topics.deadletter, topics.enriched, topics.joined, topics.unmatched)
     seen = Observed()
     deadline = time.monotonic() + timeout
     try:
@@ -100,13 +97,23 @@ class Loop:
         """A rollback request is out."""
         return any(event.type == ROLLBACK_REQUESTED for _, event in self.actions)
 
+    def promoted(self) -> bool:
+        """A promotion request was applied or rejected by the act stage."""
+        done = ("io.loopwatch.promotion.applied", "io.loopwatch.promotion.rejected")
+        return any(event.type in done for _, event in self.actions)
+
 
 def observe_loop(
-    bootstrap: str, topics: Topics, *, quiet: float, timeout: float, until: Callable[[Loop], bool]
+    settings: Settings, topics: Topics, *, quiet: float, timeout: float, until: Callable[[Loop], bool]
 ) -> Loop:
     """Read detections, alerts and actions until ``until`` holds, or nothing came for ``quiet`` s."""
     consumer = _reader(
-        bootstrap, topics.detections, topics.alerts, topics.rollback_requests, topics.retrain_requests
+        settings,
+        topics.detections,
+        topics.alerts,
+        topics.rollback_requests,
+        topics.retrain_requests,
+        topics.promotion_requests,
     )
     loop = Loop()
     deadline = time.monotonic() + timeout

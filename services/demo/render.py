@@ -8,6 +8,7 @@ from typing import Any
 
 from core.settings import Topics
 from schemas.events import Detection
+from services.demo.mlflow import alias_change
 from services.demo.observe import Loop, Observed
 from services.demo.scenario import WINDOW_SECONDS, Traffic
 from streams.metrics import metric_total
@@ -63,10 +64,11 @@ def _summary(
     traffic: Traffic, seen: Observed, topics: Topics, metrics_text: str, where: str, elapsed: float
 ) -> dict[str, Any]:
     events_in = {
-        "inference": traffic.count(topics.inference),
+        "inference": traffic.count(topics.inference) + traffic.otlp_spans,
         "feedback": traffic.count(topics.feedback),
     }
-    total_in = sum(events_in.values())
+    # A message on the OTLP topic that is not OTLP is one message in and one dead letter out.
+    total_in = sum(events_in.values()) + traffic.count(topics.otlp_spans) - traffic.otlp_messages
     valid_feedback = int(metric_total(metrics_text, "loopwatch_events_valid_total", topic=topics.feedback))
     dead = sum(seen.rejections.values())
     return {
@@ -91,6 +93,13 @@ def _summary(
             "unmatched_expired": seen.unmatched,
         },
         "counts_add_up": total_in == seen.enriched + valid_feedback + dead,
+        "otlp": {
+            "llm_spans": traffic.otlp_spans,
+            "collector_messages": traffic.otlp_messages,
+            "skipped_spans": int(metric_total(metrics_text, "loopwatch_otlp_skipped_total")),
+        }
+        if traffic.otlp_messages
+        else None,
         "expected": {
             "dead_lettered": dict(sorted(traffic.expected_rejections.items())),
             "joined": traffic.expected_joins,
@@ -122,7 +131,7 @@ def _timeline(loop: Loop, replayed_at: float) -> list[str]:
         if "target_version" in event.data:
             extra = f" {event.data.get('from_version')} -> {event.data['target_version']}"
         if "reason" in event.data:
-            extra += f" ({event.data['reason']})"
+            extra += f" ({event.data['reason']}{alias_change(event.data)})"
         if event.data.get("dataset"):
             dataset = event.data["dataset"]
             extra += f" train on {dataset['table']}@v{dataset['version']}"
@@ -180,6 +189,14 @@ def render(summary: dict[str, Any]) -> str:
         f"{s['valid']['feedback']} feedback events",
         f"  rejected:  {s['dead_lettered']['total']} messages dead-lettered with a reason:",
     ]
+    if s.get("otlp"):
+        otlp = s["otlp"]
+        lines.insert(
+            -1,
+            f"  otlp:      {otlp['llm_spans']} of the inference logs arrived as LLM spans in "
+            f"{otlp['collector_messages']} OTLP Collector messages; {otlp['skipped_spans']} other spans "
+            "(the app's HTTP spans) skipped",
+        )
     for reason, count in s["dead_lettered"]["by_reason"].items():
         example = s["dead_lettered"]["examples"][reason]
         lines.append(f"     {count:3d}  {reason:<24} e.g. {example[:90]}")

@@ -11,15 +11,17 @@ from typing import Any
 
 from core.processes import spawn_worker, stop_process, wait_until_healthy
 from core.settings import Settings
+from services import sample_data
 from services.broker import free_port, start_broker
+from services.demo import mlflow as mlflow_demo
 from services.demo.observe import Loop, observe, observe_loop, read_datasets, scrape_metrics
 from services.demo.render import render, summarize
-from services.demo.scenario import build_traffic, worker_env
+from services.demo.scenario import MLFLOW_VERSIONS, build_traffic, worker_env
 from services.replay import Replayer
 
 
-def _send(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
-    replayer = Replayer(bootstrap)
+def _send(settings: Settings, messages: list[tuple[str, bytes]]) -> None:
+    replayer = Replayer(settings)
     for topic, value in messages:
         replayer.send(topic, value)
     replayer.close()
@@ -33,9 +35,11 @@ def run_demo(
     oasst: int = 150,
     summary_json: Path | None = None,
     timeout: float = 180,
+    otlp: bool = False,
+    mlflow: bool = False,
     out: Any = sys.stdout,
 ) -> dict[str, Any]:
-    """Run the whole demo and return (and print) its summary."""
+    """Run the whole demo and return (and print) its summary (``mlflow``: with a registry, actuator on)."""
     started = time.monotonic()
     run_id = f"{int(time.time())}-{os.getpid()}"
     broker = None
@@ -49,6 +53,8 @@ def run_demo(
         # A shared Kafka may already hold these topics: keep this run's apart.
         topics = settings.topics.with_prefix(f"demo-{run_id}.")
         where = f"Kafka at {bootstrap}"
+    # The demo's own clients connect as its worker does: these settings, this broker.
+    kafka = settings.model_copy(update={"kafka_bootstrap": bootstrap})
     web_port = free_port()
     env = worker_env(settings, bootstrap, topics, run_id=run_id, web_port=web_port)
     worker_log = settings.data_dir / f"demo-{run_id}.log"
@@ -58,10 +64,34 @@ def run_demo(
         file=out,
         flush=True,
     )
+    registry = None
+    if mlflow:
+        try:
+            registry = mlflow_demo.start_server(settings.data_dir / f"demo-{run_id}" / "mlflow")
+            mlflow_demo.register(registry.uri, sample_data.MODEL)
+        except BaseException:
+            if registry is not None:
+                mlflow_demo.stop_server(registry.process)
+            if broker is not None:
+                stop_process(broker)
+            raise
+        print(
+            f"MLflow registry at {registry.uri}: {sample_data.MODEL} versions 1 (champion), 2 (challenger)",
+            file=out,
+        )
+        env |= {
+            "LOOPWATCH_REGISTRY": "mlflow",
+            "LOOPWATCH_ACTUATOR": "mlflow",
+            "LOOPWATCH_MLFLOW_TRACKING_URI": registry.uri,
+            "LOOPWATCH_STABLE_VERSIONS": json.dumps({sample_data.MODEL: mlflow_demo.STABLE}),
+        }
     with worker_log.open("wb") as log_file:
         worker = spawn_worker(env, stdout=log_file, stderr=log_file)
     try:
-        traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst)
+        versions = MLFLOW_VERSIONS if mlflow else None
+        traffic = build_traffic(settings.sample_data, topics, pairs=pairs, oasst=oasst, versions=versions)
+        if otlp:  # the same incident, its inference logs as Collector-shaped OTLP spans
+            traffic.as_otlp(topics)
         wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker)
         print(
             f"replaying {len(traffic.messages)} real events (a stable phase, then a canary serving the "
@@ -70,23 +100,38 @@ def run_demo(
             flush=True,
         )
         replayed_at = time.time()
-        _send(bootstrap, traffic.messages)
+        _send(kafka, traffic.messages)
         # Windows close a few seconds after their last event; the decide stage follows.
-        observe_loop(bootstrap, topics, quiet=30, timeout=timeout, until=Loop.rolled_back)
+        observe_loop(kafka, topics, quiet=30, timeout=timeout, until=Loop.rolled_back)
         print(
             f"rollback requested; replaying the other {len(traffic.after_rollback)} events, "
             "the stable version serving again ...",
             file=out,
             flush=True,
         )
-        _send(bootstrap, traffic.after_rollback)
-        seen = observe(bootstrap, topics, traffic, timeout)
-        loop = observe_loop(bootstrap, topics, quiet=30, timeout=timeout, until=Loop.settled)
+        _send(kafka, traffic.after_rollback)
+        seen = observe(kafka, topics, traffic, timeout)
+        loop = observe_loop(kafka, topics, quiet=30, timeout=timeout, until=Loop.settled)
         metrics_text = scrape_metrics(web_port)
+        registry_summary = None
+        if registry is not None:
+            # A second canary goes live: the counts above are the incident's, this is the promotion.
+            mlflow_demo.set_challenger(registry.uri, sample_data.MODEL, mlflow_demo.GOOD_CANARY)
+            print(
+                f"challenger -> {mlflow_demo.GOOD_CANARY}; replaying {len(traffic.second_canary)} events of a"
+                " second canary serving as well as the stable version ...",
+                file=out,
+                flush=True,
+            )
+            _send(kafka, traffic.second_canary)
+            loop = observe_loop(kafka, topics, quiet=30, timeout=timeout, until=Loop.promoted)
+            registry_summary = mlflow_demo.summary(registry, sample_data.MODEL, loop.actions)
     finally:
         stop_process(worker, timeout=30)
         if broker is not None:
             stop_process(broker)
+        if registry is not None:
+            mlflow_demo.stop_server(registry.process)
 
     summary = summarize(
         traffic,
@@ -103,6 +148,11 @@ def run_demo(
         loop,
         settings.data_dir / f"demo-{run_id}-export.jsonl",
     )
+    # Where this run's worker wrote, so `loopwatch console --history ... --datasets ...` can open it.
+    ran = settings.model_copy(update={"data_dir": settings.data_dir / f"demo-{run_id}"})
+    summary["history_uri"], summary["datasets_uri"] = ran.history_uri(), ran.datasets_uri()
+    if registry_summary is not None:
+        summary["mlflow"] = registry_summary
     print(render(summary), file=out, flush=True)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -33,16 +33,34 @@ class Traffic:
     messages: list[tuple[str, bytes]] = field(default_factory=list)  # (topic, value)
     # Sent once the rollback request is out: the stable version serving again.
     after_rollback: list[tuple[str, bytes]] = field(default_factory=list)
+    # With --mlflow, sent once the incident settled: a second canary, as good as stable (not counted).
+    second_canary: list[tuple[str, bytes]] = field(default_factory=list)
     expected_rejections: Counter[str] = field(default_factory=Counter)
     valid_inference: int = 0
     expected_joins: int = 0
     expected_unmatched: int = 0
     duplicates: int = 0
     feedback_first: int = 0
+    # With --otlp: inference logs that arrive as LLM spans, and the Collector messages that carry them.
+    otlp_spans: int = 0
+    otlp_messages: int = 0
 
     def count(self, topic: str) -> int:
         """How many messages go to ``topic``."""
         return sum(1 for t, _ in self.messages + self.after_rollback if t == topic)
+
+    def as_otlp(self, topics: Topics) -> None:
+        """Send the valid inference logs as LLM spans in OTLP Collector messages, plus one undecodable one."""
+        from services.demo.otlp import as_collector_traffic  # the OpenTelemetry SDK only for --otlp
+
+        for messages in (self.messages, self.after_rollback):
+            converted, spans, written = as_collector_traffic(messages, topics.inference, topics.otlp_spans)
+            messages[:] = converted
+            self.otlp_spans += spans
+            self.otlp_messages += written
+        # A message cut short on its way, as a Collector's would be by a broken proxy: a dead letter.
+        self.messages.append((topics.otlp_spans, b"\x0a\xff\x01truncated"))
+        self.expected_rejections["malformed_otlp"] += 1
 
 
 # Each rule breaks a real event the way producers really do; the value is the
@@ -64,11 +82,17 @@ _BREAKAGES: list[tuple[str, Any]] = [
 
 
 CANARY_VERSION = "2026-11-20"
+#: With ``--mlflow``: the registry's version numbers, and a second, good canary served after the incident.
+MLFLOW_VERSIONS = ("1", "2", "3")
 WINDOW_SECONDS = 20
 AFTER_ROLLBACK_SECONDS = 3 * WINDOW_SECONDS  # phase 3 of _served
+SECOND_CANARY_SECONDS = 4 * WINDOW_SECONDS  # phase 4 of _served
+_SECOND_CANARY_PAIRS = 270
 
 
-def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Exchange, str, float]]:
+def _served(
+    data_dir: Path, pairs: int, oasst: int, versions: tuple[str, str, str | None] | None = None
+) -> list[tuple[sample_data.Exchange, str, float]]:
     """Which model version served which real exchange, and when (seconds into the replay).
 
     Each phase fills whole windows (feedback comes 5 s after its reply, so a
@@ -79,25 +103,35 @@ def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Ex
     2. window 2, a canary version goes live beside it (an A/B test): each
        HH-RLHF prompt is answered by both, the stable version with the reply
        people chose, the canary with the reply they *rejected*: the incident;
-    3. window 3, after the rollback, the stable version serves alone again.
+    3. window 3, after the rollback, the stable version serves alone again;
+    4. with a third version in ``versions`` (stable, canary, second canary),
+       windows 4-6: a second canary beside the stable version, both answering
+       with the replies people chose (each its own prompts).
     """
-    hh = [pair for _, pair in zip(range(pairs), sample_data.hh_rlhf(data_dir), strict=False)]
+    stable, canary, second = versions or (sample_data.STABLE_VERSION, CANARY_VERSION, None)
+    extra = _SECOND_CANARY_PAIRS if second else 0
+    every = [pair for _, pair in zip(range(pairs + extra), sample_data.hh_rlhf(data_dir), strict=False)]
+    hh, later = every[:pairs], every[pairs:]
     oa = [e for _, e in zip(range(oasst), sample_data.oasst1(data_dir), strict=False)]
     quarter = len(hh) // 4
     before: list[tuple[sample_data.Exchange, str]] = []
     for n in range(max(quarter, len(oa))):
-        before += [(pair[0], sample_data.STABLE_VERSION) for pair in hh[n : min(n + 1, quarter)]]
-        before += [(e, sample_data.STABLE_VERSION) for e in oa[n : n + 1]]
+        before += [(pair[0], stable) for pair in hh[n : min(n + 1, quarter)]]
+        before += [(e, stable) for e in oa[n : n + 1]]
     incident = [
         served
         for chosen, rejected in hh[quarter : len(hh) - quarter]
-        for served in ((chosen, sample_data.STABLE_VERSION), (rejected, CANARY_VERSION))
+        for served in ((chosen, stable), (rejected, canary))
     ]
-    after = [(chosen, sample_data.STABLE_VERSION) for chosen, _ in hh[len(hh) - quarter :]]
+    after = [(chosen, stable) for chosen, _ in hh[len(hh) - quarter :]]
+    good = [
+        served
+        for n in range(0, len(later) - 1, 2)
+        for served in ((later[n][0], stable), (later[n + 1][0], second or stable))
+    ]
     served = []
-    for phase, (first_window, windows) in zip(
-        (before, incident, after), ((0, 2), (2, 1), (3, 1)), strict=True
-    ):
+    phases = [(before, (0, 2)), (incident, (2, 1)), (after, (3, 1))] + ([(good, (4, 3))] if good else [])
+    for phase, (first_window, windows) in phases:
         span = windows * WINDOW_SECONDS - 6
         served += [
             (exchange, version, first_window * WINDOW_SECONDS + n * span / len(phase))
@@ -106,12 +140,20 @@ def _served(data_dir: Path, pairs: int, oasst: int) -> list[tuple[sample_data.Ex
     return served
 
 
-def build_traffic(data_dir: Path, topics: Topics, *, pairs: int, oasst: int, seed: int = 7) -> Traffic:
+def build_traffic(
+    data_dir: Path,
+    topics: Topics,
+    *,
+    pairs: int,
+    oasst: int,
+    seed: int = 7,
+    versions: tuple[str, str, str | None] | None = None,
+) -> Traffic:
     """The demo's traffic: real exchanges and feedback, shuffled in realistic ways, plus breakage."""
     rng = random.Random(seed)
     traffic = Traffic()
     early: dict[int, list[tuple[str, bytes]]] = {id(traffic.messages): [], id(traffic.after_rollback): []}
-    served = _served(data_dir, pairs, oasst)
+    served = _served(data_dir, pairs, oasst, versions)
     # Event time starts on a window boundary in the recent past, so windows fill predictably.
     start = datetime.fromtimestamp((time.time() // 60 - 10) * 60, UTC)
     for n, (exchange, version, offset) in enumerate(served):
@@ -119,6 +161,11 @@ def build_traffic(data_dir: Path, topics: Topics, *, pairs: int, oasst: int, see
         inference = sample_data.inference_event(exchange, at, rng, version=version)
         feedback = [json.dumps(f).encode() for f in sample_data.feedback_events(exchange, at)]
         broken = _BREAKAGES[n // 3] if n % 3 == 0 and n // 3 < len(_BREAKAGES) else None
+        if offset >= SECOND_CANARY_SECONDS:
+            # Clean traffic, sent after the incident's counts were taken.
+            traffic.second_canary.append((topics.inference, json.dumps(inference).encode()))
+            traffic.second_canary += [(topics.feedback, value) for value in feedback]
+            continue
         messages = traffic.messages if offset < AFTER_ROLLBACK_SECONDS else traffic.after_rollback
         if broken:
             reason, breaker = broken
@@ -166,6 +213,9 @@ def demo_policy(path: Path) -> Path:
     policy["rules"].append(_DEMO_RULE)
     # A firing rollback normally holds retrain requests for its model; the demo shows both.
     policy["inhibit"] = [rule for rule in policy["inhibit"] if rule["target"] != {"action": "retrain"}]
+    # The second canary (--mlflow) serves about 135 replies: too few to show a 0.02 toxicity margin.
+    for margin in policy["promote"]["margins"].values():
+        margin["margin"] = max(margin["margin"], 0.05)
     text = yaml.safe_dump(policy, sort_keys=False)
     parse_policy(text, str(path))  # a mistake here fails the demo now, not in the worker
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,210 @@
+"""The console's web app: HTML pages and the JSON API under ``/api/`` they use, read-only.
+
+Every page has a stable URL (``/overview``, ``/segments/<segment key>``,
+``/incidents``, ``/deadletters``, ``/datasets``) that takes ``?day=YYYY-MM-DD``
+(the last day shown, default the newest in the history) and ``?days=N``. Its
+charts fetch the same URL under ``/api/``. Scripts and styles (Plotly from its
+PyPI package) are served by the console itself: it works without internet.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from curation.store import DatasetStore
+from services.console.datasets import Datasets, Preview, datasets_view, preview_view
+from services.console.reader import ConsoleError, HistoryReader
+from services.console.views import (
+    DayRange,
+    DeadLetters,
+    Incidents,
+    Overview,
+    SegmentView,
+    deadletters_view,
+    incidents_view,
+    overview_view,
+    report_path,
+    resolve_range,
+    segment_view,
+)
+
+_HERE = Path(__file__).resolve().parent
+TOKEN_COOKIE = "loopwatch_console_token"
+TOKEN_HEADER = "x-loopwatch-token"
+
+Day = Annotated[date | None, Query(description="Last day shown (UTC), default the newest in the history")]
+Days = Annotated[int, Query(ge=1, le=400, description="How many days to show, ending on `day`")]
+
+
+@dataclass
+class Console:
+    """What the app reads: the history and dataset roots, and the stable versions it knows of."""
+
+    history: HistoryReader
+    datasets: DatasetStore
+    stable_versions: Mapping[str, str] = field(default_factory=dict)
+
+
+def plotly_js() -> Path:
+    """plotly.min.js as the plotly wheel ships it."""
+    import plotly
+
+    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+def create_app(console: Console, *, token: str | None = None) -> FastAPI:
+    """The console app over ``console``; with ``token``, every request must carry it."""
+    app = FastAPI(
+        title="loopwatch console",
+        summary="Read-only views of loopwatch's monitoring history and curated datasets",
+        version="1",
+        openapi_url="/api/openapi.json",
+        docs_url=None,  # Swagger UI loads its scripts from a CDN: the console serves none
+        redoc_url=None,
+    )
+    templates = Jinja2Templates(directory=_HERE / "templates")
+    templates.env.filters["segment_url"] = lambda key: "/segments/" + quote(key, safe="")
+    app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
+    if token is not None:
+        _require_token(app, token)
+
+    @app.exception_handler(ConsoleError)
+    async def _console_error(request: Request, exc: ConsoleError) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        messages = [f"{'.'.join(str(p) for p in e['loc'] if p != 'query')}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(messages)}, status_code=422)
+
+    def span(day: date | None, days: int) -> DayRange:
+        return resolve_range(console.history, day, days)
+
+    def page(request: Request, name: str, **context: Any) -> Response:
+        query = urlencode({k: v for k, v in request.query_params.items() if k != "token"})
+        api = f"/api{request.url.path}"
+        return templates.TemplateResponse(
+            request, f"{name}.html", {"page": name, "query": query, "api": api, **context}
+        )
+
+    @app.get("/vendor/plotly.min.js", include_in_schema=False)
+    def _plotly() -> Response:
+        # A 4.5 MB script that only changes with the plotly wheel: let the browser keep it a day.
+        return FileResponse(
+            plotly_js(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"}
+        )
+
+    @app.get("/", include_in_schema=False)
+    def _home() -> Response:
+        return RedirectResponse("/overview")
+
+    @app.get("/api/overview", response_model=Overview, tags=["pages"])
+    def api_overview(day: Day = None, days: Days = 1) -> Overview:
+        """Every segment with traffic: last window, worst verdict, open alerts; stable beside canary."""
+        return overview_view(console.history, span(day, days), console.stable_versions)
+
+    @app.get("/api/segments/{segment:path}", response_model=SegmentView, tags=["pages"])
+    def api_segment(segment: str, day: Day = None, days: Days = 1) -> SegmentView:
+        """One segment: each detector's statistic over windows with its threshold and verdicts."""
+        return segment_view(console.history, segment, span(day, days))
+
+    @app.get("/api/incidents", response_model=Incidents, tags=["pages"])
+    def api_incidents(day: Day = None, days: Days = 7) -> Incidents:
+        """The alert timeline, the actions taken with their CloudEvent ids and causes, the silences."""
+        return incidents_view(console.history, span(day, days))
+
+    @app.get("/api/deadletters", response_model=DeadLetters, tags=["pages"])
+    def api_deadletters(day: Day = None, days: Days = 1) -> DeadLetters:
+        """Dead letters by reason over time, samples (escaped) and the replay command per reason."""
+        return deadletters_view(console.history, span(day, days))
+
+    @app.get("/api/datasets", response_model=Datasets, tags=["pages"])
+    def api_datasets() -> Datasets:
+        """Each curated table with its versions, row counts, tags and export command."""
+        return datasets_view(console.datasets)
+
+    @app.get("/api/datasets/{table}/rows", response_model=Preview, tags=["pages"])
+    def api_dataset_rows(
+        table: str,
+        version: Annotated[int | None, Query(ge=0, description="Delta version [latest]")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    ) -> Preview:
+        """The first rows of one table version."""
+        return preview_view(console.datasets, table, version, limit)
+
+    @app.get("/reports", tags=["pages"])
+    def report(segment: str, day: date, detection: str) -> Response:
+        """The Evidently report of one window (a file the detection names)."""
+        path = Path(report_path(console.history, segment, day, detection))
+        if path.suffix != ".html" or not path.is_file():
+            raise ConsoleError(f"the report of detection {detection!r} is not on this machine", 404)
+        return FileResponse(path, media_type="text/html")
+
+    @app.get("/overview", include_in_schema=False)
+    def overview_page(request: Request, day: Day = None, days: Days = 1) -> Response:
+        return page(request, "overview", view=api_overview(day, days))
+
+    @app.get("/segments", include_in_schema=False)
+    def segments_page(request: Request, day: Day = None, days: Days = 1) -> Response:
+        return page(request, "segments", view=api_overview(day, days))
+
+    @app.get("/segments/{segment:path}", include_in_schema=False)
+    def segment_page(request: Request, segment: str, day: Day = None, days: Days = 1) -> Response:
+        return page(request, "segment", view=api_segment(segment, day, days))
+
+    @app.get("/incidents", include_in_schema=False)
+    def incidents_page(request: Request, day: Day = None, days: Days = 7) -> Response:
+        return page(request, "incidents", view=api_incidents(day, days))
+
+    @app.get("/deadletters", include_in_schema=False)
+    def deadletters_page(request: Request, day: Day = None, days: Days = 1) -> Response:
+        return page(request, "deadletters", view=api_deadletters(day, days))
+
+    @app.get("/datasets", include_in_schema=False)
+    def datasets_page(request: Request) -> Response:
+        view = api_datasets()
+        previews = {t.table: preview_view(console.datasets, t.table, t.version, 10) for t in view.tables}
+        return page(request, "datasets", view=view, previews=previews)
+
+    return app
+
+
+def _require_token(app: FastAPI, token: str) -> None:
+    """Every request must carry ``token``: a header (scripts), or a cookie set from ``?token=`` (browsers)."""
+    expected = token.encode()
+
+    def matches(supplied: str | None) -> bool:
+        # Constant time, so the token cannot be guessed a character at a time.
+        return supplied is not None and hmac.compare_digest(supplied.encode(), expected)
+
+    @app.middleware("http")
+    async def _check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        bearer = request.headers.get("authorization", "")
+        from_header = request.headers.get(TOKEN_HEADER) or (
+            bearer[7:] if bearer.lower().startswith("bearer ") else None
+        )
+        if matches(from_header) or matches(request.cookies.get(TOKEN_COOKIE)):
+            return await call_next(request)
+        if matches(request.query_params.get("token")):
+            # Into a cookie, and out of the address bar (and so of the browser's history).
+            rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+            response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=303)
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            return response
+        return PlainTextResponse(
+            "this console requires its token: header X-Loopwatch-Token or Authorization: Bearer,"
+            " or open it once with ?token=...",
+            status_code=401,
+        )

@@ -1,0 +1,93 @@
+"""Serve the console: refuse a non-loopback bind without a token, then run uvicorn until stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Callable
+
+from pydantic import SecretStr
+
+from core.settings import Settings
+from curation.store import DatasetStore
+from services.console.app import Console, create_app
+from services.console.reader import ConsoleError, HistoryReader
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (a name or an address) resolves only to loopback addresses."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    addresses = {str(info[4][0]) for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def token_value(token: SecretStr | None) -> str | None:
+    """The token to require, or None: an empty ``LOOPWATCH_CONSOLE_TOKEN`` guards nothing, so it is unset."""
+    value = token.get_secret_value().strip() if token is not None else ""
+    return value or None
+
+
+def check_bind(host: str, token: SecretStr | None) -> None:
+    """Refuse to listen beyond this machine unless a token guards the console."""
+    if token_value(token) is None and not is_loopback(host):
+        raise ConsoleError(
+            f"refusing to serve the console on {host}: anyone who can reach it could read the history;"
+            " set LOOPWATCH_CONSOLE_TOKEN (then every request must carry it) or bind 127.0.0.1"
+        )
+
+
+def build_console(settings: Settings, *, history: str | None = None, datasets: str | None = None) -> Console:
+    """The console's readers over ``--history`` / ``--datasets``, else the settings' roots."""
+    return Console(
+        history=HistoryReader(history or settings.history_uri()),
+        datasets=DatasetStore(datasets or settings.datasets_uri()),
+        stable_versions=dict(settings.stable_versions),
+    )
+
+
+def address(host: str, port: int) -> str:
+    """The console's URL for a person to open."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free one), so the address is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConsoleError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(128)
+    return sock
+
+
+def serve(
+    console: Console,
+    *,
+    host: str,
+    port: int,
+    token: SecretStr | None,
+    on_ready: Callable[[str], None] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Listen on ``host:port`` until Ctrl-C; ``on_ready`` gets the address once it listens."""
+    import uvicorn
+
+    check_bind(host, token)
+    app = create_app(console, token=token_value(token))
+    sock = listen(host, port)
+    if on_ready is not None:
+        on_ready(address(host, sock.getsockname()[1]))
+    # No access log: a browser's first request carries the token in its query string.
+    config = uvicorn.Config(app, log_level=log_level, access_log=False)
+    # uvicorn shuts down cleanly on Ctrl-C, then raises it again: stopping is what was asked.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])

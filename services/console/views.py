@@ -1,0 +1,588 @@
+"""What each console page shows, as typed models built from the history tables (no web code here).
+
+Each ``*_view`` function reads only the days (and model) its page shows and
+returns one pydantic model; the JSON API returns it as it is, the HTML page
+renders it, and the page's charts fetch it again from the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from services.console.reader import ConsoleError, HistoryReader, day_range
+from services.deadletters import printable
+
+Verdict = Literal["ok", "warning", "drift"]
+_RANK = {"ok": 0, "warning": 1, "drift": 2}
+ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
+MAX_SAMPLES = 50
+_SEGMENT_COLUMNS = ["segment", "model", "model_version", "app", "route", "tenant"]
+_OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events"]
+_SERIES_COLUMNS = ["detector_id", "config_id", "window_start", "verdict", "statistic", "threshold"]
+_SERIES_COLUMNS += ["p_value", "effect_size", "measurements", "report_path", "detection_id"]
+
+
+class DayRange(BaseModel):
+    """The days a page shows, and the days the history holds."""
+
+    start: date
+    end: date
+    first_day: date | None = Field(None, description="The oldest day in the history")
+    last_day: date | None = Field(None, description="The newest day in the history")
+
+    def days(self) -> list[date]:
+        """Every day of the range, oldest first."""
+        return day_range(self.end, (self.end - self.start).days + 1)
+
+
+class SegmentRow(BaseModel):
+    """One segment (model version and labels) on the Overview."""
+
+    segment: str
+    model: str
+    model_version: str
+    app: str | None = None
+    route: str | None = None
+    tenant: str | None = None
+    labels: str = Field(description="app · route · tenant, the traffic the segment is")
+    role: Literal["stable", "canary"] | None = Field(None, description="Stable (rollback target) or not")
+    windows: int
+    events: int
+    last_window_start: datetime | None = None
+    last_window_end: datetime | None = None
+    last_verdict: Verdict | None = Field(None, description="Worst verdict of the last window")
+    worst_verdict: Verdict | None = Field(None, description="Worst verdict over the range")
+    drift_windows: int = 0
+    warning_windows: int = 0
+    open_alerts: int = 0
+
+
+class ModelRow(BaseModel):
+    """A model and its versions side by side (stable first)."""
+
+    model: str
+    versions: list[SegmentRow]
+
+
+class AlertRow(BaseModel):
+    """One alert transition (firing or resolved)."""
+
+    fingerprint: str
+    status: str
+    severity: str | None = None
+    summary: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    detections: list[str] = Field(default_factory=list)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    changed_at: datetime | None = None
+    runbook_url: str | None = None
+
+
+class Overview(BaseModel):
+    """The Overview page: every segment with traffic, and the open alerts."""
+
+    range: DayRange
+    models: list[ModelRow]
+    open_alerts: list[AlertRow]
+
+
+class ReportLink(BaseModel):
+    """A window's Evidently report."""
+
+    window_start: datetime
+    detection_id: str
+
+
+class DetectorSeries(BaseModel):
+    """One detector's results over the windows of a segment, oldest first."""
+
+    detector_id: str
+    config_ids: list[str]
+    window_start: list[datetime]
+    statistic: list[float | None]
+    threshold: list[float | None]
+    p_value: list[float | None]
+    effect_size: list[float | None]
+    verdict: list[Verdict]
+    measurements: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="Quality rates and percentiles, per name"
+    )
+    reports: list[ReportLink] = Field(default_factory=list)
+
+
+class SegmentView(BaseModel):
+    """The Segment page: the segment's traffic and each detector's statistic over windows."""
+
+    segment: str
+    model: str
+    model_version: str
+    range: DayRange
+    window_start: list[datetime]
+    events: list[int]
+    detectors: list[DetectorSeries]
+
+
+class DetectionRef(BaseModel):
+    """A detection an action was taken on."""
+
+    detection_id: str
+    detector_id: str | None = None
+    verdict: str | None = None
+    segment: str | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+
+class ActionRow(BaseModel):
+    """A CloudEvent loopwatch published: retrain, rollback, verification, ..."""
+
+    id: str
+    type: str
+    subject: str | None = None
+    model: str | None = None
+    time: datetime | None = None
+    topic: str | None = None
+    reason: str | None = None
+    from_version: str | None = None
+    target_version: str | None = None
+    verified: bool | None = None
+    dataset: dict[str, Any] | None = None
+    detections: list[DetectionRef] = Field(default_factory=list)
+
+
+class SilenceRow(BaseModel):
+    """A silence in force, as its announcement on the alerts topic says."""
+
+    silence_id: str
+    matchers: str
+    summary: str | None = None
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+
+class Incidents(BaseModel):
+    """The Incidents page: the alert timeline, the actions and the silences in force."""
+
+    range: DayRange
+    alerts: list[AlertRow]
+    actions: list[ActionRow]
+    silences: list[SilenceRow]
+
+
+class ReasonCount(BaseModel):
+    """Dead letters of one reason, and the command that replays them."""
+
+    reason: str
+    count: int
+    replay: str
+
+
+class ReasonSeries(BaseModel):
+    """Dead letters of one reason per minute."""
+
+    reason: str
+    minute: list[datetime]
+    count: list[int]
+
+
+class DeadLetterSample(BaseModel):
+    """One dead letter kept as a sample: its error and the start of the original payload, escaped."""
+
+    reason: str
+    error: str | None = None
+    minute: datetime
+    source: str | None = Field(None, description="topic/partition/offset of the original message")
+    payload: str = Field(description="The kept prefix, control characters escaped")
+    value_bytes: int | None = None
+    truncated: bool = False
+
+
+class DeadLetters(BaseModel):
+    """The Dead letters page."""
+
+    range: DayRange
+    total: int
+    reasons: list[ReasonCount]
+    series: list[ReasonSeries]
+    samples: list[DeadLetterSample]
+
+
+def resolve_range(history: HistoryReader, end: date | None, days: int) -> DayRange:
+    """``days`` days ending on ``end`` (default: the newest day in the history, else today)."""
+    first = [found[0] for found in (history.days(n) for n in ("windows", "alerts", "deadletters")) if found]
+    last = history.latest_day()
+    end = end or last or datetime.now(UTC).date()
+    return DayRange(
+        start=day_range(end, days)[0],
+        end=end,
+        first_day=min(first) if first else None,
+        last_day=last,
+    )
+
+
+def overview_view(
+    history: HistoryReader, span: DayRange, stable_versions: Mapping[str, str] | None = None
+) -> Overview:
+    """Every segment with traffic on the range, its last window and worst verdict; the open alerts."""
+    days = span.days()
+    windows = history.read("windows", days, columns=_OVERVIEW_WINDOW_COLUMNS)
+    detections = history.read("detections", days, columns=["segment", "window_start", "verdict"])
+    alerts = _alert_rows(history.read("alerts", days))
+    open_alerts = [a for a in _latest_per_fingerprint(alerts) if a.status == "firing" and not _silence(a)]
+    stable = dict(stable_versions or {})
+    for action in _action_rows(history.read("actions", days)):
+        if action.type == ROLLBACK_REQUESTED and action.model and action.target_version:
+            stable[action.model] = action.target_version  # the latest rollback says what is stable now
+    # Arrow's hash aggregations: a day of 50 segments is 72,000 windows, too many for Python loops.
+    per_segment = windows.group_by("segment", use_threads=False).aggregate(
+        [(c, "first") for c in ("model", "model_version", "app", "route", "tenant")]
+        + [("events", "sum"), ("window_start", "count_distinct"), ("window_start", "max")]
+        + [("window_end", "max")]
+    )
+    verdicts = _verdicts(detections, per_segment)
+    rows: list[SegmentRow] = []
+    for seg in per_segment.to_pylist():
+        key = seg["segment"]
+        worst, last, drift, warning = verdicts.get(key, (None, None, 0, 0))
+        model, version = seg["model_first"], seg["model_version_first"]
+        known = stable.get(model)
+        rows.append(
+            SegmentRow(
+                segment=key,
+                model=model,
+                model_version=version,
+                app=seg["app_first"],
+                route=seg["route_first"],
+                tenant=seg["tenant_first"],
+                labels=" · ".join(v for v in (seg["app_first"], seg["route_first"], seg["tenant_first"]) if v)
+                or "all traffic",
+                role=None if known is None else ("stable" if known == version else "canary"),
+                windows=seg["window_start_count_distinct"],
+                events=seg["events_sum"],
+                last_window_start=seg["window_start_max"],
+                last_window_end=seg["window_end_max"],
+                last_verdict=last,
+                worst_verdict=worst,
+                drift_windows=drift,
+                warning_windows=warning,
+                open_alerts=sum(1 for a in open_alerts if (a.model, a.model_version) == (model, version)),
+            )
+        )
+    models: dict[str, list[SegmentRow]] = {}
+    for row in rows:
+        models.setdefault(row.model, []).append(row)
+    return Overview(
+        range=span,
+        models=[
+            ModelRow(model=m, versions=sorted(v, key=lambda r: (r.role != "stable", r.model_version)))
+            for m, v in sorted(models.items())
+        ],
+        open_alerts=open_alerts,
+    )
+
+
+_VERDICTS: dict[int, Verdict] = {0: "ok", 1: "warning", 2: "drift"}
+
+
+def _verdicts(
+    detections: pa.Table, per_segment: pa.Table
+) -> dict[str, tuple[Verdict | None, Verdict | None, int, int]]:
+    """Per segment: worst verdict, the last window's worst, and how many windows drifted or warned."""
+    verdict = detections.column("verdict")
+    rank = pc.if_else(pc.equal(verdict, "drift"), 2, pc.if_else(pc.equal(verdict, "warning"), 1, 0))
+    per_window = (
+        detections.select(["segment", "window_start"])
+        .append_column("rank", rank)
+        .group_by(["segment", "window_start"])
+        .aggregate([("rank", "max")])
+    )
+    worst = per_window.append_column(
+        "drift", pc.cast(pc.equal(per_window["rank_max"], 2), pa.int64())
+    ).append_column("warning", pc.cast(pc.equal(per_window["rank_max"], 1), pa.int64()))
+    totals = worst.group_by("segment").aggregate([("rank_max", "max"), ("drift", "sum"), ("warning", "sum")])
+    lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
+    joined = per_window.join(lasts, ["segment", "window_start"], join_type="inner")
+    last = dict(zip(joined["segment"].to_pylist(), joined["rank_max"].to_pylist(), strict=True))
+    return {
+        r["segment"]: (
+            _VERDICTS[r["rank_max_max"]],
+            None if last.get(r["segment"]) is None else _VERDICTS[last[r["segment"]]],
+            r["drift_sum"],
+            r["warning_sum"],
+        )
+        for r in totals.to_pylist()
+    }
+
+
+def parse_segment(segment: str) -> tuple[str, str]:
+    """The model and version a segment key names (``model|version|app|route|tenant``), or a 400."""
+    parts = segment.split("|")
+    if len(parts) != 5 or not parts[0] or not parts[1]:
+        raise ConsoleError(
+            f"segment {segment!r} is not model|version|app|route|tenant (empty labels allowed: m|v|||)"
+        )
+    return parts[0], parts[1]
+
+
+def segment_view(history: HistoryReader, segment: str, span: DayRange) -> SegmentView:
+    """One segment's windows and, per detector, its statistic, threshold and verdicts over them."""
+    model, version = parse_segment(segment)
+    days = span.days()
+    only = {"segment": segment}
+    windows = history.read(
+        "windows", days, model=model, columns=["window_start", "events"], match=only
+    ).sort_by("window_start")
+    detections = history.read(
+        "detections",
+        days,
+        model=model,
+        columns=_SERIES_COLUMNS,
+        match=only,
+    )
+    if windows.num_rows == 0 and detections.num_rows == 0:
+        raise ConsoleError(f"segment {segment!r} has no windows from {span.start} to {span.end}", 404)
+    series = []
+    frame = detections.to_pandas().sort_values(["detector_id", "window_start"])
+    for detector_id, group in frame.groupby("detector_id", sort=True):
+        measurements: dict[str, list[float | None]] = {}
+        if str(detector_id).startswith("quality."):
+            parsed = [json.loads(m) if m else {} for m in group["measurements"]]
+            names = sorted({k for m in parsed for k in m if _is_rate(k)})
+            measurements = {k: [_num(m.get(k)) for m in parsed] for k in names}
+        series.append(
+            DetectorSeries(
+                detector_id=str(detector_id),
+                config_ids=sorted({str(c) for c in group["config_id"].dropna()}),
+                window_start=list(group["window_start"]),
+                statistic=[_num(v) for v in group["statistic"]],
+                threshold=[_num(v) for v in group["threshold"]],
+                p_value=[_num(v) for v in group["p_value"]],
+                effect_size=[_num(v) for v in group["effect_size"]],
+                verdict=list(group["verdict"]),
+                measurements=measurements,
+                reports=[
+                    ReportLink(window_start=w.to_pydatetime(), detection_id=str(d))
+                    for w, d, p in zip(
+                        group["window_start"], group["detection_id"], group["report_path"], strict=True
+                    )
+                    if p
+                ],
+            )
+        )
+    return SegmentView(
+        segment=segment,
+        model=model,
+        model_version=version,
+        range=span,
+        window_start=windows.column("window_start").to_pylist(),
+        events=windows.column("events").to_pylist(),
+        detectors=series,
+    )
+
+
+def report_path(history: HistoryReader, segment: str, day: date, detection_id: str) -> str:
+    """The Evidently report file a detection names (404 when there is none)."""
+    model, _ = parse_segment(segment)
+    found = history.read(
+        "detections",
+        [day],
+        model=model,
+        columns=["report_path"],
+        match={"detection_id": detection_id, "segment": segment},
+    ).column("report_path")
+    paths = [p for p in found.to_pylist() if p]
+    if not paths:
+        raise ConsoleError(f"detection {detection_id!r} of {day} has no report", 404)
+    return str(paths[0])
+
+
+def incidents_view(history: HistoryReader, span: DayRange) -> Incidents:
+    """The alert timeline, the actions with their CloudEvent ids and causes, and the silences in force."""
+    days = span.days()
+    alerts = sorted(_alert_rows(history.read("alerts", days)), key=lambda a: a.changed_at or _EPOCH)
+    actions = sorted(_action_rows(history.read("actions", days)), key=lambda a: a.time or _EPOCH)
+    silences = [
+        SilenceRow(
+            silence_id=a.labels.get("silence_id", a.fingerprint),
+            matchers=a.labels.get("matchers", ""),
+            summary=a.summary,
+            starts_at=a.starts_at,
+            ends_at=a.ends_at,
+        )
+        for a in _latest_per_fingerprint(alerts)
+        if _silence(a) and a.status == "firing"
+    ]
+    return Incidents(
+        range=span, alerts=[a for a in alerts if not _silence(a)], actions=actions, silences=silences
+    )
+
+
+def deadletters_view(history: HistoryReader, span: DayRange) -> DeadLetters:
+    """Dead letters by reason per minute, totals with their replay command, and escaped samples."""
+    table = history.read("deadletters", span.days(), columns=["minute", "reason", "source_topic", "count"])
+    frame = table.to_pandas()
+    reasons: list[ReasonCount] = []
+    series: list[ReasonSeries] = []
+    if not frame.empty:
+        totals = frame.groupby("reason")["count"].sum().sort_values(ascending=False)
+        for reason, count in totals.items():
+            reasons.append(
+                ReasonCount(
+                    reason=str(reason),
+                    count=int(count),
+                    replay=f"loopwatch deadletter replay --reason {reason} --since {span.start}",
+                )
+            )
+        per_minute = frame.groupby(["reason", "minute"])["count"].sum()
+        for reason in totals.index:
+            counts = per_minute.loc[reason]
+            series.append(
+                ReasonSeries(
+                    reason=str(reason),
+                    minute=list(counts.index.to_pydatetime()),
+                    count=[int(c) for c in counts],
+                )
+            )
+    samples = _samples(history.read("deadletters", span.days(), columns=["minute", "reason", "samples"]))
+    return DeadLetters(
+        range=span,
+        total=sum(r.count for r in reasons),
+        reasons=reasons,
+        series=series,
+        samples=samples,
+    )
+
+
+def _samples(table: pa.Table) -> list[DeadLetterSample]:
+    samples: list[DeadLetterSample] = []
+    # Newest first, and only as many rows as can hold the samples shown (each row keeps at least one).
+    rows = table.sort_by([("minute", "descending")]).slice(0, MAX_SAMPLES).to_pylist()
+    for row in rows:
+        for letter in json.loads(row["samples"] or "[]"):
+            if len(samples) >= MAX_SAMPLES:
+                return samples
+            samples.append(_sample(row, letter))
+    return samples
+
+
+def _sample(row: dict[str, Any], letter: dict[str, Any]) -> DeadLetterSample:
+    try:
+        kept = base64.b64decode(letter.get("value_b64") or "", validate=True)
+    except (binascii.Error, ValueError):
+        kept = b""
+    source = letter.get("source") or {}
+    where = f"{source['topic']}/{source.get('partition')}/{source.get('offset')}" if source else None
+    value_bytes = letter.get("value_bytes")
+    return DeadLetterSample(
+        reason=str(letter.get("reason") or row["reason"]),
+        error=letter.get("error"),
+        minute=row["minute"],
+        source=where,
+        payload=printable(kept),
+        value_bytes=value_bytes,
+        truncated=isinstance(value_bytes, int) and value_bytes > len(kept),
+    )
+
+
+_EPOCH = datetime(1970, 1, 1).astimezone()
+
+
+def _alert_rows(table: pa.Table) -> list[AlertRow]:
+    return [
+        AlertRow(
+            fingerprint=r["fingerprint"],
+            status=r["status"],
+            severity=r["severity"],
+            summary=r["summary"],
+            model=r["model"],
+            model_version=r["model_version"],
+            labels=json.loads(r["labels"] or "{}"),
+            detections=json.loads(r["detections"] or "[]"),
+            starts_at=r["starts_at"],
+            ends_at=r["ends_at"],
+            changed_at=r["changed_at"],
+            runbook_url=r["runbook_url"],
+        )
+        for r in table.to_pylist()
+    ]
+
+
+def _latest_per_fingerprint(alerts: list[AlertRow]) -> list[AlertRow]:
+    latest: dict[str, AlertRow] = {}
+    for alert in sorted(alerts, key=lambda a: (a.changed_at or _EPOCH, a.status == "resolved")):
+        latest[alert.fingerprint] = alert
+    return sorted(latest.values(), key=lambda a: a.changed_at or _EPOCH, reverse=True)
+
+
+def _silence(alert: AlertRow) -> bool:
+    return alert.labels.get("alertname") == "silence"
+
+
+def _action_rows(table: pa.Table) -> list[ActionRow]:
+    rows = []
+    for r in table.to_pylist():
+        data = json.loads(r["data"] or "{}")
+        rows.append(
+            ActionRow(
+                id=r["id"],
+                type=r["type"],
+                subject=r["subject"],
+                model=r["model"],
+                time=r["time"],
+                topic=r["topic"],
+                reason=data.get("reason"),
+                from_version=data.get("from_version"),
+                target_version=data.get("target_version"),
+                verified=data.get("verified"),
+                dataset=data.get("dataset"),
+                detections=[_detection_ref(d) for d in data.get("detections") or [] if isinstance(d, dict)],
+            )
+        )
+    return rows
+
+
+def _detection_ref(d: dict[str, Any]) -> DetectionRef:
+    segment = d.get("segment")
+    key = None
+    if isinstance(segment, dict):
+        parts = (segment.get(k) for k in ("model", "model_version", "app", "route", "tenant"))
+        key = "|".join(p or "" for p in parts)
+    return DetectionRef(
+        detection_id=str(d.get("detection_id", "")),
+        detector_id=d.get("detector_id"),
+        verdict=d.get("verdict"),
+        segment=key,
+        window_start=d.get("window_start"),
+        window_end=d.get("window_end"),
+    )
+
+
+_RATE = re.compile(r"(^|_)rate$|_ms$|_mean$|^share_above_slo$")
+
+
+def _is_rate(name: str) -> bool:
+    # Quality charts show rates, latencies and costs (``current_rate``, ``p95.observed_ms``,
+    # ``cost.current_mean``), not sample counts, p-values or which test decided.
+    return any(_RATE.search(part) for part in name.split("."))
+
+
+def _num(value: Any) -> float | None:
+    # Strict JSON out: NaN and infinities (a detector that could not decide) become null.
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

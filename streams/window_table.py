@@ -1,0 +1,158 @@
+"""Open windows on the changelog: what the detect stage merged survives a crash, a stop or a move.
+
+The detect stage merges the partial summaries of a window in memory
+(:class:`~streams.windows.Windows`), and the summaries are acked as they are
+merged: before this table, a worker that crashed or stopped lost what it had
+merged of every open window, and the window was judged on what came after.
+Now each merged partial is also an entry of the changelog-backed ``windows``
+table, written in the unit that merged it (so before its summary is acked),
+and deleted in the unit that closes its window (after that window's
+Detections are acknowledged). A restarted worker, or the one a rebalance
+gives the partition to, rebuilds the open windows from the entries.
+
+Three kinds of entry, each value zlib-compressed JSON naming the summaries
+partition it belongs to:
+
+- ``open|<topic>|<partition>|<offset>``: one merged partial, as it came (a
+  replayed summary writes the same key again, so nothing counts twice);
+- ``closed|<kind>|<segment>``: the last time window closed, so a late partial
+  after a restart is still late and does not open that window again;
+- ``slow|<kind>|<segment>|<start>``: a window closed whose slow detectors
+  have not answered yet; deleted with their Detections, re-queued on recovery.
+
+Partials merged and closed within one unit are never written at all (a count
+window that one summary completes costs nothing here).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streams.runtime import ChangelogTable, Effects
+from streams.windows import ClosedWindow, Partial, WindowKind, Windows, segment_key
+
+if TYPE_CHECKING:
+    from streams.app import LoopwatchApp
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    # Level 1: most of a partial is text, which compresses well even at the fastest level.
+    return zlib.compress(json.dumps(data).encode(), 1)
+
+
+def _decode(value: bytes) -> dict[str, Any]:
+    return dict(json.loads(zlib.decompress(value)))
+
+
+@dataclass
+class Restored:
+    """What the table held for some partitions: open partials, last closed windows, slow work pending."""
+
+    partials: list[tuple[str, Partial]] = field(default_factory=list)
+    closed: list[tuple[dict[str, str | None], WindowKind, int]] = field(default_factory=list)
+    pending: list[tuple[str, ClosedWindow]] = field(default_factory=list)
+
+
+class WindowTable:
+    """The detect stage's ``windows`` table: entries for open windows and windows awaiting slow detectors."""
+
+    def __init__(self, app: LoopwatchApp, partitions: int) -> None:
+        self.table = ChangelogTable(app, "windows", partitions)
+        # Entries of this unit not written yet (key -> value, partition); written by flush().
+        self.unwritten: dict[str, tuple[bytes, int]] = {}
+        # Written entries -> their partition (to delete them there).
+        self.partition: dict[str, int] = {}
+
+    @staticmethod
+    def key(message: Any) -> str:
+        """The entry key of a summary message."""
+        return f"open|{message.topic}|{message.partition}|{message.offset}"
+
+    def holds(self, message: Any) -> bool:
+        """Whether the summary is merged into an open window already (restored from the table)."""
+        return self.key(message) in self.partition
+
+    def entry(self, message: Any, summary: str) -> str:
+        """The entry of a merged summary (its text as it came), kept until :meth:`flush`."""
+        key = self.key(message)
+        value = zlib.compress(f'{{"partition":{message.partition},"summary":{summary}}}'.encode(), 1)
+        self.unwritten[key] = (value, message.partition)
+        return key
+
+    def flush(
+        self, effects: Effects, closed: list[ClosedWindow], windows: Windows, partition_of: dict[str, int]
+    ) -> None:
+        """This unit's writes: closed windows' entries deleted, open windows' new entries written."""
+        for window in closed:
+            for key in window.entries:
+                if self.unwritten.pop(key, None) is None:  # merged in an earlier unit: on the table
+                    self._put(effects, key, None, self.partition.pop(key, 0))
+            segment = segment_key(window.segment)
+            upto = windows.closed_upto.get((segment, window.kind))
+            if upto is not None:  # time windows: later partials of it stay late after a restart
+                partition = partition_of.get(segment, 0)
+                marker = {"partition": partition, "closed": [window.segment, window.kind, upto]}
+                self._put(effects, f"closed|{window.kind}|{segment}", _encode(marker), partition)
+        for key, (value, partition) in self.unwritten.items():
+            self.partition[key] = partition
+            self._put(effects, key, value, partition)
+        self.unwritten.clear()
+
+    def pending(self, effects: Effects, window: ClosedWindow, partition: int) -> str:
+        """Keep a closed window until its slow detectors answer; returns its key for :meth:`done`."""
+        key = f"slow|{window.kind}|{segment_key(window.segment)}|{window.start.isoformat()}"
+        self._put(effects, key, _encode({"partition": partition, "window": window.to_json()}), partition)
+        self.partition[key] = partition
+        return key
+
+    def done(self, effects: Effects, key: str) -> None:
+        """The slow detectors answered (their Detections go out first): forget the window."""
+        self._put(effects, key, None, self.partition.pop(key, 0))
+
+    def forget(self, keys: list[str]) -> None:
+        """Entries now on another worker's partitions: not ours to delete any more."""
+        for key in keys:
+            self.partition.pop(key, None)
+            self.unwritten.pop(key, None)
+
+    def restore(self, partitions: set[int]) -> Restored:
+        """Everything the table holds for ``partitions`` (recovered from the changelog by faust)."""
+        restored = Restored()
+        for raw_key, value in list(self.table.table.data.items()):
+            key = raw_key.decode()
+            data = _decode(value)
+            if data["partition"] not in partitions:
+                continue
+            self.partition[key] = data["partition"]
+            if "summary" in data:
+                restored.partials.append((key, Partial.from_json(data["summary"])))
+            elif "closed" in data:
+                segment, kind, window_id = data["closed"]
+                restored.closed.append((segment, kind, window_id))
+            elif "window" in data:
+                restored.pending.append((key, ClosedWindow.from_json(data["window"])))
+        return restored
+
+    def _put(self, effects: Effects, key: str, value: bytes | None, partition: int) -> None:
+        effects.put(self.table, key.encode(), value, partition)
+
+
+def restore_windows(windows: Windows, restored: Restored, now: float) -> list[str]:
+    """Rebuild open windows from the table; returns the entries that were late (to delete them).
+
+    A restored window's idle and grace periods start now: the partials it still
+    waits for may be behind the restarted worker's consumer.
+    """
+    for segment, kind, window_id in restored.closed:
+        stream = (segment_key(segment), kind)
+        windows.closed_upto[stream] = max(windows.closed_upto.get(stream, window_id), window_id)
+    late = []
+    for key, partial in restored.partials:
+        if windows.is_late(partial):
+            late.append(key)
+        else:
+            windows.restore(partial, now, key)
+    return late

@@ -1,0 +1,125 @@
+"""The console in a real browser: headless Chromium (Debian's) driven by Playwright, one browser per module.
+
+Each test loads a page from the menu as a person would and checks what they
+would look at: the rollback's CloudEvent id, a drawn chart, the reasons.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from .console_fixture import CANARY, ROLLBACK_ID, STABLE, segment_key
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CHROMIUM_ARGS += ["--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium; the module fails loudly when Debian's chromium is not installed."""
+    from playwright.sync_api import sync_playwright
+
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium", pytrace=False)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def context(browser: Any, console_url: str) -> Iterator[Any]:
+    """One browser context for the module, so its cache keeps plotly.min.js across pages."""
+    opened = browser.new_context(base_url=console_url, viewport={"width": 1280, "height": 900})
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def page(context: Any, console_url: str) -> Iterator[Any]:
+    """A fresh page that fails the test on any script error or request to another host."""
+    opened = context.new_page()
+    errors: list[str] = []
+    foreign: list[str] = []
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    opened.on("request", lambda r: None if r.url.startswith(console_url) else foreign.append(r.url))
+    yield opened
+    opened.close()
+    assert errors == [], errors
+    assert foreign == [], f"the console loaded something from elsewhere: {foreign}"
+
+
+def test_the_menu_reaches_every_page(page):
+    page.goto("/")
+    labels = page.locator("#menu a").all_inner_texts()
+    assert labels[:5] == ["Overview", "Segment", "Incidents", "Dead letters", "Datasets"]
+    for label, heading in [
+        ("Incidents", "Incidents"),
+        ("Dead letters", "Dead letters"),
+        ("Datasets", "Datasets"),
+    ]:
+        page.get_by_role("link", name=label, exact=True).click()
+        assert page.locator("h1").inner_text().startswith(heading)
+
+
+def test_the_overview_shows_the_canary_beside_the_stable_version_and_links_its_segment(page):
+    page.goto("/overview")
+    # One row per traffic (app · route · tenant), one column per version, stable first.
+    headers = page.locator(".model table.versions tr").first.locator("th").all_inner_texts()
+    assert headers == ["traffic", f"{STABLE} stable", f"{CANARY} canary"]
+    row = page.locator(".model table.versions tr").nth(1)
+    assert row.locator("th.labels").inner_text() == "support · chat"
+    stable, canary = row.locator("td.version").all()
+    assert stable.get_attribute("data-segment") == segment_key(STABLE)
+    assert (stable.locator("dd.verdict").inner_text(), canary.locator("dd.verdict").inner_text()) == (
+        "ok",
+        "drift",
+    )
+    canary.get_by_role("link", name=CANARY).click()
+    assert page.locator("#segment-key").inner_text() == segment_key(CANARY)
+
+
+def test_the_segment_page_draws_a_chart_per_detector_with_threshold_and_drift_windows(page):
+    page.goto("/segments/" + quote(segment_key(CANARY), safe=""))
+    page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
+    # Plotly draws SVG: one plot for traffic, one per detector, one of quality rates.
+    assert page.locator(".js-plotly-plot svg.main-svg").count() >= 4
+    chart = page.locator('.detector[data-detector="quality.negative_feedback.v1"] .statistic')
+    legend = chart.locator(".legendtext").all_text_contents()
+    assert legend == ["statistic", "threshold", "warning", "drift"]
+    assert chart.locator(".scatterlayer .trace").count() == 4
+    assert chart.locator(".scatterlayer .point").count() >= 4  # one warning and three drift markers
+
+
+def test_the_incidents_page_shows_the_rollback_id_and_what_caused_it(page):
+    page.goto("/incidents")
+    rollback = page.locator('tr.action[data-type="io.loopwatch.rollback.requested"]')
+    assert rollback.locator(".event-id").inner_text() == ROLLBACK_ID
+    assert "quality.negative_feedback.v1 drift" in rollback.inner_text()
+    assert page.locator("#alerts tr.alert").count() == 2
+    assert "s-maint" in page.locator("#silences").inner_text()
+
+
+def test_the_dead_letters_page_lists_the_reasons_and_shows_payloads_as_text(page):
+    page.goto("/deadletters")
+    reasons = page.locator("#reasons tr.reason td:first-child").all_inner_texts()
+    assert reasons == ["malformed_json", "invalid_utf8"]
+    assert "loopwatch deadletter replay --reason invalid_utf8" in page.locator("#reasons").inner_text()
+    page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
+    assert page.locator("#chart-deadletters .barlayer .trace").count() == 2
+    # The producer's markup is shown, not run.
+    assert any("<script>alert(1)</script>" in t for t in page.locator(".payload").all_inner_texts())
+    assert page.locator("main script").count() == 0
+
+
+def test_the_datasets_page_shows_versions_and_the_export_command(page):
+    page.goto("/datasets")
+    golden = page.locator('.dataset[data-table="golden"]')
+    assert "version 2, 5 rows" in golden.locator("h2").inner_text()
+    assert golden.locator(".export").inner_text().startswith("loopwatch dataset export --root ")
