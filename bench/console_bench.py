@@ -28,6 +28,7 @@ import time
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -168,12 +169,21 @@ def _day_tables(day: date, segs: list[dict[str, str]], rng: np.random.Generator)
         | {"data": json.dumps(data)}
     ]
     return {
-        "windows": pa.table(windows, schema=SCHEMAS["windows"]),
-        "detections": pa.table(detections, schema=SCHEMAS["detections"]),
+        "windows": _columnar(windows, SCHEMAS["windows"]),
+        "detections": _columnar(detections, SCHEMAS["detections"]),
         "deadletters": pa.Table.from_pydict(deadletters, schema=SCHEMAS["deadletters"]),
         "alerts": pa.Table.from_pylist(alerts, schema=SCHEMAS["alerts"]),
         "actions": pa.Table.from_pylist(actions, schema=SCHEMAS["actions"]),
     }
+
+
+def _columnar(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """``columns`` as a table of ``schema``; columns the bench does not write (added later) are null."""
+    rows = len(next(iter(columns.values())))
+    return pa.table(
+        {f.name: columns[f.name] if f.name in columns else pa.nulls(rows, f.type) for f in schema},
+        schema=schema,
+    )
 
 
 def write_history(root: Path, days: int, segs: list[dict[str, str]]) -> date:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # services/ sits at the repository root; the shared sample data sits beside it.
@@ -307,6 +307,20 @@ class Settings(BaseSettings):
         description="Span (else resource) attribute holding the route, e.g. gen_ai.operation.name [none]",
     )
 
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An empty value is no value: compose files and env files leave variables blank."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _kafka_security_consistent(self) -> Self:
         """Refuse security settings that the chosen protocol would silently ignore or cannot work without."""
@@ -376,9 +390,20 @@ class Settings(BaseSettings):
         return {"max.message.bytes": str(self.max_record_bytes + 1024)}
 
     def datasets_uri(self) -> str:
-        """The root of the dataset tables."""
-        return self.datasets_root or str(self.data_dir / "datasets")
+        """The root of the dataset tables (a local path made absolute: it goes into retrain requests)."""
+        return _absolute(self.datasets_root or str(self.data_dir / "datasets"))
 
     def history_uri(self) -> str:
-        """The root of the monitoring history tables."""
-        return self.history_root or str(self.data_dir / "history")
+        """The root of the monitoring history tables (a local path made absolute)."""
+        return _absolute(self.history_root or str(self.data_dir / "history"))
+
+
+def _absolute(root: str) -> str:
+    """``root`` as an absolute path when it is a local path; object-store URIs as given.
+
+    >>> _absolute("s3://bucket/datasets")
+    's3://bucket/datasets'
+    >>> _absolute("/srv/datasets")
+    '/srv/datasets'
+    """
+    return root if "://" in root else str(Path(root).resolve())

@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -43,9 +43,10 @@ WINDOWS = pa.schema(
         *_SEGMENT,
         ("window_start", _TIME),
         ("window_end", _TIME),
-        ("events", pa.int64()),  # events in the window (measurements.window_events)
+        ("events", pa.int64()),  # inference events of the window (window_events of its inference detections)
         ("sample_size", pa.int64()),  # rows the detectors saw (current_size)
         ("first_detected_at", _TIME),
+        ("feedback_events", pa.int64()),  # feedback events of the window (of its feedback detections)
     ]
 )
 
@@ -177,17 +178,28 @@ def _segment(segment: Segment) -> dict[str, Any]:
     }
 
 
-def window_row(detection: Detection) -> dict[str, Any]:
-    """The ``windows`` row one detection tells about (its window's bounds, events and sample size)."""
-    events = detection.measurements.get("window_events")
+#: Which input a detection's window counted: the ``events`` column or ``feedback_events`` (None: unknown).
+WindowInput = Literal["inference", "feedback"] | None
+
+
+def window_row(detection: Detection, counted: WindowInput = "inference") -> dict[str, Any]:
+    """The ``windows`` row one detection tells about: its bounds, sample size and the events it ``counted``.
+
+    A segment's inference and feedback windows with the same bounds make one
+    row, and a detection's ``window_events`` counts only the input its window
+    held, so the count goes into that input's column (into neither when unknown).
+    """
+    seen = detection.measurements.get("window_events")
+    events = None if seen is None else int(seen)
     return {
         "day": _day(detection.window_start),
         **_segment(detection.segment),
         "window_start": detection.window_start,
         "window_end": detection.window_end,
-        "events": None if events is None else int(events),
+        "events": events if counted == "inference" else None,
         "sample_size": detection.current_size,
         "first_detected_at": detection.detected_at,
+        "feedback_events": events if counted == "feedback" else None,
     }
 
 
@@ -254,7 +266,7 @@ def action_row(event: CloudEvent, topic: str) -> dict[str, Any]:
 
 
 def merge_windows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per window: the most events and rows any detection saw, the first detection's time.
+    """One row per window: the most events of each input and rows any detection saw, the first detection time.
 
     The same rule is the table merge's update, so the result does not depend on
     how detections were split into batches (slow detectors report later).
@@ -266,7 +278,7 @@ def merge_windows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if seen is None:
             merged[key] = dict(row)
             continue
-        for column in ("events", "sample_size"):
+        for column in ("events", "feedback_events", "sample_size"):
             if row[column] is not None and (seen[column] is None or row[column] > seen[column]):
                 seen[column] = row[column]
         seen["first_detected_at"] = min(seen["first_detected_at"], row["first_detected_at"])

@@ -5,7 +5,8 @@ credentials through ``storage_options``), as for the dataset tables.
 
 Idempotent under redelivery. Every table but ``deadletters`` is written with
 one Delta ``MERGE`` on its unique key (:data:`~curation.history.UNIQUE_BY`)
-that inserts only rows not there yet; ``windows`` also takes the larger counts
+that inserts only rows not there yet (a table an older worker created first
+gains the columns added since); ``windows`` also takes the larger counts
 and the earlier detection time of a window it has, so slow detectors that
 report later complete their window's row. A batch replayed after a crash (the
 stream acks its offsets only after :meth:`HistoryStore.write` returns) adds
@@ -83,7 +84,7 @@ class HistoryStore(DeltaRoot):
         return DeltaTable(self.uri(table), storage_options=self.storage_options).to_pyarrow_table()
 
     def _create(self, table: str) -> Any:
-        return create_table(
+        delta = create_table(
             self.uri(table),
             SCHEMAS[table],
             PARTITION_BY[table],
@@ -91,6 +92,15 @@ class HistoryStore(DeltaRoot):
             f"loopwatch monitoring history: {table}",
             self.storage_options,
         )
+        # A table written by an older worker lacks the columns added since: add them (null in its old rows).
+        have = set(delta.schema().to_arrow().names)
+        missing = [column for column in SCHEMAS[table] if column.name not in have]
+        if missing:
+            from deltalake import Schema
+
+            delta.alter.add_columns(list(Schema.from_arrow(pa.schema(missing)).fields))
+            delta.update_incremental()
+        return delta
 
     def first_day(self, now: datetime) -> date | None:
         """Rows of days before this are expired (None: kept forever)."""
@@ -200,12 +210,14 @@ def _larger(column: str) -> str:
 # What merge_windows does to two rows of one window, as the merge's update.
 _WINDOW_UPDATES = {
     "events": _larger("events"),
+    "feedback_events": _larger("feedback_events"),
     "sample_size": _larger("sample_size"),
     "first_detected_at": "CASE WHEN s.first_detected_at < t.first_detected_at"
     " THEN s.first_detected_at ELSE t.first_detected_at END",
 }
 _WINDOW_CHANGED = (
     "coalesce(s.events, -1) > coalesce(t.events, -1)"
+    " OR coalesce(s.feedback_events, -1) > coalesce(t.feedback_events, -1)"
     " OR coalesce(s.sample_size, -1) > coalesce(t.sample_size, -1)"
     " OR s.first_detected_at < t.first_detected_at"
 )

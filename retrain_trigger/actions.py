@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from schemas.events import CloudEvent, Detection, SourceRef
 
@@ -29,6 +29,15 @@ class DatasetRef(_Data):
 
     table: str
     version: int
+    uri: str | None = Field(None, description="Where the Delta table is (what a training job opens)")
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_uri(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A reference made without its location keeps the shape consumers saw before the uri existed.
+        data: dict[str, Any] = handler(self)
+        if data.get("uri") is None:
+            data.pop("uri", None)
+        return data
 
 
 class ActionData(_Data):

@@ -14,8 +14,10 @@ The trigger is one of:
   refused by Airflow with ``409 Conflict``, which counts as dispatched;
 - ``command``: a program run with templated arguments, dispatched when it exits 0.
 
-The request's dataset table and Delta version go into the job's parameters
-(``$table``, ``$delta_version``). Templates use ``$name`` placeholders; in a
+The request's dataset table, Delta version and table URI go into the job's
+parameters (``$table``, ``$delta_version``, ``$dataset_uri``; the GitHub preset
+leaves the URI out, since a workflow refuses inputs it does not declare).
+Templates use ``$name`` placeholders; in a
 JSON body each is replaced by its value as JSON (quoted, escaped), so a reason
 with quotes in it cannot break the body. Recoverable failures (timeouts,
 connection errors, 5xx, 429, a command's non-zero exit) are tried again with a
@@ -60,11 +62,12 @@ GITHUB_BODY = (
 )
 AIRFLOW_BODY = (
     '{"dag_run_id": $dag_run_id, "conf": {"model": $model, "dataset_table": $table,'
-    ' "dataset_version": $delta_version, "cloudevent_id": $event_id, "reason": $reason}}'
+    ' "dataset_version": $delta_version, "dataset_uri": $dataset_uri, "cloudevent_id": $event_id,'
+    ' "reason": $reason}}'
 )
 HTTP_BODY = (
     '{"cloudevent_id": $event_id, "model": $model, "dataset": {"table": $table, "version": $delta_version},'
-    ' "reason": $reason, "policy": $policy, "rule": $rule}'
+    ' "dataset_uri": $dataset_uri, "reason": $reason, "policy": $policy, "rule": $rule}'
 )
 _PRESET_BODIES = {"github": GITHUB_BODY, "airflow": AIRFLOW_BODY, "http": HTTP_BODY}
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.~:+-]")  # Airflow's default allowed_run_id_pattern
@@ -141,6 +144,7 @@ def job_parameters(event_id: str, request: RetrainRequest, ref: str = "main") ->
         "table": dataset.table if dataset else None,
         "delta_version": dataset.version if dataset else None,
         "delta_version_text": str(dataset.version) if dataset else "",
+        "dataset_uri": dataset.uri if dataset else None,
         "window_start": request.window_start.isoformat(),
         "window_end": request.window_end.isoformat(),
         "ref": ref,
@@ -279,6 +283,6 @@ _SAMPLE = RetrainRequest.model_validate(
         "window_start": "2026-01-01T00:00:00Z",
         "window_end": "2026-01-01T00:00:00Z",
         "detections": [],
-        "dataset": {"table": "sft", "version": 1},
+        "dataset": {"table": "sft", "version": 1, "uri": "file:///datasets/sft"},
     }
 )

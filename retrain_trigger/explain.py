@@ -63,6 +63,22 @@ def describe_verify(policy: Policy) -> str:
     )
 
 
+def describe_promote(policy: Policy) -> list[str]:
+    """When a challenger is promoted, in lines: the evidence it needs and each measure's margin."""
+    p = policy.promote
+    if not p.enabled:
+        return ["promote: off (no promotion requests)"]
+    return [
+        f"promote: a challenger after {p.windows} window(s) with >= {p.min_samples} samples per measure on"
+        f" each version, no alert fired for it, and every measure non-inferior at {p.confidence:.0%}"
+        " confidence (challenger minus stable surely below the margin):",
+        *(
+            f"  {detector_id} {margin.measurement}: margin {margin.margin:g}"
+            for detector_id, margin in sorted(p.margins.items())
+        ),
+    ]
+
+
 def explain_policy(policy: Policy, detector_ids: Iterable[str]) -> list[str]:
     """The policy in lines a person can check: rules, mutes, and which known detectors lead where."""
     lines = [
@@ -72,6 +88,7 @@ def explain_policy(policy: Policy, detector_ids: Iterable[str]) -> list[str]:
         f" an alert without detections resolves after {policy.resolve_timeout}",
         f"at most {policy.rate_limit.max_actions} actions of a kind per model per {policy.rate_limit.per}",
         describe_verify(policy),
+        *describe_promote(policy),
         "rules (every matching rule applies):",
         *(f"  {describe_rule(rule, policy)}" for rule in policy.rules),
     ]

@@ -240,6 +240,22 @@ def describe(c: MarginComparison) -> str:
     return f"{text}, margin {c.margin:g}"
 
 
+def why_pending(c: MarginComparison, promote: Promote, name: str, stable: str) -> str:
+    """Why one measure is not judged yet: too few samples on a version, or an interval past its margin."""
+    measure = f"{c.detector_id} {c.measurement}"
+    if c.judgement == "not_enough_data":
+        counts = ((name, c.candidate_samples), (stable, c.stable_samples))
+        few = ", ".join(f"{v} has {n}" for v, n in counts if n < promote.min_samples)
+        return f"{measure}: not enough data ({few} of {promote.min_samples} samples needed)"
+    conf = f"{promote.confidence:.0%}"
+    return (
+        f"{measure}: inconclusive, {c.candidate:.3g} (n={c.candidate_samples}) vs {c.stable:.3g}"
+        f" (n={c.stable_samples}): the {conf} interval of the difference reaches {c.ci_high:+.3g},"
+        f" not below the margin {c.margin:g}, and it is not surely worse (p={c.p_value:.2g});"
+        " more samples narrow the interval"
+    )
+
+
 def assess(trial: Trial, promote: Promote) -> CandidateEvidence:
     """Non-inferior, worse or not enough data: the trial's evidence with its reason."""
     comparisons = [
@@ -260,11 +276,9 @@ def assess(trial: Trial, promote: Promote) -> CandidateEvidence:
         status, reason = "not_enough_data", f"no measure of {name} yet"
     elif pending or trial.windows < promote.windows:
         status = "not_enough_data"
-        parts = [f"{trial.windows} of {promote.windows} windows"]
-        parts += [f"{c.judgement.replace('_', ' ')}: {describe(c)}" for c in pending]
-        reason = (
-            f"not enough data on {name} yet ({promote.min_samples} samples per measure): {'; '.join(parts)}"
-        )
+        parts = [f"{trial.windows} of {promote.windows} windows"] if trial.windows < promote.windows else []
+        parts += [why_pending(c, promote, name, stable) for c in pending]
+        reason = f"{name} is not yet shown non-inferior to {stable}: {'; '.join(parts)}"
     else:
         status = "non_inferior"
         reason = (

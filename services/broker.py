@@ -46,8 +46,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def broker_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """The command line that runs Tansu on host:port with in-memory storage."""
+def broker_command(port: int, host: str = "127.0.0.1", advertised: str | None = None) -> list[str]:
+    """The command line that runs Tansu on host:port with in-memory storage.
+
+    ``advertised`` (``host:port``) is the address the broker tells clients to
+    connect to after the bootstrap, e.g. a TLS terminator in front of it;
+    the listening address by default.
+    """
     url = f"tcp://{host}:{port}"
     return [
         tansu_binary(),
@@ -55,21 +60,23 @@ def broker_command(port: int, host: str = "127.0.0.1") -> list[str]:
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        f"tcp://{advertised}" if advertised else url,
         "--storage-engine",
         "memory://tansu/",
     ]
 
 
-def start_broker(port: int, host: str = "127.0.0.1", *, quiet: bool = True) -> subprocess.Popen[bytes]:
-    """Start Tansu in the background and wait until it accepts connections."""
+def start_broker(
+    port: int, host: str = "127.0.0.1", *, quiet: bool = True, advertised: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start Tansu in the background and wait until it accepts connections (advertised: as broker_command)."""
     if not port_is_free(port, host):
         raise BrokerError(
             f"port {port} on {host} is already in use: stop what runs there or pick another "
             "port with --port (or LOOPWATCH_BROKER_PORT)"
         )
     output = subprocess.DEVNULL if quiet else None
-    process = spawn(broker_command(port, host), stdout=output, stderr=output)
+    process = spawn(broker_command(port, host, advertised), stdout=output, stderr=output)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -79,6 +86,15 @@ def start_broker(port: int, host: str = "127.0.0.1", *, quiet: bool = True) -> s
         time.sleep(0.05)
     stop_process(process)
     raise BrokerError(f"the embedded broker did not listen on {host}:{port} within 15s")
+
+
+def advertised_address(value: str) -> str:
+    """``value`` as ``host:port`` for --advertised-url (``tcp://`` is accepted); ValueError if not."""
+    address = value.removeprefix("tcp://")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--advertised-url {value!r} is not HOST:PORT (e.g. kafka.example.com:9093)")
+    return address
 
 
 def wait_then_stop(process: subprocess.Popen[bytes]) -> None:

@@ -24,6 +24,7 @@ from core.logs import configure_logging, flush_repeats
 from core.processes import spawn, spawn_worker, stop_process
 from core.settings import Settings
 from services.broker import start_broker
+from services.waiting_web import WaitingWeb
 from streams.app import create_app
 from streams.broker_watch import EXIT_TOPICS_MISSING
 from streams.kafka import ensure_topics, wait_for_kafka
@@ -48,8 +49,13 @@ def run_worker(settings: Settings) -> None:
     """
     configure_logging(settings.log_level)
     log.info("starting worker app_id=%s kafka=%s", settings.app_id, settings.kafka_bootstrap)
-    wait_for_kafka(settings, give_up_after=settings.broker_wait_seconds)
-    ensure_topics(settings)
+    # The port answers /health (503, why) from now on, not only once the broker did.
+    placeholder = WaitingWeb(settings)
+    try:
+        wait_for_kafka(settings, give_up_after=settings.broker_wait_seconds, on_problem=placeholder.waiting)
+        ensure_topics(settings)
+    finally:
+        placeholder.close()  # the worker's own web server takes the port
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     keep_garbage_collection_off_the_hot_path()

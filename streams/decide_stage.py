@@ -44,7 +44,7 @@ from pydantic import TypeAdapter
 
 from core.settings import Settings
 from curation.store import DatasetStore
-from retrain_trigger.actions import ROLLBACK_REQUESTED, to_kafka
+from retrain_trigger.actions import ROLLBACK_REQUESTED, DatasetRef, to_kafka
 from retrain_trigger.alerts import Notification, firing_counts, transition_line
 from retrain_trigger.pipeline import Decider, ModelState
 from retrain_trigger.policy import PolicyError, load_policy
@@ -220,9 +220,11 @@ class DecideStage(Stage):
         """A retrain request names the curated dataset table and version it should train on."""
         if event.type == ROLLBACK_REQUESTED or "dataset" not in event.data or self.datasets is None:
             return event
-        dataset = self.datasets.training_ref()
-        if dataset is None:
+        found = self.datasets.training_ref()
+        if found is None:
             return event
+        # Through the request's own model: what the act stage (or any consumer) decodes with.
+        dataset = DatasetRef.model_validate(found).model_dump(mode="json")
         return event.model_copy(update={"data": {**event.data, "dataset": dataset}})
 
     def _canary(self, model: str) -> str:

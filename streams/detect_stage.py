@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, cast, get_args
 from core.config_files import load_yaml_list
 from core.settings import Settings
 from detectors.files import read_frame
+from retrain_trigger.registry import RegistryError, registry_from_settings
 from retrain_trigger.stable import StableVersionMarked
 from schemas.events import DeadLetterReason
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
@@ -135,6 +136,13 @@ def decode_summary(message: Any, now: float) -> Accepted[Any] | Rejected:
 
 
 @dataclass(frozen=True)
+class RegistryStable:
+    """The registry's stable (champion) version of each model read, back to the stage (None: not set)."""
+
+    versions: dict[str, str | None]
+
+
+@dataclass(frozen=True)
 class SlowResult:
     """What the slow detectors found on one window, back to the stage (``crashed``: they raised)."""
 
@@ -199,6 +207,14 @@ class DetectStage(Stage):
         self.window_table = WindowTable(runtime.app, settings.partitions)
         # Summaries partitions whose open windows are in memory (rebuilt from the table).
         self.assigned: set[int] = set()
+        # With a registry, its champion is each model's stable version (the canaries' reference), as
+        # in the decide stage: read in a thread on ticks, and a model's windows wait for the first read.
+        self.registry = registry_from_settings(settings)
+        self.models: set[str] = set()
+        self.stable_read: set[str] = set()
+        self._stable_asked: set[str] = set()
+        self._reading_stable = False
+        self._next_stable_read = 0.0
 
     def _decode(self, message: Any, now: float) -> Accepted[Any] | Rejected:
         outcome = decode_summary(message, now)
@@ -231,6 +247,7 @@ class DetectStage(Stage):
                 continue  # replayed after a restart: restored from the table, merged already
             try:
                 self.partition_of[segment_key(partial.segment)] = message.partition
+                self.models.add(partial.segment.get("model") or "")
                 self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
                 entry = (
                     None if self.windows.is_late(partial) else self.window_table.entry(message, accepted.text)
@@ -249,13 +266,10 @@ class DetectStage(Stage):
     async def tick(self, now: float) -> Effects:
         """Close windows of segments that went quiet; judge canary windows whose stable reference came."""
         effects = self._unit(now)
+        self._refresh_stable(effects, now)
         if self.app.rebalancing:
             return effects  # windows of partitions on their way to another worker are not ours to close
-        ready = [
-            w
-            for w, since in self.waiting
-            if not self.references.awaits_stable(w) or now - since > self.max_wait
-        ]
+        ready = [w for w, since in self.waiting if not self._awaits_stable(w) or now - since > self.max_wait]
         self.waiting = [(w, since) for w, since in self.waiting if all(w is not r for r in ready)]
         for window in ready:
             self._judge_or_count(effects, window, now, waited=True)
@@ -270,10 +284,12 @@ class DetectStage(Stage):
         return effects
 
     async def receive(self, message: Any, now: float) -> Effects:
-        """A stable mark from the control topic, or the slow detectors' result on a window."""
+        """A stable mark (control topic), the registry's stable versions, or slow detectors' result."""
         effects = self._unit(now)
         if isinstance(message, StableVersionMarked):
-            self._mark_stable(effects, message)
+            self._mark_stable(effects, message.model, message.version)
+        elif isinstance(message, RegistryStable):
+            self._registry_stable(effects, message)
         elif isinstance(message, SlowResult):
             self._slow_done(effects, message)
         else:
@@ -284,14 +300,53 @@ class DetectStage(Stage):
         """Stop the slow detectors' process (the runtime has cancelled their work in flight)."""
         self.slow.stop()
 
-    def _mark_stable(self, effects: Effects, mark: StableVersionMarked) -> None:
+    def _mark_stable(self, effects: Effects, model: str, version: str) -> None:
         """The version is the reference of the others from now on.
 
         Its latest windows seen here become the stable references at once, so
         canary windows waiting for one are judged at the next tick.
         """
-        for key, value, segment in self.references.mark_stable(mark.model, mark.version):
+        for key, value, segment in self.references.mark_stable(model, version):
             self._put(effects, key, value, self.partition_of.get(segment, 0))
+
+    # -- the registry's stable version -------------------------------------------------
+
+    def _awaits_stable(self, window: ClosedWindow) -> bool:
+        """Wait for the registry's first answer on the model, then for a window of its stable version."""
+        if self.registry is not None and (window.segment.get("model") or "") not in self.stable_read:
+            return True  # its champion may be the reference: judging now would pin the canary's own traffic
+        return self.references.awaits_stable(window)
+
+    def _refresh_stable(self, effects: Effects, now: float) -> None:
+        """Read the models' champion in a thread: a new model at once, the others once per cache period."""
+        if self.registry is None or self._reading_stable:
+            return
+        if not self.models - self._stable_asked and now < self._next_stable_read:
+            return
+        self._reading_stable = True
+        self._stable_asked |= self.models
+        self._next_stable_read = now + max(self.settings.registry_cache_seconds, 1.0)
+        effects.background.append(asyncio.to_thread(self._read_stable, sorted(self.models)))
+
+    def _read_stable(self, models: list[str]) -> RegistryStable:
+        assert self.registry is not None
+        found: dict[str, str | None] = {}
+        for model in models:
+            try:
+                found[model] = self.registry.stable_version(model)
+            except RegistryError as exc:
+                # Its windows wait (at most window_idle_seconds), then are judged as without a registry.
+                log.warning("cannot read the stable version of %s from the registry: %s", model, exc)
+        return RegistryStable(found)
+
+    def _registry_stable(self, effects: Effects, read: RegistryStable) -> None:
+        """A champion that moved is the stable version from now on (unset: marks and settings stay)."""
+        self._reading_stable = False
+        self.stable_read.update(read.versions)
+        for model, version in read.versions.items():
+            if version is not None and self.references.stable_versions.get(model) != version:
+                log.warning("stable version of %s from the registry: %s", model, version)
+                self._mark_stable(effects, model, version)
 
     def _slow_done(self, effects: Effects, result: SlowResult) -> None:
         self.slow_pending -= 1
@@ -323,7 +378,7 @@ class DetectStage(Stage):
         log.exception("detect stage failed on %s; carrying on", what)
 
     def _judge(self, effects: Effects, window: ClosedWindow, now: float, *, waited: bool) -> None:
-        if not waited and self.references.awaits_stable(window):
+        if not waited and self._awaits_stable(window):
             # A canary's window closed before any window of its stable version: wait for one
             # (at most max_wait) rather than pin the canary's own traffic as its reference.
             self.waiting.append((window, now))
@@ -412,6 +467,7 @@ class DetectStage(Stage):
         restored = self.window_table.restore(partitions)
         for key, partial in restored.partials:
             self.partition_of[segment_key(partial.segment)] = self.window_table.partition[key]
+            self.models.add(partial.segment.get("model") or "")
         for key in restore_windows(self.windows, restored, now):
             self.window_table.done(effects, key)  # a partial of a window closed already
         for key, window in restored.pending:

@@ -32,15 +32,51 @@ from faust.types import TP
 from pydantic import BaseModel
 
 from core.settings import Settings
-from curation.history import Letter, action_row, alert_row, detection_row, window_row
+from curation.history import Letter, WindowInput, action_row, alert_row, config_id, detection_row, window_row
 from curation.history_store import HistoryBatch, HistoryStore
 from curation.store import with_retries
+from detectors.registry import all_detectors
 from schemas.events import Alert, CloudEvent, DeadLetter, Detection
+from streams.detect import DetectorSpec
+from streams.detect_stage import load_specs
 from streams.ingest import Accepted, Rejected, decode
 from streams.metrics import Metrics
 from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
+from streams.windows import WindowKind
 
 log = logging.getLogger("loopwatch.history")
+
+
+class WindowInputs:
+    """Which input (inference or feedback) a Detection's window counted, from the detector specs.
+
+    A Detection does not say it; its detector id and full config do: the detect
+    stage runs each spec on one kind of window, and a Detection's config is that
+    spec's config validated by the detector (defaults filled in). So (detector
+    id, config id) names the spec; a detection no spec here produced (another
+    worker's detectors file) falls back to its detector id when every spec of
+    that id runs on one kind, else it is unknown.
+    """
+
+    def __init__(self, specs: list[DetectorSpec]) -> None:
+        detectors = all_detectors()
+        self.by_config: dict[tuple[str, str], WindowKind] = {}
+        by_id: dict[str, set[WindowKind]] = {}
+        for spec in specs:
+            by_id.setdefault(spec.detector_id, set()).add(spec.kind)
+            cls = detectors.get(spec.detector_id)
+            try:
+                config = cls.Config.model_validate(spec.config).model_dump(mode="json") if cls else None
+            except ValueError:  # pydantic's ValidationError: the detect stage reports that spec
+                config = None
+            if config is not None:
+                self.by_config[(spec.detector_id, config_id(config))] = spec.kind
+        self.by_id = {detector_id: kinds.pop() for detector_id, kinds in by_id.items() if len(kinds) == 1}
+
+    def __call__(self, detection: Detection) -> WindowInput:
+        """The input ``detection``'s ``window_events`` counted, or None when no spec tells."""
+        kind = self.by_config.get((detection.detector_id, config_id(detection.config)))
+        return kind or self.by_id.get(detection.detector_id)
 
 
 class HistoryStage(Stage):
@@ -64,6 +100,7 @@ class HistoryStage(Stage):
             **{topic: self._decoder(CloudEvent) for topic in sorted(self.action_topics)},
         }
         self.store = HistoryStore(settings.history_uri(), retention_days=settings.history_retention_days)
+        self.counted = WindowInputs(load_specs(settings.detectors_file))
         self.compact_seconds = settings.history_compact_seconds
         self.maintained = time.monotonic()  # the first maintenance comes one interval after start
 
@@ -92,7 +129,7 @@ class HistoryStage(Stage):
         elif batch.topic == self.alerts_topic:
             out.rows["alerts"] = [alert_row(event) for _, event in events]
         else:
-            out.rows["windows"] = [window_row(event) for _, event in events]
+            out.rows["windows"] = [window_row(event, self.counted(event)) for _, event in events]
             out.rows["detections"] = [detection_row(event) for _, event in events]
         return out
 

@@ -89,14 +89,23 @@ def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int) -> Accepte
     try:
         event = model.model_validate_json(text)
     except ValidationError as exc:
-        return _classify(exc, model.__name__)
+        # A repeated key comes first: the other errors may only be what the last of
+        # two values said (e.g. a second, wrong schema_version).
+        rejected = _classify(exc, model.__name__)
+        if rejected.reason is DeadLetterReason.MALFORMED_JSON:
+            return rejected
+        return _duplicate_key(raw) or rejected
+    return _duplicate_key(raw) or Accepted(event, text)
+
+
+def _duplicate_key(raw: bytes) -> Rejected | None:
     repeated = _repeated_key(raw)
-    if repeated is not None:
-        return Rejected(
-            DeadLetterReason.DUPLICATE_KEY,
-            f"{repeated}: the keys of a JSON object must be unique (I-JSON, RFC 7493)",
-        )
-    return Accepted(event, text)
+    if repeated is None:
+        return None
+    return Rejected(
+        DeadLetterReason.DUPLICATE_KEY,
+        f"{repeated}: the keys of a JSON object must be unique (I-JSON, RFC 7493)",
+    )
 
 
 def _repeated_key(raw: bytes) -> str | None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.abc import AbstractTokenProvider as AsyncTokenProvider
@@ -159,12 +160,15 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
     )
 
 
-def wait_for_kafka(settings: Settings, *, give_up_after: float = 0.0) -> None:
+def wait_for_kafka(
+    settings: Settings, *, give_up_after: float = 0.0, on_problem: Callable[[str], None] | None = None
+) -> None:
     """Block until the cluster accepts loopwatch's connection settings; log each retry with its cause.
 
     ``give_up_after`` 0 waits forever. Each failed attempt logs one line saying
     what is wrong and which setting to check (a wrong CA, password or mechanism,
-    TLS against a plaintext port or the other way round), then backs off.
+    TLS against a plaintext port or the other way round, an advertised broker
+    that does not answer), then backs off; ``on_problem`` gets the same cause.
     """
     bootstrap = settings.kafka_bootstrap
     options = client_options(settings)  # a settings file that cannot be read is not worth retrying
@@ -182,6 +186,8 @@ def wait_for_kafka(settings: Settings, *, give_up_after: float = 0.0) -> None:
             if attempt > 1:
                 log.info("kafka is up at %s after %d attempts", bootstrap, attempt)
             return
+        if on_problem is not None:
+            on_problem(problem)
         waited = time.monotonic() - started
         if give_up_after and waited >= give_up_after:
             raise BrokerError(f"Kafka at {bootstrap} did not answer within {give_up_after:.0f}s: {problem}")

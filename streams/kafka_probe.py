@@ -7,7 +7,12 @@ with kafka-python's own mechanisms) and turns the first thing that fails into
 one sentence: a CA that did not sign the broker's certificate, a host name the
 certificate does not name, a TLS client on a plaintext port or the other way
 round, a mechanism the broker does not offer, a user name or password it
-refuses. Messages never carry the password.
+refuses. Once the bootstrap server answered, the probe also asks it for the
+brokers it advertises (Metadata) and connects to each the same way: clients
+follow those addresses for everything after the bootstrap, so an advertised
+plaintext listener behind a TLS bootstrap, or a host this machine cannot
+reach, would otherwise time out with no word about why. Messages never carry
+the password.
 """
 
 from __future__ import annotations
@@ -18,13 +23,17 @@ from typing import Any
 
 from kafka.errors import for_code
 from kafka.net.sasl import get_sasl_mechanism
-from kafka.protocol.metadata import ApiVersionsRequest
+from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
 from kafka.protocol.parser import KafkaProtocol
 from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 
 from core.settings import Settings
 
 PROTOCOL = "LOOPWATCH_KAFKA_SECURITY_PROTOCOL"
+MECHANISM = "LOOPWATCH_KAFKA_SASL_MECHANISM"
+#: Kafka's UNSUPPORTED_SASL_MECHANISM error code.
+UNSUPPORTED_SASL_MECHANISM = 33
+_METADATA_KEY = 3
 
 
 class Refused(Exception):
@@ -36,11 +45,31 @@ def connection_problem(settings: Settings, options: dict[str, Any], timeout: flo
     problem = f"no bootstrap server in LOOPWATCH_KAFKA_BOOTSTRAP={settings.kafka_bootstrap!r}"
     for server in options["bootstrap_servers"]:
         try:
-            _probe(server, settings, options, timeout)
-            return None
+            advertised = _probe(server, settings, options, timeout, metadata=True)
         except Refused as exc:
             problem = str(exc)
+            continue
+        return advertised_problem(server, advertised, settings, options, timeout)
     return problem
+
+
+def advertised_problem(
+    server: str, advertised: dict[int, str], settings: Settings, options: dict[str, Any], timeout: float
+) -> str | None:
+    """None when every broker ``server`` advertises accepts these options too, else why one does not."""
+    for node, address in sorted(advertised.items()):
+        if address == server:
+            continue  # just probed
+        try:
+            _probe(address, settings, options, timeout)
+        except Refused as exc:
+            return (
+                f"{server} answered, but it advertises broker {node} at {address}, which clients then"
+                f" connect to, and {address} does not answer with these settings: check the broker's"
+                f" advertised listeners (advertised.listeners; loopwatch broker --advertised-url)"
+                f" [at {address}: {exc}]"
+            )
+    return None
 
 
 def unreachable_servers(options: dict[str, Any], timeout: float = 3.0) -> str | None:
@@ -63,7 +92,10 @@ def _connect(server: str, timeout: float) -> socket.socket:
         raise Refused(f"cannot connect to {server} ({exc}): check LOOPWATCH_KAFKA_BOOTSTRAP") from exc
 
 
-def _probe(server: str, settings: Settings, options: dict[str, Any], timeout: float) -> None:
+def _probe(
+    server: str, settings: Settings, options: dict[str, Any], timeout: float, *, metadata: bool = False
+) -> dict[int, str]:
+    """Connect as the clients do; with ``metadata``, return the brokers advertised (node id -> host:port)."""
     host = server.rpartition(":")[0].strip("[]")
     raw = _connect(server, timeout)
     protocol = settings.kafka_security_protocol
@@ -77,8 +109,10 @@ def _probe(server: str, settings: Settings, options: dict[str, Any], timeout: fl
             if protocol.startswith("SASL"):
                 # The handshake comes first: a broker that requires SASL refuses other requests.
                 _authenticate(sock, wire, settings, options, host, server)
-            else:
-                _request(sock, wire, ApiVersionsRequest(version=0), server)
+                if not metadata:
+                    return {}
+            versions = _request(sock, wire, ApiVersionsRequest(version=0), server)
+            return _advertised(sock, wire, versions, server) if metadata else {}
         except ssl.SSLError as exc:
             # TLS 1.3 servers refuse a client certificate after the handshake, at the first read.
             raise Refused(
@@ -92,6 +126,16 @@ def _probe(server: str, settings: Settings, options: dict[str, Any], timeout: fl
                     f" listener, set {PROTOCOL}=SSL (or SASL_SSL); {PROTOCOL} is {protocol}"
                 ) from exc
             raise Refused(f"{server} closed the connection without a Kafka answer ({_name(exc)})") from exc
+
+
+def _advertised(sock: socket.socket, wire: KafkaProtocol, versions: Any, server: str) -> dict[int, str]:
+    """The brokers a Metadata answer names (no topics asked for), at a version both sides speak."""
+    ranges = [(k.min_version, k.max_version) for k in versions.api_keys if k.api_key == _METADATA_KEY]
+    low, high = ranges[0] if ranges else (0, MetadataRequest.max_version)
+    # Version 1 has everything needed; a broker that dropped it gets its oldest.
+    version = min(max(low, 1), high, MetadataRequest.max_version)
+    answer = _request(sock, wire, MetadataRequest(version=version, topics=[]), server)
+    return {broker.node_id: f"{broker.host}:{broker.port}" for broker in answer.brokers}
 
 
 def _tls(raw: socket.socket, context: ssl.SSLContext, host: str, server: str) -> ssl.SSLSocket:
@@ -145,14 +189,11 @@ def _authenticate(
         tls = "" if options.get("ssl_context") else f", or {PROTOCOL}=SASL_SSL if it is a TLS listener"
         raise Refused(
             f"{server} closed the connection at the SASL handshake for {mechanism}: check"
-            f" LOOPWATCH_KAFKA_SASL_MECHANISM (the broker may not offer {mechanism}){tls}"
+            f" {MECHANISM} (the broker may not offer {mechanism}){tls}"
         ) from exc
-    if mechanism not in handshake.mechanisms:
-        offered = ", ".join(handshake.mechanisms) or "none"
-        raise Refused(
-            f"{server} does not offer SASL mechanism {mechanism} (it offers {offered}):"
-            f" check LOOPWATCH_KAFKA_SASL_MECHANISM (and {PROTOCOL}, {settings.kafka_security_protocol})"
-        )
+    offered = list(handshake.mechanisms or [])
+    if handshake.error_code == UNSUPPORTED_SASL_MECHANISM or mechanism not in offered:
+        raise Refused(_unsupported(server, mechanism, offered, settings))
     exchange = get_sasl_mechanism(mechanism)(host=host, **options)
     who = f"as {settings.kafka_sasl_username!r}" if settings.kafka_sasl_username else "with the token"
     failed = (
@@ -161,6 +202,8 @@ def _authenticate(
     )
     while not exchange.is_done():
         answer = _request(sock, wire, SaslAuthenticateRequest(exchange.auth_bytes(), version=1), server)
+        if answer.error_code == UNSUPPORTED_SASL_MECHANISM:
+            raise Refused(_unsupported(server, mechanism, offered, settings))
         if answer.error_code:
             said = answer.error_message or for_code(answer.error_code).__name__
             raise Refused(f"{failed} (the broker says: {said})")
@@ -170,6 +213,17 @@ def _authenticate(
             raise Refused(f"{failed} ({exc})") from exc
     if not exchange.is_authenticated():
         raise Refused(failed)
+
+
+def _unsupported(server: str, mechanism: str, offered: list[str], settings: Settings) -> str:
+    """The line for a mechanism the broker refuses (error 33), with the ones it enables when it said."""
+    # A broker that listed the mechanism at the handshake and refuses it after says nothing more useful.
+    others = [name for name in offered if name != mechanism]
+    enabled = f"it enables {', '.join(others)}" if others else "it did not say which it enables"
+    return (
+        f"{server} does not offer SASL mechanism {mechanism} ({enabled}): check {MECHANISM}"
+        f" (and {PROTOCOL}, {settings.kafka_security_protocol})"
+    )
 
 
 def _request(sock: socket.socket, wire: KafkaProtocol, request: Any, server: str) -> Any:

@@ -9,6 +9,7 @@ markup, which the pages must show escaped).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -276,16 +277,14 @@ def console_data(tmp_path_factory: pytest.TempPathFactory) -> ConsoleData:
     return ConsoleData(history=root / "history", datasets=root / "datasets")
 
 
-@pytest.fixture(scope="session")
-def console_url(console_data: ConsoleData) -> Iterator[str]:
-    """A console serving the fixture's tables on a free loopback port, in a thread."""
+@contextlib.contextmanager
+def serving(console: Any) -> Iterator[str]:
+    """``console`` served on a free loopback port, in a thread, for as long as the block runs."""
     import uvicorn
 
-    from services.console import Console, create_app
-    from services.console.reader import HistoryReader
+    from services.console import create_app
     from services.console.server import listen
 
-    console = Console(HistoryReader(str(console_data.history)), DatasetStore(console_data.datasets))
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(console), log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -294,3 +293,75 @@ def console_url(console_data: ConsoleData) -> Iterator[str]:
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def console_url(console_data: ConsoleData) -> Iterator[str]:
+    """A console serving the fixture's tables on a free loopback port, in a thread."""
+    from services.console import Console
+    from services.console.reader import HistoryReader
+
+    console = Console(HistoryReader(str(console_data.history)), DatasetStore(console_data.datasets))
+    with serving(console) as url:
+        yield url
+
+
+#: A segment whose drift.text_length.v1 runs on the prompt and on the response (the default detectors),
+#: and a segment seen in one window only.
+TWO_CONFIGS = "rag-bot|v1|||"
+ONE_WINDOW = "rag-bot|v1|one|window|"
+TEXT_LENGTH = "drift.text_length.v1"
+
+
+def text_length_config_ids() -> dict[str, str]:
+    """The history's config_id of drift.text_length.v1 per column of the default detectors."""
+    from curation.history import config_id
+    from detectors.registry import create
+
+    return {
+        column: config_id(create(TEXT_LENGTH, {"column": column}).config.model_dump(mode="json"))
+        for column in ("prompt_chars", "response_chars")
+    }
+
+
+def write_two_config_history(root: Path) -> None:
+    """Two windows of TWO_CONFIGS (prompt: ok above the minimum effect, then drift), one of ONE_WINDOW."""
+    ids = text_length_config_ids()
+    windows, detections = [], []
+    points = [
+        (TWO_CONFIGS, 0, "prompt_chars", "ok", 0.3, 0.4),  # above the minimum effect, p not significant
+        (TWO_CONFIGS, 0, "response_chars", "ok", 0.05, 0.5),
+        (TWO_CONFIGS, 1, "prompt_chars", "drift", 0.5, 0.001),
+        (TWO_CONFIGS, 1, "response_chars", "ok", 0.04, 0.6),
+        (ONE_WINDOW, 0, "prompt_chars", "ok", 0.02, 0.7),
+    ]
+    for key, n, column, verdict, effect, p in points:
+        model, version, app, route, tenant = key.split("|")
+        segment = {"model": model, "model_version": version, "app": app or None, "route": route or None}
+        segment |= {"tenant": tenant or None, "segment": key}
+        start = START + n * WINDOW
+        bounds = {"day": DAY, **segment, "window_start": start, "window_end": start + WINDOW}
+        if column == "prompt_chars":
+            windows.append({**bounds, "events": 50, "sample_size": 50, "first_detected_at": start + WINDOW})
+        detections.append(
+            {
+                **bounds,
+                "detection_id": f"det-{key}-{n}-{column}",
+                "detector_id": TEXT_LENGTH,
+                "detector_version": "1",
+                "config_id": ids[column],
+                "verdict": verdict,
+                "statistic": effect,  # a KS distance: the statistic is the effect size
+                "p_value": p,
+                "threshold": 0.1,  # the minimum effect size
+                "effect_size": effect,
+                "reference_size": 50,
+                "current_size": 50,
+                "measurements": json.dumps({"window_events": 50}),
+                "reference": "pinned",
+                "detected_at": start + WINDOW,
+            }
+        )
+    for name, rows in (("windows", windows), ("detections", detections)):
+        table = pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+        write_deltalake(str(root / name), table, partition_by=PARTITION_BY[name])

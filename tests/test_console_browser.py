@@ -13,7 +13,16 @@ from urllib.parse import quote
 
 import pytest
 
-from .console_fixture import CANARY, ROLLBACK_ID, STABLE, segment_key
+from .console_fixture import (
+    CANARY,
+    ONE_WINDOW,
+    ROLLBACK_ID,
+    STABLE,
+    TWO_CONFIGS,
+    segment_key,
+    serving,
+    write_two_config_history,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -123,3 +132,39 @@ def test_the_datasets_page_shows_versions_and_the_export_command(page):
     golden = page.locator('.dataset[data-table="golden"]')
     assert "version 2, 5 rows" in golden.locator("h2").inner_text()
     assert golden.locator(".export").inner_text().startswith("loopwatch dataset export --root ")
+
+
+@pytest.fixture(scope="module")
+def two_configs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A console, labelled as `loopwatch console` labels the default detectors, over TWO_CONFIGS."""
+    from core.settings import Settings
+    from services.console import build_console
+
+    root = tmp_path_factory.mktemp("console-two-configs")
+    write_two_config_history(root / "history")
+    with serving(build_console(Settings(), history=str(root / "history"), datasets=str(root))) as url:
+        yield url
+
+
+def test_two_configs_draw_two_labelled_charts_and_one_window_gets_clock_ticks(browser, two_configs_url):
+    page = browser.new_page(base_url=two_configs_url)
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto("/segments/" + quote(TWO_CONFIGS, safe=""))
+    page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
+    legends = [
+        chart.locator(".legendtext").all_text_contents()
+        for chart in page.locator(".detector .statistic").all()
+    ]
+    minimum = "min effect size (drift needs a significant p too)"
+    # Plotly leaves a verdict with no window out of the legend.
+    assert legends == [
+        ["statistic (column=prompt_chars)", minimum, "drift"],
+        ["statistic (column=response_chars)", minimum],
+    ]
+    page.goto("/segments/" + quote(ONE_WINDOW, safe=""))
+    page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
+    ticks = page.locator(".detector .statistic .xtick text").all_text_contents()
+    assert ticks and all("." not in t for t in ticks), ticks  # no sub-second ticks around one window
+    page.close()
+    assert failed == []  # the favicon included

@@ -12,17 +12,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.settings import Settings
+from curation.history_store import HistoryStore
 from services.console import build_console, create_app
 from services.demo import CANARY_VERSION, run_demo
 
 pytestmark = pytest.mark.broker
 
 
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, monkeypatch):
     out = io.StringIO()
     summary_path = tmp_path / "summary.json"
+    monkeypatch.chdir(tmp_path)  # a relative data dir, as `./run demo` has: the summary's URIs are absolute
     summary = run_demo(
-        Settings(data_dir=tmp_path / "state"),
+        Settings(data_dir=Path("state")),
         summary_json=summary_path,
         out=out,
     )
@@ -74,6 +76,15 @@ def test_demo_end_to_end(tmp_path):
     assert len(lines) == export["rows"] > 0
     assert all(json.loads(line).keys() >= {"prompt", "chosen", "rejected"} for line in lines)
     assert len(pd.read_json(export["path"], lines=True)) == export["rows"]
+    # The worker stopped once its history held what the summary reports: every transition, action, detection.
+    assert Path(summary["history_uri"]).is_absolute() and Path(summary["datasets_uri"]).is_absolute()
+    assert "the history has not caught up" not in out.getvalue()
+    history = HistoryStore(summary["history_uri"])
+    written = {(a["fingerprint"], a["status"]) for a in history.read("alerts").to_pylist()}
+    assert written == {(a["fingerprint"], a["status"]) for a in summary["alerts"]}
+    assert set(history.read("actions").column("id").to_pylist()) == {a["id"] for a in summary["actions"]}
+    flagged_ids = {d["id"] for d in summary["detections"]["flagged"]}
+    assert flagged_ids <= set(history.read("detections").column("detection_id").to_pylist())
     # `loopwatch console --history ... --datasets ...` opens this very run.
     console = build_console(Settings(), history=summary["history_uri"], datasets=summary["datasets_uri"])
     with TestClient(create_app(console)) as client:

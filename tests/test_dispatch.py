@@ -118,6 +118,7 @@ def test_airflow_dag_run_has_the_documented_shape_and_a_second_run_counts_as_dis
             "model": "helpdesk-bot",
             "dataset_table": "sft",
             "dataset_version": 7,
+            "dataset_uri": None,
             "cloudevent_id": "ev-42",
             "reason": REQUEST.reason,
         },

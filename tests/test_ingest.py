@@ -113,6 +113,17 @@ BREAKAGES = [
         "duplicate_key",
     ),
     ("repeated label", lambda e: _token(e, "labels", '{"team": "a", "team": "b"}'), "duplicate_key"),
+    # The last of two values would be invalid on its own: the repeat is still what the producer must fix.
+    (
+        "repeated schema_version, the last one wrong",
+        lambda e: _repeat(_dump(e), '"schema_version": "2"'),
+        "duplicate_key",
+    ),
+    (
+        "repeated key, the last value invalid",
+        lambda e: _repeat(_dump(e), '"latency_ms": -5'),
+        "duplicate_key",
+    ),
 ]
 
 

@@ -13,22 +13,35 @@ import asyncio
 import io
 import json
 import logging
+import os
 import random
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 from kafka import KafkaAdminClient
+from kafka.errors import KafkaTimeoutError
 
 from core.logs import SecretFilter
 from core.settings import Settings
 from schemas.errors import BrokerError, ConfigError
 from services import sample_data
+from services.broker import broker_command, free_port, port_is_free
 from services.cli import main
+from services.commands.common import LoopwatchGroup
 from services.topic_reader import connected_consumer
+from services.waiting_web import WaitingWeb
+from streams import kafka_probe
 from streams.kafka import broker_credentials, client_options, wait_for_kafka
 from streams.kafka_probe import connection_problem
 from tests.helpers import WorkerStack, wait_until
@@ -228,6 +241,12 @@ def test_a_worker_with_the_wrong_ca_keeps_retrying_and_never_logs_the_password(
             timeout=45,
         )
         assert "not trusted" in retries[0] and "check LOOPWATCH_KAFKA_SSL_CAFILE" in retries[0], retries
+        # While it waits, a liveness probe gets an answer: 503 with the same reason, as the worker's.
+        health = stack.wait(
+            lambda: (body := stack.health()) and "not trusted" in body.get("reason", "") and body,
+            "/health answering 503 with the reason during the wait",
+        )
+        assert health["status"] == "unhealthy" and "LOOPWATCH_KAFKA_SSL_CAFILE" in health["reason"], health
         assert stack.process is not None and stack.process.poll() is None, "it retries, it does not exit"
     finally:
         stack.stop()
@@ -263,3 +282,134 @@ def test_sasl_refusals_name_the_setting_and_never_the_password(
     shown = CliRunner(env=_env(**sasl, kafka_sasl_mechanism="SCRAM-SHA-256")).invoke(main, ["settings"])
     assert shown.exit_code == 0 and '"kafka_sasl_password": "**********"' in shown.output, shown.output
     assert PASSWORD not in shown.output
+
+
+# -- what a new user found ----------------------------------------------------------------------
+
+
+def test_blank_optional_kafka_settings_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # compose writes `LOOPWATCH_KAFKA_SSL_CAFILE:` with nothing after it as an empty variable
+    for name in ("SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE", "SASL_USERNAME", "SASL_MECHANISM"):
+        monkeypatch.setenv(f"LOOPWATCH_KAFKA_{name}", "")
+    settings = Settings()
+    assert (settings.kafka_ssl_cafile, settings.kafka_sasl_username, settings.kafka_sasl_mechanism) == (
+        None,
+        None,
+        None,
+    )
+    assert client_options(settings)["security_protocol"] == "PLAINTEXT"
+    tls = Settings(kafka_security_protocol="SSL", kafka_ssl_certfile=" ", kafka_ssl_keyfile="")
+    assert tls.kafka_ssl_certfile is None and tls.kafka_ssl_keyfile is None
+
+
+def test_a_mechanism_the_broker_refuses_with_error_33_names_the_mechanism_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="svc",
+        kafka_sasl_password=PASSWORD,
+    )
+    options = client_options(settings)
+
+    def refused(answers: list[Any]) -> str:
+        monkeypatch.setattr(kafka_probe, "_request", lambda *_: answers.pop(0))
+        with pytest.raises(kafka_probe.Refused) as caught:
+            kafka_probe._authenticate(None, None, settings, options, "kafka", "kafka:9092")  # type: ignore[arg-type]
+        return str(caught.value)
+
+    # The handshake refused with the mechanisms the broker enables.
+    listed = refused([SimpleNamespace(error_code=33, mechanisms=["SCRAM-SHA-256", "SCRAM-SHA-512"])])
+    assert "check LOOPWATCH_KAFKA_SASL_MECHANISM" in listed and "SCRAM-SHA-256, SCRAM-SHA-512" in listed
+    # A broker that accepted the handshake and refuses the mechanism at authentication.
+    late = refused(
+        [
+            SimpleNamespace(error_code=0, mechanisms=["PLAIN"]),
+            SimpleNamespace(error_code=33, error_message=None, auth_bytes=b""),
+        ]
+    )
+    assert "check LOOPWATCH_KAFKA_SASL_MECHANISM" in late and "PASSWORD" not in late, late
+    assert "PLAIN" in late and PASSWORD not in listed + late
+
+
+def test_a_broker_advertising_a_listener_that_does_not_answer_tls_is_named(
+    tls_kafka: TlsKafka, broker: str, tmp_path: Path
+) -> None:
+    # TLS at the bootstrap (stunnel), but the broker behind it advertises its plaintext port.
+    secure: dict[str, Any] = {"kafka_security_protocol": "SSL", "kafka_ssl_cafile": tls_kafka.ca}
+    problem = _problem(1, kafka_bootstrap=tls_kafka.misadvertised, **secure)
+    assert problem is not None and problem.startswith(f"{tls_kafka.misadvertised} answered"), problem
+    assert f"at {broker}, which clients then connect to" in problem, problem
+    assert "check the broker's advertised listeners" in problem, problem
+    assert "\n" not in problem
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"not": "an event"}\n')
+    env = _env(**secure)
+    result = CliRunner(env=env).invoke(
+        main, ["replay", str(events), "--topic", "x", "--bootstrap", tls_kafka.misadvertised]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"at {broker}, which clients then connect to" in result.output, result.output
+
+
+def test_a_kafka_client_that_gives_up_is_one_line_not_a_traceback() -> None:
+    @click.group(cls=LoopwatchGroup)
+    def group() -> None:
+        """A group like loopwatch's."""
+
+    @group.command()
+    def timeout() -> None:
+        """Fails the way a kafka-python client gives up."""
+        raise KafkaTimeoutError("Failed to update metadata after 60.0 secs.")
+
+    result = CliRunner().invoke(group, ["timeout"])
+    assert result.exit_code == 2
+    assert "error: Kafka: KafkaTimeoutError: Failed to update metadata after 60.0 secs." in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_web_port_answers_503_with_the_reason_while_kafka_does_not_then_frees_it() -> None:
+    settings = Settings(web_port=free_port(), kafka_bootstrap="kafka.example.com:9093")
+    web = WaitingWeb(settings)
+    try:
+        web.waiting("the certificate of kafka.example.com:9093 is not trusted")
+        url = f"http://127.0.0.1:{settings.web_port}"
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"{url}/health", timeout=5)
+        assert answer.value.code == 503
+        body = json.load(answer.value)
+        assert body["status"] == "unhealthy" and body["app_id"] == settings.app_id
+        assert body["reason"].endswith("the certificate of kafka.example.com:9093 is not trusted"), body
+        with pytest.raises(urllib.error.HTTPError) as metrics:  # a failed scrape: Prometheus's up 0
+            urllib.request.urlopen(f"{url}/metrics", timeout=5)
+        assert metrics.value.code == 503 and "is not trusted" in metrics.value.read().decode()
+    finally:
+        web.close()
+    assert port_is_free(settings.web_port)  # the worker's own web server gets it
+
+
+def test_a_busy_web_port_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is in use: set LOOPWATCH_WEB_PORT"):
+            WaitingWeb(Settings(web_port=port))
+        # The whole command, as a person runs it: nothing answers on 1, so it would otherwise wait.
+        env = {**os.environ, "LOOPWATCH_WEB_PORT": str(port), "LOOPWATCH_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+        env["LOOPWATCH_DATA_DIR"] = str(tmp_path)
+        worker = subprocess.run(
+            [sys.executable, "-m", "services.cli", "worker"], env=env, capture_output=True, timeout=60
+        )
+    assert worker.returncode == 2, worker.stderr
+    errors = worker.stderr.decode()
+    assert f"port {port} on 127.0.0.1 is in use: set LOOPWATCH_WEB_PORT" in errors
+    assert "Traceback" not in errors, errors
+
+
+def test_broker_advertised_url_must_be_host_and_port() -> None:
+    assert broker_command(9092, advertised="kafka.example.com:9093")[5] == "tcp://kafka.example.com:9093"
+    assert broker_command(9092)[5] == "tcp://127.0.0.1:9092"
+    refused = CliRunner().invoke(main, ["broker", "--advertised-url", "kafka.example.com"])
+    assert refused.exit_code == 2 and "is not HOST:PORT" in refused.output, refused.output

@@ -5,10 +5,12 @@ The embedded Tansu 0.6.0 does not serve TLS (``--cert`` refuses to go with
 so stunnel4 terminates TLS in front of it: one port with server TLS (the
 broker advertises it, so every connection of a client goes through TLS) and
 one that also requires a client certificate signed by the test CA (mutual
-TLS). Tansu's ``--authentication`` does check SASL/SCRAM, but users cannot
-be created on it (``tansu user create`` is refused as unauthenticated, and the
-in-memory store forgets users made before a restart), so it serves the
-refusals only: a wrong mechanism, an unknown user.
+TLS), and one in front of the session broker, which advertises its own
+plaintext port (what a client told the wrong address sees). Tansu's
+``--authentication`` does check SASL/SCRAM, but users cannot be created on it
+(``tansu user create`` is refused as unauthenticated, and the in-memory store
+forgets users made before a restart), so it serves the refusals only: a wrong
+mechanism, an unknown user.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from core.processes import stop_process
-from services.broker import free_port, tansu_binary
+from services.broker import broker_command, free_port
 from streams.kafka_probe import unreachable_servers
 from tests.helpers import wait_until
 
@@ -42,6 +44,7 @@ class TlsKafka:
     tls: str  # host:port of TLS in front of the broker (advertised by it)
     mtls: str  # the same broker, requiring a client certificate
     plaintext: str  # the broker itself
+    misadvertised: str  # TLS in front of the session broker, which advertises its plaintext port
     sasl: str  # a broker that requires SASL/SCRAM (plaintext)
     ca: Path
     wrong_ca: Path
@@ -122,29 +125,23 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     }
 
 
-def _stunnel_config(files: dict[str, Path], tls: int, mtls: int, broker: int) -> str:
+def _stunnel_config(
+    files: dict[str, Path], tls: int, mtls: int, broker: int, misadvertised: tuple[int, str]
+) -> str:
     common = f"connect = 127.0.0.1:{broker}\ncert = {files['server_cert']}\nkey = {files['server_key']}\n"
     return (
         "foreground = yes\npid =\ndebug = 4\n"
         f"[kafka-tls]\naccept = 127.0.0.1:{tls}\n{common}"
         f"[kafka-mtls]\naccept = 127.0.0.1:{mtls}\n{common}"
         f"CAfile = {files['ca']}\nverifyChain = yes\nrequireCert = yes\n"
+        f"[kafka-misadvertised]\naccept = 127.0.0.1:{misadvertised[0]}\nconnect = {misadvertised[1]}\n"
+        f"cert = {files['server_cert']}\nkey = {files['server_key']}\n"
     )
 
 
 def _tansu(port: int, advertised: int, *extra: str) -> subprocess.Popen[bytes]:
     """A Tansu broker on ``port`` that tells clients to connect to ``advertised``."""
-    command = [
-        tansu_binary(),
-        "broker",
-        "--listener-url",
-        f"tcp://127.0.0.1:{port}",
-        "--advertised-listener-url",
-        f"tcp://127.0.0.1:{advertised}",
-        "--storage-engine",
-        "memory://tansu/",
-        *extra,
-    ]
+    command = [*broker_command(port, advertised=f"127.0.0.1:{advertised}"), *extra]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(
         lambda: unreachable_servers({"bootstrap_servers": [f"127.0.0.1:{port}"]}, 0.5) is None,
@@ -155,17 +152,17 @@ def _tansu(port: int, advertised: int, *extra: str) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture(scope="module")
-def tls_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
+def tls_kafka(tmp_path_factory: pytest.TempPathFactory, broker: str) -> Iterator[TlsKafka]:
     """Tansu advertised at a stunnel TLS port, the mutual-TLS port beside it, and a SASL-only Tansu."""
     if STUNNEL is None:
         pytest.fail("stunnel4 is missing: apt-get install stunnel4 (.ci/run installs it)", pytrace=False)
     folder = tmp_path_factory.mktemp("tls")
     files = make_certificates(folder)
-    broker_port, tls_port, mtls_port, sasl_port = (free_port() for _ in range(4))
-    broker = _tansu(broker_port, tls_port)
+    broker_port, tls_port, mtls_port, sasl_port, misadvertised_port = (free_port() for _ in range(5))
+    behind_tls = _tansu(broker_port, tls_port)
     sasl = _tansu(sasl_port, sasl_port, "--authentication")
     config = folder / "stunnel.conf"
-    config.write_text(_stunnel_config(files, tls_port, mtls_port, broker_port))
+    config.write_text(_stunnel_config(files, tls_port, mtls_port, broker_port, (misadvertised_port, broker)))
     log = (folder / "stunnel.log").open("wb")
     stunnel = subprocess.Popen([STUNNEL, str(config)], stdout=log, stderr=log)
     try:
@@ -182,6 +179,7 @@ def tls_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
             tls=f"127.0.0.1:{tls_port}",
             mtls=f"127.0.0.1:{mtls_port}",
             plaintext=f"127.0.0.1:{broker_port}",
+            misadvertised=f"127.0.0.1:{misadvertised_port}",
             sasl=f"127.0.0.1:{sasl_port}",
             ca=files["ca"],
             wrong_ca=files["wrong_ca"],
@@ -189,6 +187,6 @@ def tls_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
             client_key=files["client_key"],
         )
     finally:
-        for process in (stunnel, broker, sasl):
+        for process in (stunnel, behind_tls, sasl):
             stop_process(process)
         log.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from kafka.errors import KafkaError
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
@@ -28,6 +29,12 @@ class LoopwatchGroup(click.Group):
             return super().invoke(ctx)
         except LoopwatchError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+        except KafkaError as exc:
+            # A client gave up (a timeout, a broker that went away after the probe): say so, no traceback.
+            # kafka-python's errors put their class name in front of their message.
+            what = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+            click.secho(f"error: Kafka: {what}", fg="red", err=True)
             sys.exit(2)
         except SettingsError as exc:
             # Its message names the field and source, never the value.

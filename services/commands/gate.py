@@ -6,7 +6,9 @@ decide pipeline does (:func:`retrain_trigger.promote.judge_candidate`, the
 policy's ``promote`` section): exit 0 when it is non-inferior on every
 measure over enough windows and no alert fired for it, 1 when it is worse (or
 an alert fired), 2 when there is still not enough data once ``--wait`` has
-run out, 3 when the gate itself cannot run (Kafka, registry or settings).
+run out, 3 when the gate itself cannot run (Kafka, registry or settings). A
+candidate that is already the stable version (loopwatch promoted it) is judged
+against the version it replaced (its ``loopwatch.previous_champion`` tag).
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ def gate(
         promote = load_policy(policy_file or settings.policy_file).promote
         stable = stable or stable_version(settings, model)
         if stable == candidate:
-            raise GateUsageError(f"{candidate} is the stable version of {model}: nothing to gate")
+            stable = replaced_version(settings, model, candidate)
+            click.echo(
+                f"{candidate} is the stable version: gated against {stable}, the one it replaced", err=True
+            )
         deadline = time.monotonic() + wait_seconds
         while True:
             evidence = evaluate(settings, promote, model=model, candidate=candidate, stable=stable)
@@ -131,6 +136,21 @@ def stable_version(settings: Settings, model: str) -> str:
     if marked is None:
         raise GateUsageError(f"no stable version of {model} is known: pass --stable VERSION")
     return marked
+
+
+def replaced_version(settings: Settings, model: str, candidate: str) -> str:
+    """The stable version ``candidate`` replaced when loopwatch made it stable (its registry tag).
+
+    A CD pipeline may gate a version after loopwatch promoted it: it is judged
+    against the champion it replaced. Without that tag there is nothing to compare with.
+    """
+    from retrain_trigger.registry import previous_stable, registry_from_settings
+
+    registry = registry_from_settings(settings)
+    previous = previous_stable(registry, model, candidate) if registry is not None else None
+    if previous is None or previous == candidate:
+        raise GateUsageError(f"{candidate} is the stable version of {model}: nothing to gate")
+    return previous
 
 
 def evaluate(

@@ -14,13 +14,24 @@ from services.commands.common import settings_from_flags
 
 @click.command()
 @click.option("--port", type=int, default=None, help="Port to listen on [default: 9092]")
-def broker(port: int | None) -> None:
+@click.option(
+    "--advertised-url",
+    default=None,
+    metavar="HOST:PORT",
+    help="Address clients are told to use after bootstrapping, e.g. a TLS terminator's [default: --port's]",
+)
+def broker(port: int | None, advertised_url: str | None) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, in-memory) in the foreground."""
-    from services.broker import start_broker, wait_then_stop
+    from services.broker import advertised_address, start_broker, wait_then_stop
 
+    try:
+        advertised = advertised_address(advertised_url) if advertised_url else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--advertised-url") from exc
     settings = settings_from_flags(broker_port=port)
-    process = start_broker(settings.broker_port, quiet=False)
-    click.echo(f"broker listening on 127.0.0.1:{settings.broker_port} (in-memory; Ctrl-C stops it)")
+    process = start_broker(settings.broker_port, quiet=False, advertised=advertised)
+    where = f"; clients are told to use {advertised}" if advertised else ""
+    click.echo(f"broker listening on 127.0.0.1:{settings.broker_port} (in-memory{where}; Ctrl-C stops it)")
     wait_then_stop(process)
 
 

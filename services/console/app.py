@@ -19,9 +19,10 @@ from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from curation.store import DatasetStore
 from services.console.datasets import Datasets, Preview, datasets_view, preview_view
@@ -55,6 +56,8 @@ class Console:
     history: HistoryReader
     datasets: DatasetStore
     stable_versions: Mapping[str, str] = field(default_factory=dict)
+    #: config_id -> what sets a detector's config apart (``column=prompt_chars``), for chart labels.
+    config_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def plotly_js() -> Path:
@@ -77,17 +80,32 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     templates = Jinja2Templates(directory=_HERE / "templates")
     templates.env.filters["segment_url"] = lambda key: "/segments/" + quote(key, safe="")
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
+
+    def error(request: Request, message: str, status: int) -> Response:
+        """``{"error": ...}`` for the API and scripts, an HTML page for a browser opening a page."""
+        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse({"error": message}, status_code=status)
+        return templates.TemplateResponse(
+            request, "error.html", {"page": "error", "status": status, "message": message}, status_code=status
+        )
+
     if token is not None:
-        _require_token(app, token)
+        _require_token(app, token, error)
 
     @app.exception_handler(ConsoleError)
     async def _console_error(request: Request, exc: ConsoleError) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return error(request, str(exc), exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Unknown routes and methods answer like every other error, not with Starlette's {"detail": ...}.
+        message = f"no such page: {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return error(request, message, exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, exc: RequestValidationError) -> Response:
         messages = [f"{'.'.join(str(p) for p in e['loc'] if p != 'query')}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "; ".join(messages)}, status_code=422)
+        return error(request, "; ".join(messages), 422)
 
     def span(day: date | None, days: int) -> DayRange:
         return resolve_range(console.history, day, days)
@@ -106,6 +124,11 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
             plotly_js(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"}
         )
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def _favicon() -> Response:
+        # Browsers ask for it on every first visit; a 404 there is noise in their console.
+        return FileResponse(_HERE / "static" / "favicon.ico", media_type="image/x-icon")
+
     @app.get("/", include_in_schema=False)
     def _home() -> Response:
         return RedirectResponse("/overview")
@@ -118,7 +141,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/segments/{segment:path}", response_model=SegmentView, tags=["pages"])
     def api_segment(segment: str, day: Day = None, days: Days = 1) -> SegmentView:
         """One segment: each detector's statistic over windows with its threshold and verdicts."""
-        return segment_view(console.history, segment, span(day, days))
+        return segment_view(console.history, segment, span(day, days), console.config_labels)
 
     @app.get("/api/incidents", response_model=Incidents, tags=["pages"])
     def api_incidents(day: Day = None, days: Days = 7) -> Incidents:
@@ -181,7 +204,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     return app
 
 
-def _require_token(app: FastAPI, token: str) -> None:
+def _require_token(app: FastAPI, token: str, error: Callable[[Request, str, int], Response]) -> None:
     """Every request must carry ``token``: a header (scripts), or a cookie set from ``?token=`` (browsers)."""
     expected = token.encode()
 
@@ -203,8 +226,9 @@ def _require_token(app: FastAPI, token: str) -> None:
             response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=303)
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
             return response
-        return PlainTextResponse(
+        return error(
+            request,
             "this console requires its token: header X-Loopwatch-Token or Authorization: Bearer,"
             " or open it once with ?token=...",
-            status_code=401,
+            401,
         )

@@ -81,6 +81,10 @@ class HistoryReader:
                 handle.checked = now
             return handle
 
+    def missing(self) -> list[str]:
+        """The history tables not (yet) under the root: the history stage writes each on its first batch."""
+        return [name for name in SCHEMAS if self._handle(name) is None]
+
     def days(self, name: str) -> list[date]:
         """The days ``name`` holds rows for, oldest first (from the table's metadata, no data read)."""
         handle = self._handle(name)

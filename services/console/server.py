@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable
 
 from pydantic import SecretStr
 
 from core.settings import Settings
+from curation.history import SCHEMAS
 from curation.store import DatasetStore
 from services.console.app import Console, create_app
 from services.console.reader import ConsoleError, HistoryReader
+from services.console.series import config_labels
+
+log = logging.getLogger("loopwatch.console")
 
 
 def is_loopback(host: str) -> bool:
@@ -42,11 +47,28 @@ def check_bind(host: str, token: SecretStr | None) -> None:
 
 def build_console(settings: Settings, *, history: str | None = None, datasets: str | None = None) -> Console:
     """The console's readers over ``--history`` / ``--datasets``, else the settings' roots."""
+    from streams.detect_stage import load_specs
+
+    specs = load_specs(settings.detectors_file)
     return Console(
         history=HistoryReader(history or settings.history_uri()),
         datasets=DatasetStore(datasets or settings.datasets_uri()),
         stable_versions=dict(settings.stable_versions),
+        config_labels=config_labels((s.detector_id, s.config) for s in specs),
     )
+
+
+def warn_if_missing(history: HistoryReader) -> list[str]:
+    """Log one warning line naming the history tables not under the root (still served: they may appear)."""
+    missing = history.missing()
+    if missing:
+        what = "no history at all" if len(missing) == len(SCHEMAS) else "no " + ", ".join(missing) + " table"
+        log.warning(
+            "console: %s under %s (wrong --history? pages stay empty until the history stage writes there)",
+            what,
+            history.root,
+        )
+    return missing
 
 
 def address(host: str, port: int) -> str:
@@ -82,6 +104,7 @@ def serve(
     import uvicorn
 
     check_bind(host, token)
+    warn_if_missing(console.history)
     app = create_app(console, token=token_value(token))
     sock = listen(host, port)
     if on_ready is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
@@ -21,9 +20,9 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from services.console.reader import ConsoleError, HistoryReader, day_range
+from services.console.series import DetectorSeries, Verdict, detector_series
 from services.deadletters import printable
 
-Verdict = Literal["ok", "warning", "drift"]
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
 MAX_SAMPLES = 50
@@ -88,7 +87,14 @@ class AlertRow(BaseModel):
     detections: list[str] = Field(default_factory=list)
     starts_at: datetime | None = None
     ends_at: datetime | None = None
-    changed_at: datetime | None = None
+    changed_at: datetime | None = Field(
+        None, description="A window time, not when loopwatch decided: see changed_at_is"
+    )
+    changed_at_is: str = Field(
+        "window start",
+        description="What changed_at is: the start of the first breaching window (firing), the end of"
+        " the window that cleared it (resolved); the alerts table holds no decision time",
+    )
     runbook_url: str | None = None
 
 
@@ -98,30 +104,8 @@ class Overview(BaseModel):
     range: DayRange
     models: list[ModelRow]
     open_alerts: list[AlertRow]
-
-
-class ReportLink(BaseModel):
-    """A window's Evidently report."""
-
-    window_start: datetime
-    detection_id: str
-
-
-class DetectorSeries(BaseModel):
-    """One detector's results over the windows of a segment, oldest first."""
-
-    detector_id: str
-    config_ids: list[str]
-    window_start: list[datetime]
-    statistic: list[float | None]
-    threshold: list[float | None]
-    p_value: list[float | None]
-    effect_size: list[float | None]
-    verdict: list[Verdict]
-    measurements: dict[str, list[float | None]] = Field(
-        default_factory=dict, description="Quality rates and percentiles, per name"
-    )
-    reports: list[ReportLink] = Field(default_factory=list)
+    history_root: str = ""
+    missing_tables: list[str] = Field(default_factory=list, description="History tables not under the root")
 
 
 class SegmentView(BaseModel):
@@ -292,6 +276,8 @@ def overview_view(
             for m, v in sorted(models.items())
         ],
         open_alerts=open_alerts,
+        history_root=history.root,
+        missing_tables=history.missing(),
     )
 
 
@@ -338,8 +324,10 @@ def parse_segment(segment: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def segment_view(history: HistoryReader, segment: str, span: DayRange) -> SegmentView:
-    """One segment's windows and, per detector, its statistic, threshold and verdicts over them."""
+def segment_view(
+    history: HistoryReader, segment: str, span: DayRange, labels: Mapping[str, str] | None = None
+) -> SegmentView:
+    """One segment's windows and, per detector config (``labels`` names them), its statistic and verdicts."""
     model, version = parse_segment(segment)
     days = span.days()
     only = {"segment": segment}
@@ -355,34 +343,7 @@ def segment_view(history: HistoryReader, segment: str, span: DayRange) -> Segmen
     )
     if windows.num_rows == 0 and detections.num_rows == 0:
         raise ConsoleError(f"segment {segment!r} has no windows from {span.start} to {span.end}", 404)
-    series = []
-    frame = detections.to_pandas().sort_values(["detector_id", "window_start"])
-    for detector_id, group in frame.groupby("detector_id", sort=True):
-        measurements: dict[str, list[float | None]] = {}
-        if str(detector_id).startswith("quality."):
-            parsed = [json.loads(m) if m else {} for m in group["measurements"]]
-            names = sorted({k for m in parsed for k in m if _is_rate(k)})
-            measurements = {k: [_num(m.get(k)) for m in parsed] for k in names}
-        series.append(
-            DetectorSeries(
-                detector_id=str(detector_id),
-                config_ids=sorted({str(c) for c in group["config_id"].dropna()}),
-                window_start=list(group["window_start"]),
-                statistic=[_num(v) for v in group["statistic"]],
-                threshold=[_num(v) for v in group["threshold"]],
-                p_value=[_num(v) for v in group["p_value"]],
-                effect_size=[_num(v) for v in group["effect_size"]],
-                verdict=list(group["verdict"]),
-                measurements=measurements,
-                reports=[
-                    ReportLink(window_start=w.to_pydatetime(), detection_id=str(d))
-                    for w, d, p in zip(
-                        group["window_start"], group["detection_id"], group["report_path"], strict=True
-                    )
-                    if p
-                ],
-            )
-        )
+    series = detector_series(detections.to_pandas(), labels or {}, _is_rate)
     return SegmentView(
         segment=segment,
         model=model,
@@ -515,6 +476,7 @@ def _alert_rows(table: pa.Table) -> list[AlertRow]:
             starts_at=r["starts_at"],
             ends_at=r["ends_at"],
             changed_at=r["changed_at"],
+            changed_at_is="window end" if r["status"] == "resolved" else "window start",
             runbook_url=r["runbook_url"],
         )
         for r in table.to_pylist()
@@ -578,11 +540,3 @@ def _is_rate(name: str) -> bool:
     # Quality charts show rates, latencies and costs (``current_rate``, ``p95.observed_ms``,
     # ``cost.current_mean``), not sample counts, p-values or which test decided.
     return any(_RATE.search(part) for part in name.split("."))
-
-
-def _num(value: Any) -> float | None:
-    # Strict JSON out: NaN and infinities (a detector that could not decide) become null.
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None

@@ -37,11 +37,18 @@ class Server:
     store_uri: str
 
 
+def backend_store_uri(folder: Path) -> str:
+    """The SQLite store URI of a server in ``folder``, absolute whatever the current directory."""
+    # The summary names the store: a script run from another directory must open the same file.
+    return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+
+
 def start_server(folder: Path, timeout: float = 120) -> Server:
     """``mlflow server`` with a SQLite store in ``folder`` on a free local port."""
+    folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    store_uri = f"sqlite:///{folder / 'mlflow.db'}"
+    store_uri = backend_store_uri(folder)
     command = [
         *(sys.executable, "-m", "mlflow", "server"),
         *("--backend-store-uri", store_uri),

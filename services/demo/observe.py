@@ -136,6 +136,44 @@ def observe_loop(
     return loop
 
 
+def history_behind(root: str, loop: Loop, dead_letters: int) -> dict[str, tuple[int, int]]:
+    """The history tables at ``root`` that hold less than the run saw: table -> (rows there, rows seen).
+
+    What the run saw counts once per table key (a record read twice from its
+    topic is one row), dead letters by their sum, as the console counts them.
+    """
+    from curation.history import UNIQUE_BY, action_row, alert_row, detection_row
+    from curation.history_store import HistoryStore
+
+    rows = {
+        "detections": [detection_row(d) for d in loop.detections],
+        "alerts": [alert_row(alert) for _, alert in loop.alerts],
+        "actions": [action_row(event, "") for _, event in loop.actions],
+    }
+    seen = {table: {tuple(row[c] for c in UNIQUE_BY[table]) for row in rows[table]} for table in rows}
+    store = HistoryStore(root)
+    there = {table: store.read(table).num_rows if store.exists(table) else 0 for table in seen}
+    expected = {table: len(keys) for table, keys in seen.items()}
+    if dead_letters:
+        there["deadletters"] = (
+            sum(store.read("deadletters").column("count").to_pylist()) if store.exists("deadletters") else 0
+        )
+        expected["deadletters"] = dead_letters
+    return {table: (there[table], want) for table, want in expected.items() if there[table] < want}
+
+
+def wait_for_history(
+    root: str, loop: Loop, dead_letters: int, *, timeout: float = 20, interval: float = 0.5
+) -> dict[str, tuple[int, int]]:
+    """Wait until the history holds what the run saw; what it still lacks after ``timeout`` s (or nothing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = history_behind(root, loop, dead_letters)
+        if not behind or time.monotonic() >= deadline:
+            return behind
+        time.sleep(interval)  # the history stage writes its batches in its own time
+
+
 def scrape_metrics(web_port: int) -> str:
     """The worker's Prometheus metrics, as text."""
     with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:

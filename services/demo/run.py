@@ -14,10 +14,13 @@ from core.settings import Settings
 from services import sample_data
 from services.broker import free_port, start_broker
 from services.demo import mlflow as mlflow_demo
-from services.demo.observe import Loop, observe, observe_loop, read_datasets, scrape_metrics
+from services.demo.observe import Loop, observe, observe_loop, read_datasets, scrape_metrics, wait_for_history
 from services.demo.render import render, summarize
 from services.demo.scenario import MLFLOW_VERSIONS, build_traffic, worker_env
 from services.replay import Replayer
+
+#: How long the demo waits, before it stops the worker, for the history to hold what the summary reports.
+HISTORY_WAIT_SECONDS = 20.0
 
 
 def _send(settings: Settings, messages: list[tuple[str, bytes]]) -> None:
@@ -58,6 +61,8 @@ def run_demo(
     web_port = free_port()
     env = worker_env(settings, bootstrap, topics, run_id=run_id, web_port=web_port)
     worker_log = settings.data_dir / f"demo-{run_id}.log"
+    # Where this run's worker writes, absolute: scripts open it with `loopwatch console` from anywhere.
+    ran = settings.model_copy(update={"data_dir": (settings.data_dir / f"demo-{run_id}").resolve()})
     worker_log.parent.mkdir(parents=True, exist_ok=True)
     print(
         f"loopwatch demo: starting a worker against the {where} (log: {worker_log}) ...",
@@ -126,6 +131,17 @@ def run_demo(
             _send(kafka, traffic.second_canary)
             loop = observe_loop(kafka, topics, quiet=30, timeout=timeout, until=Loop.promoted)
             registry_summary = mlflow_demo.summary(registry, sample_data.MODEL, loop.actions)
+        # The worker writes its history in batches of its own: stopping it now could lose the last one.
+        dead_letters = sum(seen.rejections.values())
+        behind = wait_for_history(ran.history_uri(), loop, dead_letters, timeout=HISTORY_WAIT_SECONDS)
+        if behind:
+            lacking = ", ".join(f"{table} {rows} of {want} rows" for table, (rows, want) in behind.items())
+            print(
+                f"the history has not caught up after {HISTORY_WAIT_SECONDS:.0f} s ({lacking});"
+                " the console may not show the end of this run",
+                file=out,
+                flush=True,
+            )
     finally:
         stop_process(worker, timeout=30)
         if broker is not None:
@@ -149,7 +165,6 @@ def run_demo(
         settings.data_dir / f"demo-{run_id}-export.jsonl",
     )
     # Where this run's worker wrote, so `loopwatch console --history ... --datasets ...` can open it.
-    ran = settings.model_copy(update={"data_dir": settings.data_dir / f"demo-{run_id}"})
     summary["history_uri"], summary["datasets_uri"] = ran.history_uri(), ran.datasets_uri()
     if registry_summary is not None:
         summary["mlflow"] = registry_summary
