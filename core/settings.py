@@ -33,7 +33,9 @@ def _env(field: str) -> str:
 class Topics(BaseSettings):
     """Kafka topic names (``LOOPWATCH_TOPIC_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="LOOPWATCH_TOPIC_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="LOOPWATCH_TOPIC_", frozen=True, extra="forbid", env_ignore_empty=True
+    )
 
     inference: str = "llm.inference.v1"
     feedback: str = "llm.feedback.v1"
@@ -72,7 +74,9 @@ class Topics(BaseSettings):
 class Settings(BaseSettings):
     """Everything a loopwatch process needs to know, resolved once at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix="LOOPWATCH_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="LOOPWATCH_", frozen=True, extra="forbid", env_ignore_empty=True
+    )
 
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"

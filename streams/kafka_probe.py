@@ -17,6 +17,7 @@ the password.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from typing import Any
@@ -67,9 +68,18 @@ def advertised_problem(
                 f"{server} answered, but it advertises broker {node} at {address}, which clients then"
                 f" connect to, and {address} does not answer with these settings: check the broker's"
                 f" advertised listeners (advertised.listeners; loopwatch broker --advertised-url)"
-                f" [at {address}: {exc}]"
+                f" [at {address}: {_reason_only(str(exc))}]"
             )
     return None
+
+
+def _reason_only(line: str) -> str:
+    """A probe line without its advice (after ": set" / ": check"), which is about the bootstrap server.
+
+    >>> _reason_only("h:1 does not speak TLS (x): set LOOPWATCH_KAFKA_SECURITY_PROTOCOL=PLAINTEXT")
+    'h:1 does not speak TLS (x)'
+    """
+    return re.split(r": (?:set|check|if|connect|point) ", line, maxsplit=1)[0]
 
 
 def unreachable_servers(options: dict[str, Any], timeout: float = 3.0) -> str | None:
@@ -125,7 +135,11 @@ def _probe(
                     f"{server} closed the connection without a Kafka answer ({_name(exc)}): if it is a TLS"
                     f" listener, set {PROTOCOL}=SSL (or SASL_SSL); {PROTOCOL} is {protocol}"
                 ) from exc
-            raise Refused(f"{server} closed the connection without a Kafka answer ({_name(exc)})") from exc
+            raise Refused(
+                f"{server} closed the connection without a Kafka answer ({_name(exc)}): if the"
+                f" listener requires SASL, set {PROTOCOL}=SASL_SSL and LOOPWATCH_KAFKA_SASL_*;"
+                f" {PROTOCOL} is {protocol}"
+            ) from exc
 
 
 def _advertised(sock: socket.socket, wire: KafkaProtocol, versions: Any, server: str) -> dict[int, str]:
@@ -142,7 +156,7 @@ def _tls(raw: socket.socket, context: ssl.SSLContext, host: str, server: str) ->
     try:
         return context.wrap_socket(raw, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
-        if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        if exc.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
             raise Refused(
                 f"the certificate of {server} does not name {host!r} ({exc.verify_message}): connect by a"
                 " name it carries (LOOPWATCH_KAFKA_BOOTSTRAP) or set LOOPWATCH_KAFKA_SSL_CHECK_HOSTNAME=false"
@@ -210,7 +224,9 @@ def _authenticate(
         try:
             exchange.receive(answer.auth_bytes)
         except Exception as exc:  # SCRAM raises on a server-final "e=..." (an unknown user, a bad proof)
-            raise Refused(f"{failed} ({exc})") from exc
+            said = bytes(answer.auth_bytes or b"").decode("utf-8", "replace")
+            reason = said.removeprefix("e=") if said.startswith("e=") else _name(exc)
+            raise Refused(f"{failed} (the broker says: {reason})") from exc
     if not exchange.is_authenticated():
         raise Refused(failed)
 

@@ -310,6 +310,7 @@ def console_url(console_data: ConsoleData) -> Iterator[str]:
 #: and a segment seen in one window only.
 TWO_CONFIGS = "rag-bot|v1|||"
 ONE_WINDOW = "rag-bot|v1|one|window|"
+FEEDBACK_ONLY = "rag-bot|v1|late|feedback|"  # its one window held feedback only: no inference count
 TEXT_LENGTH = "drift.text_length.v1"
 
 
@@ -362,6 +363,9 @@ def write_two_config_history(root: Path) -> None:
                 "detected_at": start + WINDOW,
             }
         )
+    late = {"day": DAY, "model": "rag-bot", "model_version": "v1", "app": "late", "route": "feedback"}
+    late |= {"tenant": None, "segment": FEEDBACK_ONLY, "window_start": START, "window_end": START + WINDOW}
+    windows.append({**late, "events": None, "feedback_events": 30, "sample_size": 30})
     for name, rows in (("windows", windows), ("detections", detections)):
         table = pa.Table.from_pylist(rows, schema=SCHEMAS[name])
         write_deltalake(str(root / name), table, partition_by=PARTITION_BY[name])

@@ -17,6 +17,7 @@ from services.console.reader import HistoryReader
 from services.console.server import warn_if_missing
 
 from .console_fixture import (
+    FEEDBACK_ONLY,
     TEXT_LENGTH,
     TWO_CONFIGS,
     ConsoleData,
@@ -120,3 +121,14 @@ def test_alert_times_are_labelled_as_window_times(console_data: ConsoleData):
         html = client.get("/incidents").text
     assert "<th>window time</th>" in html and "<th>at</th>" not in html
     assert "window start 2026-12-01 12:01:20" in html
+
+
+def test_a_window_without_an_inference_count_is_shown_not_a_500(client):
+    # events is null for a window that held only feedback (curation/history.py WINDOWS)
+    view = client.get("/api/segments/" + quote(FEEDBACK_ONLY, safe=""))
+    assert view.status_code == 200, view.text
+    assert view.json()["events"] == [None]
+    page = client.get("/segments/" + quote(FEEDBACK_ONLY, safe=""), headers=HTML)
+    assert page.status_code == 200 and "0 events" in page.text
+    overview = client.get("/api/overview").json()
+    assert overview  # the overview sums the windows' counts, nulls included

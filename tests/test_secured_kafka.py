@@ -289,13 +289,21 @@ def test_sasl_refusals_name_the_setting_and_never_the_password(
 
 def test_blank_optional_kafka_settings_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     # compose writes `LOOPWATCH_KAFKA_SSL_CAFILE:` with nothing after it as an empty variable
-    for name in ("SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE", "SASL_USERNAME", "SASL_MECHANISM"):
+    blank = ["SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE", "SASL_USERNAME", "SASL_MECHANISM"]
+    # Settings with a default keep it when blank, like every other LOOPWATCH_* variable.
+    for name in [*blank, "SECURITY_PROTOCOL", "SSL_CHECK_HOSTNAME", "BOOTSTRAP"]:
         monkeypatch.setenv(f"LOOPWATCH_KAFKA_{name}", "")
+    monkeypatch.setenv("LOOPWATCH_PARTITIONS", "")
     settings = Settings()
     assert (settings.kafka_ssl_cafile, settings.kafka_sasl_username, settings.kafka_sasl_mechanism) == (
         None,
         None,
         None,
+    )
+    assert settings.kafka_ssl_check_hostname is True
+    assert (settings.kafka_bootstrap, settings.partitions) == (
+        Settings.model_fields["kafka_bootstrap"].default,
+        4,
     )
     assert client_options(settings)["security_protocol"] == "PLAINTEXT"
     tls = Settings(kafka_security_protocol="SSL", kafka_ssl_certfile=" ", kafka_ssl_keyfile="")

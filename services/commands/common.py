@@ -53,8 +53,10 @@ def invalid_settings(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = [str(part) for part in error["loc"]]
-        name = f"{prefix}{loc[0].upper()}" if loc else "settings"
-        where = ".".join([name, *loc[1:]])
+        if not loc:  # a check across settings: its message names the variables
+            lines.append(f"invalid settings: {error['msg'].removeprefix('Value error, ')}")
+            continue
+        where = ".".join([f"{prefix}{loc[0].upper()}", *loc[1:]])
         lines.append(f"invalid setting {where}: {error['msg']}")
     return "\n".join(lines)
 

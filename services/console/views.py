@@ -116,7 +116,9 @@ class SegmentView(BaseModel):
     model_version: str
     range: DayRange
     window_start: list[datetime]
-    events: list[int]
+    events: list[int | None] = Field(
+        description="Inference events per window; null when it held feedback only"
+    )
     detectors: list[DetectorSeries]
 
 
@@ -256,7 +258,7 @@ def overview_view(
                 or "all traffic",
                 role=None if known is None else ("stable" if known == version else "canary"),
                 windows=seg["window_start_count_distinct"],
-                events=seg["events_sum"],
+                events=seg["events_sum"] or 0,  # null when its windows held feedback only
                 last_window_start=seg["window_start_max"],
                 last_window_end=seg["window_end_max"],
                 last_verdict=last,
