@@ -202,6 +202,12 @@ class Settings(BaseSettings):
     reference_windows: int = Field(
         1, ge=1, description="The first N windows of a segment form its pinned reference"
     )
+    reference_min_events: int = Field(
+        30,
+        ge=0,
+        description="...and further windows join it until it holds this many events (a partial first"
+        " window is too small to judge against)",
+    )
     stable_versions: dict[str, str] = Field(
         default_factory=dict, description='Stable version per model (JSON: {"model": "version"})'
     )

@@ -85,11 +85,15 @@ class References:
         store: Store,
         *,
         pinned_windows: int = 1,
+        min_events: int = 0,
         stable_versions: Mapping[str, str] | None = None,
         reference_frame: pd.DataFrame | None = None,
     ) -> None:
         self.store = store
         self.pinned_windows = pinned_windows
+        # A partial first window (traffic starting mid-window) must not become a reference
+        # too small for any detector to judge against, for good: pinning goes on until it holds this many.
+        self.min_events = min_events
         self.stable_versions = dict(stable_versions or {})
         self.reference_frame = reference_frame
         # The latest window of every segment seen here, so a version marked stable
@@ -124,7 +128,7 @@ class References:
             if found is not None:
                 return self._reference(f"stable:{stable_key.removeprefix('stable|')}", found)
         pinned = self.store.get(self._pinned_key(window))
-        if pinned is None or _decode(pinned)["windows"] < self.pinned_windows:
+        if pinned is None or not self._complete(_decode(pinned)):
             return None
         return self._reference(f"pinned:{self._pinned_key(window)}", pinned)
 
@@ -144,7 +148,7 @@ class References:
         state: dict[str, Any] = (
             _decode(pinned) if pinned is not None else {"windows": 0, "seen": 0, "rows": []}
         )
-        if state["windows"] < self.pinned_windows:
+        if not self._complete(state):
             state = {
                 "windows": state["windows"] + 1,
                 "seen": state["seen"] + window.seen,
@@ -157,6 +161,10 @@ class References:
                 (self._stable_key(window.segment, window.kind, version), self._stable_state(window))
             )
         return updates
+
+    def _complete(self, pinned: dict[str, Any]) -> bool:
+        """A pinned reference is complete with its windows and at least ``min_events`` events."""
+        return bool(pinned["windows"] >= self.pinned_windows and pinned["seen"] >= self.min_events)
 
     def _reference(self, name: str, data: bytes) -> Reference:
         state = _decode(data)

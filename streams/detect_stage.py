@@ -195,6 +195,7 @@ class DetectStage(Stage):
         self.references = References(
             self.store,
             pinned_windows=settings.reference_windows,
+            min_events=settings.reference_min_events,
             stable_versions=settings.stable_versions,
             reference_frame=reference_frame,
         )

@@ -45,6 +45,16 @@ def test_the_first_windows_are_pinned_then_every_later_one_is_judged_against_the
     assert fourth.name == third.name and len(fourth.frame) == 200
 
 
+def test_a_partial_first_window_is_not_pinned_alone_until_the_reference_holds_enough_events() -> None:
+    store = _Store()
+    references = References(store, min_events=30)
+    assert _observe(references, store, _window("1", 6, 6, 0)) is None  # traffic began mid-window
+    second = _observe(references, store, _window("1", 100, 100, 1, seed=1))
+    assert second is None  # still pinning: 6 events is too few to judge against
+    third = _observe(references, store, _window("1", 100, 100, 2, seed=2))
+    assert third is not None and third.seen == 106
+
+
 def test_a_canary_is_judged_against_the_latest_window_of_the_stable_version() -> None:
     store = _Store()
     references = References(store, stable_versions={"m": "1"})
