@@ -122,6 +122,10 @@ def test_the_dead_letters_page_lists_the_reasons_and_shows_payloads_as_text(page
     assert "loopwatch deadletter replay --reason invalid_utf8" in page.locator("#reasons").inner_text()
     page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
     assert page.locator("#chart-deadletters .barlayer .trace").count() == 2
+    widths = [
+        p.bounding_box()["width"] for p in page.locator("#chart-deadletters .barlayer .point path").all()
+    ]
+    assert widths and min(widths) > 5, widths  # letters of one minute still draw a visible bar
     # The producer's markup is shown, not run.
     assert any("<script>alert(1)</script>" in t for t in page.locator(".payload").all_inner_texts())
     assert page.locator("main script").count() == 0
@@ -166,5 +170,8 @@ def test_two_configs_draw_two_labelled_charts_and_one_window_gets_clock_ticks(br
     page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
     ticks = page.locator(".detector .statistic .xtick text").all_text_contents()
     assert ticks and all("." not in t for t in ticks), ticks  # no sub-second ticks around one window
+    # A lone window's traffic bar is drawn wide enough to see (Plotly's default is about 1 ms).
+    [bar] = page.locator("#chart-events .barlayer .point path").all()
+    assert bar.bounding_box()["width"] > 5
     page.close()
     assert failed == []  # the favicon included

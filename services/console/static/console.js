@@ -27,12 +27,25 @@ function xaxis(times) {
            tickformat: span <= 2 * 24 * 60 * MINUTE ? "%H:%M:%S\n%b %d" : "%b %d\n%H:%M" };
 }
 
+function barWidth(times) {
+  // On a date axis a bar is as wide as its width in ms (a lone bar otherwise gets about 1 ms,
+  // invisible on a ten-minute axis): the smallest gap between windows, or a minute.
+  const ms = [...new Set(times.map((t) => new Date(t).getTime()))].sort((a, b) => a - b);
+  const gaps = ms.slice(1).map((t, i) => t - ms[i]).filter((g) => g > 0);
+  return 0.9 * (gaps.length ? Math.min(...gaps) : MINUTE);
+}
+
+function bars(x, y, name, width) {
+  // offset 0: a bar starts at its window (or minute) and covers it, rather than centring on its start.
+  return { x, y, type: "bar", name, width, offset: 0 };
+}
+
 function layout(times) {
   return { ...LAYOUT, xaxis: xaxis(times) };
 }
 
 function drawSegment(view) {
-  Plotly.newPlot("chart-events", [{ x: view.window_start, y: view.events, type: "bar", name: "events" }],
+  Plotly.newPlot("chart-events", [bars(view.window_start, view.events, "events", barWidth(view.window_start))],
                  layout(view.window_start), CONFIG);
   view.detectors.forEach((d, i) => {
     const name = d.config_label ? `statistic (${d.config_label})` : "statistic";
@@ -57,7 +70,7 @@ function drawSegment(view) {
 }
 
 function drawDeadLetters(view) {
-  const traces = view.series.map((s) => ({ x: s.minute, y: s.count, type: "bar", name: s.reason }));
+  const traces = view.series.map((s) => bars(s.minute, s.count, s.reason, 0.9 * MINUTE));
   const minutes = view.series.flatMap((s) => s.minute);
   Plotly.newPlot("chart-deadletters", traces, { ...layout(minutes), barmode: "stack" }, CONFIG);
 }
