@@ -45,6 +45,8 @@ class Topics(BaseSettings):
     unmatched: str = "loopwatch.feedback-unmatched.v1"
     summaries: str = "loopwatch.window-summaries.v1"
     detections: str = "loopwatch.detections.v1"
+    # One WindowClosed per closed window (judged, pinned as reference, or not judged): the history's windows.
+    windows: str = "loopwatch.windows.v1"
     alerts: str = "loopwatch.alerts.v1"
     retrain_requests: str = "loopwatch.retrain-requests.v1"
     rollback_requests: str = "loopwatch.rollback-requests.v1"

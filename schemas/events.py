@@ -416,6 +416,10 @@ class Detection(_Event):
     reference: str = Field(description="What the window was compared with (file, pinned or stable window)")
     detected_at: datetime
     evidence: Evidence = Field(default_factory=Evidence)
+    revision: Count = Field(
+        0,
+        description="0 for the window's first verdict; n for its n-th correction by events that came late",
+    )
 
     @field_validator("statistic", "p_value", "score", "threshold", "effect_size", mode="before")
     @classmethod
@@ -432,6 +436,25 @@ class Detection(_Event):
         if info.mode == "python" and isinstance(value, dict):
             return {k: v for k, v in value.items() if not (isinstance(v, float) and not math.isfinite(v))}
         return value
+
+
+class WindowClosed(_Event):
+    """One closed window of one segment, judged or not (``loopwatch.windows.v1``): what the detectors saw."""
+
+    schema_version: Literal["1"] = "1"
+    segment: Segment
+    kind: Literal["inference", "feedback"]
+    window_start: datetime
+    window_end: datetime
+    events: Count = Field(description="Events the window counted (all of them, not only the sample)")
+    sample_size: Count = Field(description="Rows of the window's sample the detectors read")
+    revision: Count = Field(0, description="0 when the window first closed; n after its n-th late correction")
+    outcome: Literal["judged", "reference", "waiting", "skipped"] = Field(
+        description="judged: Detections went out; reference: pinned as a reference, not judged; "
+        "waiting: held for its stable version's window; skipped: the slow detectors' queue was full"
+    )
+    reference: str | None = Field(None, description="What it was compared with, when judged")
+    closed_at: datetime
 
 
 class AlertValue(_Event):
@@ -492,6 +515,7 @@ PUBLISHED: dict[str, type[BaseModel]] = {
     "unmatched_feedback": UnmatchedFeedback,
     "dead_letter": DeadLetter,
     "detection": Detection,
+    "window_closed": WindowClosed,
     "alert": Alert,
     "cloud_event": CloudEvent,
 }
