@@ -206,11 +206,44 @@ def keep_garbage_collection_off_the_hot_path() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+class Restarts:
+    """When to restart a worker: 2 s after it exits, doubling up to 60 s while it keeps crashing.
+
+    A worker that stayed up a minute is healthy again: its next restart waits 2 s.
+
+    >>> r = Restarts()
+    >>> [r.exited(0.0), (r.started(3.0), r.exited(4.0))[1], (r.started(9.0), r.exited(100.0))[1]]
+    [2.0, 4.0, 2.0]
+    """
+
+    first, longest, healthy_after = 2.0, 60.0, 60.0
+
+    def __init__(self) -> None:
+        self.delay = self.first
+        self.since = 0.0
+        #: When the exited worker is due to start again (None: it is running).
+        self.due: float | None = None
+
+    def exited(self, now: float) -> float:
+        """The worker exited at ``now``: schedule its restart; returns the pause."""
+        if now - self.since >= self.healthy_after:
+            self.delay = self.first
+        pause = self.delay
+        self.delay = min(self.delay * 2, self.longest)
+        self.due = now + pause
+        return pause
+
+    def started(self, now: float) -> None:
+        """The worker was started again at ``now``."""
+        self.since, self.due = now, None
+
+
 def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True) -> None:
     """Broker (optional) plus ``workers`` worker processes; Ctrl-C stops them all.
 
-    A worker that dies is restarted after a short pause; the broker is never
-    restarted because its storage is in memory.
+    A worker that dies is restarted after a pause that grows while it keeps
+    crashing (:class:`Restarts`); the broker is never restarted because its
+    storage is in memory.
     """
     configure_logging(settings.log_level)
     bootstrap = settings.kafka_bootstrap
@@ -235,6 +268,7 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
         return spawn_worker(env)
 
     children = [start_worker(i) for i in range(workers)]
+    restarts = [Restarts() for _ in children]
     for i in range(workers):
         log.info(
             "worker %d: metrics on http://%s:%d/metrics",
@@ -248,11 +282,18 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
     try:
         while not stopping:
             time.sleep(0.5)
+            now = time.monotonic()
             for i, child in enumerate(children):
-                if child.poll() is not None and not stopping:
-                    log.warning("worker %d exited with code %s; restarting in 2s", i, child.returncode)
-                    time.sleep(2)
+                if stopping or child.poll() is None:
+                    continue
+                due = restarts[i].due
+                if due is None:
+                    delay = restarts[i].exited(now)
+                    code = child.returncode
+                    log.warning("worker %d exited with code %s; restarting in %.0fs", i, code, delay)
+                elif now >= due:
                     children[i] = start_worker(i)
+                    restarts[i].started(now)
     finally:
         log.info("stopping %d worker(s)%s", len(children), " and the broker" if broker else "")
         for child in children:
