@@ -14,6 +14,8 @@ RETRAIN_REQUESTED = "io.loopwatch.retrain.requested"
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
 ROLLBACK_VERIFIED = "io.loopwatch.rollback.verified"
 ROLLBACK_FAILED = "io.loopwatch.rollback.failed"
+#: A rollback alert fired but there was no version to go back to: recorded, so on-call sees why.
+ROLLBACK_SKIPPED = "io.loopwatch.rollback.skipped"
 PROMOTION_REQUESTED = "io.loopwatch.promotion.requested"
 EVENT_TYPES = {"retrain": RETRAIN_REQUESTED, "rollback": ROLLBACK_REQUESTED}
 #: Structured mode of the Kafka binding: the whole event is the JSON value.
@@ -66,6 +68,13 @@ class RollbackRequest(ActionData):
 
     from_version: str
     target_version: str
+
+
+class RollbackSkipped(ActionData):
+    """Data of ``io.loopwatch.rollback.skipped``: ``from_version`` is bad and nothing to go back to."""
+
+    from_version: str
+    skipped_because: str = Field(description="Why no rollback was requested")
 
 
 Judgement = Literal["better", "not_better", "not_yet_better", "worse", "not_worse", "not_enough_data"]

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrain_trigger.policy import Rule, Severity
+from retrain_trigger.revisions import same_window
 from retrain_trigger.state import State
 from schemas.events import Alert, AlertValue, Detection, Segment
 
@@ -77,6 +78,14 @@ class AlertRecord(BaseModel):
         """Keep the latest detections as the evidence of this alert."""
         self.detections.append(detection)
         del self.detections[:-KEEP_DETECTIONS]
+
+    def revise(self, detection: Detection) -> bool:
+        """Put a corrected verdict in place of its window's earlier one; False when none was kept."""
+        for i, kept in enumerate(self.detections):
+            if same_window(kept, detection):
+                self.detections[i] = detection
+                return True
+        return False
 
     def to_alert(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from retrain_trigger.alerts import AlertRecord, alert_labels, fingerprint
 from retrain_trigger.publish import Decision, LogEntry, Stage
+from retrain_trigger.revisions import WindowUpdate
 from retrain_trigger.route import Router
 from schemas.events import Alert, Detection
 
@@ -68,6 +69,7 @@ class DecideContext:
     # generated dataclass __init__ (defaults, factories) is measurably slower here.
     __slots__ = (
         "active",
+        "await_applied",
         "changed",
         "decision",
         "detection",
@@ -83,6 +85,7 @@ class DecideContext:
         "silences",
         "stable",
         "state",
+        "window",
     )
 
     def __init__(
@@ -95,6 +98,9 @@ class DecideContext:
         decision: Decision,
         explain: bool,
         detection: Detection | None = None,
+        window: WindowUpdate | None = None,
+        *,
+        await_applied: bool = False,
     ) -> None:
         self.index = index
         #: The policy deciding this step.
@@ -107,6 +113,10 @@ class DecideContext:
         self.explain = explain
         #: The detection of a decide step; None on a tick.
         self.detection = detection
+        #: What the detection is to its series (:mod:`retrain_trigger.revisions`); None: a new window.
+        self.window = window
+        #: Does a rollback watch wait for the act stage's ``rollback.applied`` before it counts windows?
+        self.await_applied = await_applied
         #: The rules the detection routes to (set by the route stage).
         self.matched: Sequence[Rule] = ()
         #: Did an alert fire or resolve on this detection (the gates say)?

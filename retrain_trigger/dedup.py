@@ -63,6 +63,7 @@ class Incident(BaseModel):
     opened_at: datetime
     alerts: list[str] = Field(default_factory=list)
     published: bool = False
+    skipped: bool = Field(False, description="A rollback.skipped was recorded (no version to go back to)")
 
 
 class DedupStage:

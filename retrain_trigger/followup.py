@@ -2,7 +2,9 @@
 
 The judging itself is ``watch.py``; the publish stage starts a watch. These two
 stages turn the watch's outcomes into ``rollback.verified`` / ``rollback.failed``
-CloudEvents on the decision.
+CloudEvents on the decision; :func:`settle_rollback` does the same for the act
+stage's result (with an act stage, a watch counts only windows after
+``rollback.applied``, and ``rollback.rejected`` fails it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from retrain_trigger import watch as rollback_watch
 from retrain_trigger.actions import ROLLBACK_FAILED, ROLLBACK_VERIFIED, RollbackOutcome, cloud_event
 
 if TYPE_CHECKING:
+    from retrain_trigger.act import MoveResult
     from retrain_trigger.context import DecideContext
 
 
@@ -39,10 +42,20 @@ class WatchStage:
         """Judge the watches on the detection (before routing: it counts whether a rule matches or not)."""
         detection = ctx.detection
         if detection is not None:
-            for outcome in rollback_watch.observe(ctx.state.watch, ctx.policy.verify, detection):
+            watches, verify = ctx.state.watch, ctx.policy.verify
+            for outcome in rollback_watch.observe(watches, verify, detection, ctx.window):
                 # The window's end, not the clock: a replay rebuilds the same event.
                 record_outcome(ctx, outcome, detection.window_end)
         return True
+
+
+def settle_rollback(ctx: DecideContext, result: MoveResult, at: datetime) -> None:
+    """The act stage's result of a watched rollback: applied arms its watch, rejected fails it."""
+    outcome = rollback_watch.applied(ctx.state.watch, ctx.policy.verify, result, at)
+    if outcome is not None:
+        record_outcome(ctx, outcome, at)
+    elif result.applied:
+        ctx.log("watch", result.model, True, f"{result.request_id} applied at {at.isoformat()}: watching")
 
 
 class WatchDeadlineStage:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from retrain_trigger.alerts import AlertRecord
 from retrain_trigger.policy import Rule
+from retrain_trigger.revisions import GateMark, WindowUpdate
 from schemas.events import Detection
 
 if TYPE_CHECKING:
@@ -60,7 +61,14 @@ def step(rule: Rule, firing: bool, breaches: int, clears: int, outcome: Outcome)
 
 
 class GatesStage:
-    """Gates: each matched rule's evidence moves its alert to pending, firing or resolved (or resets it)."""
+    """Gates: each matched rule's evidence moves its alert to pending, firing or resolved (or resets it).
+
+    A correction of the window an alert counted last (``ctx.window`` is
+    ``latest``) replaces that window's outcome: the counters go back to what
+    they were before it, then count the corrected outcome. It may fire an alert
+    that was not firing, never resolves one, and a window older than that
+    (``older``) only updates the alert's values.
+    """
 
     def run(self, ctx: DecideContext) -> bool:
         """Update the alerts of the matched rules; ``ctx.changed`` when one fired or resolved."""
@@ -69,6 +77,8 @@ class GatesStage:
             return True
         segment = detection.segment
         alerts = ctx.state.book.alerts
+        ledger = ctx.state.windows
+        update = ctx.window or WindowUpdate("new", detection)
         now, log, alert_id = ctx.now, ctx.log, ctx.index.alert_id
         # This runs per rule and detection: without explain, no reason text is even built.
         explain = ctx.explain
@@ -81,29 +91,51 @@ class GatesStage:
                 else ""
             )
             record = alerts.get(fp)
+            prior = None
+            if update.kind != "new":
+                mark = ledger.gates.get(fp)
+                prior = mark if mark is not None and mark.window == update.key else None
+                if update.kind == "older" or (prior is not None and prior.firing and record is None):
+                    # An older window, or the one the alert resolved on: its numbers, nothing more.
+                    if record is not None:
+                        record.revise(detection)
+                    if explain:
+                        log("gates", subject, False, f"revision {detection.revision}: values only")
+                    continue
             if record is None and evidence.outcome != "breach":
                 if explain:
                     log("gates", subject, False, f"{evidence.reason}: nothing to do")
                 continue
             firing = record is not None and record.status == "firing"
-            counters = step(
-                rule,
-                firing,
-                record.breaches if record else 0,
-                record.clears if record else 0,
-                evidence.outcome,
-            )
+            if prior is not None:
+                before = (prior.breaches, prior.clears)
+            else:
+                before = (record.breaches, record.clears) if record else (0, 0)
+                ledger.mark_gate(
+                    fp,
+                    GateMark(
+                        window=update.key,
+                        breaches=before[0],
+                        clears=before[1],
+                        firing=firing,
+                        starts_at=record.starts_at if record else None,
+                    ),
+                )
+            counters = step(rule, firing, before[0], before[1], evidence.outcome)
             if record is None:
                 record = AlertRecord(
                     fingerprint=fp,
                     rule=rule.name,
                     labels=labels,
-                    starts_at=detection.window_start,
+                    starts_at=(prior.starts_at if prior else None) or detection.window_start,
                     last_seen=now,
                 )
                 alerts[fp] = record
             record.breaches, record.clears, record.last_seen = counters.breaches, counters.clears, now
-            if evidence.outcome == "breach":
+            if update.kind == "new":
+                if evidence.outcome == "breach":
+                    record.remember(detection)
+            elif not record.revise(detection) and evidence.outcome == "breach":
                 record.remember(detection)
             if counters.fires:
                 record.status = "firing"
@@ -115,6 +147,9 @@ class GatesStage:
                         True,
                         f"{evidence.reason}: fires after {counters.breaches} window(s)",
                     )
+            elif counters.resolves and update.kind != "new":
+                if explain:
+                    log("gates", subject, False, f"{evidence.reason}: a revision resolves nothing by itself")
             elif counters.resolves:
                 del alerts[fp]
                 ctx.resolved.append((record, detection.window_end))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -33,7 +34,7 @@ from retrain_trigger.announce import AnnounceStage
 from retrain_trigger.context import Candidate, DecideContext, PerAlertStage, PipelineStage, PolicyIndex
 from retrain_trigger.cooldown import CooldownStage, CooldownState
 from retrain_trigger.dedup import DEDUP_RETENTION, DedupStage, DedupState, Incident
-from retrain_trigger.followup import WatchDeadlineStage, WatchStage
+from retrain_trigger.followup import WatchDeadlineStage, WatchStage, settle_rollback
 from retrain_trigger.gates import GatesStage
 from retrain_trigger.inhibit import InhibitStage
 from retrain_trigger.page import PageStage
@@ -41,12 +42,16 @@ from retrain_trigger.policy import Policy
 from retrain_trigger.promote import CanaryLookup, PromoteStage, PromotionState
 from retrain_trigger.publish import Decision, PublishStage
 from retrain_trigger.resolve import SETTLE_EVERY, ResolveStage, SettleStage
+from retrain_trigger.revisions import WindowLedger, WindowUpdate
 from retrain_trigger.route import RouteStage
 from retrain_trigger.silence import Silence, Silences, SilenceStage
 from retrain_trigger.stable import StableVersionMarked, StableVersions
 from retrain_trigger.state import State
 from retrain_trigger.watch import WatchState
 from schemas.events import Detection
+
+if TYPE_CHECKING:
+    from retrain_trigger.act import MoveResult
 
 __all__ = [
     "DEDUP_RETENTION",
@@ -119,6 +124,7 @@ class ModelState(State):
     cooldown: CooldownState = Field(default_factory=CooldownState)
     watch: WatchState = Field(default_factory=WatchState)
     promotion: PromotionState = Field(default_factory=PromotionState)
+    windows: WindowLedger = Field(default_factory=WindowLedger)
     settled_at: datetime | None = None
 
 
@@ -140,9 +146,12 @@ class Decider:
         *,
         explain: bool = True,
         canary: CanaryLookup | None = None,
+        await_applied: bool = False,
     ) -> None:
         self.state = state if state is not None else DeciderState()
         self.explain = explain
+        #: An act stage applies rollbacks: a watch counts the target's windows only after ``applied``.
+        self.await_applied = await_applied
         #: The pipeline this Decider runs (see :func:`decide_stages`).
         self.stages: tuple[PipelineStage, ...] = tuple(decide_stages(canary))
         # Bound once: a step calls each of them, and there is a step per detection.
@@ -176,7 +185,18 @@ class Decider:
     def decide(self, detection: Detection, now: datetime) -> Decision:
         """One detection through every stage."""
         decision = Decision()
-        self._run(self.model_state(detection.segment.model), now, decision, detection)
+        ms = self.model_state(detection.segment.model)
+        # The one place that says whether this is a new window or a correction of one counted.
+        self._run(ms, now, decision, detection, ms.windows.classify(detection))
+        return decision
+
+    def rollback_result(self, result: MoveResult, at: datetime, now: datetime) -> Decision:
+        """The act stage applied (``at``) or rejected a rollback: its watch starts counting, or fails."""
+        decision = Decision()
+        ms = self.state.models.get(result.model)
+        if ms is not None:
+            ctx = self._context(ms, now, decision, None, None)
+            settle_rollback(ctx, result, at)
         return decision
 
     def tick(self, now: datetime) -> Decision:
@@ -186,11 +206,37 @@ class Decider:
             self._run(ms, now, decision, None)
         return decision
 
-    def _run(self, ms: ModelState, now: datetime, decision: Decision, detection: Detection | None) -> None:
-        state = self.state
-        ctx = DecideContext(
-            self._index, ms, state.silences, state.stable, now, decision, self.explain, detection
-        )
+    def _run(
+        self,
+        ms: ModelState,
+        now: datetime,
+        decision: Decision,
+        detection: Detection | None,
+        window: WindowUpdate | None = None,
+    ) -> None:
+        ctx = self._context(ms, now, decision, detection, window)
         for run in self._runs:
             if not run(ctx):
                 return
+
+    def _context(
+        self,
+        ms: ModelState,
+        now: datetime,
+        decision: Decision,
+        detection: Detection | None,
+        window: WindowUpdate | None,
+    ) -> DecideContext:
+        state = self.state
+        return DecideContext(
+            self._index,
+            ms,
+            state.silences,
+            state.stable,
+            now,
+            decision,
+            self.explain,
+            detection,
+            window,
+            await_applied=self.await_applied,
+        )

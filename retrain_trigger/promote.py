@@ -49,6 +49,7 @@ from retrain_trigger.actions import (
     cloud_event,
 )
 from retrain_trigger.policy import Margin, Promote
+from retrain_trigger.revisions import window_key
 from retrain_trigger.state import State
 from retrain_trigger.watch import Tally, measured_rate
 from schemas.events import Alert, CloudEvent, Detection
@@ -80,6 +81,7 @@ class Observation(BaseModel):
     window_start: datetime
     window_end: datetime
     tally: Tally
+    key: str = Field("", description="The window's key (revisions.window_key): a revision shares it")
 
     @classmethod
     def of(cls, detection: Detection, margin: Margin) -> Observation | None:
@@ -94,6 +96,7 @@ class Observation(BaseModel):
             window_start=detection.window_start,
             window_end=detection.window_end,
             tally=Tally.of(*measured),
+            key=window_key(detection),
         )
 
 
@@ -114,17 +117,31 @@ class Trial(BaseModel):
     window_start: datetime | None = None
     window_end: datetime | None = None
     counted: list[str] = Field(default_factory=list, description="Detection ids added up (both versions)")
+    observed: dict[str, Tally] = Field(
+        default_factory=dict, description="Window key -> what it added (a revision replaces it)"
+    )
     alerts: list[str] = Field(default_factory=list, description="Alerts that fired for the challenger")
     ready: bool = Field(False, description="Promotable when last judged (rechecked on ticks)")
 
     def add(self, seen: Observation, *, stable: bool) -> None:
-        """Add an observation to one side, once per detection; windows are counted once each."""
+        """Add an observation to one side, once per detection; windows are counted once each.
+
+        A revision of a window already added replaces what that window added.
+        """
         if seen.detection_id in self.counted or (stable and seen.window_start < self.started):
             return
         self.counted.append(seen.detection_id)
         del self.counted[:-_MAX_COUNTED]
         side = self.stable if stable else self.candidate
-        side[seen.detector_id] = side.get(seen.detector_id, Tally(hits=0, samples=0)) + seen.tally
+        tally = side.get(seen.detector_id, Tally(hits=0, samples=0))
+        replaced = self.observed.get(seen.key) if seen.key else None
+        if seen.key:
+            self.observed[seen.key] = seen.tally
+            for old in list(self.observed)[:-_MAX_COUNTED]:
+                del self.observed[old]
+        side[seen.detector_id] = (tally - replaced if replaced is not None else tally) + seen.tally
+        if replaced is not None:
+            return  # the window was counted already
         new_window = seen.window not in self.window_keys
         if new_window:
             self.window_keys.append(seen.window)
@@ -164,7 +181,9 @@ def observe(
     if version == stable:
         if state.recent_of != stable:
             state.recent, state.recent_of = [], stable
-        state.recent = [*state.recent, seen][-_MAX_RECENT:]
+        # A revision takes its window's place among the latest.
+        kept = [o for o in state.recent if not (seen.key and o.key == seen.key)]
+        state.recent = [*kept, seen][-_MAX_RECENT:]
         for trial in state.trials.values():
             if trial.stable_version == stable:
                 trial.add(seen, stable=True)

@@ -15,9 +15,11 @@ from retrain_trigger.actions import (
     PROMOTION_REQUESTED,
     ROLLBACK_FAILED,
     ROLLBACK_REQUESTED,
+    ROLLBACK_SKIPPED,
     ROLLBACK_VERIFIED,
     RetrainRequest,
     RollbackRequest,
+    RollbackSkipped,
     cloud_event,
 )
 from retrain_trigger.alerts import AlertRecord, Notification
@@ -85,11 +87,12 @@ def action_topic(event: CloudEvent) -> Literal["retrain", "rollback", "promotion
     """Which action topic an event goes to: rollbacks and their verification, promotions, or retrain."""
     if event.type == PROMOTION_REQUESTED:
         return "promotion"
-    return "rollback" if event.type in (ROLLBACK_REQUESTED, ROLLBACK_VERIFIED, ROLLBACK_FAILED) else "retrain"
+    rollback = (ROLLBACK_REQUESTED, ROLLBACK_VERIFIED, ROLLBACK_FAILED, ROLLBACK_SKIPPED)
+    return "rollback" if event.type in rollback else "retrain"
 
 
 def action_event(ctx: DecideContext, rule: Rule, record: AlertRecord, incident: Incident) -> CloudEvent | str:
-    """The CloudEvent of an incident's action, or why it cannot be built."""
+    """The incident's CloudEvent (``rollback.skipped``: a champion with none before it), or why none."""
     ms = ctx.state
     records = [ms.book.alerts[fp] for fp in incident.alerts if fp in ms.book.alerts] or [record]
     detections = sorted((d for r in records for d in r.detections), key=lambda d: d.window_end)[
@@ -109,21 +112,31 @@ def action_event(ctx: DecideContext, rule: Rule, record: AlertRecord, incident: 
         "detections": detections,
         "sources": [s for d in detections for s in d.evidence.sources],
     }
-    data: RetrainRequest | RollbackRequest
+    data: RetrainRequest | RollbackRequest | RollbackSkipped
+    event_id, event_type = incident.key, EVENT_TYPES[rule.action]
     if rule.action == "rollback":
         bad = record.labels["model_version"]
         target = ctx.stable.rollback_target(model, bad)
-        if target is None and ctx.stable.target(model) == bad:
+        if target is None and ctx.stable.target(model) != bad:
+            return f"no stable version of {model} to roll back to (mark one: loopwatch model mark-stable)"
+        if target is None and model not in ctx.stable.registry:
             return f"the failing version {bad} is the one marked stable: nothing to roll back to"
         if target is None:
-            return f"no stable version of {model} to roll back to (mark one: loopwatch model mark-stable)"
-        data = RollbackRequest(**common, from_version=bad, target_version=target)
+            because = (
+                f"the failing version {bad} is the registry's stable version of {model} and has no"
+                " previous version (no loopwatch.previous_champion tag, no other version marked"
+                " stable): nothing to roll back to"
+            )
+            data = RollbackSkipped(**common, from_version=bad, skipped_because=because)
+            event_id, event_type = f"{incident.key}.skipped", ROLLBACK_SKIPPED
+        else:
+            data = RollbackRequest(**common, from_version=bad, target_version=target)
     else:
         data = RetrainRequest(**common)
     return cloud_event(
-        event_id=incident.key,
+        event_id=event_id,
         source=policy.source,
-        event_type=EVENT_TYPES[rule.action],
+        event_type=event_type,
         subject=model,
         # The latest evidence's window end, not the clock: a replay rebuilds the same event.
         time=data.window_end,
@@ -142,6 +155,14 @@ class PublishStage:
         event = action_event(ctx, rule, record, incident)
         if isinstance(event, str):
             ctx.log("publish", candidate.subject, False, event)
+            return False
+        if event.type == ROLLBACK_SKIPPED:
+            # Recorded once per incident; a version to go back to, known later, still rolls back.
+            if not incident.skipped:
+                incident.skipped = True
+                dry_run = policy.mode == "dry-run"
+                (ctx.decision.dry_run_actions if dry_run else ctx.decision.actions).append(event)
+            ctx.log("publish", candidate.subject, False, event.data["skipped_because"])
             return False
         ms.dedup.record(incident.key, now)
         ms.cooldown.record(rule.action, candidate.action_key, now, policy.rate_limit)
@@ -163,5 +184,7 @@ class PublishStage:
                 record.detections[-1].window_end if record.detections else now,
                 # What triggered it is what the target must be better on.
                 [d for fp in incident.alerts if fp in ms.book.alerts for d in ms.book.alerts[fp].detections],
+                opened_at=now,
+                await_applied=ctx.await_applied,
             )
         return True

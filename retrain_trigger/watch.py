@@ -36,8 +36,8 @@ fell from 0.871 to 0.185: a rise of 0.002 is neither significant nor material.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,8 +46,12 @@ from detectors.correction import adjust
 from detectors.quality_checks import compare_proportions
 from retrain_trigger.actions import Judgement, MetricComparison, RollbackOutcome
 from retrain_trigger.policy import Verify
+from retrain_trigger.revisions import WindowUpdate, window_key
 from retrain_trigger.state import State
 from schemas.events import Detection
+
+if TYPE_CHECKING:
+    from retrain_trigger.act import MoveResult
 
 #: Gates of another measure when neither the policy nor the detector's config sets them.
 DEFAULT_ALPHA = 0.05
@@ -78,6 +82,10 @@ class Tally(BaseModel):
     def __add__(self, other: Tally) -> Tally:
         return Tally(hits=self.hits + other.hits, samples=self.samples + other.samples)
 
+    def __sub__(self, other: Tally) -> Tally:
+        # Taking back a window counted before (its revision replaces it): never below zero.
+        return Tally(hits=max(self.hits - other.hits, 0), samples=max(self.samples - other.samples, 0))
+
 
 class Gate(BaseModel):
     """When another measure counts against a rollback: significance level and minimum worsening."""
@@ -105,7 +113,26 @@ class Watch(BaseModel):
     verdicts: dict[str, str] = Field(default_factory=dict, description="The target's latest verdicts")
     gates: dict[str, Gate] = Field(default_factory=dict, description="From the target detections' configs")
     counted: list[str] = Field(default_factory=list, description="Detection ids already added up")
+    windows: dict[str, Tally] = Field(
+        default_factory=dict, description="Window key -> what it added (a revision replaces it)"
+    )
     seen: dict[str, MetricComparison] = Field(default_factory=dict, description="The latest judgement")
+    opened_at: datetime | None = Field(None, description="The decision's time when the watch opened")
+    awaiting_apply: bool = Field(False, description="Waiting for the act stage's rollback.applied")
+    counts_from: datetime | None = Field(
+        None, description="Target windows starting before this are not counted [default: requested_at]"
+    )
+    seen_until: datetime | None = Field(None, description="The latest window end of the model since")
+
+    def elapsed(self, now: datetime) -> timedelta:
+        """How long the watch has run: in event time (its windows) or on the clock, whichever is longer.
+
+        A replay of backdated traffic has windows far older than the clock: its
+        deadline runs on the windows' times, and on the clock only from when
+        the watch opened, so the replayed incident does not fail at once.
+        """
+        by_windows = (self.seen_until - self.requested_at) if self.seen_until else timedelta(0)
+        return max(by_windows, now - (self.opened_at or self.requested_at))
 
 
 class WatchState(State):
@@ -151,33 +178,73 @@ def _gate(verify: Verify, config: dict[str, Any]) -> Gate:
     )
 
 
-def observe(state: WatchState, verify: Verify, detection: Detection) -> list[RollbackOutcome]:
-    """Record a detection's verify rate; return the outcomes of the watches it settles."""
+def observe(
+    state: WatchState, verify: Verify, detection: Detection, update: WindowUpdate | None = None
+) -> list[RollbackOutcome]:
+    """Record a detection's verify rate; return the outcomes of the watches it settles.
+
+    A revision of a window already counted replaces what that window added;
+    one of an older window (``update.kind == "older"``) is counted but settles
+    nothing by itself.
+    """
+    for watch in state.watches:
+        if watch.seen_until is None or detection.window_end > watch.seen_until:
+            watch.seen_until = detection.window_end
     measured = _rate(verify, detection)
     if measured is None:
         return []
     value, samples = measured
     segment, detector = detection.segment, detection.detector_id
-    key = f"{segment.model_version}|{detector}"
-    state.last[key], state.last_samples[key] = value, samples
+    older = update is not None and update.kind == "older"
+    if not older:
+        key = f"{segment.model_version}|{detector}"
+        state.last[key], state.last_samples[key] = value, samples
     done: list[RollbackOutcome] = []
     for watch in list(state.watches):
-        if segment.model_version != watch.target_version or detection.window_start < watch.requested_at:
+        if segment.model_version != watch.target_version or watch.awaiting_apply:
             continue
-        if detection.detection_id in watch.counted:
+        if detection.window_start < (watch.counts_from or watch.requested_at):
             continue
-        watch.counted.append(detection.detection_id)
-        del watch.counted[:-_MAX_COUNTED]
-        watch.target[detector] = watch.target.get(detector, Tally(hits=0, samples=0)) + Tally.of(
-            value, samples
-        )
+        window = update.key if update is not None else window_key(detection)
+        counted = watch.windows.get(window)
+        if counted is None and detection.detection_id in watch.counted:
+            continue  # counted by a watch opened before windows were keyed
+        tally = watch.target.get(detector, Tally(hits=0, samples=0))
+        if counted is not None:
+            tally = tally - counted
+        watch.windows[window] = added = Tally.of(value, samples)
+        for old in list(watch.windows)[:-_MAX_COUNTED]:
+            del watch.windows[old]
+        watch.target[detector] = tally + added
         watch.verdicts[detector] = detection.verdict
         watch.gates[detector] = _gate(verify, detection.config)
+        if older:
+            continue
         outcome = judge(watch, verify)
         if outcome is not None:
             state.watches.remove(watch)
             done.append(outcome)
     return done
+
+
+def applied(state: WatchState, verify: Verify, result: MoveResult, at: datetime) -> RollbackOutcome | None:
+    """The act stage's result for a watched rollback: it counts from now on, or fails (rejected).
+
+    ``at`` is when the act stage applied it (its clock); the target's windows
+    count from that moment mapped onto the windows' times: the request's
+    window end plus the time from the watch's opening to the move.
+    """
+    watch = next((w for w in state.watches if w.rollback_id == result.request_id), None)
+    if watch is None:
+        return None
+    if not result.applied:
+        state.watches.remove(watch)
+        return _outcome(watch, verify, False, f"the rollback was not applied: {result.reason}", [])
+    if watch.awaiting_apply:
+        watch.awaiting_apply = False
+        delay = max(at - (watch.opened_at or watch.requested_at), timedelta(0))
+        watch.counts_from = watch.requested_at + delay
+    return None
 
 
 def start(
@@ -189,12 +256,18 @@ def start(
     target: str,
     at: datetime,
     triggers: Sequence[Detection] = (),
+    *,
+    opened_at: datetime | None = None,
+    await_applied: bool = False,
 ) -> None:
     """Open a watch for a published rollback.
 
     The baseline is the bad version's last rate of every verify measure; the
     measures of ``triggers`` (the detections behind the rollback) take the
     rates of those detections, and are the ones the target must improve.
+    ``at`` is the request's window end (event time), ``opened_at`` the
+    decision's time; with ``await_applied`` nothing counts before the act
+    stage says the rollback was applied (:func:`applied`).
     """
     baseline: dict[str, float] = {}
     samples: dict[str, int] = {}
@@ -222,6 +295,8 @@ def start(
             baseline=baseline,
             baseline_samples=samples,
             triggers=triggered,
+            opened_at=opened_at,
+            awaiting_apply=await_applied,
         )
     )
 
@@ -347,6 +422,9 @@ def conclude(watch: Watch, verify: Verify) -> RollbackOutcome:
     if settled is not None:
         return settled
     target = watch.target_version
+    if watch.awaiting_apply:
+        reason = f"the rollback was not reported applied within {verify.within} (no rollback.applied)"
+        return _outcome(watch, verify, False, reason, [])
     if not watch.target:
         return _outcome(watch, verify, False, f"target {target} not seen serving within {verify.within}", [])
     judged = list(watch.seen.values())
@@ -383,9 +461,9 @@ def _outcome(
 
 
 def expire(state: WatchState, verify: Verify, now: datetime) -> list[RollbackOutcome]:
-    """Conclude the watches older than ``verify.within``: whatever they show by now."""
+    """Conclude the watches that ran ``verify.within`` (:meth:`Watch.elapsed`): whatever they show by now."""
     done = []
-    for watch in [w for w in state.watches if now - w.requested_at >= verify.within]:
+    for watch in [w for w in state.watches if w.elapsed(now) >= verify.within]:
         state.watches.remove(watch)
         done.append(conclude(watch, verify))
     return done

@@ -44,7 +44,8 @@ from pydantic import TypeAdapter
 
 from core.settings import Settings
 from curation.store import DatasetStore
-from retrain_trigger.actions import ROLLBACK_REQUESTED, DatasetRef, to_kafka
+from retrain_trigger.act import ROLLBACK_APPLIED, ROLLBACK_REJECTED, MoveResult
+from retrain_trigger.actions import ROLLBACK_REQUESTED, ROLLBACK_SKIPPED, DatasetRef, to_kafka
 from retrain_trigger.alerts import Notification, firing_counts, transition_line
 from retrain_trigger.pipeline import Decider, ModelState
 from retrain_trigger.policy import PolicyError, load_policy
@@ -95,13 +96,21 @@ class DecideStage(Stage):
         self.metrics = metrics
         self.topics = settings.topics
         self.inputs: dict[str, Decoder] = {self.topics.detections: self._decode}
+        #: With an act stage, a rollback watch counts only windows after its ``rollback.applied``.
+        self.await_applied = settings.actuator == "mlflow"
+        if self.await_applied:
+            self.inputs[self.topics.rollback_requests] = self._decode_result
         self.policy_path = settings.policy_file
         self.policy_mtime = self._mtime()
         self.registry = registry_from_settings(settings)
         #: The registry's challenger per model, read on ticks; until read, no version is one.
         self.canaries: dict[str, str] = {}
         self._reading_canaries = False
-        self.decider = Decider(load_policy(self.policy_path), canary=self._canary if self.registry else None)
+        self.decider = Decider(
+            load_policy(self.policy_path),
+            canary=self._canary if self.registry else None,
+            await_applied=self.await_applied,
+        )
         for mark in settings_marks(settings):
             self.decider.mark_stable(mark)
         self.table = ChangelogTable(self.app, "decisions", settings.partitions)
@@ -112,12 +121,21 @@ class DecideStage(Stage):
         # Detections may come from an external detector: a bad one is dead-lettered by the runtime.
         return decode(message.value, Detection, max_bytes=self.settings.max_event_bytes)
 
+    def _decode_result(self, message: Any, now: float) -> Accepted[CloudEvent] | Rejected:
+        # The act stage's results share the topic with the requests; the rest is skipped in handle.
+        return decode(message.value, CloudEvent, max_bytes=self.settings.max_event_bytes)
+
     # -- the handlers ----------------------------------------------------------------
 
     async def handle(self, batch: Batch, now: float) -> Effects:
         """Decide on a batch of detections: actions and alerts, the changed model states, the pages."""
         decision = Decision()
         touched: set[str] = set()
+        if batch.topic != self.topics.detections:
+            self._results(batch, decision, touched, datetime.fromtimestamp(now, UTC))
+            effects = self.effects()
+            self._publish(effects, decision, touched)
+            return effects
         for message, accepted in batch.accepted:
             detection = accepted.event
             segment = detection.segment
@@ -130,6 +148,22 @@ class DecideStage(Stage):
         effects = self.effects()
         self._publish(effects, decision, touched)
         return effects
+
+    def _results(self, batch: Batch, decision: Decision, touched: set[str], now: datetime) -> None:
+        """The act stage's rollback results: ``applied`` arms the rollback's watch, ``rejected`` fails it."""
+        for message, accepted in batch.accepted:
+            event: CloudEvent = accepted.event
+            if event.type not in (ROLLBACK_APPLIED, ROLLBACK_REJECTED):
+                continue  # the requests and verifications this stage published itself
+            try:
+                result = MoveResult.model_validate(event.data)
+            except ValueError as exc:
+                log.warning("ignored %s %s: its data is not a rollback result: %s", event.type, event.id, exc)
+                continue
+            self._restore(result.model)
+            self.partition_of.setdefault(result.model, message.partition)
+            decision.extend(self.decider.rollback_result(result, event.time, now))
+            touched.add(result.model)
 
     async def tick(self, now: float) -> Effects:
         """Time-based decisions (stale alerts resolve, repeat pages, rollback watches); silence notices."""
@@ -170,6 +204,9 @@ class DecideStage(Stage):
             effects.records.add(topic, key, value, headers=headers)
             self.metrics.actions.labels(event.type).inc()
             # Formatted here: the log's repeat filter folds lines by template, and each action is news.
+            if event.type == ROLLBACK_SKIPPED:
+                version = event.data["from_version"]
+                log.warning(f"no rollback of {event.subject}/{version}: {event.data['skipped_because']}")
             log.warning(f"published {event.type} {event.id} for {event.subject}")
         for event in decision.dry_run_actions:
             self.metrics.actions_dry_run.labels(event.type).inc()

@@ -6,7 +6,8 @@ decide pipeline does (:func:`retrain_trigger.promote.judge_candidate`, the
 policy's ``promote`` section): exit 0 when it is non-inferior on every
 measure over enough windows and no alert fired for it, 1 when it is worse (or
 an alert fired), 2 when there is still not enough data once ``--wait`` has
-run out, 3 when the gate itself cannot run (Kafka, registry or settings). A
+run out, 3 when the gate itself cannot run (Kafka, registry or settings; also
+a candidate the configured registry does not hold, at once, in one line). A
 candidate that is already the stable version (loopwatch promoted it) is judged
 against the version it replaced (its ``loopwatch.previous_champion`` tag).
 """
@@ -96,6 +97,7 @@ def gate(
     try:
         settings = settings_from_flags(kafka_bootstrap=bootstrap)
         promote = load_policy(policy_file or settings.policy_file).promote
+        check_registered(settings, model, candidate)
         stable = stable or stable_version(settings, model)
         if stable == candidate:
             stable = replaced_version(settings, model, candidate)
@@ -120,6 +122,25 @@ def gate(
         for line in evidence_lines(evidence):
             click.echo(line)
     sys.exit(code)
+
+
+def check_registered(settings: Settings, model: str, candidate: str) -> None:
+    """With a registry, refuse at once a candidate it does not hold (no wait for data that cannot come)."""
+    from retrain_trigger.registry import RegistryError, registry_from_settings
+
+    registry = registry_from_settings(settings)
+    if registry is None:
+        return
+    try:
+        registry.version_tags(model, candidate)
+    except RegistryError as exc:
+        if exc.recoverable:
+            raise  # the registry did not answer: that error says so
+        where = settings.mlflow_tracking_uri
+        raise LoopwatchError(
+            f"model {model} has no version {candidate} in the MLflow registry at {where}: check --model and"
+            " --candidate"
+        ) from exc
 
 
 def stable_version(settings: Settings, model: str) -> str:
@@ -193,8 +214,7 @@ def evidence_lines(evidence: CandidateEvidence) -> list[str]:
         f"  windows: {evidence.windows} of {evidence.windows_required}"
         f" (stable {evidence.stable_windows}){span}",
     ]
-    if evidence.alerts:
-        lines.append(f"  alerts fired for {evidence.candidate_version}: {', '.join(evidence.alerts)}")
+    # The alerts fired for the candidate are in the reason already ("alerts fired for ...").
     lines += [f"  {measure_line(c, evidence.confidence)}" for c in evidence.comparisons]
     return lines
 
