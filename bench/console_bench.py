@@ -97,7 +97,13 @@ def _day_tables(day: date, segs: list[dict[str, str]], rng: np.random.Generator)
         "events": pa.array(events),
         "sample_size": pa.array(np.minimum(events, 200)),
         "first_detected_at": pa.array(ends, time_type),
+        "kind": pa.array(["inference"] * rows),
+        "revision": pa.array(np.zeros(rows, dtype=np.int64)),
+        "outcome": pa.array(["judged"] * rows),
     }
+    # A few windows too small to judge, and a few verdicts revised by late events.
+    unjudged = events < 25
+    revised = rng.random(rows) < 0.005
     ids = [f"{day}-{i}" for i in range(rows)]
     detections = {
         **common,
@@ -117,7 +123,12 @@ def _day_tables(day: date, segs: list[dict[str, str]], rng: np.random.Generator)
         "reference": pa.array(["pinned"] * rows),
         "report_path": pa.nulls(rows, pa.string()),
         "detected_at": pa.array(ends, time_type),
+        "revision": pa.array(revised.astype(np.int64)),
+        "judged": pa.array(~unjudged),
+        "threshold_of": pa.array(["p_value"] * rows),
     }
+    detections["samples"] = pa.array([int(e) if u else None for e, u in zip(events, unjudged, strict=True)])
+    detections["min_samples"] = pa.array([30 if u else None for u in unjudged], pa.int64())
     minutes = [midnight + timedelta(minutes=m) for m in range(n_win)]
     sample = json.dumps(
         [{"reason": "malformed_json", "error": "truncated", "value_b64": "eyJh", "value_bytes": 3}]

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from schemas.events import Alert, CloudEvent, DeadLetter, Detection, Segment
+from schemas.events import Alert, CloudEvent, DeadLetter, Detection, Segment, WindowClosed
 
 _TIME = pa.timestamp("us", tz="UTC")
 
@@ -36,17 +36,22 @@ _SEGMENT = [
     ("segment", pa.string()),
 ]
 
-#: One row per (segment, window) judged: its bounds and how much traffic it held.
+#: One row per (segment, kind, window) closed, judged or not: its bounds and how much traffic it held.
 WINDOWS = pa.schema(
     [
         ("day", pa.date32()),
         *_SEGMENT,
         ("window_start", _TIME),
         ("window_end", _TIME),
-        ("events", pa.int64()),  # inference events of the window (window_events of its inference detections)
-        ("sample_size", pa.int64()),  # rows the detectors saw (current_size)
+        ("events", pa.int64()),  # inference events of the window (an inference row's count)
+        ("sample_size", pa.int64()),  # rows the detectors saw
         ("first_detected_at", _TIME),
-        ("feedback_events", pa.int64()),  # feedback events of the window (of its feedback detections)
+        ("feedback_events", pa.int64()),  # feedback events of the window (a feedback row's count)
+        ("kind", pa.string()),  # inference | feedback (null: written before kinds had rows of their own)
+        ("revision", pa.int64()),  # the WindowClosed's revision (null: known from detections only)
+        ("outcome", pa.string()),  # judged | reference | waiting | skipped (null: from detections only)
+        ("reference", pa.string()),  # what it was compared with, when judged
+        ("closed_at", _TIME),
     ]
 )
 
@@ -73,6 +78,11 @@ DETECTIONS = pa.schema(
         ("reference", pa.string()),
         ("report_path", pa.string()),  # the window's Evidently report, when one was written
         ("detected_at", _TIME),
+        ("revision", pa.int64()),  # 0: the window's first verdict; n: its n-th late correction
+        ("judged", pa.bool_()),  # false: too few samples to test (verdict ok, nothing measured)
+        ("samples", pa.int64()),  # when not judged: the samples it had (the smaller side)
+        ("min_samples", pa.int64()),  # when not judged: the samples it needed
+        ("threshold_of", pa.string()),  # what `threshold` bounds: p_value | effect_size | statistic | score
     ]
 )
 
@@ -92,6 +102,9 @@ ALERTS = pa.schema(
         ("ends_at", _TIME),
         ("changed_at", _TIME),  # starts_at when firing, ends_at when resolved
         ("runbook_url", pa.string()),
+        ("window_start", _TIME),  # the windows of the detections behind it: the first one's start
+        ("window_end", _TIME),  # ... and the last one's end
+        ("decided_at", _TIME),  # when the decide stage published the transition (its record's timestamp)
     ]
 )
 
@@ -143,8 +156,8 @@ PARTITION_BY: dict[str, list[str]] = {
 #: What identifies a row: a batch merges on these, so a redelivered event adds no row.
 #: The partition columns come first (they follow from the rest), so a merge reads only those partitions.
 UNIQUE_BY: dict[str, tuple[str, ...]] = {
-    "windows": ("day", "model", "segment", "window_start"),
-    "detections": ("day", "model", "detection_id"),
+    "windows": ("day", "model", "segment", "kind", "window_start"),
+    "detections": ("day", "model", "detection_id", "revision"),
     "alerts": ("day", "fingerprint", "status", "changed_at"),
     "actions": ("day", "id"),
     "deadletters": ("day", "minute", "reason", "source_topic", "batch_id"),
@@ -185,9 +198,10 @@ WindowInput = Literal["inference", "feedback"] | None
 def window_row(detection: Detection, counted: WindowInput = "inference") -> dict[str, Any]:
     """The ``windows`` row one detection tells about: its bounds, sample size and the events it ``counted``.
 
-    A segment's inference and feedback windows with the same bounds make one
-    row, and a detection's ``window_events`` counts only the input its window
-    held, so the count goes into that input's column (into neither when unknown).
+    A detection's ``window_events`` counts only the input (``kind``) its window
+    held, so the count goes into that input's column (into neither when
+    unknown). What the window's WindowClosed says replaces these counts
+    (:func:`merge_windows`); the detections still give ``first_detected_at``.
     """
     seen = detection.measurements.get("window_events")
     events = None if seen is None else int(seen)
@@ -200,11 +214,61 @@ def window_row(detection: Detection, counted: WindowInput = "inference") -> dict
         "sample_size": detection.current_size,
         "first_detected_at": detection.detected_at,
         "feedback_events": events if counted == "feedback" else None,
+        "kind": counted,
+        "revision": None,
+        "outcome": None,
+        "reference": None,
+        "closed_at": None,
     }
 
 
-def detection_row(detection: Detection) -> dict[str, Any]:
-    """A Detection as a ``detections`` row."""
+def window_closed_row(closed: WindowClosed) -> dict[str, Any]:
+    """A closed window (judged, pinned as a reference, waiting or skipped) as its ``windows`` row."""
+    return {
+        "day": _day(closed.window_start),
+        **_segment(closed.segment),
+        "window_start": closed.window_start,
+        "window_end": closed.window_end,
+        "events": closed.events if closed.kind == "inference" else None,
+        "sample_size": closed.sample_size,
+        "first_detected_at": None,
+        "feedback_events": closed.events if closed.kind == "feedback" else None,
+        "kind": closed.kind,
+        "revision": closed.revision,
+        "outcome": closed.outcome,
+        "reference": closed.reference,
+        "closed_at": closed.closed_at,
+    }
+
+
+def not_judged(
+    measurements: Mapping[str, float], reference_size: int, current_size: int
+) -> tuple[int, int] | None:
+    """(samples it had, samples it needed) when a detection tested nothing for too few samples, else None.
+
+    A detector says so with ``too_few_samples`` in its measurements (drift,
+    descriptors, quality), next to its ``min_samples`` and, for quality checks,
+    both sides' counts; one with several checks prefixes each check's names
+    (``cost.too_few_samples``) and is not judged only when none of its checks was.
+    """
+    checks = {k.split(".", 1)[0] for k in measurements if "." in k and not k.startswith("decided_by.")}
+    several = any(k.startswith("decided_by.") for k in measurements)
+    prefixes = sorted(f"{c}." for c in checks) if several else [""]
+    if not prefixes or any(measurements.get(f"{p}too_few_samples") != 1.0 for p in prefixes):
+        return None
+    decider = next(
+        (k.removeprefix("decided_by.") + "." for k in measurements if k.startswith("decided_by.")), ""
+    )
+    prefix = decider if several else ""
+    sides = [measurements.get(f"{prefix}{side}_samples") for side in ("reference", "current")]
+    known = [int(n) for n in sides if n is not None]
+    had = min(known) if known else min(reference_size, current_size)
+    return had, int(measurements.get(f"{prefix}min_samples", 0))
+
+
+def detection_row(detection: Detection, threshold_of: str | None = None) -> dict[str, Any]:
+    """A Detection as a ``detections`` row; ``threshold_of`` names the field its threshold bounds."""
+    unjudged = not_judged(detection.measurements, detection.reference_size, detection.current_size)
     return {
         "day": _day(detection.window_start),
         **_segment(detection.segment),
@@ -226,11 +290,16 @@ def detection_row(detection: Detection) -> dict[str, Any]:
         "reference": detection.reference,
         "report_path": detection.evidence.report_path,
         "detected_at": detection.detected_at,
+        "revision": detection.revision,
+        "judged": unjudged is None,
+        "samples": None if unjudged is None else unjudged[0],
+        "min_samples": None if unjudged is None else unjudged[1],
+        "threshold_of": threshold_of,
     }
 
 
-def alert_row(alert: Alert) -> dict[str, Any]:
-    """An alert transition as an ``alerts`` row."""
+def alert_row(alert: Alert, decided_at: datetime | None = None) -> dict[str, Any]:
+    """An alert transition as an ``alerts`` row; ``decided_at``: when it was published (its record's time)."""
     changed_at = alert.ends_at if alert.status == "resolved" and alert.ends_at else alert.starts_at
     return {
         "day": _day(changed_at),
@@ -246,6 +315,9 @@ def alert_row(alert: Alert) -> dict[str, Any]:
         "ends_at": alert.ends_at,
         "changed_at": changed_at,
         "runbook_url": alert.runbook_url,
+        "window_start": min((v.window_start for v in alert.values), default=None),
+        "window_end": max((v.window_end for v in alert.values), default=None),
+        "decided_at": decided_at,
     }
 
 
@@ -265,11 +337,27 @@ def action_row(event: CloudEvent, topic: str) -> dict[str, Any]:
     }
 
 
-def merge_windows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per window: the most events of each input and rows any detection saw, the first detection time.
+#: What a WindowClosed says of its window: its row's values, replaced by a higher revision.
+CLOSED_COLUMNS = (
+    "window_end",
+    "events",
+    "feedback_events",
+    "sample_size",
+    "revision",
+    "outcome",
+    "reference",
+    "closed_at",
+)
 
-    The same rule is the table merge's update, so the result does not depend on
-    how detections were split into batches (slow detectors report later).
+
+def merge_windows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (segment, kind, window): what its latest WindowClosed says, the first detection time.
+
+    A window's WindowClosed rows (``outcome`` set) replace one another by
+    revision; rows from detections only give the first detection time, and
+    their counts (the most events and rows any detection saw) stand only
+    until a WindowClosed comes. The same rule is the table merge's update, so
+    the result does not depend on how the events were split into batches.
     """
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
@@ -278,10 +366,14 @@ def merge_windows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if seen is None:
             merged[key] = dict(row)
             continue
-        for column in ("events", "feedback_events", "sample_size"):
-            if row[column] is not None and (seen[column] is None or row[column] > seen[column]):
-                seen[column] = row[column]
-        seen["first_detected_at"] = min(seen["first_detected_at"], row["first_detected_at"])
+        if row["outcome"] is not None and (seen["outcome"] is None or row["revision"] > seen["revision"]):
+            seen.update({column: row[column] for column in CLOSED_COLUMNS})
+        elif row["outcome"] is None and seen["outcome"] is None:
+            for column in ("events", "feedback_events", "sample_size"):
+                if row[column] is not None and (seen[column] is None or row[column] > seen[column]):
+                    seen[column] = row[column]
+        times = [t for t in (seen["first_detected_at"], row["first_detected_at"]) if t is not None]
+        seen["first_detected_at"] = min(times, default=None)
     return list(merged.values())
 
 

@@ -6,9 +6,10 @@ credentials through ``storage_options``), as for the dataset tables.
 Idempotent under redelivery. Every table but ``deadletters`` is written with
 one Delta ``MERGE`` on its unique key (:data:`~curation.history.UNIQUE_BY`)
 that inserts only rows not there yet (a table an older worker created first
-gains the columns added since); ``windows`` also takes the larger counts
-and the earlier detection time of a window it has, so slow detectors that
-report later complete their window's row. A batch replayed after a crash (the
+gains the columns added since); a ``windows`` row also takes what a later
+revision of its WindowClosed says, and the earlier detection time (before
+its WindowClosed, the larger counts its detections saw), so slow detectors
+and late corrections complete their window's row. A batch replayed after a crash (the
 stream acks its offsets only after :meth:`HistoryStore.write` returns) adds
 nothing. Dead letters are *counted*, and a replayed batch may be cut at other
 offsets than the first time, so a merge on the row alone could count some
@@ -32,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.history import (
+    CLOSED_COLUMNS,
     PARTITION_BY,
     SCHEMAS,
     UNIQUE_BY,
@@ -45,7 +47,7 @@ from curation.store import DeltaRoot, create_table
 EVENT_TABLES = ("windows", "detections", "alerts", "actions")
 
 # Columns that may be null in a unique key: compared null-safely.
-_NULLABLE_KEYS = {"model", "source_topic"}
+_NULLABLE_KEYS = {"model", "source_topic", "kind"}
 
 
 @dataclass
@@ -144,6 +146,7 @@ class HistoryStore(DeltaRoot):
             commit_properties=CommitProperties(custom_metadata=dict(metadata), app_transactions=transactions),
         )
         if table == "windows":
+            merger = merger.when_matched_update(updates=_CLOSED_UPDATES, predicate=_CLOSED_NEWER)
             merger = merger.when_matched_update(updates=_WINDOW_UPDATES, predicate=_WINDOW_CHANGED)
         metrics = merger.when_not_matched_insert_all().execute()
         return int(metrics["num_target_rows_inserted"])
@@ -207,19 +210,32 @@ def _larger(column: str) -> str:
     return f"CASE WHEN {bigger} THEN s.{column} ELSE t.{column} END"
 
 
-# What merge_windows does to two rows of one window, as the merge's update.
+def _unless_closed(expression: str, column: str) -> str:
+    # A row its WindowClosed wrote keeps that window's counts: detections only add their time.
+    return f"CASE WHEN t.outcome IS NULL THEN {expression} ELSE t.{column} END"
+
+
+_EARLIER = (
+    "CASE WHEN t.first_detected_at IS NULL OR s.first_detected_at < t.first_detected_at"
+    " THEN coalesce(s.first_detected_at, t.first_detected_at) ELSE t.first_detected_at END"
+)
+# What merge_windows does to two rows of one window, as the merge's updates (the first that matches):
+# a newer WindowClosed replaces what the row says...
+_CLOSED_NEWER = "s.outcome IS NOT NULL AND (t.outcome IS NULL OR s.revision > t.revision)"
+_CLOSED_UPDATES = {column: f"s.{column}" for column in CLOSED_COLUMNS} | {"first_detected_at": _EARLIER}
+# ...else larger counts (until a WindowClosed came) or an earlier detection complete it.
 _WINDOW_UPDATES = {
-    "events": _larger("events"),
-    "feedback_events": _larger("feedback_events"),
-    "sample_size": _larger("sample_size"),
-    "first_detected_at": "CASE WHEN s.first_detected_at < t.first_detected_at"
-    " THEN s.first_detected_at ELSE t.first_detected_at END",
+    "events": _unless_closed(_larger("events"), "events"),
+    "feedback_events": _unless_closed(_larger("feedback_events"), "feedback_events"),
+    "sample_size": _unless_closed(_larger("sample_size"), "sample_size"),
+    "first_detected_at": _EARLIER,
 }
 _WINDOW_CHANGED = (
-    "coalesce(s.events, -1) > coalesce(t.events, -1)"
+    "(t.outcome IS NULL AND (coalesce(s.events, -1) > coalesce(t.events, -1)"
     " OR coalesce(s.feedback_events, -1) > coalesce(t.feedback_events, -1)"
-    " OR coalesce(s.sample_size, -1) > coalesce(t.sample_size, -1)"
+    " OR coalesce(s.sample_size, -1) > coalesce(t.sample_size, -1)))"
     " OR s.first_detected_at < t.first_detected_at"
+    " OR (t.first_detected_at IS NULL AND s.first_detected_at IS NOT NULL)"
 )
 
 

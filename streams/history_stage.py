@@ -1,7 +1,10 @@
 """The history stage: what loopwatch saw and did, from its own topics into the history Delta tables.
 
-It reads the detections (one ``windows`` row per segment and window, one
-``detections`` row each), the alerts, the action topics (retrain, rollback and
+It reads the closed windows (one ``windows`` row per segment, kind and
+window, judged or not: a later revision replaces it), the detections (one
+``detections`` row each, every revision; they also give their window's row its
+first detection time, and its counts until the WindowClosed comes), the
+alerts (with the time each was published), the action topics (retrain, rollback and
 promotion requests and their result events) and the dead letters, each through
 the runtime's decoders (a record that is not the event its topic carries is
 dead-lettered with its reason). The stage shares those topics with the stages
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
@@ -32,11 +36,21 @@ from faust.types import TP
 from pydantic import BaseModel
 
 from core.settings import Settings
-from curation.history import Letter, WindowInput, action_row, alert_row, config_id, detection_row, window_row
+from curation.history import (
+    Letter,
+    WindowInput,
+    action_row,
+    alert_row,
+    config_id,
+    detection_row,
+    window_closed_row,
+    window_row,
+)
 from curation.history_store import HistoryBatch, HistoryStore
 from curation.store import with_retries
 from detectors.registry import all_detectors
-from schemas.events import Alert, CloudEvent, DeadLetter, Detection
+from detectors.thresholds import threshold_of
+from schemas.events import Alert, CloudEvent, DeadLetter, Detection, WindowClosed
 from streams.detect import DetectorSpec
 from streams.detect_stage import load_specs
 from streams.ingest import Accepted, Rejected, decode
@@ -80,7 +94,7 @@ class WindowInputs:
 
 
 class HistoryStage(Stage):
-    """Each batch of detections, alerts, actions or dead letters as history rows, written before the ack."""
+    """Each batch of windows, detections, alerts, actions or dead letters as history rows, written first."""
 
     name = "history"
     tick_seconds = 30.0
@@ -92,8 +106,10 @@ class HistoryStage(Stage):
         topics = settings.topics
         self.deadletter_topic = topics.deadletter
         self.alerts_topic = topics.alerts
+        self.windows_topic = topics.windows
         self.action_topics = {topics.retrain_requests, topics.rollback_requests, topics.promotion_requests}
         self.inputs: dict[str, Decoder] = {
+            topics.windows: self._decoder(WindowClosed),
             topics.detections: self._decoder(Detection),
             topics.alerts: self._decoder(Alert),
             topics.deadletter: self._decoder(DeadLetter),
@@ -127,10 +143,15 @@ class HistoryStage(Stage):
         elif batch.topic in self.action_topics:
             out.rows["actions"] = [action_row(event, batch.topic) for _, event in events]
         elif batch.topic == self.alerts_topic:
-            out.rows["alerts"] = [alert_row(event) for _, event in events]
+            out.rows["alerts"] = [alert_row(event, _published(message)) for message, event in events]
+        elif batch.topic == self.windows_topic:
+            out.rows["windows"] = [window_closed_row(event) for _, event in events]
         else:
             out.rows["windows"] = [window_row(event, self.counted(event)) for _, event in events]
-            out.rows["detections"] = [detection_row(event) for _, event in events]
+            out.rows["detections"] = [
+                detection_row(event, threshold_of(event.detector_id, event.measurements))
+                for _, event in events
+            ]
         return out
 
     def _write(self, rows: HistoryBatch) -> None:
@@ -167,3 +188,9 @@ class HistoryStage(Stage):
             done.compacted,
             done.vacuumed,
         )
+
+
+def _published(message: Any) -> datetime | None:
+    """When a record was written (its Kafka timestamp, seconds), None when the broker did not say."""
+    stamp = getattr(message, "timestamp", None)
+    return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int | float) and stamp > 0 else None

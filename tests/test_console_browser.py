@@ -175,3 +175,52 @@ def test_two_configs_draw_two_labelled_charts_and_one_window_gets_clock_ticks(br
     assert bar.bounding_box()["width"] > 5
     page.close()
     assert failed == []  # the favicon included
+
+
+@pytest.fixture(scope="module")
+def verdicts_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A console over the history written from real events (tests/console_verdicts_fixture.py)."""
+    from core.settings import Settings
+    from services.console import build_console
+
+    from .console_verdicts_fixture import write_verdicts_history
+
+    root = tmp_path_factory.mktemp("console-verdicts-browser")
+    write_verdicts_history(root / "history")
+    with serving(build_console(Settings(), history=str(root / "history"), datasets=str(root))) as url:
+        yield url
+
+
+def test_not_judged_scales_and_revisions_read_right_in_the_browser(browser, verdicts_url):
+    from .console_verdicts_fixture import KEY
+
+    page = browser.new_page(base_url=verdicts_url)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Item 2: the canary's last window had 24 requests for detectors that need 30.
+    page.goto("/overview")
+    cell = page.locator(f'td.version[data-segment="{KEY}"]')
+    assert cell.locator("dd.verdict").inner_text() == "not judged (24 < 30 samples)"
+    assert "2 not judged" in cell.inner_text()
+    page.goto("/segments/" + quote(KEY, safe=""))
+    page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
+    # Item 5: every chart of the page spans the same time range, so its windows line up.
+    ranges = page.evaluate("[...document.querySelectorAll('.js-plotly-plot')].map(p => p.layout.xaxis.range)")
+    assert len(ranges) >= 5 and all(r == ranges[0] for r in ranges), ranges
+    latency = page.locator('.detector[data-detector="quality.latency.v1"]')
+    assert "1 not judged" in latency.locator(".counts").inner_text()
+    # Its not-judged window has no point: one marker on the value line, for the judged window.
+    assert latency.locator(".statistic .scatterlayer .trace").first.locator(".point").count() == 1
+    noted = page.locator("#noted-windows tr.noted").all_inner_texts()
+    assert any("not judged (7 < 30 samples)" in row for row in noted), noted  # the late feedback
+    # Item 4: the negative-feedback rate's threshold is alpha: its p-value is drawn against it, on a log axis.
+    feedback = page.locator('.detector[data-detector="quality.negative_feedback.v1"]')
+    legend = feedback.locator(".statistic .legendtext").all_text_contents()
+    assert legend == ["p-value", "alpha (drift needs a p-value below it)"]
+    assert feedback.locator(".statistic .ytitle").text_content() == "p-value (log)"
+    # Item 6: revision 1 (ok) is shown, not revision 0 (drift), and marked revised.
+    assert "0 drift and 0 warning windows of 2" in feedback.locator(".counts").inner_text()
+    assert "1 revised" in feedback.locator(".counts").inner_text()
+    assert any("ok, revised 1x" in row for row in noted), noted
+    page.close()
+    assert errors == []

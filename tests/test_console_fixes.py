@@ -110,17 +110,21 @@ def test_a_history_root_that_does_not_exist_is_warned_about_and_shown_on_the_ove
         assert 'id="history-missing"' in client.get("/overview").text
 
 
-def test_alert_times_are_labelled_as_window_times(console_data: ConsoleData):
+def test_alert_times_are_labelled_as_what_they_are(console_data: ConsoleData):
+    # Issue 12, item 3: a resolved alert's ends_at can be the decision time (after the resolve
+    # timeout), so it is no longer labelled "window end"; the window bounds and the time decided
+    # have columns of their own (tests/test_console_scales.py fills them).
     console = Console(HistoryReader(str(console_data.history)), DatasetStore(console_data.datasets))
     with TestClient(create_app(console)) as client:
         alerts = client.get("/api/incidents").json()["alerts"]
         assert [(a["status"], a["changed_at_is"]) for a in alerts] == [
             ("firing", "window start"),
-            ("resolved", "window end"),
+            ("resolved", "resolved at"),
         ]
         html = client.get("/incidents").text
-    assert "<th>window time</th>" in html and "<th>at</th>" not in html
-    assert "window start 2026-12-01 12:01:20" in html
+    assert "<th>window time</th>" not in html and "<th>at</th>" not in html
+    assert "<th>firing since / resolved at</th>" in html and "<th>decided at</th>" in html
+    assert "firing since 2026-12-01 12:01:20" in html and "resolved at 2026-12-01 12:02:40" in html
 
 
 def test_a_window_without_an_inference_count_is_shown_not_a_500(client):

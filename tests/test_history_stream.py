@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from curation.history_store import HistoryStore
+from schemas.events import WindowClosed
 from tests.helpers import WorkerStack
 from tests.test_history import T0, action, alert, detection, letter
 
@@ -33,7 +34,28 @@ def _traffic(stack: WorkerStack, n: int) -> dict[str, list[bytes]]:
     for k, topic in enumerate(per_topic):
         traffic[topic] = actions[k::3]
     traffic[topics.deadletter] = letters
+    # Each window's WindowClosed, then its revision 1 (late feedback: 170 events, not 150).
+    traffic[topics.windows] = [
+        closed(w, r).model_dump_json().encode() for r in (0, 1) for w in range(n // 20)
+    ]
     return traffic
+
+
+def closed(window: int, revision: int) -> WindowClosed:
+    """The WindowClosed of the detections' window (their segment, a feedback window of one minute)."""
+    start = T0 + timedelta(minutes=window)
+    return WindowClosed(
+        segment=detection(0).segment,
+        kind="feedback",
+        window_start=start,
+        window_end=start + timedelta(minutes=1),
+        events=150 + 20 * revision,
+        sample_size=100,
+        revision=revision,
+        outcome="judged",
+        reference="pinned",
+        closed_at=start + timedelta(minutes=1, seconds=revision),
+    )
 
 
 def _send(stack: WorkerStack, traffic: dict[str, list[bytes]], part: slice) -> None:
@@ -96,11 +118,17 @@ def test_kill_9_mid_traffic_loses_and_doubles_no_history_row(broker: str, tmp_pa
         # the history counts every dead-letter record once.
         return dict(Counter(json.loads(r.value)["reason"] for r in stack.read_all(stack.topics.deadletter)))
 
+    def revisions() -> set[tuple[Any, ...]]:
+        rows = HistoryStore(root).read("windows").to_pylist()
+        return {(r["kind"], r["revision"], r["feedback_events"], r["outcome"]) for r in rows}
+
     def settled() -> bool:
         stored = _stored(root)
-        return {k: v for k, v in stored.items() if k != "deadletters"} == expected and stored[
-            "deadletters"
-        ] == on_topic()
+        return (
+            {k: v for k, v in stored.items() if k != "deadletters"} == expected
+            and stored["deadletters"] == on_topic()
+            and revisions() == {("feedback", 1, 170, "judged")}
+        )
 
     try:
         with contextlib.suppress(AssertionError):  # the comparisons below show what differs
@@ -111,4 +139,6 @@ def test_kill_9_mid_traffic_loses_and_doubles_no_history_row(broker: str, tmp_pa
     letters = stored.pop("deadletters")
     assert stored == expected
     assert letters == on_topic()
+    # One row per window (kind feedback), at its latest revision, however the kill cut the batches.
+    assert revisions() == {("feedback", 1, 170, "judged")}
     assert letters["malformed_json"] >= n // 2 + 1 and letters["not_an_object"] >= 1

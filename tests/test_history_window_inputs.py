@@ -74,8 +74,11 @@ def test_a_window_keeps_its_inference_events_and_its_feedback_events_apart(tmp_p
     rows = stage.rows(decoded)
     for split in (rows.rows["windows"][:1], rows.rows["windows"][1:], rows.rows["windows"]):  # any batching
         stage.store.write(batch(windows=split), now=T0)
-    (row,) = stage.store.read("windows").to_pylist()
-    assert (row["events"], row["feedback_events"]) == (848, 1259)
+    # One row per kind of window now (issue 12): the inference row counts 848, the feedback row 1,259.
+    rows = {row["kind"]: row for row in stage.store.read("windows").to_pylist()}
+    assert sorted(rows) == ["feedback", "inference"]
+    assert (rows["inference"]["events"], rows["feedback"]["feedback_events"]) == (848, 1259)
+    assert rows["inference"]["feedback_events"] is None and rows["feedback"]["events"] is None
 
 
 def test_a_windows_table_an_older_worker_created_gains_the_new_column(tmp_path: Path) -> None:

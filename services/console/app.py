@@ -27,18 +27,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from curation.store import DatasetStore
 from services.console.datasets import Datasets, Preview, datasets_view, preview_view
 from services.console.reader import ConsoleError, HistoryReader
+from services.console.segment import SegmentView, segment_view
 from services.console.views import (
     DayRange,
     DeadLetters,
     Incidents,
     Overview,
-    SegmentView,
     deadletters_view,
     incidents_view,
     overview_view,
     report_path,
     resolve_range,
-    segment_view,
 )
 
 _HERE = Path(__file__).resolve().parent

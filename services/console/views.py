@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -20,16 +21,18 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from services.console.reader import ConsoleError, HistoryReader, day_range
-from services.console.series import DetectorSeries, Verdict, detector_series
+from services.console.series import Verdict, not_judged_note
 from services.deadletters import printable
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
 MAX_SAMPLES = 50
 _SEGMENT_COLUMNS = ["segment", "model", "model_version", "app", "route", "tenant"]
-_OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events"]
-_SERIES_COLUMNS = ["detector_id", "config_id", "window_start", "verdict", "statistic", "threshold"]
-_SERIES_COLUMNS += ["p_value", "effect_size", "measurements", "report_path", "detection_id"]
+_OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events", "outcome"]
+_OVERVIEW_DETECTION_COLUMNS = ["segment", "window_start", "verdict", "judged", "samples", "min_samples"]
+_OVERVIEW_DETECTION_COLUMNS += ["revision", "detector_id", "config_id"]
+#: What a window shows when it has no verdict: why (a reference, waiting, skipped), or not judged.
+WindowShown = Literal["ok", "warning", "drift", "not judged", "reference", "waiting", "skipped"]
 
 
 class DayRange(BaseModel):
@@ -60,10 +63,14 @@ class SegmentRow(BaseModel):
     events: int
     last_window_start: datetime | None = None
     last_window_end: datetime | None = None
-    last_verdict: Verdict | None = Field(None, description="Worst verdict of the last window")
-    worst_verdict: Verdict | None = Field(None, description="Worst verdict over the range")
+    last_verdict: WindowShown | None = Field(
+        None, description="Worst verdict of the last window, or why it has none (not judged, reference)"
+    )
+    last_note: str | None = Field(None, description="What the page says of it: not judged (24 < 30 samples)")
+    worst_verdict: Verdict | None = Field(None, description="Worst verdict over the range (judged windows)")
     drift_windows: int = 0
     warning_windows: int = 0
+    not_judged_windows: int = Field(0, description="Windows whose detectors had too few samples, all of them")
     open_alerts: int = 0
 
 
@@ -88,13 +95,17 @@ class AlertRow(BaseModel):
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     changed_at: datetime | None = Field(
-        None, description="A window time, not when loopwatch decided: see changed_at_is"
+        None, description="starts_at (firing) or ends_at (resolved): see changed_at_is"
     )
     changed_at_is: str = Field(
         "window start",
-        description="What changed_at is: the start of the first breaching window (firing), the end of"
-        " the window that cleared it (resolved); the alerts table holds no decision time",
+        description="What changed_at is: the start of the first breaching window (firing); for a resolved"
+        " alert its ends_at, the end of the window that cleared it or the decision time after the"
+        " resolve timeout",
     )
+    window_start: datetime | None = Field(None, description="Start of the first window behind the alert")
+    window_end: datetime | None = Field(None, description="End of the last window behind the alert")
+    decided_at: datetime | None = Field(None, description="When loopwatch published this transition")
     runbook_url: str | None = None
 
 
@@ -106,20 +117,6 @@ class Overview(BaseModel):
     open_alerts: list[AlertRow]
     history_root: str = ""
     missing_tables: list[str] = Field(default_factory=list, description="History tables not under the root")
-
-
-class SegmentView(BaseModel):
-    """The Segment page: the segment's traffic and each detector's statistic over windows."""
-
-    segment: str
-    model: str
-    model_version: str
-    range: DayRange
-    window_start: list[datetime]
-    events: list[int | None] = Field(
-        description="Inference events per window; null when it held feedback only"
-    )
-    detectors: list[DetectorSeries]
 
 
 class DetectionRef(BaseModel):
@@ -226,7 +223,7 @@ def overview_view(
     """Every segment with traffic on the range, its last window and worst verdict; the open alerts."""
     days = span.days()
     windows = history.read("windows", days, columns=_OVERVIEW_WINDOW_COLUMNS)
-    detections = history.read("detections", days, columns=["segment", "window_start", "verdict"])
+    detections = history.read("detections", days, columns=_OVERVIEW_DETECTION_COLUMNS)
     alerts = _alert_rows(history.read("alerts", days))
     open_alerts = [a for a in _latest_per_fingerprint(alerts) if a.status == "firing" and not _silence(a)]
     stable = dict(stable_versions or {})
@@ -240,10 +237,13 @@ def overview_view(
         + [("window_end", "max")]
     )
     verdicts = _verdicts(detections, per_segment)
+    outcomes = _last_outcomes(windows, per_segment)
     rows: list[SegmentRow] = []
     for seg in per_segment.to_pylist():
         key = seg["segment"]
-        worst, last, drift, warning = verdicts.get(key, (None, None, 0, 0))
+        worst, last, drift, warning, unjudged, note = verdicts.get(key, (None, None, 0, 0, 0, None))
+        if last is None and outcomes.get(key):
+            last = outcomes[key]  # a reference (or waiting, skipped) window: no detection says more
         model, version = seg["model_first"], seg["model_version_first"]
         known = stable.get(model)
         rows.append(
@@ -262,9 +262,11 @@ def overview_view(
                 last_window_start=seg["window_start_max"],
                 last_window_end=seg["window_end_max"],
                 last_verdict=last,
+                last_note=note if last == "not judged" else last,
                 worst_verdict=worst,
                 drift_windows=drift,
                 warning_windows=warning,
+                not_judged_windows=unjudged,
                 open_alerts=sum(1 for a in open_alerts if (a.model, a.model_version) == (model, version)),
             )
         )
@@ -288,32 +290,82 @@ _VERDICTS: dict[int, Verdict] = {0: "ok", 1: "warning", 2: "drift"}
 
 def _verdicts(
     detections: pa.Table, per_segment: pa.Table
-) -> dict[str, tuple[Verdict | None, Verdict | None, int, int]]:
-    """Per segment: worst verdict, the last window's worst, and how many windows drifted or warned."""
-    verdict = detections.column("verdict")
-    rank = pc.if_else(pc.equal(verdict, "drift"), 2, pc.if_else(pc.equal(verdict, "warning"), 1, 0))
+) -> dict[str, tuple[Verdict | None, WindowShown | None, int, int, int, str | None]]:
+    """Per segment: worst verdict, the last window's, windows drifted, warned and not judged, the last's note.
+
+    Only the latest revision of each window's verdict counts, and a detection
+    with too few samples (``judged`` false) is no verdict: a window with only
+    those is not judged, never ok.
+    """
+    if pc.max(detections["revision"]).as_py():
+        detections = latest_revision_rows(detections)
+    rank = verdict_ranks(detections)
     per_window = (
-        detections.select(["segment", "window_start"])
+        detections.select(["segment", "window_start", "samples", "min_samples"])
         .append_column("rank", rank)
         .group_by(["segment", "window_start"])
-        .aggregate([("rank", "max")])
+        .aggregate([("rank", "max"), ("samples", "min"), ("min_samples", "max")])
     )
-    worst = per_window.append_column(
-        "drift", pc.cast(pc.equal(per_window["rank_max"], 2), pa.int64())
-    ).append_column("warning", pc.cast(pc.equal(per_window["rank_max"], 1), pa.int64()))
-    totals = worst.group_by("segment").aggregate([("rank_max", "max"), ("drift", "sum"), ("warning", "sum")])
+    worst = (
+        per_window.append_column("drift", pc.cast(pc.equal(per_window["rank_max"], 2), pa.int64()))
+        .append_column("warning", pc.cast(pc.equal(per_window["rank_max"], 1), pa.int64()))
+        .append_column("unjudged", pc.cast(pc.equal(per_window["rank_max"], -1), pa.int64()))
+    )
+    totals = worst.group_by("segment").aggregate(
+        [("rank_max", "max"), ("drift", "sum"), ("warning", "sum"), ("unjudged", "sum")]
+    )
     lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
-    joined = per_window.join(lasts, ["segment", "window_start"], join_type="inner")
-    last = dict(zip(joined["segment"].to_pylist(), joined["rank_max"].to_pylist(), strict=True))
-    return {
-        r["segment"]: (
-            _VERDICTS[r["rank_max_max"]],
-            None if last.get(r["segment"]) is None else _VERDICTS[last[r["segment"]]],
-            r["drift_sum"],
-            r["warning_sum"],
-        )
-        for r in totals.to_pylist()
-    }
+    joined = per_window.join(lasts, ["segment", "window_start"], join_type="inner").to_pylist()
+    last = {r["segment"]: r for r in joined}
+    out: dict[str, tuple[Verdict | None, WindowShown | None, int, int, int, str | None]] = {}
+    for r in totals.to_pylist():
+        key = r["segment"]
+        at = last.get(key)
+        shown: WindowShown | None = None
+        note = None
+        if at is not None:
+            shown = "not judged" if at["rank_max"] == -1 else _VERDICTS[at["rank_max"]]
+            note = (
+                not_judged_note(at["samples_min"], at["min_samples_max"]) if shown == "not judged" else None
+            )
+        top = r["rank_max_max"]
+        out[key] = (_VERDICTS.get(top), shown, r["drift_sum"], r["warning_sum"], r["unjudged_sum"], note)
+    return out
+
+
+def verdict_ranks(detections: pa.Table) -> pa.Array:
+    """Each detection's verdict as a rank: 2 drift, 1 warning, 0 ok, -1 not judged (too few samples)."""
+    verdict = detections["verdict"]
+    rank = pc.if_else(pc.equal(verdict, "drift"), 2, pc.if_else(pc.equal(verdict, "warning"), 1, 0))
+    return pc.if_else(pc.fill_null(detections["judged"], True), rank, -1)  # null: written before, judged
+
+
+def latest_revision_rows(
+    detections: pa.Table, keys: tuple[str, ...] = ("segment", "window_start", "detector_id", "config_id")
+) -> pa.Table:
+    """The rows of the latest revision of each window's verdict (per detector config: ``keys``)."""
+    names = list(keys)
+    detections = detections.set_column(
+        detections.schema.get_field_index("config_id"), "config_id", pc.fill_null(detections["config_id"], "")
+    )
+    revision = pc.fill_null(detections["revision"], 0)
+    # Revisions are rare: the latest per key of the revised rows only, joined back (hash built on those).
+    top = detections.filter(pc.greater(revision, 0)).group_by(names, use_threads=False)
+    joined = detections.join(
+        top.aggregate([("revision", "max")]), names, join_type="left outer", use_threads=False
+    )
+    latest = pc.fill_null(pc.equal(pc.fill_null(joined["revision"], 0), joined["revision_max"]), True)
+    return joined.filter(latest).drop_columns(["revision_max"])
+
+
+def _last_outcomes(windows: pa.Table, per_segment: pa.Table) -> dict[str, WindowShown]:
+    """Per segment: its last window's outcome when the detect stage did not judge it (reference, ...)."""
+    unjudged = windows.filter(pc.is_in(windows["outcome"], pa.array(["reference", "waiting", "skipped"])))
+    if unjudged.num_rows == 0:
+        return {}
+    lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
+    rows = unjudged.select(["segment", "window_start", "outcome"]).join(lasts, ["segment", "window_start"])
+    return {r["segment"]: r["outcome"] for r in rows.to_pylist()}
 
 
 def parse_segment(segment: str) -> tuple[str, str]:
@@ -324,37 +376,6 @@ def parse_segment(segment: str) -> tuple[str, str]:
             f"segment {segment!r} is not model|version|app|route|tenant (empty labels allowed: m|v|||)"
         )
     return parts[0], parts[1]
-
-
-def segment_view(
-    history: HistoryReader, segment: str, span: DayRange, labels: Mapping[str, str] | None = None
-) -> SegmentView:
-    """One segment's windows and, per detector config (``labels`` names them), its statistic and verdicts."""
-    model, version = parse_segment(segment)
-    days = span.days()
-    only = {"segment": segment}
-    windows = history.read(
-        "windows", days, model=model, columns=["window_start", "events"], match=only
-    ).sort_by("window_start")
-    detections = history.read(
-        "detections",
-        days,
-        model=model,
-        columns=_SERIES_COLUMNS,
-        match=only,
-    )
-    if windows.num_rows == 0 and detections.num_rows == 0:
-        raise ConsoleError(f"segment {segment!r} has no windows from {span.start} to {span.end}", 404)
-    series = detector_series(detections.to_pandas(), labels or {}, _is_rate)
-    return SegmentView(
-        segment=segment,
-        model=model,
-        model_version=version,
-        range=span,
-        window_start=windows.column("window_start").to_pylist(),
-        events=windows.column("events").to_pylist(),
-        detectors=series,
-    )
 
 
 def report_path(history: HistoryReader, segment: str, day: date, detection_id: str) -> str:
@@ -478,7 +499,10 @@ def _alert_rows(table: pa.Table) -> list[AlertRow]:
             starts_at=r["starts_at"],
             ends_at=r["ends_at"],
             changed_at=r["changed_at"],
-            changed_at_is="window end" if r["status"] == "resolved" else "window start",
+            changed_at_is="resolved at" if r["status"] == "resolved" else "window start",
+            window_start=r.get("window_start"),
+            window_end=r.get("window_end"),
+            decided_at=r.get("decided_at"),
             runbook_url=r["runbook_url"],
         )
         for r in table.to_pylist()
@@ -536,9 +560,15 @@ def _detection_ref(d: dict[str, Any]) -> DetectionRef:
 
 
 _RATE = re.compile(r"(^|_)rate$|_ms$|_mean$|^share_above_slo$")
+_NOT_RATE = re.compile(r"samples$|^p_value|^decided_by$")
 
 
-def _is_rate(name: str) -> bool:
-    # Quality charts show rates, latencies and costs (``current_rate``, ``p95.observed_ms``,
-    # ``cost.current_mean``), not sample counts, p-values or which test decided.
-    return any(_RATE.search(part) for part in name.split("."))
+@functools.lru_cache(maxsize=4096)
+def is_rate(name: str) -> bool:
+    """Whether a quality measurement is a rate, latency or cost to chart (``p95.observed_ms``).
+
+    Not sample counts (``error_rate.min_samples``: a check named ``error_rate``), p-values or which
+    check decided.
+    """
+    parts = name.split(".")
+    return any(_RATE.search(part) for part in parts) and not any(_NOT_RATE.search(part) for part in parts)

@@ -6,22 +6,29 @@ const LAYOUT = { margin: { l: 50, r: 20, t: 10, b: 40 }, height: 260, showlegend
                  legend: { orientation: "h" } };
 const CONFIG = { displaylogo: false, responsive: true };
 
+function values(series) {
+  // What the threshold bounds (p-value, effect size, statistic, score); null where not judged.
+  return series.value && series.value.length ? series.value : series.statistic;
+}
+
 function marked(series, verdict) {
-  // The windows with this verdict, as markers on the statistic line: the verdict is what stands out.
-  const x = [], y = [];
-  series.verdict.forEach((v, i) => { if (v === verdict) { x.push(series.window_start[i]); y.push(series.statistic[i]); } });
+  // The windows with this verdict, as markers on the value line: the verdict is what stands out.
+  const x = [], y = [], ys = values(series);
+  series.verdict.forEach((v, i) => { if (v === verdict) { x.push(series.window_start[i]); y.push(ys[i]); } });
   return { x, y, mode: "markers", name: verdict, marker: { color: COLORS[verdict], size: 11 } };
 }
 
 const MINUTE = 60 * 1000;
 
-function xaxis(times) {
+function xaxis(times, shared) {
   // Plotly zooms one point (or a few seconds) to sub-millisecond ticks: give the axis at least
-  // ten minutes around the windows, and tick labels in clock time.
-  const ms = times.map((t) => new Date(t).getTime()).filter((t) => !Number.isNaN(t));
+  // ten minutes around the windows, and tick labels in clock time. A page whose charts share
+  // one axis (shared: [start, end] from its API) gives every chart that range, so windows line up.
+  const ms = shared && shared.length === 2 ? shared.map((t) => new Date(t).getTime())
+    : times.map((t) => new Date(t).getTime()).filter((t) => !Number.isNaN(t));
   if (!ms.length) return { type: "date" };
   const first = Math.min(...ms), last = Math.max(...ms);
-  const pad = Math.max((last - first) * 0.05, (10 * MINUTE - (last - first)) / 2, 0);
+  const pad = shared ? 0 : Math.max((last - first) * 0.05, (10 * MINUTE - (last - first)) / 2, 0);
   const span = last - first + 2 * pad;
   return { type: "date", range: [new Date(first - pad).toISOString(), new Date(last + pad).toISOString()],
            tickformat: span <= 2 * 24 * 60 * MINUTE ? "%H:%M:%S\n%b %d" : "%b %d\n%H:%M" };
@@ -35,38 +42,70 @@ function barWidth(times) {
   return 0.9 * (gaps.length ? Math.min(...gaps) : MINUTE);
 }
 
-function bars(x, y, name, width) {
+function bars(x, y, name, width, offset = 0) {
   // offset 0: a bar starts at its window (or minute) and covers it, rather than centring on its start.
-  return { x, y, type: "bar", name, width, offset: 0 };
+  return { x, y, type: "bar", name, width, offset };
 }
 
-function layout(times) {
-  return { ...LAYOUT, xaxis: xaxis(times) };
+function layout(times, shared) {
+  return { ...LAYOUT, xaxis: xaxis(times, shared) };
+}
+
+function linkZoom(ids) {
+  // Zooming one chart of the page zooms the others to the same time range.
+  let busy = false;
+  ids.forEach((id) => document.getElementById(id).on("plotly_relayout", (change) => {
+    if (busy) return;
+    const range = change["xaxis.range[0]"] !== undefined
+      ? { "xaxis.range": [change["xaxis.range[0]"], change["xaxis.range[1]"]] }
+      : change["xaxis.autorange"] ? { "xaxis.autorange": true } : null;
+    if (!range) return;
+    busy = true;
+    Promise.all(ids.filter((other) => other !== id).map((other) => Plotly.relayout(other, range)))
+      .finally(() => { busy = false; });
+  }));
 }
 
 function drawSegment(view) {
-  Plotly.newPlot("chart-events", [bars(view.window_start, view.events, "events", barWidth(view.window_start))],
-                 layout(view.window_start), CONFIG);
+  const shared = view.x_range;
+  const width = barWidth(view.window_start);
+  const traffic = [bars(view.window_start, view.events, "events", width)];
+  if ((view.feedback_events || []).some((n) => n !== null)) {
+    // Side by side within the window: inference in its first half, feedback in its second.
+    traffic[0].width = width / 2;
+    traffic.push(bars(view.window_start, view.feedback_events, "feedback events", width / 2, width / 2));
+  }
+  Plotly.newPlot("chart-events", traffic, layout(view.window_start, shared), CONFIG);
+  const ids = ["chart-events"];
   view.detectors.forEach((d, i) => {
-    const name = d.config_label ? `statistic (${d.config_label})` : "statistic";
+    const label = d.value_label || "statistic";
+    const name = d.config_label ? `${label} (${d.config_label})` : label;
+    // Hover says the verdict, or why there is none (not judged) and whether late events revised it.
+    const said = d.verdict.map((v, k) => (d.note && d.note[k] ? `${v}: ${d.note[k]}` : v));
     const traces = [
       // Lines with markers: a segment seen in one window still shows its point.
       // Each point in its verdict's colour (ok green too): the verdict stands out, not the line.
-      { x: d.window_start, y: d.statistic, mode: "lines+markers", name, line: { color: "#95a5a6" },
-        marker: { color: d.verdict.map((v) => COLORS[v]), size: 7 }, customdata: d.verdict,
+      // A window not judged has no value: no point, a gap in the line.
+      { x: d.window_start, y: values(d), mode: "lines+markers", name, line: { color: "#95a5a6" },
+        marker: { color: d.verdict.map((v) => COLORS[v] || "#95a5a6"), size: 7 }, customdata: said,
         hovertemplate: "%{y} %{customdata}<extra></extra>" },
       { x: d.window_start, y: d.threshold, mode: "lines+markers", name: d.threshold_label || "threshold",
         line: { dash: "dash", color: "#7f8c8d" }, marker: { symbol: "line-ew-open", size: 12 } },
       marked(d, "warning"),
       marked(d, "drift"),
     ];
-    Plotly.newPlot(`chart-${i}`, traces, layout(d.window_start), CONFIG);
+    const plot = layout(d.window_start, shared);
+    if (d.threshold_kind === "alpha") plot.yaxis = { type: "log", title: { text: "p-value (log)" } };
+    Plotly.newPlot(`chart-${i}`, traces, plot, CONFIG);
+    ids.push(`chart-${i}`);
     const names = Object.keys(d.measurements);
     if (names.length) {
       Plotly.newPlot(`chart-${i}-m`, names.map((n) => ({ x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: n })),
-                     layout(d.window_start), CONFIG);
+                     layout(d.window_start, shared), CONFIG);
+      ids.push(`chart-${i}-m`);
     }
   });
+  linkZoom(ids);
 }
 
 function drawDeadLetters(view) {

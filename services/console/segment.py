@@ -1,0 +1,201 @@
+"""The Segment page: a segment's windows (judged or not, revised or not) and each detector's series.
+
+Every window the history holds is on the page: the windows table has a row
+per segment, kind and window, so a pinned reference window and a
+feedback-only window of late feedback too small to judge are counted and
+listed (with why they have no verdict), not left out. All charts of the page
+share one time axis (:attr:`SegmentView.x_range`), so their windows line up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from services.console.reader import ConsoleError, HistoryReader
+from services.console.series import DetectorSeries, detector_series, not_judged_note
+from services.console.views import (
+    DayRange,
+    WindowShown,
+    is_rate,
+    latest_revision_rows,
+    parse_segment,
+    verdict_ranks,
+)
+
+_WINDOW_COLUMNS = ["window_start", "window_end", "kind", "events", "feedback_events", "outcome", "revision"]
+_SERIES_COLUMNS = ["detector_id", "config_id", "window_start", "verdict", "statistic", "threshold"]
+_SERIES_COLUMNS += ["p_value", "effect_size", "score", "measurements", "report_path", "detection_id"]
+_SERIES_COLUMNS += ["revision", "judged", "samples", "min_samples", "threshold_of"]
+#: At most this many windows are listed in the page's table of windows without a plain verdict.
+MAX_NOTED = 500
+_SHOWN: dict[int, WindowShown] = {-1: "not judged", 0: "ok", 1: "warning", 2: "drift"}
+#: An axis around a few windows spans at least this much (Plotly zooms one point to microseconds).
+MIN_AXIS = timedelta(minutes=10)
+
+
+class NotedWindow(BaseModel):
+    """One window of the segment, and what the page says of it when it has no plain first verdict."""
+
+    window_start: datetime
+    window_end: datetime
+    events: int | None = Field(None, description="Inference events")
+    feedback_events: int | None = None
+    shown: WindowShown | None = Field(None, description="Its verdict, or why it has none")
+    note: str | None = Field(
+        None, description="What the page says: reference, not judged (24 < 30 samples), revised 2x"
+    )
+    revision: int = 0
+
+
+class SegmentView(BaseModel):
+    """The Segment page: the segment's traffic and each detector's statistic over windows."""
+
+    segment: str
+    model: str
+    model_version: str
+    range: DayRange
+    window_start: list[datetime]
+    events: list[int | None] = Field(
+        description="Inference events per window; null when it held feedback only"
+    )
+    feedback_events: list[int | None] = Field(
+        default_factory=list, description="Feedback events per window; null when it held inference only"
+    )
+    shown: list[WindowShown | None] = Field(
+        default_factory=list, description="Per window: its worst verdict, or why it has none"
+    )
+    x_range: list[datetime] = Field(
+        default_factory=list, description="The time axis every chart of the page shares: [start, end]"
+    )
+    noted: list[NotedWindow] = Field(
+        default_factory=list, description=f"Windows not plainly judged, newest first (at most {MAX_NOTED})"
+    )
+    noted_total: int = 0
+    detectors: list[DetectorSeries]
+
+
+def segment_view(
+    history: HistoryReader, segment: str, span: DayRange, labels: Mapping[str, str] | None = None
+) -> SegmentView:
+    """One segment's windows and, per detector config (``labels`` names them), its statistic and verdicts."""
+    model, version = parse_segment(segment)
+    days = span.days()
+    only = {"segment": segment}
+    windows = history.read("windows", days, model=model, columns=_WINDOW_COLUMNS, match=only)
+    detections = history.read("detections", days, model=model, columns=_SERIES_COLUMNS, match=only)
+    if windows.num_rows == 0 and detections.num_rows == 0:
+        raise ConsoleError(f"segment {segment!r} has no windows from {span.start} to {span.end}", 404)
+    if detections.num_rows and pc.max(detections["revision"]).as_py():
+        detections = latest_revision_rows(detections, ("window_start", "detector_id", "config_id"))
+    series = detector_series(detections.to_pandas(), labels or {}, is_rate)
+    per_window = _per_window(windows, detections)
+    starts = per_window["window_start"].to_pylist()
+    ranks, outcomes = _lists(per_window, "rank", "outcome")
+    shown = [_SHOWN.get(r) if r is not None else o for r, o in zip(ranks, outcomes, strict=True)]
+    revisions, samples, needed = _lists(per_window, "revision", "samples", "min_samples")
+    notes = [_note(*args) for args in zip(shown, samples, needed, revisions, strict=True)]
+    noted = [i for i in range(len(starts) - 1, -1, -1) if notes[i]]
+    listed = per_window.take(pa.array(noted[:MAX_NOTED], pa.int64()))
+    ends, events, feedback = _lists(listed, "window_end", "events", "feedback_events")
+    return SegmentView(
+        segment=segment,
+        model=model,
+        model_version=version,
+        range=span,
+        window_start=starts,
+        events=per_window["events"].to_pylist(),
+        feedback_events=per_window["feedback_events"].to_pylist(),
+        shown=shown,
+        x_range=x_range(span, per_window),
+        noted=[
+            NotedWindow(
+                window_start=starts[i],
+                window_end=ends[n],
+                events=events[n],
+                feedback_events=feedback[n],
+                shown=shown[i],
+                note=notes[i],
+                revision=revisions[i] or 0,
+            )
+            for n, i in enumerate(noted[:MAX_NOTED])
+        ],
+        noted_total=len(noted),
+        detectors=series,
+    )
+
+
+def _lists(table: pa.Table, *columns: str) -> list[list[Any]]:
+    return [table[column].to_pylist() for column in columns]
+
+
+def _per_window(windows: pa.Table, detections: pa.Table) -> pa.Table:
+    """One row per window (its kinds' rows summed), oldest first: counts, its detections' worst rank
+    (-1: none had enough samples) and why, its outcome when no detection judged it, its revision."""
+    if windows.num_rows:
+        counted = windows.group_by("window_start", use_threads=False).aggregate(
+            [("window_end", "max"), ("events", "sum"), ("feedback_events", "sum"), ("revision", "max")]
+        )
+    else:  # a history with detections only
+        counted = detections.group_by("window_start", use_threads=False).aggregate([("window_end", "max")])
+        for column in ("events_sum", "feedback_events_sum", "revision_max"):
+            counted = counted.append_column(column, pa.nulls(counted.num_rows, pa.int64()))
+    counted = counted.rename_columns(["window_start", "window_end", "events", "feedback_events", "revision"])
+    # A window pinned as a reference (or waiting, skipped) in one kind says so, unless detections judged it.
+    unjudged = windows.filter(pc.is_in(windows["outcome"], pa.array(["reference", "waiting", "skipped"])))
+    outcomes = unjudged.group_by("window_start", use_threads=False).aggregate([("outcome", "min")])
+    joined = counted.join(outcomes, "window_start", join_type="left outer", use_threads=False)
+    joined = joined.rename_columns([*counted.column_names, "outcome"])
+    judged = _window_verdicts(detections)
+    if judged is not None:
+        joined = joined.join(judged, "window_start", join_type="left outer", use_threads=False)
+        revision = pc.max_element_wise(
+            pc.fill_null(joined["revision"], 0), pc.fill_null(joined["revised"], 0)
+        )
+        joined = joined.set_column(joined.schema.get_field_index("revision"), "revision", revision)
+    else:
+        for column, kind in (("rank", pa.int64()), ("samples", pa.int64()), ("min_samples", pa.int64())):
+            joined = joined.append_column(column, pa.nulls(joined.num_rows, kind))
+    return joined.sort_by("window_start")
+
+
+def _window_verdicts(detections: pa.Table) -> pa.Table | None:
+    """Per window: the worst rank of its (latest) detections, the fewest samples and most needed, revision."""
+    if detections.num_rows == 0:
+        return None
+    aggregated = (
+        detections.select(["window_start", "samples", "min_samples", "revision"])
+        .append_column("rank", verdict_ranks(detections))
+        .group_by("window_start", use_threads=False)
+        .aggregate([("rank", "max"), ("samples", "min"), ("min_samples", "max"), ("revision", "max")])
+    )
+    return aggregated.rename_columns(["window_start", "rank", "samples", "min_samples", "revised"])
+
+
+def _note(shown: str | None, samples: int | None, needed: int | None, revision: int | None) -> str | None:
+    """The windows table's text for a window, None when it has a plain first verdict."""
+    parts = []
+    if shown == "not judged":
+        parts.append(not_judged_note(samples, needed))
+    elif shown in ("reference", "waiting", "skipped"):
+        parts.append(str(shown))
+    if revision:
+        parts.append(f"revised {revision}x")
+    return ", ".join(parts) or None
+
+
+def x_range(span: DayRange, per_window: pa.Table) -> list[datetime]:
+    """The page's shared time axis: its windows (padded, at least ten minutes), within its day range."""
+    first = datetime.combine(span.start, time(), UTC)
+    last = datetime.combine(span.end, time(), UTC) + timedelta(days=1)
+    if per_window.num_rows == 0:
+        return [first, last]
+    start = pc.min(per_window["window_start"]).as_py()
+    end = pc.max(per_window["window_end"]).as_py()
+    pad = max((end - start) * 0.02, (MIN_AXIS - (end - start)) / 2, timedelta(0))
+    return [max(first, start - pad), min(last, end + pad)]
