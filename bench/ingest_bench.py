@@ -1,6 +1,6 @@
 """Ingest throughput: raw aiokafka, plain faust, quixstreams and loopwatch ingest, one broker, one run.
 
-Usage: ``python bench/ingest_bench.py [--events 200000] [--workers 2]``
+Usage: ``python bench/ingest_bench.py [--events 200000] [--workers 2] [--only c,e]``
 
 All of them consume the same pre-filled topic of ~1 KB InferenceLog events
 built from real HH-RLHF exchanges, each in its own process (one worker
@@ -15,9 +15,12 @@ process each, as in production), on the same embedded broker:
     runs the built-in cheap detectors on each closed window;
 (e) a quixstreams application (confluent-kafka underneath), the framework a
     user would pick instead: each value validated as an InferenceLog (the same
-    pydantic model, from the JSON bytes) and written to an output topic.
+    pydantic model, from the JSON bytes) and written to an output topic;
+(f) raw aiokafka reading, ``json.loads`` and writing each event to another
+    topic: the ceiling for a worker on aiokafka (faust's client) in one process.
 
-It prints events/s and MB/s for each and the ratios c/a, c/b, d/c, c/e and d/e.
+It prints events/s and MB/s for each, the worker CPU time per event for c and
+d, and the ratios c/a, c/b, d/c, c/e, d/e, c/f and e/f.
 With ``--workers N`` (N > 1) it also runs N loopwatch workers (detection off,
 as in (c)) in one consumer group and prints their combined rate against (c).
 """
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -105,6 +109,50 @@ async def raw_aiokafka(bootstrap: str, topic: str, n: int) -> float:
         return time.perf_counter() - started
     finally:
         await consumer.stop()
+
+
+async def aiokafka_forward(bootstrap: str, topic: str, n: int) -> float:
+    """(f): seconds for raw aiokafka to read n events, ``json.loads`` each and write each to another topic.
+
+    The ceiling of any worker built on aiokafka in one Python process: no
+    validation, no state, one output record per event (loopwatch writes two: the
+    enriched event and its join state's changelog record), sent as one record
+    batch per partition and fetch, acknowledged before the next fetch is read.
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"forward-{time.time()}",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=1 << 20, max_request_size=4 << 20)
+    await consumer.start()
+    await producer.start()
+    got, started, out = 0, 0.0, topic + ".forward"
+    try:
+        while got < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=2_000)
+            sent = []
+            for tp, records in batches.items():
+                if not started:
+                    started = time.perf_counter()
+                batch = producer.create_batch()
+                for record in records:
+                    json.loads(record.value)
+                    if batch.append(key=record.key, value=record.value, timestamp=None) is None:
+                        sent.append(
+                            await producer.send_batch(batch, topic + ".forward", partition=tp.partition)
+                        )
+                        batch = producer.create_batch()
+                        batch.append(key=record.key, value=record.value, timestamp=None)
+                    got += 1
+                sent.append(await producer.send_batch(batch, out, partition=tp.partition))
+            await asyncio.gather(*sent)
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await producer.stop()
 
 
 PLAIN_FAUST = """
@@ -201,13 +249,25 @@ def _events_in(url: str) -> float:
     )
 
 
+#: Per loopwatch run, the CPU seconds its worker processes used per event while timed.
+CPU_PER_EVENT: dict[str, float] = {}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loopwatch_ingest(
-    bootstrap: str, settings: Settings, n: int, *, detection: bool, workers: int = 1
+    bootstrap: str, settings: Settings, n: int, *, detection: bool, workers: int = 1, name: str = ""
 ) -> float:
     """Seconds per n events, from the workers' counters (which move once per batch).
 
     With several workers (one consumer group), the clock starts once every one of
     them has counted a batch, so start-up and the first rebalances are not timed.
+    The workers' CPU time over the same span goes to ``CPU_PER_EVENT[name]``: on a
+    busy machine it says what the rate alone cannot (how much work an event took).
     """
     group = f"bench-{time.time()}"
     ports = [free_port() for _ in range(workers)]
@@ -228,7 +288,7 @@ def loopwatch_ingest(
         processes.append(spawn_worker(env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     urls = [f"http://127.0.0.1:{web_port}/metrics" for web_port in ports]
     try:
-        started, counted_at_start = 0.0, 0.0
+        started, counted_at_start, cpu_at_start = 0.0, 0.0, 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             seen = []
@@ -242,25 +302,44 @@ def loopwatch_ingest(
                 # The clock starts once every worker has counted a batch, so only the
                 # events counted after that moment are timed; scale them up to n.
                 started, counted_at_start = time.perf_counter(), total
+                cpu_at_start = sum(_cpu_seconds(p.pid) for p in processes)
             if total >= n and not started:
                 # A worker that joined the group late found nothing left to read.
                 raise RuntimeError(f"the workers counted {seen} events: one had none, use more --events")
             if started and total >= n:
                 if counted_at_start >= n:
                     raise RuntimeError("all events were ingested before the first poll: use more --events")
+                cpu = sum(_cpu_seconds(p.pid) for p in processes) - cpu_at_start
+                CPU_PER_EVENT[name] = cpu / (total - counted_at_start)
                 return (time.perf_counter() - started) * n / (n - counted_at_start)
-            time.sleep(0.02)
+            # Each poll renders the workers' /metrics, which costs them CPU: 10 a second is enough.
+            time.sleep(0.1)
         raise RuntimeError("loopwatch did not ingest every event within 600 s")
     finally:
         for process in processes:
             stop_process(process)
 
 
+_RATIOS = [
+    ("c_loopwatch_ingest", "a_raw_aiokafka", ""),
+    ("c_loopwatch_ingest", "b_plain_faust", ""),
+    ("d_with_detection", "c_loopwatch_ingest", "  (goal >= 0.85)"),
+    ("c_loopwatch_ingest", "e_quixstreams", "  (goal >= 1.5)"),
+    ("d_with_detection", "e_quixstreams", ""),
+    ("c_loopwatch_ingest", "f_aiokafka_forward", ""),
+    ("e_quixstreams", "f_aiokafka_forward", ""),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=1, help="also run this many workers in one group")
+    parser.add_argument(
+        "--only", default="abcdef", help="run only these of a-f (e.g. c,e); a ratio needs both sides"
+    )
     args = parser.parse_args()
+    only = set(args.only.replace(",", ""))
     n = args.events
     port = free_port()
     broker = start_broker(port)
@@ -276,28 +355,35 @@ def main() -> None:
             flush=True,
         )
         asyncio.run(fill(bootstrap, topic, events))
-        results = {
-            "a_raw_aiokafka": asyncio.run(raw_aiokafka(bootstrap, topic, n)),
-            "b_plain_faust": plain_faust(bootstrap, topic, n),
-            "c_loopwatch_ingest": loopwatch_ingest(bootstrap, settings, n, detection=False),
-            "d_with_detection": loopwatch_ingest(bootstrap, settings, n, detection=True),
-            "e_quixstreams": quixstreams_app(bootstrap, topic, n),
+        runs: dict[str, Callable[[], float]] = {
+            "a_raw_aiokafka": lambda: asyncio.run(raw_aiokafka(bootstrap, topic, n)),
+            "b_plain_faust": lambda: plain_faust(bootstrap, topic, n),
+            "c_loopwatch_ingest": lambda: loopwatch_ingest(
+                bootstrap, settings, n, detection=False, name="c_loopwatch_ingest"
+            ),
+            "d_with_detection": lambda: loopwatch_ingest(
+                bootstrap, settings, n, detection=True, name="d_with_detection"
+            ),
+            "e_quixstreams": lambda: quixstreams_app(bootstrap, topic, n),
+            "f_aiokafka_forward": lambda: asyncio.run(aiokafka_forward(bootstrap, topic, n)),
         }
+        results = {name: run() for name, run in runs.items() if name[0] in only}
         if args.workers > 1:
-            results[f"c_{args.workers}_workers"] = loopwatch_ingest(
-                bootstrap, settings, n, detection=False, workers=args.workers
+            name = f"c_{args.workers}_workers"
+            results[name] = loopwatch_ingest(
+                bootstrap, settings, n, detection=False, workers=args.workers, name=name
             )
     finally:
         stop_process(broker)
     rate = {name: n / seconds for name, seconds in results.items()}
     for name, seconds in results.items():
-        print(f"{name:<20} {rate[name]:>10,.0f} events/s {megabytes / seconds:>8.1f} MB/s ({seconds:.2f} s)")
-    print(f"ratio c/a = {rate['c_loopwatch_ingest'] / rate['a_raw_aiokafka']:.3f}")
-    print(f"ratio c/b = {rate['c_loopwatch_ingest'] / rate['b_plain_faust']:.2f}")
-    print(f"ratio d/c = {rate['d_with_detection'] / rate['c_loopwatch_ingest']:.2f}  (goal >= 0.85)")
-    print(f"ratio c/e = {rate['c_loopwatch_ingest'] / rate['e_quixstreams']:.2f}  (goal >= 1.5)")
-    print(f"ratio d/e = {rate['d_with_detection'] / rate['e_quixstreams']:.2f}")
-    if args.workers > 1:
+        cpu = f"  worker CPU {CPU_PER_EVENT[name] * 1e6:.0f} us/event" if name in CPU_PER_EVENT else ""
+        speed = f"{rate[name]:>10,.0f} events/s {megabytes / seconds:>8.1f} MB/s"
+        print(f"{name:<20} {speed} ({seconds:.2f} s){cpu}")
+    for top, bottom, goal in _RATIOS:
+        if f"{top}" in rate and f"{bottom}" in rate:
+            print(f"ratio {top[0]}/{bottom[0]} = {rate[top] / rate[bottom]:.3f}{goal}")
+    if args.workers > 1 and "c_loopwatch_ingest" in rate:
         scaled = rate[f"c_{args.workers}_workers"] / rate["c_loopwatch_ingest"]
         print(f"ratio {args.workers} workers / 1 worker = {scaled:.2f}  (goal for 2 on 2 cores >= 1.6)")
 

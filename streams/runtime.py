@@ -333,8 +333,14 @@ class Runtime:
             await asyncio.get_running_loop().run_in_executor(None, call)
         if effects.writes:
             changelog = Outbox(self.limit)
+            add = changelog.add
+            # Each table's changelog name once per unit, not once per write (faust builds it per call).
+            topics: dict[int, str] = {}
             for write in effects.writes:
-                changelog.add(write.table.changelog, write.key, write.value, partition=write.partition)
+                topic = topics.get(id(write.table))
+                if topic is None:
+                    topic = topics[id(write.table)] = write.table.changelog
+                add(topic, write.key, write.value, partition=write.partition)
             await changelog.send_and_wait(producer)
         for callback in effects.after:
             callback()
