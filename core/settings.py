@@ -190,8 +190,26 @@ class Settings(BaseSettings):
     window_sample_size: int = Field(
         2_000, ge=50, description="Rows per window the detectors see (a uniform sample of the window)"
     )
-    window_grace_seconds: float = Field(0.5, ge=0, description="How late a partition's summary may arrive")
-    window_idle_seconds: float = Field(30.0, gt=0, description="Close a window of a segment gone quiet")
+    window_grace_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="Allowed lateness in event time: a time window closes once every input partition's"
+        " watermark is this far past its end (timer rule: how long after its last summary)",
+    )
+    window_idle_seconds: float = Field(
+        30.0, gt=0, description="Close a window of a segment gone quiet; ignore an input that stopped moving"
+    )
+    window_close: Literal["watermark", "timer"] = Field(
+        "watermark",
+        description="When a time window is complete: every input partition's watermark passed it, or"
+        " (timer) a later window exists and no summary came for window_grace_seconds",
+    )
+    window_revision_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A closed time window is kept this long (wall time): late events revise its verdict"
+        " (0: late events are only counted)",
+    )
     window_text_chars: int = Field(
         1_000, ge=100, description="Prompts and replies are cut to this length in windows"
     )

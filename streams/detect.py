@@ -296,7 +296,7 @@ class Judge:
 def to_detection(
     judged: Judged, window: ClosedWindow, reference: Reference, report_path: str | None = None
 ) -> Detection:
-    """A Finding tied to its segment, window, config and evidence: what goes on the detections topic."""
+    """A Finding tied to its segment, window (and its revision), config and evidence: a Detection."""
     finding = judged.finding
     detector_id = finding.detector_id
     return Detection(
@@ -319,4 +319,6 @@ def to_detection(
         evidence=Evidence(request_ids=finding.request_ids[:50], report_path=report_path),
         detected_at=datetime.now(UTC),
         reference=reference.name,
+        # A window revised by late events is judged again under the same bounds: the n-th correction.
+        revision=window.revision,
     )

@@ -26,40 +26,57 @@ restarts and rebalances) as state writes. A unit reads its own writes before
 the runtime applies them (:class:`_Store`): two windows of one segment that
 close in one batch see each other, as they did when the table was written at once.
 
+Summaries are keyed by model, so every version of a model (the stable one
+and its canaries) is merged and judged on one worker. A time window closes
+when the event-time watermarks of every input partition heard on its
+summaries partition passed its end plus ``window_grace_seconds``
+(:mod:`streams.watermarks`; ``LOOPWATCH_WINDOW_CLOSE=timer`` keeps the older
+wall-clock rule). Partials that come for a window after it closed, within
+``window_revision_seconds``, are merged into it and the fast detectors judge
+it again: its Detections carry the same bounds and ``revision`` n (slow
+detectors do not run again). Each closing and each revision is one
+``WindowClosed`` on ``loopwatch.windows.v1`` (judged, reference, waiting or
+skipped).
+
 Open windows are state too (:mod:`streams.window_table`): every merged partial
-is a write to the ``windows`` table, deleted when its window closes, and a
-window whose slow detectors are still at work stays there until their result
-is out. At the start of each unit the stage compares the summaries partitions
-it owns with the ones it had: it rebuilds the open windows (and re-queues the
-slow work) of partitions it got, once the tables are recovered, and drops,
-unjudged, the windows of partitions another worker took.
+is a write to the ``windows`` table, deleted when its window leaves the
+revision horizon, and a window whose slow detectors are still at work stays
+there until their result is out; so are each partition's watermarks. At the
+start of each unit the stage compares the summaries partitions it owns with
+the ones it had: it rebuilds the open windows (and re-queues the slow work)
+of partitions it got, once the tables are recovered, and drops, unjudged, the
+windows of partitions another worker took. When partitions are revoked
+(faust's ``on_partitions_revoked``) it drops their windows, waiting windows
+and watermarks at once, merges no batch of theirs still queued, and refuses
+any write to their tables; while a rebalance is under way it merges but
+closes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast, get_args
+from typing import TYPE_CHECKING, Any, cast
 
 from core.config_files import load_yaml_list
 from core.settings import Settings
 from detectors.files import read_frame
 from retrain_trigger.registry import RegistryError, registry_from_settings
 from retrain_trigger.stable import StableVersionMarked
-from schemas.events import DeadLetterReason
+from schemas.events import Segment, WindowClosed
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
 from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
 from streams.runtime import Batch, ChangelogTable, Decoder, Effects, Runtime, Stage
 from streams.slow_detectors import SlowDetectors
+from streams.summaries import ProgressOnly, decode_summary
 from streams.window_table import WindowTable, restore_windows
-from streams.windows import ClosedWindow, Partial, WindowKind, Windows, segment_key, window_spec
+from streams.windows import ClosedWindow, Done, Partial, Windows, segment_key, window_spec
 
 if TYPE_CHECKING:
     from streams.app import LoopwatchApp
@@ -82,57 +99,6 @@ def report_file_name(segment: str, start: datetime) -> str:
     readable = re.sub(r"[^A-Za-z0-9_-]+", "_", segment).strip("_")[:80]
     digest = hashlib.sha256(segment.encode()).hexdigest()[:12]
     return f"{readable}-{digest}-{start:%Y%m%dT%H%M%S}.html"
-
-
-# The JSON type of each field of a summary (Partial.to_json); bool is an int in Python, and harmless here.
-_SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "segment": dict,
-    "kind": str,
-    "window_id": int,
-    "first_seen": (int, float),
-    "last_seen": (int, float),
-    "seen": int,
-    "capacity": int,
-    "floor": (int, float),
-    "keys": list,
-    "rows": list,
-}
-
-
-def decode_summary(message: Any, now: float) -> Accepted[Any] | Rejected:
-    """A window summary (a :class:`Partial`) from the summaries topic, or why it is not one.
-
-    ``Accepted[Any]``: its event is a Partial, not one of the pydantic events ingest decodes.
-    """
-    raw = message.value
-    if not raw:
-        return Rejected(DeadLetterReason.MALFORMED_JSON, "the summary has no value (empty or tombstone)")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejected(DeadLetterReason.INVALID_UTF8, f"the summary is not UTF-8: {exc}")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        return Rejected(DeadLetterReason.MALFORMED_JSON, f"the summary is not valid JSON: {exc}")
-    if not isinstance(data, dict):
-        return Rejected(DeadLetterReason.NOT_AN_OBJECT, "a window summary must be a JSON object")
-    for name, kind in _SUMMARY_FIELDS.items():
-        if name not in data:
-            return Rejected(DeadLetterReason.MISSING_FIELD, f"the summary has no {name!r}")
-        if not isinstance(data[name], kind):
-            return Rejected(
-                DeadLetterReason.WRONG_TYPE, f"the summary's {name!r} is a {type(data[name]).__name__}"
-            )
-    if data["kind"] not in get_args(WindowKind):
-        return Rejected(
-            DeadLetterReason.INVALID_VALUE, f"the summary's kind {data['kind']!r} is not a window kind"
-        )
-    try:
-        partial = Partial.from_json(data)
-    except (TypeError, ValueError) as exc:  # e.g. keys and rows of different lengths, a key not a number
-        return Rejected(DeadLetterReason.INVALID_VALUE, f"the summary's sample is not one: {exc}")
-    return Accepted(cast(Any, partial), text)
 
 
 @dataclass(frozen=True)
@@ -206,8 +172,14 @@ class DetectStage(Stage):
         self.max_wait = settings.window_idle_seconds
         self.app: LoopwatchApp = runtime.app
         self.window_table = WindowTable(runtime.app, settings.partitions)
-        # Summaries partitions whose open windows are in memory (rebuilt from the table).
+        # Summaries partitions whose open windows are in memory (rebuilt from the table); changed in place,
+        # as it is also the window table's guard against writes for partitions revoked.
         self.assigned: set[int] = set()
+        # Revoked and not assigned again: their batches still queued are not merged.
+        self.revoked: set[int] = set()
+        runtime.app.on_partitions_revoked.connect(
+            cast(Any, self._on_revoked)
+        )  # faust's signature types are loose
         # With a registry, its champion is each model's stable version (the canaries' reference), as
         # in the decide stage: read in a thread on ticks, and a model's windows wait for the first read.
         self.registry = registry_from_settings(settings)
@@ -241,28 +213,44 @@ class DetectStage(Stage):
         """Merge a batch of partial summaries; judge the windows they complete."""
         effects = self._unit(now)
         late = self.windows.late_events
+        # While a rebalance is under way nothing closes: the partition may be on its way to another worker.
+        closing = not self.app.rebalancing
         closed: list[ClosedWindow] = []
         for message, accepted in batch.accepted:
-            partial: Partial = accepted.event
-            if self.window_table.holds(message):
-                continue  # replayed after a restart: restored from the table, merged already
+            if message.partition in self.revoked or self.window_table.holds(message):
+                continue  # another worker's now; or replayed after a restart, merged already
             try:
+                if isinstance(accepted.event, ProgressOnly):
+                    self.windows.progress(message.partition, accepted.event.progress, now)
+                    if closing:
+                        closed.extend(self.windows.tick(now))
+                    continue
+                partial: Partial = accepted.event
                 self.partition_of[segment_key(partial.segment)] = message.partition
                 self.models.add(partial.segment.get("model") or "")
                 self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
-                entry = (
-                    None if self.windows.is_late(partial) else self.window_table.entry(message, accepted.text)
-                )
-                closed.extend(self.windows.add(partial, now, entry))
+                merges = self.windows.merges(partial)
+                entry = self.window_table.entry(message, accepted.text) if merges else None
+                closed.extend(self.windows.add(partial, now, entry, message.partition, close=closing))
             except Exception:
                 # A summary this stage cannot merge must not crash the worker (and,
                 # re-read after the restart, crash it again): it is logged and counted.
                 self._failed(f"summary at {message.topic}/{message.partition}/{message.offset}")
         self.metrics.window_late_events.inc(self.windows.late_events - late)
-        self.window_table.flush(effects, closed, self.windows, self.partition_of)
-        for window in closed:
+        revised = self.windows.revisions() if closing else []
+        self._write_marks(effects)
+        for window in closed + revised:
             self._judge_or_count(effects, window, now)
+        # After judging: a closed window's entry in the table says what its closing came to.
+        self.window_table.flush(effects, closed + revised, self.windows, self.partition_of)
         return effects
+
+    def _write_marks(self, effects: Effects) -> None:
+        """One table entry per summaries partition whose watermarks moved in this unit."""
+        marks = self.windows.marks
+        for partition in sorted(marks.dirty):
+            self.window_table.marks(effects, partition, marks.of(partition))
+        marks.dirty.clear()
 
     async def tick(self, now: float) -> Effects:
         """Close windows of segments that went quiet; judge canary windows whose stable reference came."""
@@ -276,12 +264,13 @@ class DetectStage(Stage):
             self._judge_or_count(effects, window, now, waited=True)
         try:
             closed = self.windows.tick(now)
+            self.window_table.expire(effects, self.windows.expire(now), self.partition_of)
         except Exception:
             self._failed("closing windows")
             closed = []
-        self.window_table.flush(effects, closed, self.windows, self.partition_of)
         for window in closed:
             self._judge_or_count(effects, window, now)
+        self.window_table.flush(effects, closed, self.windows, self.partition_of)
         return effects
 
     async def receive(self, message: Any, now: float) -> Effects:
@@ -351,6 +340,12 @@ class DetectStage(Stage):
 
     def _slow_done(self, effects: Effects, result: SlowResult) -> None:
         self.slow_pending -= 1
+        owned = self.window_table.owned
+        partition = self.partition_of.get(segment_key(result.window.segment))
+        if owned is not None and partition is not None and partition not in owned:
+            # Revoked while the child worked: the new owner re-queues this window from the table.
+            log.info("slow detections of a window of summaries partition %d dropped: not ours now", partition)
+            return
         if result.pending is not None:  # a state write: it reaches the changelog after the Detections
             self.window_table.done(effects, result.pending)
         if result.crashed:
@@ -362,6 +357,12 @@ class DetectStage(Stage):
             self._publish(effects, to_detection(item, result.window, result.reference))
 
     def _put(self, effects: Effects, key: str, value: bytes, partition: int) -> None:
+        if self.window_table.owned is not None and partition not in self.window_table.owned:
+            # Revoked: its new owner pins and moves this partition's references now.
+            log.warning(
+                "dropped a write to the references table for summaries partition %d, not ours", partition
+            )
+            return
         self.store.written[key] = value
         effects.put(self.table, key.encode(), value, partition)
 
@@ -379,10 +380,14 @@ class DetectStage(Stage):
         log.exception("detect stage failed on %s; carrying on", what)
 
     def _judge(self, effects: Effects, window: ClosedWindow, now: float, *, waited: bool) -> None:
+        if window.revision:
+            self._judge_again(effects, window)
+            return
         if not waited and self._awaits_stable(window):
             # A canary's window closed before any window of its stable version: wait for one
             # (at most max_wait) rather than pin the canary's own traffic as its reference.
             self.waiting.append((window, now))
+            self._window_closed(effects, window, "waiting")
             return
         self.metrics.window_rows.labels(window.kind).inc(len(window.rows))
         reference = self.references.for_window(window)
@@ -391,20 +396,67 @@ class DetectStage(Stage):
             self._put(effects, key, value, partition)
         if reference is None:
             log.info("window %s of %s pinned as reference", window.kind, segment_key(window.segment))
+            self._window_closed(effects, window, "reference")
             return
         judged = self.judge.run(window, reference, self.judge.specs_for(window.kind, slow=False))
         report = self._maybe_report(window, reference, judged)
         for item in judged:
             self._publish(effects, to_detection(item, window, reference, report))
         slow = self.judge.specs_for(window.kind, slow=True)
-        if not slow:
-            return
-        if self.slow_pending >= self.settings.slow_detector_queue:
+        if slow and self.slow_pending >= self.settings.slow_detector_queue:
             self.metrics.windows_skipped.labels(window.kind).inc()
+            self._window_closed(effects, window, "skipped", reference)
             return
-        self._judge_slowly_later(
-            effects, window, reference, slow, self.window_table.pending(effects, window, partition)
+        self._window_closed(effects, window, "judged", reference)
+        if slow:
+            pending = self.window_table.pending(effects, window, partition)
+            self._judge_slowly_later(effects, window, reference, slow, pending)
+
+    def _judge_again(self, effects: Effects, window: ClosedWindow) -> None:
+        """A window revised by late partials: the fast detectors only, its Detections with its revision.
+
+        Only a window judged when it first closed is judged again (one pinned as a
+        reference would be compared with itself); its references are not moved again.
+        """
+        first = self._done(window)
+        if first is not None and first.outcome not in ("judged", "skipped"):
+            self._window_closed(effects, window, first.outcome)
+            return
+        reference = self.references.for_window(window)
+        if reference is None:
+            self._window_closed(effects, window, "reference")
+            return
+        for item in self.judge.run(window, reference, self.judge.specs_for(window.kind, slow=False)):
+            self._publish(effects, to_detection(item, window, reference))
+        self._window_closed(effects, window, "judged", reference)
+
+    def _done(self, window: ClosedWindow) -> Done | None:
+        """The closed window kept for revisions (None: a count window, or not kept)."""
+        if window.window_id is None:
+            return None
+        return self.windows.done.get((segment_key(window.segment), window.kind, window.window_id))
+
+    def _window_closed(
+        self, effects: Effects, window: ClosedWindow, outcome: str, reference: Reference | None = None
+    ) -> None:
+        """One ``WindowClosed`` for this closing (or revision) of the window, keyed by model."""
+        done = self._done(window)
+        if done is not None and window.revision == 0:
+            done.outcome = outcome
+        event = WindowClosed(
+            segment=Segment.model_validate(window.segment),
+            kind=window.kind,
+            window_start=window.start,
+            window_end=window.end,
+            events=window.seen,
+            sample_size=len(window.rows),
+            revision=window.revision,
+            outcome=cast(Any, outcome),
+            reference=None if reference is None else reference.name,
+            closed_at=datetime.now(UTC),
         )
+        key = (window.segment.get("model") or "").encode()
+        effects.records.add(self.settings.topics.windows, key, event.model_dump_json().encode())
 
     def _judge_slowly_later(
         self,
@@ -446,17 +498,35 @@ class DetectStage(Stage):
         topic = self.settings.topics.summaries
         assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
         gone, new = self.assigned - assigned, assigned - self.assigned
-        self.assigned = assigned
+        self.assigned.clear()
+        self.assigned.update(assigned)
+        self.revoked -= assigned
+        self.window_table.owned = self.assigned
         if gone:
             self._forget(gone)
         if new:
             self._recover(effects, new, now)
+
+    async def _on_revoked(self, sender: Any, revoked: set[Any], *, signal: Any, **kwargs: Any) -> None:
+        """faust revoked partitions: stop at once closing, pinning or writing for those of the summaries.
+
+        Called after faust waited for the units queued (which closed nothing: it
+        was rebalancing); batches of them still queued are not merged.
+        """
+        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.topics.summaries}
+        if not partitions:
+            return
+        self.revoked |= partitions
+        self.assigned -= partitions
+        self._forget(partitions)
+        log.info("summaries partitions %s revoked: their windows are dropped unjudged", sorted(partitions))
 
     def _forget(self, partitions: set[int]) -> None:
         """Windows of partitions another worker merges now: dropped unjudged (that worker restores them)."""
         for slot in [s for s in self.windows.open if self.partition_of.get(s[0]) in partitions]:
             self.window_table.forget(self.windows.entries.get(slot, []))
             self.windows.forget(slot)
+        self.window_table.forget(self.windows.forget_partitions(partitions))
         self.waiting = [
             (w, since)
             for w, since in self.waiting
@@ -469,6 +539,8 @@ class DetectStage(Stage):
         for key, partial in restored.partials:
             self.partition_of[segment_key(partial.segment)] = self.window_table.partition[key]
             self.models.add(partial.segment.get("model") or "")
+        for partition, segment, *_ in restored.done:
+            self.partition_of[segment_key(segment)] = partition
         for key in restore_windows(self.windows, restored, now):
             self.window_table.done(effects, key)  # a partial of a window closed already
         for key, window in restored.pending:

@@ -14,7 +14,9 @@ handler reads its own writes from ``_written``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -34,6 +36,7 @@ from streams.metrics import Metrics
 from streams.outbox import Outbox
 from streams.rekey import Origin, headers_for, origin_in
 from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
+from streams.watermarks import Progress, source_of
 from streams.windows import BatchSummaries, window_spec
 
 if TYPE_CHECKING:
@@ -52,6 +55,11 @@ class IngestStage(Stage):
     name = "ingest"
     #: The broker's round trip for one batch overlaps the handling of the next ones.
     max_in_flight = 4
+    #: The handler yields to the event loop every this many messages, so that the
+    #: producer sends the earlier batches' records and reads the broker's answers
+    #: meanwhile: a batch of 2,000 held the loop for about 150 ms (busy machine),
+    #: and every round trip of the units in flight waited for it.
+    yield_every = 250
 
     def __init__(self, runtime: Runtime, settings: Settings, metrics: Metrics) -> None:
         super().__init__(runtime)
@@ -89,6 +97,12 @@ class IngestStage(Stage):
         self.window_spec = window_spec(settings)
         self.rng = random.Random()
         self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
+        # The event-time watermark of each input partition read (streams/watermarks.py).
+        self.progress = Progress(self.window_spec.seconds, lateness=self.window_spec.grace_seconds)
+        self._progress_generation = 0
+        # Batches numbered as handled; their event times, once acknowledged, until every earlier one is.
+        self._batches = self._passed_upto = 0
+        self._acknowledged: dict[int, tuple[str, dict[int, float]]] = {}
 
     # -- decoding (called by the runtime for each message) -------------------------
 
@@ -138,7 +152,10 @@ class IngestStage(Stage):
         topic = batch.topic
         rekeyed = topic == self.topics.rekey
         self._written.clear()
-        for message, accepted in batch.accepted:
+        latest: dict[int, float] = {}  # per partition, the latest event time this batch passed
+        for done, (message, accepted) in enumerate(batch.accepted, 1):
+            if done % self.yield_every == 0:
+                await asyncio.sleep(0)
             if rekeyed:
                 source = cast(Origin, origin_in(message.headers)).source
             else:
@@ -146,11 +163,13 @@ class IngestStage(Stage):
             key = accepted.event.request_id.encode()
             if message.key != key and self._rekeyed(effects.records, message, key):
                 continue
+            stamp = accepted.event.timestamp.timestamp()
+            latest[message.partition] = max(latest.get(message.partition, stamp), stamp)
             if isinstance(accepted.event, InferenceLog):
                 self._inference(effects, message, source, accepted, key, now)
             else:
                 self._feedback(effects, message, source, accepted, key, now)
-        self._flush_summaries(effects.records)
+        self._flush_summaries(effects, topic, latest, now)
         messages = batch.messages
         for message in messages:
             self.last_offset[message.tp] = message.offset
@@ -274,15 +293,63 @@ class IngestStage(Stage):
             partial, sample_key = wanted
             partial.sample.keep(row, sample_key)
 
-    def _flush_summaries(self, outbox: Outbox) -> None:
-        """Publish this batch's window summaries with its other outputs (before the commit)."""
-        if not self.summaries.partials:
+    def _flush_summaries(self, effects: Effects, topic: str, latest: dict[int, float], now: float) -> None:
+        """Publish this batch's window summaries with its other outputs (before the commit).
+
+        Keyed by model: the stable version's windows and its canaries' are
+        merged (and compared) on one worker. Each carries the watermarks of the
+        batch's sources; every summaries partition hears all of them now and
+        then (:meth:`_broadcast_progress`). A batch's event times count as
+        passed only once its outputs and those of every batch before it are
+        acknowledged (``after`` callbacks, which units in flight run in any
+        order): they hand their records to the producer concurrently, so a
+        later batch's progress could otherwise reach a partition before an
+        earlier batch's partials, and close their window without them.
+        """
+        if not self.settings.detection:
             return
-        for (segment, _, _), partial in self.summaries.partials.items():
+        self._follow_sources()
+        self._batches += 1
+        effects.after.append(functools.partial(self._passed, self._batches, topic, latest))
+        outbox = effects.records
+        progress = self.progress.of({source_of(topic, partition) for partition in latest})
+        for partial in self.summaries.partials.values():
+            partial.progress = progress
             # Strict JSON whatever a row holds: a NaN (none gets past validation) would be null.
             value = to_json(partial.to_json(), inf_nan_mode="null")
-            outbox.add(self.topics.summaries, segment.encode(), value)
-        self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
+            outbox.add(self.topics.summaries, (partial.segment.get("model") or "").encode(), value)
+        if self.summaries.partials:
+            self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
+        self._broadcast_progress(outbox, now)
+
+    def _passed(self, batch: int, topic: str, latest: dict[int, float]) -> None:
+        """Batch ``batch`` is acknowledged: every batch acknowledged without a gap before it is passed."""
+        self._acknowledged[batch] = (topic, latest)
+        while self._passed_upto + 1 in self._acknowledged:
+            self._passed_upto += 1
+            passed_topic, passed = self._acknowledged.pop(self._passed_upto)
+            for partition, stamp in passed.items():
+                self.progress.advance(source_of(passed_topic, partition), stamp)
+        if self.progress.is_due(time.time()):
+            self.runtime.tick(self.name)  # the tick broadcasts it, should no batch come to do it
+
+    def _broadcast_progress(self, outbox: Outbox, now: float) -> None:
+        """A progress-only record on every summaries partition, when one is due (throttled)."""
+        due = self.progress.due(now)
+        if not due:
+            return
+        value = to_json({"progress": due})
+        for partition in range(self.settings.partitions):
+            outbox.add(self.topics.summaries, None, value, partition=partition)
+
+    def _follow_sources(self) -> None:
+        """After a rebalance, forget the watermarks of input partitions another worker reads now."""
+        generation = cast(Any, self.app).consumer_generation_id
+        if generation == self._progress_generation:
+            return
+        self._progress_generation = generation
+        owned = {source_of(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()}
+        self.progress.drop(owned.__contains__)
 
     # -- the expiry sweep (the stage's tick) -------------------------------------
 
@@ -294,6 +361,8 @@ class IngestStage(Stage):
         """
         effects = self.effects()
         app = cast(Any, self.app)
+        if self.settings.detection:
+            self._broadcast_progress(effects.records, now)  # progress held back by the throttle
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return effects  # entries recovered from now on would be missing from the expiry index
         if app.consumer_generation_id != self._indexed_generation:
@@ -323,5 +392,10 @@ class IngestStage(Stage):
         """Consumer lag per partition: the high-water mark minus the next offset to process."""
         for tp in self.app.assignor.assigned_actives():
             if tp.topic in self._in and tp in self.last_offset:
-                lag = self.app.consumer.highwater(tp) - (self.last_offset[tp] + 1)
+                highwater = self.app.consumer.highwater(tp)
+                if highwater is None:
+                    # Not fetched since a rebalance assigned it (again): no mark yet, and this
+                    # timer raising crashed the worker (exit 5) on the survivor of a kill -9.
+                    continue
+                lag = highwater - (self.last_offset[tp] + 1)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))

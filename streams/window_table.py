@@ -10,32 +10,46 @@ and deleted in the unit that closes its window (after that window's
 Detections are acknowledged). A restarted worker, or the one a rebalance
 gives the partition to, rebuilds the open windows from the entries.
 
-Three kinds of entry, each value zlib-compressed JSON naming the summaries
+Five kinds of entry, each value zlib-compressed JSON naming the summaries
 partition it belongs to:
 
 - ``open|<topic>|<partition>|<offset>``: one merged partial, as it came (a
-  replayed summary writes the same key again, so nothing counts twice);
+  replayed summary writes the same key again, so nothing counts twice); the
+  partials of a closed time window stay until it leaves the revision horizon;
 - ``closed|<kind>|<segment>``: the last time window closed, so a late partial
   after a restart is still late and does not open that window again;
+- ``done|<kind>|<segment>|<window id>``: a closed time window kept for
+  revisions (its revision number and when it closed), deleted with its partials;
+- ``marks|<partition>``: the watermarks heard on that summaries partition
+  (written when one moves), so a new owner neither closes early nor waits forever;
 - ``slow|<kind>|<segment>|<start>``: a window closed whose slow detectors
   have not answered yet; deleted with their Detections, re-queued on recovery.
 
-Partials merged and closed within one unit are never written at all (a count
-window that one summary completes costs nothing here).
+Partials merged and closed within one unit are never written at all when
+their window is not kept for revisions (a count window that one summary
+completes costs nothing here).
+
+Every write names its partition, and a write for a summaries partition this
+worker does not own (revoked in a rebalance) is logged and dropped, never put.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streams.runtime import ChangelogTable, Effects
-from streams.windows import ClosedWindow, Partial, WindowKind, Windows, segment_key
+from streams.watermarks import Source
+from streams.windows import ClosedWindow, Done, Partial, Sample, WindowKind, Windows, segment_key
 
 if TYPE_CHECKING:
     from streams.app import LoopwatchApp
+
+log = logging.getLogger("loopwatch.detect")
 
 
 def _encode(data: dict[str, Any]) -> bytes:
@@ -54,6 +68,11 @@ class Restored:
     partials: list[tuple[str, Partial]] = field(default_factory=list)
     closed: list[tuple[dict[str, str | None], WindowKind, int]] = field(default_factory=list)
     pending: list[tuple[str, ClosedWindow]] = field(default_factory=list)
+    #: Closed windows kept for revisions: (partition, segment, kind, window id, revision, closed at, outcome).
+    done: list[tuple[int, dict[str, str | None], WindowKind, int, int, float, str]] = field(
+        default_factory=list
+    )
+    marks: list[tuple[int, dict[Source, float]]] = field(default_factory=list)
 
 
 class WindowTable:
@@ -65,6 +84,8 @@ class WindowTable:
         self.unwritten: dict[str, tuple[bytes, int]] = {}
         # Written entries -> their partition (to delete them there).
         self.partition: dict[str, int] = {}
+        #: The summaries partitions this worker owns (None: not known yet, nothing is refused).
+        self.owned: set[int] | None = None
 
     @staticmethod
     def key(message: Any) -> str:
@@ -87,19 +108,46 @@ class WindowTable:
     ) -> None:
         """This unit's writes: closed windows' entries deleted, open windows' new entries written."""
         for window in closed:
-            for key in window.entries:
-                if self.unwritten.pop(key, None) is None:  # merged in an earlier unit: on the table
-                    self._put(effects, key, None, self.partition.pop(key, 0))
             segment = segment_key(window.segment)
+            partition = partition_of.get(segment, 0)
+            kept = (
+                None
+                if window.window_id is None
+                else windows.done.get((segment, window.kind, window.window_id))
+            )
+            if kept is None:
+                self._delete(effects, window.entries)
+            else:  # its partials stay for revisions; this says it is closed, and which revision it is at
+                done = [window.segment, window.kind, window.window_id, window.revision, kept.closed_at]
+                value = _encode({"partition": partition, "done": done, "outcome": kept.outcome})
+                self._put(effects, f"done|{window.kind}|{segment}|{window.window_id}", value, partition)
             upto = windows.closed_upto.get((segment, window.kind))
-            if upto is not None:  # time windows: later partials of it stay late after a restart
-                partition = partition_of.get(segment, 0)
+            if upto is not None and window.revision == 0:  # later partials of it stay late after a restart
                 marker = {"partition": partition, "closed": [window.segment, window.kind, upto]}
                 self._put(effects, f"closed|{window.kind}|{segment}", _encode(marker), partition)
         for key, (value, partition) in self.unwritten.items():
             self.partition[key] = partition
             self._put(effects, key, value, partition)
         self.unwritten.clear()
+
+    def _delete(self, effects: Effects, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            if self.unwritten.pop(key, None) is None:  # merged in an earlier unit: on the table
+                self._put(effects, key, None, self.partition.pop(key, 0))
+
+    def expire(self, effects: Effects, expired: list[ClosedWindow], partition_of: dict[str, int]) -> None:
+        """Closed windows past the revision horizon: their partials and marker go."""
+        for window in expired:
+            self._delete(effects, window.entries)
+            segment = segment_key(window.segment)
+            key = f"done|{window.kind}|{segment}|{window.window_id}"
+            self._put(effects, key, None, partition_of.get(segment, 0))
+
+    def marks(self, effects: Effects, partition: int, watermarks: dict[Source, float]) -> None:
+        """The watermarks heard on ``partition`` now (one entry per partition)."""
+        self._put(
+            effects, f"marks|{partition}", _encode({"partition": partition, "marks": watermarks}), partition
+        )
 
     def pending(self, effects: Effects, window: ClosedWindow, partition: int) -> str:
         """Keep a closed window until its slow detectors answer; returns its key for :meth:`done`."""
@@ -134,9 +182,23 @@ class WindowTable:
                 restored.closed.append((segment, kind, window_id))
             elif "window" in data:
                 restored.pending.append((key, ClosedWindow.from_json(data["window"])))
+            elif "done" in data:
+                segment, kind, window_id, revision, closed_at = data["done"]
+                outcome = data.get("outcome", "judged")
+                restored.done.append(
+                    (data["partition"], segment, kind, window_id, revision, closed_at, outcome)
+                )
+            elif "marks" in data:
+                restored.marks.append((data["partition"], data["marks"]))
         return restored
 
     def _put(self, effects: Effects, key: str, value: bytes | None, partition: int) -> None:
+        if self.owned is not None and partition not in self.owned:
+            # Revoked: the new owner writes this partition now; a write from here would undo its work.
+            log.warning(
+                "dropped a write to the windows table for summaries partition %d, not ours", partition
+            )
+            return
         effects.put(self.table, key.encode(), value, partition)
 
 
@@ -144,15 +206,42 @@ def restore_windows(windows: Windows, restored: Restored, now: float) -> list[st
     """Rebuild open windows from the table; returns the entries that were late (to delete them).
 
     A restored window's idle and grace periods start now: the partials it still
-    waits for may be behind the restarted worker's consumer.
+    waits for may be behind the restarted worker's consumer; so do the idle
+    periods of the restored watermarks. A closed window kept for revisions
+    gets its partials back, and its revision number.
     """
     for segment, kind, window_id in restored.closed:
         stream = (segment_key(segment), kind)
         windows.closed_upto[stream] = max(windows.closed_upto.get(stream, window_id), window_id)
+    for partition, watermarks in restored.marks:
+        windows.marks.restore(partition, watermarks, now)
+    for partition, segment, kind, window_id, revision, closed_at, outcome in restored.done:
+        slot = (segment_key(segment), kind, window_id)
+        empty = Sample(windows.spec.sample_size)
+        windows.restore_done(
+            slot,
+            Done(
+                Partial(segment, kind, window_id, math.inf, -math.inf, empty),
+                closed_at,
+                revision,
+                [],
+                outcome,
+            ),
+        )
+        windows.partition[slot[:2]] = partition
     late = []
     for key, partial in restored.partials:
-        if windows.is_late(partial):
+        slot = windows.slot(partial)
+        windows.partition[slot[:2]] = restored_partition(key)
+        if slot in windows.done:
+            windows.redo(partial, key)
+        elif windows.is_late(partial):
             late.append(key)
         else:
             windows.restore(partial, now, key)
     return late
+
+
+def restored_partition(key: str) -> int:
+    """The summaries partition of an ``open|<topic>|<partition>|<offset>`` entry."""
+    return int(key.rsplit("|", 2)[1])

@@ -19,11 +19,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from core.settings import Settings
+from streams.watermarks import Marks, Source, source_of
 
 WindowKind = Literal["inference", "feedback"]
 
@@ -35,8 +36,17 @@ class WindowSpec:
     seconds: float | None = 60.0
     events: int | None = None
     sample_size: int = 2_000
+    #: Allowed lateness in event time (watermark rule), or the quiet time after a last partial (timer).
     grace_seconds: float = 5.0
     idle_seconds: float = 30.0
+    #: When a time window is complete: by its sources' watermarks, or by the timer rule (:class:`Windows`).
+    close: Literal["watermark", "timer"] = "timer"
+    #: A closed time window is kept this long (wall time) so that late partials revise it (0: never).
+    revision_seconds: float = 0.0
+    #: The feedback topic: its sources hold back feedback windows only (inference is counted elsewhere).
+    feedback_topic: str | None = None
+    #: Sources every summaries partition waits for, heard or not (:class:`~streams.watermarks.Marks`).
+    sources: tuple[Source, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.seconds is None) == (self.events is None):
@@ -144,10 +154,14 @@ class Partial:
     first_seen: float
     last_seen: float
     sample: Sample
+    #: The watermarks of the sources of the batch that made it (:mod:`streams.watermarks`); not merged.
+    progress: dict[Source, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the value on the summaries topic)."""
+        progress = {"progress": self.progress} if self.progress else {}
         return {
+            **progress,
             "segment": self.segment,
             "kind": self.kind,
             "window_id": self.window_id,
@@ -172,6 +186,7 @@ class Partial:
             first_seen=data["first_seen"],
             last_seen=data["last_seen"],
             sample=sample,
+            progress=dict(data.get("progress") or {}),
         )
 
     def merge(self, other: Partial) -> None:
@@ -223,6 +238,10 @@ class ClosedWindow:
     rows: list[dict[str, Any]]
     #: The ids of the partials merged into it (their entries in the open-windows table).
     entries: tuple[str, ...] = ()
+    #: 0 when it first closed; n once late partials revised it n times.
+    revision: int = 0
+    #: Its time window's id (None: a count window).
+    window_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (a window kept until its slow detectors are done)."""
@@ -233,29 +252,50 @@ class ClosedWindow:
             "end": self.end.isoformat(),
             "seen": self.seen,
             "rows": self.rows,
+            "revision": self.revision,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClosedWindow:
         """Inverse of :meth:`to_json`."""
         start, end = datetime.fromisoformat(data["start"]), datetime.fromisoformat(data["end"])
-        return cls(data["segment"], data["kind"], start, end, data["seen"], data["rows"])
+        revision = int(data.get("revision", 0))
+        return cls(data["segment"], data["kind"], start, end, data["seen"], data["rows"], revision=revision)
 
 
 #: Where an open window is: (segment key, kind, window id).
 Slot = tuple[str, WindowKind, int]
+#: A stream of windows: (segment key, kind).
+Stream = tuple[str, WindowKind]
+
+
+@dataclass
+class Done:
+    """A closed time window kept for revisions: its merged state, when it closed, its revision."""
+
+    partial: Partial
+    closed_at: float
+    revision: int = 0
+    entries: list[str] = field(default_factory=list)
+    #: What its first closing came to (judged, reference, waiting, skipped): a revision is judged only then.
+    outcome: str = "judged"
 
 
 class Windows:
     """Open windows per (segment, kind), merged from partials.
 
     A count window closes as soon as it has seen ``events`` events. A time
-    window closes once its segment has moved on to a later window *and* no
-    partial for it arrived for ``grace_seconds`` (partitions run at different
-    speeds, so a window's last partials may come after the next window's
-    first). Any window closes after ``idle_seconds`` without a partial: its
-    segment went quiet. A partial for a window already closed is late: it is
-    not judged, and ``late_events`` counts its events.
+    window closes (``close="watermark"``) once every source heard on its
+    summaries partition has passed its end plus ``grace_seconds``
+    (:class:`~streams.watermarks.Marks`; sources quiet for ``idle_seconds``
+    are left out), or (``close="timer"``) once its segment has moved on to a
+    later window *and* no partial for it arrived for ``grace_seconds``. Any
+    window closes after ``idle_seconds`` without a partial: its segment went quiet.
+
+    A closed time window is kept for ``revision_seconds``: a partial for it
+    is merged in, and :meth:`revisions` gives it back once per unit with its
+    revision number. Beyond that a partial for a closed window is late: not
+    judged, and ``late_events`` counts its events.
 
     Each merged partial may carry an ``entry`` id (where the caller keeps it:
     the detect stage's open-windows table); a closed window lists its entries,
@@ -267,9 +307,14 @@ class Windows:
         self.open: dict[Slot, Partial] = {}
         self.last_update: dict[Slot, float] = {}
         self.entries: dict[Slot, list[str]] = {}
-        self.newest: dict[tuple[str, WindowKind], int] = {}
-        self.closed_upto: dict[tuple[str, WindowKind], int] = {}
+        self.newest: dict[Stream, int] = {}
+        self.closed_upto: dict[Stream, int] = {}
         self.late_events = 0
+        self.marks = Marks(spec.grace_seconds, spec.idle_seconds, spec.sources)
+        #: The summaries partition of each stream (whose marks judge its windows).
+        self.partition: dict[Stream, int] = {}
+        self.done: dict[Slot, Done] = {}
+        self.revised: set[Slot] = set()
 
     @staticmethod
     def slot(partial: Partial) -> Slot:
@@ -282,15 +327,47 @@ class Windows:
         closed_upto = self.closed_upto.get((segment_key(partial.segment), partial.kind))
         return self.spec.seconds is not None and closed_upto is not None and partial.window_id <= closed_upto
 
-    def add(self, partial: Partial, now: float, entry: str | None = None) -> list[ClosedWindow]:
-        """Merge a partial; return the windows that are complete now."""
-        if self.is_late(partial):
+    def merges(self, partial: Partial) -> bool:
+        """Whether ``partial`` is merged somewhere (an open window, or a closed one it revises)."""
+        return not self.is_late(partial) or self.slot(partial) in self.done
+
+    def progress(self, partition: int, progress: dict[Source, float], now: float) -> bool:
+        """Watermarks heard on a summaries partition; True when one moved."""
+        return self.marks.observe(partition, progress, now)
+
+    def add(
+        self,
+        partial: Partial,
+        now: float,
+        entry: str | None = None,
+        partition: int | None = None,
+        *,
+        close: bool = True,
+    ) -> list[ClosedWindow]:
+        """Merge a partial (from summaries ``partition``); return the windows that are complete now.
+
+        ``close=False`` merges only (during a rebalance nothing is closed).
+        """
+        slot = self.slot(partial)
+        if partition is not None:
+            self.partition[slot[:2]] = partition
+            self.marks.observe(partition, partial.progress, now)
+        if slot in self.done:
+            self._revise(slot, partial, entry)
+        elif self.is_late(partial):
             self.late_events += partial.sample.seen
-            return self.tick(now)
-        slot = self.restore(partial, now, entry)
-        if self.spec.events is not None and self.open[slot].sample.seen >= self.spec.events:
-            return [self._close(slot), *self.tick(now)]
-        return self.tick(now)
+        else:
+            self.restore(partial, now, entry)
+            if close and self.spec.events is not None and self.open[slot].sample.seen >= self.spec.events:
+                return [self._close(slot, now), *self.tick(now)]
+        return self.tick(now) if close else []
+
+    def _revise(self, slot: Slot, partial: Partial, entry: str | None) -> None:
+        done = self.done[slot]
+        done.partial.merge(partial)
+        if entry is not None:
+            done.entries.append(entry)
+        self.revised.add(slot)
 
     def restore(self, partial: Partial, now: float, entry: str | None = None) -> Slot:
         """Merge a partial without closing anything (as :meth:`add` does, and after a restart)."""
@@ -310,33 +387,94 @@ class Windows:
         self.newest[stream] = max(self.newest.get(stream, partial.window_id), partial.window_id)
         return slot
 
+    def restore_done(self, slot: Slot, done: Done) -> None:
+        """A closed window kept for revisions, as the table held it (its partials follow via :meth:`redo`)."""
+        self.done[slot] = done
+
+    def redo(self, partial: Partial, entry: str) -> None:
+        """Merge a kept partial back into its closed window after a restart (no new revision)."""
+        done = self.done[self.slot(partial)]
+        done.partial.merge(partial)
+        done.entries.append(entry)
+
     def forget(self, slot: Slot) -> None:
         """Drop an open window without judging it (its segment is merged by another worker now)."""
         self.open.pop(slot, None)
         self.last_update.pop(slot, None)
         self.entries.pop(slot, None)
+        self.done.pop(slot, None)
+        self.revised.discard(slot)
+
+    def forget_partitions(self, partitions: set[int]) -> list[str]:
+        """Drop every window and mark of ``partitions``; returns the entries they held."""
+        streams = {stream for stream, partition in self.partition.items() if partition in partitions}
+        entries: list[str] = []
+        for slot in [s for s in [*self.open, *self.done] if s[:2] in streams]:
+            entries += self.entries.get(slot, [])
+            entries += self.done[slot].entries if slot in self.done else []
+            self.forget(slot)
+        for stream in streams:
+            del self.partition[stream]
+        self.marks.forget(partitions)
+        return entries
 
     def tick(self, now: float) -> list[ClosedWindow]:
-        """Close the windows that are complete: superseded and past the grace period, or idle."""
-        done = [
-            slot
-            for slot, updated in self.last_update.items()
-            if now - updated >= self.spec.idle_seconds
-            or (slot[2] < self.newest[slot[:2]] and now - updated >= self.spec.grace_seconds)
-        ]
-        return [self._close(slot) for slot in sorted(done)]
+        """Close the windows that are complete (see the class docstring)."""
+        done = [slot for slot, updated in self.last_update.items() if self._complete(slot, updated, now)]
+        return [self._close(slot, now) for slot in sorted(done)]
 
-    def _close(self, slot: Slot) -> ClosedWindow:
+    def _complete(self, slot: Slot, updated: float, now: float) -> bool:
+        if now - updated >= self.spec.idle_seconds:
+            return True
+        if self.spec.seconds is None:
+            return False
+        if self.spec.close == "timer":
+            return slot[2] < self.newest[slot[:2]] and now - updated >= self.spec.grace_seconds
+        end = (slot[2] + 1) * self.spec.seconds
+        ignore = None
+        if slot[1] == "inference" and self.spec.feedback_topic is not None:
+            prefix = f"{self.spec.feedback_topic}|"
+            ignore = lambda source: source.startswith(prefix)  # noqa: E731 - feedback never feeds these
+        return self.marks.complete(self.partition.get(slot[:2]), end, now, ignore)
+
+    def revisions(self) -> list[ClosedWindow]:
+        """The closed windows late partials were merged into since the last call, each once."""
+        revised = []
+        for slot in sorted(self.revised):
+            done = self.done[slot]
+            done.revision += 1
+            revised.append(self._closed(done.partial, tuple(done.entries), done.revision))
+        self.revised.clear()
+        return revised
+
+    def expire(self, now: float) -> list[ClosedWindow]:
+        """Closed windows past the revision horizon, forgotten (their entries can go)."""
+        old = [s for s, d in self.done.items() if now - d.closed_at >= self.spec.revision_seconds]
+        expired = []
+        for slot in old:
+            done = self.done.pop(slot)
+            self.revised.discard(slot)
+            expired.append(self._closed(done.partial, tuple(done.entries), done.revision))
+        return expired
+
+    def _close(self, slot: Slot, now: float) -> ClosedWindow:
         partial = self.open.pop(slot)
         del self.last_update[slot]
         entries = tuple(self.entries.pop(slot, ()))
         if self.spec.seconds is not None:
             stream = slot[:2]
             self.closed_upto[stream] = max(self.closed_upto.get(stream, slot[2]), slot[2])
+            if self.spec.revision_seconds > 0:
+                self.done[slot] = Done(partial, now, 0, list(entries))
+        return self._closed(partial, entries, 0)
+
+    def _closed(self, partial: Partial, entries: tuple[str, ...], revision: int) -> ClosedWindow:
+        if self.spec.seconds is not None:
             start = partial.window_id * self.spec.seconds
             end = start + self.spec.seconds
+            window_id: int | None = partial.window_id
         else:
-            start, end = partial.first_seen, partial.last_seen
+            start, end, window_id = partial.first_seen, partial.last_seen, None
         return ClosedWindow(
             segment=partial.segment,
             kind=partial.kind,
@@ -345,6 +483,8 @@ class Windows:
             seen=partial.sample.seen,
             rows=partial.sample.rows,
             entries=entries,
+            revision=revision,
+            window_id=window_id,
         )
 
 
@@ -372,4 +512,12 @@ def window_spec(settings: Settings) -> WindowSpec:
         sample_size=settings.window_sample_size,
         grace_seconds=settings.window_grace_seconds,
         idle_seconds=settings.window_idle_seconds,
+        close=settings.window_close,
+        revision_seconds=settings.window_revision_seconds,
+        feedback_topic=settings.topics.feedback,
+        sources=tuple(
+            source_of(topic, partition)
+            for topic in (settings.topics.inference, settings.topics.feedback)
+            for partition in range(settings.partitions)
+        ),
     )

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from faust.types import TP
 
-from core.settings import Settings
+from core.settings import Settings, Topics
 from detectors.run import Judged
 from streams.app import create_app
 from streams.detect_stage import DetectStage, SlowResult, decode_summary
@@ -43,6 +43,10 @@ def _stage(tmp_path: Path, detectors: list[dict[str, Any]], monkeypatch: pytest.
         decide=False,
         window_seconds=60,
         window_grace_seconds=0.5,
+        # What these tests check was built on the timer rule, with closed windows deleted at once
+        # (the watermark rule and revisions: tests/test_window_marks.py).
+        window_close="timer",
+        window_revision_seconds=0,
         detectors_file=detectors_file,
         reference_file=reference,
     )
@@ -95,7 +99,9 @@ def _same_table(stage: DetectStage, table: Any) -> Any:
 
 
 def _detections(effects: Effects) -> list[dict[str, Any]]:
-    return [json.loads(value or b"") for queued in effects.records.take().values() for _, value, _ in queued]
+    records = effects.records.take()
+    detections = records.get((Topics().detections, None), [])  # not the WindowClosed events
+    return [json.loads(value or b"") for _, value, _ in detections]
 
 
 def _window_writes(stage: DetectStage, effects: Effects) -> list[tuple[bytes, bool]]:

@@ -1,0 +1,185 @@
+"""Event-time progress: when a time window has every event it will get (no Kafka in here).
+
+Ingest knows, for every input partition it reads (a *source*: ``topic|partition``
+of the inference, feedback and re-key topics), the highest event time it has
+passed: its *watermark*, which only grows. :class:`Progress` keeps them; each
+batch's partials carry the watermarks of the sources in that batch, and
+progress-only records go to every summaries partition now and then
+(:meth:`Progress.due`), so that a summaries partition hears from every
+source, also from those whose events all go elsewhere. On one summaries
+partition a source's progress comes after the partials it covers (one
+producer, in order).
+
+The detect stage keeps the watermarks heard on each summaries partition it
+owns (:class:`Marks`). A time window is complete once every source heard
+there, and every *expected* one (each partition of the inference and feedback
+topics), has passed its end plus the allowed lateness; a source whose
+watermark has not moved for ``idle_seconds`` (an expected one not heard for
+that long since the partition's first progress) went quiet and no longer
+holds windows back. Without the expected ones, a window closed as soon as the
+partitions that reported first had passed it.
+
+>>> marks = Marks(lateness=1.0, idle_seconds=30.0)
+>>> marks.observe(3, {"in|0": 59.0, "in|1": 75.0}, now=0.0)
+True
+>>> marks.complete(3, end=60.0, now=1.0)  # in|0 has not passed 61 yet
+False
+>>> _ = marks.observe(3, {"in|0": 61.5}, now=2.0); marks.complete(3, end=60.0, now=2.0)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+#: A source's name: ``<topic>|<partition>``.
+Source = str
+
+
+def source_of(topic: str, partition: int) -> Source:
+    """The name of an input partition in progress records."""
+    return f"{topic}|{partition}"
+
+
+@dataclass
+class Progress:
+    """Ingest's watermark per source, and when to tell every summaries partition about them."""
+
+    #: Window length in seconds: passing a window's end plus the lateness is worth telling at once.
+    window_seconds: float | None
+    #: The allowed lateness (``window_grace_seconds``): what closes a window is its end plus this.
+    lateness: float = 0.0
+    #: Otherwise at most this often.
+    every_seconds: float = 0.2
+    marks: dict[Source, float] = field(default_factory=dict)
+    _told: dict[Source, float] = field(default_factory=dict)
+    _told_at: float = -math.inf
+
+    def advance(self, source: Source, timestamp: float) -> None:
+        """``source`` passed an event of ``timestamp`` (its watermark never goes back)."""
+        if timestamp > self.marks.get(source, -math.inf):
+            self.marks[source] = timestamp
+
+    def of(self, sources: set[Source]) -> dict[Source, float]:
+        """The watermarks of ``sources`` (those of one batch: they go with its partials)."""
+        return {source: self.marks[source] for source in sources if source in self.marks}
+
+    def drop(self, keep: Callable[[Source], bool]) -> None:
+        """Forget the sources ``keep`` refuses (partitions this worker does not read any more)."""
+        for source in [s for s in self.marks if not keep(s)]:
+            del self.marks[source]
+            self._told.pop(source, None)
+
+    def due(self, now: float) -> dict[Source, float]:
+        """The watermarks to broadcast now ({} when nothing is due).
+
+        Due when one passed a window's end plus the lateness since the last
+        broadcast (that closes the window), or when one moved and
+        ``every_seconds`` have passed.
+        """
+        if not self.is_due(now):
+            return {}
+        self._told_at = now
+        self._told.update(self.marks)
+        return dict(self.marks)
+
+    def is_due(self, now: float) -> bool:
+        """Whether :meth:`due` would broadcast now."""
+        moved = {s: mark for s, mark in self.marks.items() if self._told.get(s) != mark}
+        if not moved:
+            return False
+        crossed = self.window_seconds is not None and any(
+            s not in self._told or self._window(mark) != self._window(self._told[s])
+            for s, mark in moved.items()
+        )
+        return crossed or now - self._told_at >= self.every_seconds
+
+    def _window(self, timestamp: float) -> int:
+        assert self.window_seconds is not None
+        return int((timestamp - self.lateness) // self.window_seconds)
+
+
+@dataclass
+class _Mark:
+    watermark: float
+    #: When (wall time) the watermark last moved: a source quiet for idle_seconds holds nothing back.
+    #: None: an expected source whose topic has not been heard of on the partition (it holds windows).
+    moved_at: float | None
+
+
+class Marks:
+    """The watermark of every source heard on each summaries partition (the detect stage's view)."""
+
+    def __init__(self, lateness: float, idle_seconds: float, expected: tuple[Source, ...] = ()) -> None:
+        self.lateness = lateness
+        self.idle_seconds = idle_seconds
+        self.expected = expected
+        self.partitions: dict[int, dict[Source, _Mark]] = {}
+        #: Partitions whose watermarks moved since the caller last wrote them down.
+        self.dirty: set[int] = set()
+
+    def observe(self, partition: int, progress: Mapping[Source, float], now: float) -> bool:
+        """Progress heard on ``partition``; True when a watermark moved (worth keeping)."""
+        marks = self.partitions.get(partition)
+        if marks is None:  # the expected sources, below any event time until they are heard
+            marks = self.partitions[partition] = {source: _Mark(-math.inf, None) for source in self.expected}
+        moved = False
+        for source, watermark in progress.items():
+            mark = marks.get(source)
+            if mark is None or watermark > mark.watermark:
+                if mark is None or mark.moved_at is None:
+                    _start_quiet(marks, _topic(source), now)
+                marks[source] = _Mark(float(watermark), now)
+                moved = True
+        if moved:
+            self.dirty.add(partition)
+        return moved
+
+    def complete(
+        self, partition: int | None, end: float, now: float, ignore: Callable[[Source], bool] | None = None
+    ) -> bool:
+        """Whether every live source heard on ``partition`` passed ``end`` plus the lateness.
+
+        False while nothing was heard there (the idle rule closes such windows).
+        ``ignore``: sources that cannot feed this kind of window (feedback for an
+        inference window).
+        """
+        marks = self.partitions.get(partition) if partition is not None else None
+        if not marks:
+            return False
+        due = end + self.lateness
+        return all(
+            mark.watermark >= due
+            for source, mark in marks.items()
+            if (mark.moved_at is None or now - mark.moved_at < self.idle_seconds)
+            and not (ignore is not None and ignore(source))
+        )
+
+    def of(self, partition: int) -> dict[Source, float]:
+        """The watermarks of ``partition`` (what its table entry keeps)."""
+        marks = self.partitions.get(partition, {})
+        return {source: mark.watermark for source, mark in marks.items() if mark.watermark > -math.inf}
+
+    def restore(self, partition: int, watermarks: Mapping[Source, float], now: float) -> None:
+        """Watermarks kept in the table; they count as moved ``now`` (their idle period starts again)."""
+        self.observe(partition, watermarks, now)
+        self.dirty.discard(partition)
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what was heard on partitions another worker owns now."""
+        for partition in partitions:
+            self.partitions.pop(partition, None)
+            self.dirty.discard(partition)
+
+
+def _topic(source: Source) -> str:
+    return source.rsplit("|", 1)[0]
+
+
+def _start_quiet(marks: dict[Source, _Mark], topic: str, now: float) -> None:
+    """A topic is heard of: its partitions not heard yet go quiet from now (a topic may start late)."""
+    for source, mark in marks.items():
+        if mark.moved_at is None and _topic(source) == topic:
+            mark.moved_at = now
