@@ -11,22 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
+from services.console.columns import Times, boxed, texts
 from services.console.reader import ConsoleError, HistoryReader
-from services.console.series import DetectorSeries, detector_series, not_judged_note
-from services.console.views import (
-    DayRange,
-    WindowShown,
-    is_rate,
-    latest_revision_rows,
-    parse_segment,
+from services.console.series import (
+    DetectorSeries,
+    detector_series,
+    not_judged_note,
     verdict_ranks,
 )
+from services.console.views import DayRange, WindowShown, is_rate, latest_revision_rows, parse_segment
 
 _WINDOW_COLUMNS = ["window_start", "window_end", "kind", "events", "feedback_events", "outcome", "revision"]
 _SERIES_COLUMNS = ["detector_id", "config_id", "window_start", "verdict", "statistic", "threshold"]
@@ -51,6 +49,9 @@ class NotedWindow(BaseModel):
         None, description="What the page says: reference, not judged (24 < 30 samples), revised 2x"
     )
     revision: int = 0
+
+
+_NOTED_LIST = TypeAdapter(list[NotedWindow])
 
 
 class SegmentView(BaseModel):
@@ -93,45 +94,60 @@ def segment_view(
         raise ConsoleError(f"segment {segment!r} has no windows from {span.start} to {span.end}", 404)
     if detections.num_rows and pc.max(detections["revision"]).as_py():
         detections = latest_revision_rows(detections, ("window_start", "detector_id", "config_id"))
-    series = detector_series(detections.to_pandas(), labels or {}, is_rate)
     per_window = _per_window(windows, detections)
-    starts = per_window["window_start"].to_pylist()
-    ranks, outcomes = _lists(per_window, "rank", "outcome")
-    shown = [_SHOWN.get(r) if r is not None else o for r, o in zip(ranks, outcomes, strict=True)]
-    revisions, samples, needed = _lists(per_window, "revision", "samples", "min_samples")
-    notes = [_note(*args) for args in zip(shown, samples, needed, revisions, strict=True)]
-    noted = [i for i in range(len(starts) - 1, -1, -1) if notes[i]]
-    listed = per_window.take(pa.array(noted[:MAX_NOTED], pa.int64()))
-    ends, events, feedback = _lists(listed, "window_end", "events", "feedback_events")
+    times = Times(per_window["window_start"], per_window["window_end"], detections["window_start"])
+    series = detector_series(detections, labels or {}, is_rate, times)
+    # The verdict's name, else why there is none (reference, waiting, skipped): computed per column.
+    ranked = pc.take(pa.array([_SHOWN[r] for r in range(-1, 3)]), pc.add(per_window["rank"], 1))
+    shown_column = pc.if_else(pc.is_valid(per_window["rank"]), ranked, per_window["outcome"])
+    shown: list[WindowShown | None] = texts(shown_column)
+    noted, noted_total = _noted(per_window, shown_column, times)
     return SegmentView(
         segment=segment,
         model=model,
         model_version=version,
         range=span,
-        window_start=starts,
-        events=per_window["events"].to_pylist(),
-        feedback_events=per_window["feedback_events"].to_pylist(),
+        window_start=times.of(per_window["window_start"]),
+        events=boxed(per_window["events"]),
+        feedback_events=boxed(per_window["feedback_events"]),
         shown=shown,
         x_range=x_range(span, per_window),
-        noted=[
-            NotedWindow(
-                window_start=starts[i],
-                window_end=ends[n],
-                events=events[n],
-                feedback_events=feedback[n],
-                shown=shown[i],
-                note=notes[i],
-                revision=revisions[i] or 0,
-            )
-            for n, i in enumerate(noted[:MAX_NOTED])
-        ],
-        noted_total=len(noted),
+        noted=noted,
+        noted_total=noted_total,
         detectors=series,
     )
 
 
-def _lists(table: pa.Table, *columns: str) -> list[list[Any]]:
-    return [table[column].to_pylist() for column in columns]
+def _noted(
+    per_window: pa.Table, shown: pa.Array | pa.ChunkedArray, times: Times
+) -> tuple[list[NotedWindow], int]:
+    """The windows without a plain first verdict, newest first (at most MAX_NOTED), and how many.
+
+    Only the candidates (no verdict, or revised) are looked at one by one: the rest have no note.
+    """
+    plain = pc.fill_null(pc.is_in(shown, value_set=pa.array(["ok", "warning", "drift"])), False)
+    revised = pc.fill_null(pc.greater(per_window["revision"], 0), False)
+    candidates = pc.indices_nonzero(pc.or_(pc.invert(plain), revised)).to_pylist()
+    candidates_at = pa.array(candidates, pa.int64())
+    counts = per_window.select(["samples", "min_samples", "revision"]).take(candidates_at).to_pylist()
+    said = shown.take(candidates_at).to_pylist()
+    notes = [
+        (i, note, s, c["revision"] or 0)
+        for i, s, c in zip(candidates, said, counts, strict=True)
+        if (note := _note(s, c["samples"], c["min_samples"], c["revision"]))
+    ][::-1]
+    listed = per_window.take(pa.array([i for i, *_ in notes[:MAX_NOTED]], pa.int64()))
+    columns = {
+        "window_start": times.of(listed["window_start"]),
+        "window_end": times.of(listed["window_end"]),
+        "events": boxed(listed["events"]),
+        "feedback_events": boxed(listed["feedback_events"]),
+    }
+    rows = [
+        {"note": note, "shown": as_shown, "revision": revision, **{k: v[n] for k, v in columns.items()}}
+        for n, (_, note, as_shown, revision) in enumerate(notes[:MAX_NOTED])
+    ]
+    return _NOTED_LIST.validate_python(rows), len(notes)
 
 
 def _per_window(windows: pa.Table, detections: pa.Table) -> pa.Table:

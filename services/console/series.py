@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from curation.history import config_id
+from services.console.columns import Times, boxed, texts
 
 Verdict = Literal["ok", "warning", "drift"]
 #: What a point or window shows: a verdict, or why there is none.
@@ -40,7 +43,6 @@ SCALES: dict[str, tuple[str, ThresholdKind, str]] = {
     "statistic": ("statistic", "threshold", "statistic"),
     "score": ("score", "min_probability", "probability worse"),
 }
-_RANK = {"ok": 0, "warning": 1, "drift": 2}
 
 
 class ReportLink(BaseModel):
@@ -116,121 +118,229 @@ def config_labels(specs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, s
 
 def not_judged_note(samples: Any, min_samples: Any) -> str:
     """Why a window has no verdict: ``not judged (24 < 30 samples)``."""
-    if pd.isna(samples) or pd.isna(min_samples):
+    if _missing(samples) or _missing(min_samples):
         return "not judged (too few samples)"
     return f"not judged ({int(samples)} < {int(min_samples)} samples)"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def verdict_ranks(detections: pa.Table) -> pa.Array:
+    """Each detection's verdict as a rank: 2 drift, 1 warning, 0 ok, -1 not judged (too few samples)."""
+    verdict = detections["verdict"]
+    rank = pc.if_else(pc.equal(verdict, "drift"), 2, pc.if_else(pc.equal(verdict, "warning"), 1, 0))
+    return pc.if_else(pc.fill_null(detections["judged"], True), rank, -1)  # null: written before, judged
+
+
 def detector_series(
-    frame: pd.DataFrame, labels: Mapping[str, str], is_rate: Callable[[str], bool]
+    detections: pa.Table,
+    labels: Mapping[str, str],
+    is_rate: Callable[[str], bool],
+    times: Times | None = None,
 ) -> list[DetectorSeries]:
     """One series per (detector, config) of a segment's detections (columns of the history table).
 
-    ``frame`` holds the latest revision of each window's verdict per config only
-    (:func:`services.console.views.latest_revision_rows`).
+    ``detections`` holds the latest revision of each window's verdict per config only
+    (:func:`services.console.views.latest_revision_rows`); ``times`` boxes the page's window
+    starts once for all series. Every column is computed with pyarrow and boxed with numpy
+    (:mod:`services.console.columns`): a 7-day page has 10,000 windows per series.
     """
+    if detections.num_rows == 0:
+        return []
+    table = _filled(detections).sort_by(
+        [("detector_id", "ascending"), ("config_id", "ascending"), ("window_start", "ascending")]
+    )
+    # Sorted, so each (detector, config) is one slice; single-threaded group_by keeps that order.
+    groups = table.group_by(["detector_id", "config_id"], use_threads=False).aggregate([([], "count_all")])
+    keys = list(zip(*(groups[c].to_pylist() for c in ("detector_id", "config_id", "count_all")), strict=True))
+    per_detector = Counter(str(d) for d, _, _ in keys)
+    starts = (times or Times(table["window_start"])).of(table["window_start"])
     series: list[DetectorSeries] = []
-    if frame.empty:
-        return series
-    for column in ("revision", "judged", "samples", "min_samples", "threshold_of", "score"):
-        if column not in frame.columns:
-            frame = frame.assign(**{column: None})
-    frame = frame.assign(config_id=frame["config_id"].fillna(""), revision=frame["revision"].fillna(0))
-    frame = frame.sort_values(["detector_id", "config_id", "window_start"])
-    groups = list(frame.groupby(["detector_id", "config_id"], sort=True))
-    per_detector = pd.Series([str(d) for (d, _), _ in groups]).value_counts()
-    for (detector_id, config), group in groups:
+    offset = 0
+    for detector_id, config, rows in keys:
+        group = table.slice(offset, rows)
         label = labels.get(str(config), "")
         if not label and per_detector[str(detector_id)] > 1:
             label = f"config {config}"  # unknown to this console, but still told apart
-        judged = [j is None or bool(j) for j in group["judged"]]  # null: written before, judged
-        measurements: dict[str, list[float | None]] = {}
-        if str(detector_id).startswith("quality."):
-            parsed = [
-                json.loads(m) if m and j else {} for m, j in zip(group["measurements"], judged, strict=True)
-            ]
-            names = sorted({k for m in parsed for k in m if is_rate(k)})
-            measurements = {k: [_num(m.get(k)) for m in parsed] for k in names}
-        kind, value_label, values = _scale(group)
-        verdicts: list[Shown] = [
-            v if j else "not judged" for v, j in zip(group["verdict"], judged, strict=True)
-        ]
-        revisions = [int(r) for r in group["revision"]]
-        notes = [
-            (None if j else not_judged_note(n, m))
-            if not r
-            else f"revised {r}x" + ("" if j else ", not judged")
-            for j, n, m, r in zip(judged, group["samples"], group["min_samples"], revisions, strict=True)
-        ]
-        worst = group.assign(
-            rank=[_RANK.get(v, 0) if j else -1 for v, j in zip(group["verdict"], judged, strict=True)]
-        )
-        worst = worst.groupby("window_start")["rank"].max()
         series.append(
-            DetectorSeries(
-                detector_id=str(detector_id),
-                config_ids=[str(config)] if config else [],
-                config_label=label,
-                config_id=[str(config) or None] * len(group),
-                window_start=list(group["window_start"]),
-                statistic=[_num(v) if j else None for v, j in zip(group["statistic"], judged, strict=True)],
-                value=[v if j else None for v, j in zip(values, judged, strict=True)],
-                value_label=value_label,
-                threshold=[_num(v) for v in group["threshold"]],
-                threshold_kind=kind,
-                threshold_label=THRESHOLD_LABELS[kind],
-                p_value=[_num(v) for v in group["p_value"]],
-                effect_size=[_num(v) for v in group["effect_size"]],
-                verdict=verdicts,
-                note=notes,
-                revision=revisions,
-                windows=int(worst.size),
-                drift_windows=int((worst == 2).sum()),
-                warning_windows=int((worst == 1).sum()),
-                not_judged_windows=int((worst == -1).sum()),
-                revised_windows=int(group.loc[group["revision"] > 0, "window_start"].nunique()),
-                measurements=measurements,
-                reports=_reports(group),
-            )
+            _series(group, str(detector_id), str(config), label, starts[offset : offset + rows], is_rate)
         )
+        offset += rows
     return series
 
 
-def _reports(group: pd.DataFrame) -> list[ReportLink]:
+def _filled(detections: pa.Table) -> pa.Table:
+    """The columns a series reads, with the defaults of rows written before them."""
+    columns = {
+        "config_id": pc.fill_null(detections["config_id"], ""),
+        "revision": pc.fill_null(detections["revision"], 0),
+        "judged": pc.fill_null(detections["judged"], True),  # null: written before, judged
+    }
+    for name, column in columns.items():
+        detections = detections.set_column(detections.schema.get_field_index(name), name, column)
+    return detections
+
+
+def _series(
+    group: pa.Table,
+    detector_id: str,
+    config: str,
+    label: str,
+    starts: list[datetime | None],
+    is_rate: Callable[[str], bool],
+) -> DetectorSeries:
+    """One detector config's series from its rows, oldest first."""
+    judged = group["judged"]
+    kind, value_label, values = _scale(group)
+    worst = (
+        group.select(["window_start"])
+        .append_column("rank", verdict_ranks(group))
+        .group_by("window_start", use_threads=False)
+        .aggregate([("rank", "max")])["rank_max"]
+    )
+    revised = group.filter(pc.greater(group["revision"], 0))
+    measurements = _measurements(group, is_rate) if detector_id.startswith("quality.") else {}
+    return DetectorSeries(
+        detector_id=detector_id,
+        config_ids=[config] if config else [],
+        config_label=label,
+        config_id=[config or None] * group.num_rows,
+        window_start=starts,
+        statistic=_judged(_finite(group["statistic"]), judged),
+        value=_judged(values, judged),
+        value_label=value_label,
+        threshold=boxed(_finite(group["threshold"])),
+        threshold_kind=kind,
+        threshold_label=THRESHOLD_LABELS[kind],
+        p_value=boxed(_finite(group["p_value"])),
+        effect_size=boxed(_finite(group["effect_size"])),
+        verdict=texts(pc.if_else(judged, group["verdict"], "not judged")),
+        note=_notes(group),
+        revision=boxed(group["revision"]),
+        windows=len(worst),
+        drift_windows=_count(pc.equal(worst, 2)),
+        warning_windows=_count(pc.equal(worst, 1)),
+        not_judged_windows=_count(pc.equal(worst, -1)),
+        revised_windows=pc.count_distinct(revised["window_start"]).as_py() if revised.num_rows else 0,
+        measurements=measurements,
+        reports=_reports(group),
+    )
+
+
+def _count(mask: pa.Array | pa.ChunkedArray) -> int:
+    return int(pc.sum(mask).as_py() or 0)
+
+
+def _finite(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    # Strict JSON out: NaN and infinities (a detector that could not decide) become null.
+    numbers = pc.cast(column, pa.float64())
+    return pc.if_else(pc.is_finite(numbers), numbers, pa.scalar(None, pa.float64()))
+
+
+def _judged(values: pa.Array | pa.ChunkedArray, judged: pa.ChunkedArray) -> list[float | None]:
+    """The values of judged windows; null where the detector had too few samples (nothing to draw)."""
+    return boxed(pc.if_else(judged, values, pa.scalar(None, pa.float64())))
+
+
+def _notes(group: pa.Table) -> list[str | None]:
+    """Per point: not judged (24 < 30 samples), revised 2x, or null; only the few such rows are boxed."""
+    judged, revision = group["judged"], group["revision"]
+    notes: list[str | None] = [None] * group.num_rows
+    flagged = pc.indices_nonzero(pc.or_(pc.invert(judged), pc.greater(revision, 0))).to_pylist()
+    if not flagged:
+        return notes
+    rows = group.select(["judged", "revision", "samples", "min_samples"]).take(flagged).to_pylist()
+    for index, row in zip(flagged, rows, strict=True):
+        if row["revision"]:
+            notes[index] = f"revised {row['revision']}x" + ("" if row["judged"] else ", not judged")
+        else:
+            notes[index] = not_judged_note(row["samples"], row["min_samples"])
+    return notes
+
+
+def _measurements(group: pa.Table, is_rate: Callable[[str], bool]) -> dict[str, list[float | None]]:
+    """The quality rates of judged windows, per name (null where a window has none)."""
+    given = pc.fill_null(pc.greater(pc.utf8_length(group["measurements"]), 0), False)
+    objects = pc.if_else(pc.and_(group["judged"], given), group["measurements"], "{}")
+    parsed = _parse_objects(objects)
+    if parsed is None:  # not what pyarrow's reader takes (NaN, mixed types): one object at a time
+        loaded = [json.loads(text) for text in objects.to_pylist()]
+        names = sorted({k for m in loaded for k in m if is_rate(k)})
+        return {k: [_num(m.get(k)) for m in loaded] for k in names}
+    names = sorted(name for name in parsed.column_names if is_rate(name))
+    return {name: boxed(_finite(parsed[name])) for name in names}
+
+
+def _parse_objects(objects: pa.Array | pa.ChunkedArray) -> pa.Table | None:
+    """JSON objects of numbers as one table (a column per key, null where absent), or None.
+
+    The objects go to pyarrow's JSON reader as one newline-delimited buffer, never as Python strings.
+    """
+    import pyarrow.json as pa_json
+
+    lines = pc.binary_join_element_wise(pc.cast(objects, pa.string()), "", "\n")  # each, then a newline
+    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    size = int(pc.sum(pc.binary_length(lines)).as_py() or 0)
+    # A string array's bytes are its values back to back, from the offset of its first value.
+    first = int(np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset]) if len(lines) else 0
+    data = lines.buffers()[2].slice(first, size) if size else pa.py_buffer(b"")
+    try:
+        # One block: the columns' types are inferred from every row, not the first block's.
+        options = pa_json.ReadOptions(use_threads=False, block_size=size + 1)
+        parsed = pa_json.read_json(pa.BufferReader(data), read_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    numeric = all(any(kind(t) for kind in _NUMERIC) for t in parsed.schema.types)
+    return parsed if parsed.num_rows == len(objects) and numeric else None
+
+
+_NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
+
+
+def _reports(group: pa.Table) -> list[ReportLink]:
     # Only the few windows with a report: boxing every window's timestamp costs more than the page.
-    linked = group[group["report_path"].fillna("").astype(bool)]
+    linked = group.filter(pc.fill_null(pc.greater(pc.utf8_length(group["report_path"]), 0), False))
     return [
-        ReportLink(window_start=w.to_pydatetime(), detection_id=str(d))
-        for w, d in zip(linked["window_start"], linked["detection_id"], strict=True)
+        ReportLink(window_start=row["window_start"], detection_id=str(row["detection_id"]))
+        for row in linked.select(["window_start", "detection_id"]).to_pylist()
     ]
 
 
-def _scale(group: pd.DataFrame) -> tuple[ThresholdKind, str, list[float | None]]:
+def _scale(group: pa.Table) -> tuple[ThresholdKind, str, pa.Array | pa.ChunkedArray]:
     """The threshold's kind, what is drawn against it and its values, per point on that point's scale."""
     scales = group["threshold_of"]
-    known = scales[scales.isin(list(SCALES))]
-    if known.empty:
-        kind = _threshold_kind(group)  # rows written before threshold_of: as before
-        return kind, "statistic", [_num(v) for v in group["statistic"]]
+    known = scales.filter(pc.fill_null(pc.is_in(scales, value_set=pa.array(list(SCALES))), False))
+    if len(known) == 0:
+        # Rows written before threshold_of: as before.
+        return _threshold_kind(group), "statistic", _finite(group["statistic"])
     # One detector can bound different fields per window (cost: alpha, or an SLO on its statistic).
-    counts = known.value_counts()
-    main = SCALES[str(counts.index[0])]
-    picked = pd.Series(np.nan, index=group.index)
-    for name in counts.index:
-        column, _, _ = SCALES[str(name)]
-        rows = scales == name if name != counts.index[0] else ~scales.isin(list(counts.index[1:]))
-        picked[rows] = pd.to_numeric(group.loc[rows, column], errors="coerce")
-    labels = sorted(SCALES[str(name)][2] for name in counts.index)
-    return main[1], " / ".join(labels), [_num(v) for v in picked]
+    counted = pc.value_counts(known).to_pylist()  # in order of first appearance: the first of a tie wins
+    names = [str(c["values"]) for c in sorted(counted, key=lambda c: -int(c["counts"]))]
+    picked = pc.cast(group[SCALES[names[0]][0]], pa.float64())  # the main field, for unknown rows too
+    for name in names[1:]:
+        on_it = pc.fill_null(pc.equal(scales, name), False)
+        picked = pc.if_else(on_it, pc.cast(group[SCALES[name][0]], pa.float64()), picked)
+    labels = sorted(SCALES[name][2] for name in names)
+    return SCALES[names[0]][1], " / ".join(labels), _finite(picked)
 
 
-def _threshold_kind(group: pd.DataFrame) -> ThresholdKind:
+def _threshold_kind(group: pa.Table) -> ThresholdKind:
     # Detectors that judge an effect against a minimum report the effect as their statistic and the
     # minimum as their threshold; the verdict also needs a significant p, so the line is no breach line.
-    both = group[["statistic", "effect_size"]].dropna()
-    if len(both) and bool(((both["statistic"] - both["effect_size"]).abs() <= 1e-12).all()):
-        return "min_effect_size"
-    return "threshold"
+    statistic = pc.cast(group["statistic"], pa.float64())
+    effect = pc.cast(group["effect_size"], pa.float64())
+    both = pc.and_(_present(statistic), _present(effect))
+    if not _count(both):
+        return "threshold"
+    close = pc.less_equal(pc.abs(pc.subtract(statistic.filter(both), effect.filter(both))), 1e-12)
+    return "min_effect_size" if _count(close) == _count(both) else "threshold"
+
+
+def _present(numbers: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    # What pandas' dropna keeps: neither null nor NaN (infinities stay).
+    return pc.fill_null(pc.invert(pc.is_nan(numbers)), False)
 
 
 def _num(value: Any) -> float | None:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from services.console.reader import ConsoleError, HistoryReader, day_range
-from services.console.series import Verdict, not_judged_note
+from services.console.series import Verdict, not_judged_note, verdict_ranks
 from services.deadletters import printable
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
@@ -333,13 +333,6 @@ def _verdicts(
     return out
 
 
-def verdict_ranks(detections: pa.Table) -> pa.Array:
-    """Each detection's verdict as a rank: 2 drift, 1 warning, 0 ok, -1 not judged (too few samples)."""
-    verdict = detections["verdict"]
-    rank = pc.if_else(pc.equal(verdict, "drift"), 2, pc.if_else(pc.equal(verdict, "warning"), 1, 0))
-    return pc.if_else(pc.fill_null(detections["judged"], True), rank, -1)  # null: written before, judged
-
-
 def latest_revision_rows(
     detections: pa.Table, keys: tuple[str, ...] = ("segment", "window_start", "detector_id", "config_id")
 ) -> pa.Table:
@@ -417,8 +410,9 @@ def incidents_view(history: HistoryReader, span: DayRange) -> Incidents:
 
 def deadletters_view(history: HistoryReader, span: DayRange) -> DeadLetters:
     """Dead letters by reason per minute, totals with their replay command, and escaped samples."""
-    table = history.read("deadletters", span.days(), columns=["minute", "reason", "source_topic", "count"])
-    frame = table.to_pandas()
+    # One scan for the counts and the samples: both come from the same day partitions.
+    table = history.read("deadletters", span.days(), columns=["minute", "reason", "count", "samples"])
+    frame = table.select(["minute", "reason", "count"]).to_pandas()
     reasons: list[ReasonCount] = []
     series: list[ReasonSeries] = []
     if not frame.empty:
@@ -441,7 +435,7 @@ def deadletters_view(history: HistoryReader, span: DayRange) -> DeadLetters:
                     count=[int(c) for c in counts],
                 )
             )
-    samples = _samples(history.read("deadletters", span.days(), columns=["minute", "reason", "samples"]))
+    samples = _samples(table.select(["minute", "reason", "samples"]))
     return DeadLetters(
         range=span,
         total=sum(r.count for r in reasons),
