@@ -89,6 +89,9 @@ class Detector(ABC, Generic[C]):
     Config: ClassVar[type[DetectorConfig]]
     #: False for detectors that judge a window on its own (against an SLO, say).
     needs_reference: ClassVar[bool] = True
+    #: True for detectors that compare one version with another (a canary with the stable version):
+    #: they judge only windows whose reference is another version's, never a version against itself.
+    compares_versions: ClassVar[bool] = False
 
     def __init__(self, config: C) -> None:
         self.config = config

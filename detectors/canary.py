@@ -192,6 +192,7 @@ class CanaryDetector(Detector[CanaryConfig]):
 
     id = "quality.canary.v1"
     Config = CanaryConfig
+    compares_versions = True
 
     def __init__(self, config: CanaryConfig) -> None:
         super().__init__(config)

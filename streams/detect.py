@@ -34,7 +34,7 @@ import pandas as pd
 
 from detectors.base import Detector, DetectorNotReady
 from detectors.correction import Correction, Method
-from detectors.registry import create
+from detectors.registry import all_detectors, create
 from detectors.run import Judged, run_detectors
 from schemas.events import Detection, Evidence, Segment
 from streams.windows import ClosedWindow, WindowKind, segment_key
@@ -258,6 +258,11 @@ class Judge:
             log.error("detector %s failed on a window of %s", spec.detector_id, segment, exc_info=error)
             self.on_failure(spec.detector_id)
 
+        if reference.name.startswith("pinned:"):
+            # A canary-vs-stable check against a pinned window of the version's own traffic (the
+            # stable version itself, or a model with no stable version) would page for nothing.
+            known = all_detectors()
+            specs = [s for s in specs if not getattr(known.get(s.detector_id), "compares_versions", False)]
         return run_detectors(
             specs,
             reference.frame,
