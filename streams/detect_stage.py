@@ -55,9 +55,7 @@ closes nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +70,7 @@ from schemas.events import Segment, WindowClosed
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
 from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
+from streams.report_names import report_file_name
 from streams.runtime import Batch, ChangelogTable, Decoder, Effects, Runtime, Stage
 from streams.slow_detectors import SlowDetectors
 from streams.summaries import ProgressOnly, decode_summary
@@ -87,18 +86,6 @@ log = logging.getLogger("loopwatch.detect")
 def load_specs(path: Path | None) -> list[DetectorSpec]:
     """Detectors to run, from a YAML list of ``{detector_id, kind, config, slow}`` (or the defaults)."""
     return list(DEFAULT_SPECS) if path is None else load_yaml_list(path, DetectorSpec, "detectors")
-
-
-def report_file_name(segment: str, start: datetime) -> str:
-    """A safe file name for a segment's report: no separators or dots, bounded, unique by a hash.
-
-    >>> report_file_name("support|v2|shop|/chat/../admin|acme", datetime(2026, 3, 1, 12))
-    'support_v2_shop_chat_admin_acme-9f454eb6093e-20260301T120000.html'
-    """
-    # Segment labels come from producers: a route like /chat must not become a folder.
-    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", segment).strip("_")[:80]
-    digest = hashlib.sha256(segment.encode()).hexdigest()[:12]
-    return f"{readable}-{digest}-{start:%Y%m%dT%H%M%S}.html"
 
 
 @dataclass(frozen=True)
@@ -212,7 +199,7 @@ class DetectStage(Stage):
     async def handle(self, batch: Batch, now: float) -> Effects:
         """Merge a batch of partial summaries; judge the windows they complete."""
         effects = self._unit(now)
-        late = self.windows.late_events
+        late, duplicates = self.windows.late_events, self.windows.duplicate_events
         # While a rebalance is under way nothing closes: the partition may be on its way to another worker.
         closing = not self.app.rebalancing
         closed: list[ClosedWindow] = []
@@ -228,15 +215,17 @@ class DetectStage(Stage):
                 partial: Partial = accepted.event
                 self.partition_of[segment_key(partial.segment)] = message.partition
                 self.models.add(partial.segment.get("model") or "")
-                self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
                 merges = self.windows.merges(partial)
                 entry = self.window_table.entry(message, accepted.text) if merges else None
                 closed.extend(self.windows.add(partial, now, entry, message.partition, close=closing))
+                # After the merge, which took out the events counted already (input read twice).
+                self.metrics.window_events.labels(partial.kind).inc(partial.sample.seen)
             except Exception:
                 # A summary this stage cannot merge must not crash the worker (and,
                 # re-read after the restart, crash it again): it is logged and counted.
                 self._failed(f"summary at {message.topic}/{message.partition}/{message.offset}")
         self.metrics.window_late_events.inc(self.windows.late_events - late)
+        self.metrics.window_duplicate_events.inc(self.windows.duplicate_events - duplicates)
         revised = self.windows.revisions() if closing else []
         self._write_marks(effects)
         for window in closed + revised:
@@ -406,8 +395,10 @@ class DetectStage(Stage):
         if slow and self.slow_pending >= self.settings.slow_detector_queue:
             self.metrics.windows_skipped.labels(window.kind).inc()
             self._window_closed(effects, window, "skipped", reference)
+            self._remember_reference(window, reference)
             return
         self._window_closed(effects, window, "judged", reference)
+        self._remember_reference(window, reference)
         if slow:
             pending = self.window_table.pending(effects, window, partition)
             self._judge_slowly_later(effects, window, reference, slow, pending)
@@ -422,13 +413,19 @@ class DetectStage(Stage):
         if first is not None and first.outcome not in ("judged", "skipped"):
             self._window_closed(effects, window, first.outcome)
             return
-        reference = self.references.for_window(window)
+        # The first verdict's reference: the stable window by now may be too small to judge against.
+        reference = (first.reference if first is not None else None) or self.references.for_window(window)
         if reference is None:
             self._window_closed(effects, window, "reference")
             return
         for item in self.judge.run(window, reference, self.judge.specs_for(window.kind, slow=False)):
             self._publish(effects, to_detection(item, window, reference))
         self._window_closed(effects, window, "judged", reference)
+
+    def _remember_reference(self, window: ClosedWindow, reference: Reference) -> None:
+        done = self._done(window)
+        if done is not None:
+            done.reference = reference
 
     def _done(self, window: ClosedWindow) -> Done | None:
         """The closed window kept for revisions (None: a count window, or not kept)."""

@@ -37,6 +37,7 @@ from streams.outbox import Outbox
 from streams.rekey import Origin, headers_for, origin_in
 from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
 from streams.watermarks import Progress, source_of
+from streams.window_dedup import Origin as WindowOrigin
 from streams.windows import BatchSummaries, window_spec
 
 if TYPE_CHECKING:
@@ -196,10 +197,10 @@ class IngestStage(Stage):
             partition=message.partition,
         )
         if self.settings.detection:
-            self._sample_inference(event, descriptors)
+            self._sample_inference(event, descriptors, _read_at(message))
         previous = self._state(key, message.partition)
         result = join.on_inference(previous, accepted.text, event, source, now, partition=message.partition)
-        self._store(effects, key, result, message.partition)
+        self._store(effects, key, result, message)
 
     def _feedback(
         self,
@@ -216,7 +217,7 @@ class IngestStage(Stage):
         )
         if result.duplicate:
             self.metrics.feedback_duplicate.inc()
-        self._store(effects, key, result, message.partition)
+        self._store(effects, key, result, message)
 
     def _rekeyed(self, outbox: Outbox, message: Any, key: bytes) -> bool:
         """Re-send a message not keyed by its request_id to the repartition topic, keyed by it.
@@ -257,8 +258,9 @@ class IngestStage(Stage):
             stored = self.join_store.get(partition, key)
         return None if stored is None else join.decode(stored)
 
-    def _store(self, effects: Effects, key: bytes, result: join.JoinResult, partition: int) -> None:
-        """Write the new join state and queue the joined records."""
+    def _store(self, effects: Effects, key: bytes, result: join.JoinResult, message: Any) -> None:
+        """Write the new join state and queue the joined records (``message``: the one read)."""
+        partition = message.partition
         if not result.duplicate:
             stored = self._written[key] = join.encode(result.state)
             effects.put(self.join_store, key, stored, partition)
@@ -267,13 +269,17 @@ class IngestStage(Stage):
                 self.topics.joined, key, record.model_dump_json().encode(), partition=partition
             )
             if self.settings.detection:
-                self._sample_feedback(record)
+                self._sample_feedback(record, _read_at(message))
         self.metrics.feedback_joined.inc(len(result.joined))
 
     # -- window summaries for the detect stage -----------------------------------
 
-    def _sample_inference(self, event: InferenceLog, descriptors: Descriptors) -> None:
-        """Count the event into its window; keep its row only if the window's sample wants it."""
+    def _sample_inference(self, event: InferenceLog, descriptors: Descriptors, origin: WindowOrigin) -> None:
+        """Count the event into its window; keep its row only if the window's sample wants it.
+
+        ``origin``, the message read, lets the detect stage count the event once
+        should this input be read again (:mod:`streams.window_dedup`).
+        """
         segment = {
             "model": event.model.name,
             "model_version": event.model.version,
@@ -281,17 +287,19 @@ class IngestStage(Stage):
             "route": event.route,
             "tenant": event.tenant,
         }
-        wanted = self.summaries.wants(segment, "inference", event.timestamp.timestamp())
+        wanted = self.summaries.wants(segment, "inference", event.timestamp.timestamp(), origin)
         if wanted is not None:
             partial, sample_key = wanted
-            partial.sample.keep(log_row(event, descriptors, self.settings.window_text_chars), sample_key)
+            row = log_row(event, descriptors, self.settings.window_text_chars)
+            partial.sample.keep(row, sample_key, origin)
 
-    def _sample_feedback(self, record: JoinedFeedback) -> None:
+    def _sample_feedback(self, record: JoinedFeedback, origin: WindowOrigin) -> None:
         row = feedback_row(record)
-        wanted = self.summaries.wants(segment_of(row), "feedback", record.feedback.timestamp.timestamp())
+        stamp = record.feedback.timestamp.timestamp()
+        wanted = self.summaries.wants(segment_of(row), "feedback", stamp, origin)
         if wanted is not None:
             partial, sample_key = wanted
-            partial.sample.keep(row, sample_key)
+            partial.sample.keep(row, sample_key, origin)
 
     def _flush_summaries(self, effects: Effects, topic: str, latest: dict[int, float], now: float) -> None:
         """Publish this batch's window summaries with its other outputs (before the commit).
@@ -399,3 +407,8 @@ class IngestStage(Stage):
                     continue
                 lag = highwater - (self.last_offset[tp] + 1)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
+
+def _read_at(message: Any) -> WindowOrigin:
+    """The input offset an event was read at (its window counts it once: :mod:`streams.window_dedup`)."""
+    return (source_of(message.topic, message.partition), message.offset)

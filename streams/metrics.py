@@ -160,6 +160,11 @@ class Metrics:
             "Events whose summary reached a window already closed (counted, not judged)",
             registry=r,
         )
+        self.window_duplicate_events = Counter(
+            "loopwatch_window_duplicate_events",
+            "Events whose summary a window had counted already (input read twice after a crash): not counted",
+            registry=r,
+        )
         self.window_rows = Counter(
             "loopwatch_window_rows",
             "Rows of closed windows the detectors saw (a uniform sample of the window events)",

@@ -33,7 +33,13 @@ the stage carries on (the next tick is a retry).
 
 Steps 2-6 of a unit may overlap the next unit's handler (``max_in_flight``
 units at once, acked in order): ingest keeps the broker's round trip off its
-hot path that way.
+hot path that way. Units in flight still keep their order where it matters: a
+unit hands its records to the producer only once the unit before it handed
+all of its own (aiokafka sends one batch per partition at a time, so records
+reach each partition in unit order, while the round trips overlap), and sends
+its changelog only once the outputs of the unit before it are acknowledged: a
+later unit's state is never durable before an earlier unit's outputs, so a
+crash replays the earlier unit from a state that had not seen the later one.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
-from streams.outbox import Outbox, OutputLimit
+from streams.outbox import Delivery, Outbox, OutputLimit
 
 if TYPE_CHECKING:
     from streams.app import LoopwatchApp
@@ -193,6 +199,14 @@ class _Message:
 _Unit = _Messages | _Tick | _Message
 
 
+@dataclass
+class _Order:
+    """How far a unit in flight is: its records handed to the producer, then acknowledged (False: failed)."""
+
+    handed: asyncio.Future[None]
+    delivered: asyncio.Future[bool]
+
+
 class Runtime:
     """Every stage's queue, and the one place where effects are performed."""
 
@@ -327,8 +341,16 @@ class Runtime:
 
     async def perform(self, effects: Effects) -> None:
         """Steps 2-5: outputs acknowledged, blocking calls, changelog acknowledged, callbacks."""
+        await (await self.hand_over(effects)).wait()
+        await self.settle(effects)
+
+    async def hand_over(self, effects: Effects) -> Delivery:
+        """Step 2's first half: the outputs handed to the producer (:meth:`Delivery.wait` for the broker)."""
+        return await effects.records.send(self.app.kafka_producer())
+
+    async def settle(self, effects: Effects) -> None:
+        """Steps 3-5, once the outputs are acknowledged: blocking calls, changelog acknowledged, callbacks."""
         producer = self.app.kafka_producer()
-        await (await effects.records.send(producer)).wait()
         for call in effects.calls:
             await asyncio.get_running_loop().run_in_executor(None, call)
         if effects.writes:
@@ -362,6 +384,8 @@ class _StageQueue:
         self.waiting_messages = 0
         self.running: asyncio.Future[None] | None = None
         self.in_flight: deque[asyncio.Future[None]] = deque()
+        # The last unit put in flight: the next one hands over and settles after it (see the module).
+        self.last_order: _Order | None = None
         # Units queued and units finished so far: join() waits for the units queued
         # before it was called, not for a stage that new ticks or batches keep busy.
         self.queued = 0
@@ -447,14 +471,34 @@ class _StageQueue:
             while len(self.in_flight) >= self.stage.max_in_flight:
                 await asyncio.shield(self.in_flight[0])
             previous = self.in_flight[-1] if self.in_flight else None
-            self.in_flight.append(asyncio.ensure_future(self._perform(effects, messages, previous, started)))
+            loop = asyncio.get_running_loop()
+            order = _Order(loop.create_future(), loop.create_future())
+            before, self.last_order = self.last_order, order
+            performing = self._perform(effects, messages, previous, (before, order), started)
+            self.in_flight.append(asyncio.ensure_future(performing))
 
     async def _perform(
-        self, effects: Effects, messages: list[Any], previous: asyncio.Future[None] | None, started: float
+        self,
+        effects: Effects,
+        messages: list[Any],
+        previous: asyncio.Future[None] | None,
+        orders: tuple[_Order | None, _Order],
+        started: float,
     ) -> None:
-        """Step 6 after steps 2-5, and after the previous unit's acks: offsets are acked in order."""
+        """Steps 2-5 in unit order (see the module), then step 6 after the previous unit's acks."""
+        before, order = orders
         try:
-            await self.runtime.perform(effects)
+            if before is not None:
+                await asyncio.shield(before.handed)
+            try:
+                delivery = await self.runtime.hand_over(effects)
+            finally:
+                order.handed.set_result(None)
+            await delivery.wait()
+            order.delivered.set_result(True)
+            if before is not None and not await asyncio.shield(before.delivered):
+                return  # the worker is crashing on the earlier unit: this one's state must not be durable
+            await self.runtime.settle(effects)
             if previous is not None:
                 await asyncio.shield(previous)
             ack = self.runtime.app.consumer.ack
@@ -469,6 +513,10 @@ class _StageQueue:
             log.exception("the effects of the %s stage could not be delivered", self.stage.name)
             await self._crash(exc)
         finally:
+            if not order.handed.done():  # cancelled while waiting its turn
+                order.handed.set_result(None)
+            if not order.delivered.done():  # failed or cancelled: later units must not settle
+                order.delivered.set_result(False)
             # Removed by the task itself: a done task still listed would make join() spin.
             self.in_flight.remove(cast("asyncio.Future[None]", asyncio.current_task()))
             self._finish()

@@ -2,7 +2,8 @@
 
 Ingest writes two shapes of record there (:mod:`streams.ingest_stage`): a
 :class:`~streams.windows.Partial` as JSON, with the watermarks of the batch's
-input partitions under ``progress``; and progress-only records,
+input partitions under ``progress`` and the offsets of the events it counted
+under ``counted`` and ``origins`` (:mod:`streams.window_dedup`); and progress-only records,
 ``{"progress": {"<topic>|<partition>": <event time>}}``. Anything else is
 rejected with a dead-letter reason (the runtime dead-letters it).
 """
@@ -59,6 +60,40 @@ def _progress_error(progress: Any) -> Rejected | None:
     return None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _offsets_error(data: dict[str, Any]) -> Rejected | None:
+    """Why a summary's ``counted`` runs or its entries' ``origins`` are not well formed (None: they are)."""
+    counted, origins = data["counted"], data.get("origins")
+    if not isinstance(counted, dict) or not isinstance(origins, list):
+        return Rejected(
+            DeadLetterReason.WRONG_TYPE, "a summary's 'counted' must be an object and its 'origins' a list"
+        )
+    for source, runs in counted.items():
+        if not isinstance(runs, list) or not all(
+            isinstance(run, list) and len(run) == 2 and all(map(_is_int, run)) and run[0] <= run[1]
+            for run in runs
+        ):
+            return Rejected(
+                DeadLetterReason.INVALID_VALUE,
+                f"the offsets counted from {source[:100]!r} are not runs of [first, last] offsets",
+            )
+    for origin in origins:
+        if origin is not None and not (
+            isinstance(origin, list)
+            and len(origin) == 2
+            and all(map(_is_int, origin))
+            and 0 <= origin[0] < len(counted)
+        ):
+            return Rejected(
+                DeadLetterReason.INVALID_VALUE,
+                f"a sample entry's origin {str(origin)[:100]} is not [index of a counted source, offset]",
+            )
+    return None
+
+
 def decode_summary(message: Any, now: float) -> Accepted[Any] | Rejected:
     """A window summary (a :class:`Partial`, or a :class:`ProgressOnly`) from the summaries topic, or why not.
 
@@ -88,6 +123,8 @@ def decode_summary(message: Any, now: float) -> Accepted[Any] | Rejected:
             return Rejected(
                 DeadLetterReason.WRONG_TYPE, f"the summary's {name!r} is a {type(data[name]).__name__}"
             )
+    if "counted" in data and (error := _offsets_error(data)) is not None:
+        return error
     if data["kind"] not in get_args(WindowKind):
         return Rejected(
             DeadLetterReason.INVALID_VALUE, f"the summary's kind {data['kind']!r} is not a window kind"

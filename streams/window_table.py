@@ -14,7 +14,9 @@ Five kinds of entry, each value zlib-compressed JSON naming the summaries
 partition it belongs to:
 
 - ``open|<topic>|<partition>|<offset>``: one merged partial, as it came (a
-  replayed summary writes the same key again, so nothing counts twice); the
+  replayed summary writes the same key again, so nothing counts twice; the
+  input offsets it counted rebuild what each window counted, so a partial
+  ingest published twice counts once: :mod:`streams.window_dedup`); the
   partials of a closed time window stay until it leaves the revision horizon;
 - ``closed|<kind>|<segment>``: the last time window closed, so a late partial
   after a restart is still late and does not open that window again;
@@ -230,7 +232,8 @@ def restore_windows(windows: Windows, restored: Restored, now: float) -> list[st
         )
         windows.partition[slot[:2]] = partition
     late = []
-    for key, partial in restored.partials:
+    # In the order they were merged: of two copies of an event (ingest read it twice), the first is kept.
+    for key, partial in sorted(restored.partials, key=lambda kept: _merge_order(kept[0])):
         slot = windows.slot(partial)
         windows.partition[slot[:2]] = restored_partition(key)
         if slot in windows.done:
@@ -240,6 +243,12 @@ def restore_windows(windows: Windows, restored: Restored, now: float) -> list[st
         else:
             windows.restore(partial, now, key)
     return late
+
+
+def _merge_order(key: str) -> tuple[str, int, int]:
+    """Where an ``open|<topic>|<partition>|<offset>`` entry's summary was on the summaries topic."""
+    topic, partition, offset = key.split("|", 1)[1].rsplit("|", 2)
+    return topic, int(partition), int(offset)
 
 
 def restored_partition(key: str) -> int:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from core.settings import Settings
 from streams.watermarks import Marks, Source, source_of
+from streams.window_dedup import Coverage, Origin, add_offset, drop_counted
 
 WindowKind = Literal["inference", "feedback"]
 
@@ -84,24 +86,31 @@ class Sample:
         seen: int = 0,
         entries: list[tuple[float, dict[str, Any]]] | None = None,
         floor: float = 0.0,
+        origins: list[Origin | None] | None = None,
     ) -> None:
         self.capacity = capacity
         self.seen = seen
         self.floor = floor
         self._counter = itertools.count()
-        self._heap: list[tuple[float, int, dict[str, Any]]] = []
-        for key, row in entries or []:
-            self._push(key, row)
+        # (key, tie-breaker, row, where its event came from: streams.window_dedup)
+        self._heap: list[tuple[float, int, dict[str, Any], Origin | None]] = []
+        for (key, row), origin in zip(entries or [], origins or itertools.repeat(None), strict=False):
+            self._push(key, row, origin)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
         """The sampled rows (in no particular order)."""
-        return [row for _, _, row in self._heap]
+        return [row for _, _, row, _ in self._heap]
 
     @property
     def entries(self) -> list[tuple[float, dict[str, Any]]]:
         """The sampled rows with their keys."""
-        return [(key, row) for key, _, row in self._heap]
+        return [(key, row) for key, _, row, _ in self._heap]
+
+    @property
+    def origins(self) -> list[Origin | None]:
+        """Where each entry's event came from, in the order of :attr:`entries` (None: not known)."""
+        return [origin for _, _, _, origin in self._heap]
 
     def wants(self, rng: random.Random) -> float | None:
         """Count one more event; return its key if its row should be kept.
@@ -116,9 +125,9 @@ class Sample:
         self.floor = max(self.floor, key)
         return None
 
-    def keep(self, row: dict[str, Any], key: float) -> None:
-        """Keep ``row`` under the key :meth:`wants` returned."""
-        self._push(key, row)
+    def keep(self, row: dict[str, Any], key: float, origin: Origin | None = None) -> None:
+        """Keep ``row`` under the key :meth:`wants` returned (``origin``: its event's source and offset)."""
+        self._push(key, row, origin)
 
     def offer(self, row: dict[str, Any], rng: random.Random) -> None:
         """Count an event and keep its row if the sample wants it."""
@@ -130,13 +139,20 @@ class Sample:
         """Fold ``other`` in; the result is a uniform sample of both populations."""
         self.seen += other.seen
         self.floor = max(self.floor, other.floor)
-        entries = [entry for entry in self.entries + other.entries if entry[0] > self.floor]
+        entries = [entry for entry in self._heap + other._heap if entry[0] > self.floor]
         self._heap = []
-        for key, row in entries:
-            self._push(key, row)
+        for key, _, row, origin in entries:
+            self._push(key, row, origin)
 
-    def _push(self, key: float, row: dict[str, Any]) -> None:
-        entry = (key, next(self._counter), row)
+    def drop(self, counted: Callable[[Origin | None], bool]) -> None:
+        """Drop the entries whose event ``counted`` says was counted already (the count is the caller's)."""
+        kept = [entry for entry in self._heap if not counted(entry[3])]
+        if len(kept) < len(self._heap):
+            self._heap = kept
+            heapq.heapify(self._heap)
+
+    def _push(self, key: float, row: dict[str, Any], origin: Origin | None = None) -> None:
+        entry = (key, next(self._counter), row, origin)
         if len(self._heap) < self.capacity:
             heapq.heappush(self._heap, entry)
         else:
@@ -156,12 +172,18 @@ class Partial:
     sample: Sample
     #: The watermarks of the sources of the batch that made it (:mod:`streams.watermarks`); not merged.
     progress: dict[Source, float] = field(default_factory=dict)
+    #: The offsets of the events it counted, per source, as runs (:mod:`streams.window_dedup`); not merged.
+    counted: dict[Source, list[list[int]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the value on the summaries topic)."""
-        progress = {"progress": self.progress} if self.progress else {}
+        extra: dict[str, Any] = {"progress": self.progress} if self.progress else {}
+        if self.counted:  # each entry's origin as [index of its source in counted, offset]: compact
+            index = {source: at for at, source in enumerate(self.counted)}
+            origins = [None if o is None else [index[o[0]], o[1]] for o in self.sample.origins]
+            extra.update(counted=self.counted, origins=origins)
         return {
-            **progress,
+            **extra,
             "segment": self.segment,
             "kind": self.kind,
             "window_id": self.window_id,
@@ -178,7 +200,14 @@ class Partial:
     def from_json(cls, data: dict[str, Any]) -> Partial:
         """Inverse of :meth:`to_json`."""
         entries = list(zip(data["keys"], data["rows"], strict=True))
-        sample = Sample(data["capacity"], seen=data["seen"], entries=entries, floor=data["floor"])
+        counted = dict(data.get("counted") or {})
+        origins: list[Origin | None] | None = None
+        if counted:
+            sources = list(counted)
+            origins = [None if o is None else (sources[o[0]], int(o[1])) for o in data["origins"]]
+            if len(origins) != len(entries):
+                raise ValueError(f"{len(origins)} origins for {len(entries)} sample entries")
+        sample = Sample(data["capacity"], data["seen"], entries, data["floor"], origins)
         return cls(
             segment=data["segment"],
             kind=data["kind"],
@@ -187,6 +216,7 @@ class Partial:
             last_seen=data["last_seen"],
             sample=sample,
             progress=dict(data.get("progress") or {}),
+            counted=counted,
         )
 
     def merge(self, other: Partial) -> None:
@@ -211,9 +241,9 @@ class BatchSummaries:
         self.partials: dict[tuple[str, WindowKind, int], Partial] = {}
 
     def wants(
-        self, segment: dict[str, str | None], kind: WindowKind, timestamp: float
+        self, segment: dict[str, str | None], kind: WindowKind, timestamp: float, origin: Origin | None = None
     ) -> tuple[Partial, float] | None:
-        """Count an event; return where to keep its row if the sample wants it."""
+        """Count an event (read at ``origin``: source, offset); return where to keep its row if wanted."""
         window_id = self.spec.window_id(timestamp)
         slot = (segment_key(segment), kind, window_id)
         partial = self.partials.get(slot)
@@ -222,6 +252,8 @@ class BatchSummaries:
             self.partials[slot] = partial
         partial.first_seen = min(partial.first_seen, timestamp)
         partial.last_seen = max(partial.last_seen, timestamp)
+        if origin is not None:
+            add_offset(partial.counted.setdefault(origin[0], []), origin[1])
         key = partial.sample.wants(self.rng)
         return None if key is None else (partial, key)
 
@@ -279,6 +311,9 @@ class Done:
     entries: list[str] = field(default_factory=list)
     #: What its first closing came to (judged, reference, waiting, skipped): a revision is judged only then.
     outcome: str = "judged"
+    #: The reference its first verdict compared it with: a revision compares with the same one, not
+    #: with whatever the reference is by then (a newer stable window may hold too few events to judge).
+    reference: Any = None
 
 
 class Windows:
@@ -300,6 +335,11 @@ class Windows:
     Each merged partial may carry an ``entry`` id (where the caller keeps it:
     the detect stage's open-windows table); a closed window lists its entries,
     and :meth:`restore` rebuilds open windows from kept partials after a restart.
+
+    Events a window counted already (the same input offsets in an earlier
+    partial: ingest read them twice) are taken out of a partial before it is
+    merged, and counted in ``duplicate_events`` (:mod:`streams.window_dedup`);
+    a partial with nothing new revises nothing.
     """
 
     def __init__(self, spec: WindowSpec) -> None:
@@ -315,6 +355,10 @@ class Windows:
         self.partition: dict[Stream, int] = {}
         self.done: dict[Slot, Done] = {}
         self.revised: set[Slot] = set()
+        #: The input offsets each open or kept window counted (:mod:`streams.window_dedup`).
+        self.coverage: dict[Slot, dict[Source, Coverage]] = {}
+        #: Events of partials that a window had counted already (ingest read them twice): not counted again.
+        self.duplicate_events = 0
 
     @staticmethod
     def slot(partial: Partial) -> Slot:
@@ -364,16 +408,28 @@ class Windows:
 
     def _revise(self, slot: Slot, partial: Partial, entry: str | None) -> None:
         done = self.done[slot]
-        done.partial.merge(partial)
         if entry is not None:
             done.entries.append(entry)
+        if self._counted_already(slot, partial):
+            return  # a replayed partial: no revision
+        done.partial.merge(partial)
         self.revised.add(slot)
+
+    def _counted_already(self, slot: Slot, partial: Partial) -> bool:
+        """Drop the events ``slot`` counted already from ``partial``; True when none is left."""
+        duplicates = drop_counted(partial, self.coverage.setdefault(slot, {}))
+        self.duplicate_events += duplicates
+        return duplicates > 0 and partial.sample.seen == 0
 
     def restore(self, partial: Partial, now: float, entry: str | None = None) -> Slot:
         """Merge a partial without closing anything (as :meth:`add` does, and after a restart)."""
         slot = self.slot(partial)
         stream = slot[:2]
         current = self.open.get(slot)
+        if self._counted_already(slot, partial) and current is not None:
+            if entry is not None:  # kept with the others: deleted when the window is
+                self.entries.setdefault(slot, []).append(entry)
+            return slot
         if current is None:
             empty = Sample(self.spec.sample_size)
             current = Partial(
@@ -393,9 +449,11 @@ class Windows:
 
     def redo(self, partial: Partial, entry: str) -> None:
         """Merge a kept partial back into its closed window after a restart (no new revision)."""
-        done = self.done[self.slot(partial)]
-        done.partial.merge(partial)
+        slot = self.slot(partial)
+        done = self.done[slot]
         done.entries.append(entry)
+        if not self._counted_already(slot, partial):
+            done.partial.merge(partial)
 
     def forget(self, slot: Slot) -> None:
         """Drop an open window without judging it (its segment is merged by another worker now)."""
@@ -404,6 +462,7 @@ class Windows:
         self.entries.pop(slot, None)
         self.done.pop(slot, None)
         self.revised.discard(slot)
+        self.coverage.pop(slot, None)
 
     def forget_partitions(self, partitions: set[int]) -> list[str]:
         """Drop every window and mark of ``partitions``; returns the entries they held."""
@@ -454,6 +513,7 @@ class Windows:
         for slot in old:
             done = self.done.pop(slot)
             self.revised.discard(slot)
+            self.coverage.pop(slot, None)
             expired.append(self._closed(done.partial, tuple(done.entries), done.revision))
         return expired
 
@@ -466,6 +526,8 @@ class Windows:
             self.closed_upto[stream] = max(self.closed_upto.get(stream, slot[2]), slot[2])
             if self.spec.revision_seconds > 0:
                 self.done[slot] = Done(partial, now, 0, list(entries))
+        if slot not in self.done:  # later partials of it are late, or belong to the next count window
+            self.coverage.pop(slot, None)
         return self._closed(partial, entries, 0)
 
     def _closed(self, partial: Partial, entries: tuple[str, ...], revision: int) -> ClosedWindow:
