@@ -23,6 +23,7 @@ store); :meth:`DatasetStore.vacuum` keeps the files of every tagged version.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -379,20 +380,33 @@ def create_table(
     )
 
 
-def with_retries(write: Callable[[], T], what: str, attempts: int = 5) -> T:
-    """Run a Delta write, again after a failure (a commit conflicting with another worker's).
+def with_retries(write: Callable[[], T], what: str, attempts: int = 10) -> T:
+    """Run a Delta write, again after a failure (most often a commit conflicting with another worker's).
 
-    Runs in the stream runtime's thread, so the backoff blocks no event loop; the
-    last failure is raised, and the worker's restart replays the batch.
+    Runs in the stream runtime's thread, so the backoff blocks no event loop. The
+    pause doubles from 0.4 s up to 5 s, each drawn between half and all of it, so
+    two workers that conflicted do not retry in step (about 30 s in all). Each
+    retry logs one line; the last failure is raised, and the worker's restart
+    replays the batch.
     """
     for attempt in range(1, attempts + 1):
         try:
             return write()
-        except Exception:
+        except Exception as exc:
             if attempt == attempts:
                 raise
-            log.warning("%s failed (attempt %d), retrying", what, attempt, exc_info=True)
-            time.sleep(0.2 * 2**attempt)
+            pause = min(0.2 * 2**attempt, 5.0) * random.uniform(0.5, 1.0)
+            why = " ".join(str(exc).split())[:300]
+            log.warning(
+                "%s failed (attempt %d of %d: %s: %s); retrying in %.1fs",
+                what,
+                attempt,
+                attempts,
+                type(exc).__name__,
+                why,
+                pause,
+            )
+            time.sleep(pause)
     raise AssertionError("unreachable")
 
 
