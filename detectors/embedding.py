@@ -228,7 +228,9 @@ class EmbeddingDriftConfig(DetectorConfig):
     seed: int = 0
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the permutation test")
     n_permutations: int = Field(100, ge=10, le=10_000)
-    min_rows: int = Field(20, ge=5, description="Smaller current windows are not judged (verdict ok)")
+    min_rows: int = Field(
+        20, ge=5, description="Smaller current windows are not judged (verdict ok, too_few_samples)"
+    )
     backend: Literal["pytorch"] = "pytorch"
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
 
@@ -310,7 +312,13 @@ class _EmbeddingTwoSample(Detector[Any]):
                 verdict="ok",
                 reference_size=len(self._reference),
                 current_size=len(current),
-                measurements={"sampled_rows": float(len(positions))},
+                # Marked as the other detectors mark it, so the window reads "not judged", not "ok".
+                measurements={
+                    "sampled_rows": float(len(positions)),
+                    "current_samples": float(len(positions)),
+                    "too_few_samples": 1.0,
+                    "min_samples": float(self.config.min_rows),
+                },
             )
         embeddings = self.embedder.embed([texts[p] for p in positions])
         result = self.test_embeddings(embeddings)

@@ -451,7 +451,8 @@ class WindowClosed(_Event):
     revision: Count = Field(0, description="0 when the window first closed; n after its n-th late correction")
     outcome: Literal["judged", "reference", "waiting", "skipped"] = Field(
         description="judged: Detections went out; reference: pinned as a reference, not judged; "
-        "waiting: held for its stable version's window; skipped: the slow detectors' queue was full"
+        "waiting: held for its stable version's window; skipped: judged by the fast detectors, but the "
+        "slow ones (embeddings, Detoxify) did not run on it: their queue was full"
     )
     reference: str | None = Field(None, description="What it was compared with, when judged")
     closed_at: datetime

@@ -277,7 +277,9 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
             settings.web_port + i,
         )
     # The console reads the history the workers write; it has no state, so it is not restarted.
-    console = spawn([sys.executable, "-m", "services.cli", "console"], env=dict(os.environ))
+    # It is told the workers' Kafka, so its replay commands name it.
+    console_env = {**os.environ, "LOOPWATCH_KAFKA_BOOTSTRAP": bootstrap}
+    console = spawn([sys.executable, "-m", "services.cli", "console"], env=console_env)
     log.info("console on http://%s:%d/", settings.console_host, settings.console_port)
     try:
         while not stopping:

@@ -134,9 +134,13 @@ def events() -> dict[str, list[Any]]:
 
 def write_verdicts_history(root: Path) -> dict[str, list[Any]]:
     """Write the fixture's events as the history stage does (its rows, its store); returns the events."""
+    return write_events(root, events())
+
+
+def write_events(root: Path, written: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Write events (per topic name) as the history stage does (its rows, its store); returns them."""
     rt = runtime()
     stage = HistoryStage(rt, Settings(history_root=str(root)), rt.metrics)
-    written = events()
     for topic, items in written.items():
         # The records' Kafka timestamps (seconds): an alert's "decided at" is when its record was written.
         stamps = [FIRED_AT.timestamp(), DECIDED_AT.timestamp()] if topic == Settings().topics.alerts else None

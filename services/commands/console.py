@@ -17,7 +17,15 @@ from services.commands.common import settings_from_flags
     help="Address to listen on [LOOPWATCH_CONSOLE_HOST, 127.0.0.1]; any other than loopback needs"
     " LOOPWATCH_CONSOLE_TOKEN",
 )
-def console(history: str | None, datasets: str | None, port: int | None, host: str | None) -> None:
+@click.option(
+    "--bootstrap",
+    default=None,
+    help="The Kafka the Dead letters page's replay commands name [LOOPWATCH_KAFKA_BOOTSTRAP; unset: a"
+    " placeholder]; the console itself never connects",
+)
+def console(
+    history: str | None, datasets: str | None, port: int | None, host: str | None, bootstrap: str | None
+) -> None:
     """Serve the read-only web console: Overview, Segment, Incidents, Dead letters, Datasets.
 
     Pages and their JSON API (/api/, described by /api/openapi.json) read the
@@ -27,7 +35,7 @@ def console(history: str | None, datasets: str | None, port: int | None, host: s
     """
     from services.console import build_console, serve
 
-    settings = settings_from_flags(console_port=port, console_host=host)
+    settings = settings_from_flags(console_port=port, console_host=host, kafka_bootstrap=bootstrap)
     serve(
         build_console(settings, history=history, datasets=datasets),
         host=settings.console_host,

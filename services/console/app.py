@@ -57,6 +57,8 @@ class Console:
     stable_versions: Mapping[str, str] = field(default_factory=dict)
     #: config_id -> what sets a detector's config apart (``column=prompt_chars``), for chart labels.
     config_labels: Mapping[str, str] = field(default_factory=dict)
+    #: The Kafka the replay commands name (``--bootstrap``); None: a placeholder the user must fill in.
+    bootstrap: str | None = None
 
 
 def plotly_js() -> Path:
@@ -150,7 +152,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/deadletters", response_model=DeadLetters, tags=["pages"])
     def api_deadletters(day: Day = None, days: Days = 1) -> DeadLetters:
         """Dead letters by reason over time, samples (escaped) and the replay command per reason."""
-        return deadletters_view(console.history, span(day, days))
+        return deadletters_view(console.history, span(day, days), bootstrap=console.bootstrap)
 
     @app.get("/api/datasets", response_model=Datasets, tags=["pages"])
     def api_datasets() -> Datasets:

@@ -21,8 +21,10 @@ from services.console.reader import ConsoleError, HistoryReader
 from services.console.series import (
     DetectorSeries,
     detector_series,
+    judged_mask,
     not_judged_note,
     verdict_ranks,
+    window_note,
 )
 from services.console.views import DayRange, WindowShown, is_rate, latest_revision_rows, parse_segment
 
@@ -33,6 +35,8 @@ _SERIES_COLUMNS += ["revision", "judged", "samples", "min_samples", "threshold_o
 #: At most this many windows are listed in the page's table of windows without a plain verdict.
 MAX_NOTED = 500
 _SHOWN: dict[int, WindowShown] = {-1: "not judged", 0: "ok", 1: "warning", 2: "drift"}
+#: Why a window's slow detectors did not judge it (``skipped`` in the windows table).
+SKIPPED_NOTE = "skipped: the slow detectors' queue was full"
 #: An axis around a few windows spans at least this much (Plotly zooms one point to microseconds).
 MIN_AXIS = timedelta(minutes=10)
 
@@ -78,6 +82,9 @@ class SegmentView(BaseModel):
         default_factory=list, description=f"Windows not plainly judged, newest first (at most {MAX_NOTED})"
     )
     noted_total: int = 0
+    skipped: list[datetime] = Field(
+        default_factory=list, description="Window starts the slow detectors skipped (queue full)"
+    )
     detectors: list[DetectorSeries]
 
 
@@ -101,7 +108,8 @@ def segment_view(
     ranked = pc.take(pa.array([_SHOWN[r] for r in range(-1, 3)]), pc.add(per_window["rank"], 1))
     shown_column = pc.if_else(pc.is_valid(per_window["rank"]), ranked, per_window["outcome"])
     shown: list[WindowShown | None] = texts(shown_column)
-    noted, noted_total = _noted(per_window, shown_column, times)
+    noted, noted_total = _noted(per_window, shown_column, times, detections)
+    skipped = per_window.filter(per_window["skipped"])
     return SegmentView(
         segment=segment,
         model=model,
@@ -114,27 +122,32 @@ def segment_view(
         x_range=x_range(span, per_window),
         noted=noted,
         noted_total=noted_total,
+        skipped=times.of(skipped["window_start"]),
         detectors=series,
     )
 
 
 def _noted(
-    per_window: pa.Table, shown: pa.Array | pa.ChunkedArray, times: Times
+    per_window: pa.Table, shown: pa.Array | pa.ChunkedArray, times: Times, detections: pa.Table
 ) -> tuple[list[NotedWindow], int]:
     """The windows without a plain first verdict, newest first (at most MAX_NOTED), and how many.
 
-    Only the candidates (no verdict, or revised) are looked at one by one: the rest have no note.
+    Only the candidates (no verdict, revised or skipped) are looked at one by one: the rest have no note.
     """
     plain = pc.fill_null(pc.is_in(shown, value_set=pa.array(["ok", "warning", "drift"])), False)
     revised = pc.fill_null(pc.greater(per_window["revision"], 0), False)
-    candidates = pc.indices_nonzero(pc.or_(pc.invert(plain), revised)).to_pylist()
+    flagged = pc.or_(pc.or_(pc.invert(plain), revised), per_window["skipped"])
+    candidates = pc.indices_nonzero(flagged).to_pylist()
     candidates_at = pa.array(candidates, pa.int64())
-    counts = per_window.select(["samples", "min_samples", "revision"]).take(candidates_at).to_pylist()
+    counts = per_window.select(["window_start", "revision", "skipped"]).take(candidates_at).to_pylist()
     said = shown.take(candidates_at).to_pylist()
+    unjudged = _unjudged(
+        detections, [c["window_start"] for c, s in zip(counts, said, strict=True) if s == "not judged"]
+    )
     notes = [
         (i, note, s, c["revision"] or 0)
         for i, s, c in zip(candidates, said, counts, strict=True)
-        if (note := _note(s, c["samples"], c["min_samples"], c["revision"]))
+        if (note := _note(s, unjudged.get(c["window_start"]), c["revision"], c["skipped"]))
     ][::-1]
     listed = per_window.take(pa.array([i for i, *_ in notes[:MAX_NOTED]], pa.int64()))
     columns = {
@@ -164,9 +177,14 @@ def _per_window(windows: pa.Table, detections: pa.Table) -> pa.Table:
     counted = counted.rename_columns(["window_start", "window_end", "events", "feedback_events", "revision"])
     # A window pinned as a reference (or waiting, skipped) in one kind says so, unless detections judged it.
     unjudged = windows.filter(pc.is_in(windows["outcome"], pa.array(["reference", "waiting", "skipped"])))
-    outcomes = unjudged.group_by("window_start", use_threads=False).aggregate([("outcome", "min")])
+    # Skipped in any kind is said even when the inline detectors judged the window.
+    unjudged = unjudged.append_column("skipped", pc.equal(unjudged["outcome"], "skipped"))
+    outcomes = unjudged.group_by("window_start", use_threads=False).aggregate(
+        [("outcome", "min"), ("skipped", "any")]
+    )
     joined = counted.join(outcomes, "window_start", join_type="left outer", use_threads=False)
-    joined = joined.rename_columns([*counted.column_names, "outcome"])
+    joined = joined.rename_columns([*counted.column_names, "outcome", "skipped"])
+    joined = joined.set_column(joined.num_columns - 1, "skipped", pc.fill_null(joined["skipped"], False))
     judged = _window_verdicts(detections)
     if judged is not None:
         joined = joined.join(judged, "window_start", join_type="left outer", use_threads=False)
@@ -193,13 +211,37 @@ def _window_verdicts(detections: pa.Table) -> pa.Table | None:
     return aggregated.rename_columns(["window_start", "rank", "samples", "min_samples", "revised"])
 
 
-def _note(shown: str | None, samples: int | None, needed: int | None, revision: int | None) -> str | None:
+def _unjudged(detections: pa.Table, starts: list[datetime]) -> dict[datetime, str]:
+    """Per not-judged window: its note, from its detections as their series say it (one source)."""
+    if not starts or detections.num_rows == 0:
+        return {}
+    rows = detections.filter(
+        pc.and_(
+            pc.invert(judged_mask(detections)),
+            pc.is_in(
+                detections["window_start"],
+                value_set=pa.array(starts, detections.schema.field("window_start").type),
+            ),
+        )
+    )
+    by_start = rows.group_by("window_start", use_threads=False).aggregate([]).column(0).to_pylist()
+    return {
+        start: window_note(
+            rows.filter(pc.equal(rows["window_start"], pa.scalar(start, rows["window_start"].type)))
+        )
+        for start in by_start
+    }
+
+
+def _note(shown: str | None, unjudged: str | None, revision: int | None, skipped: bool) -> str | None:
     """The windows table's text for a window, None when it has a plain first verdict."""
     parts = []
     if shown == "not judged":
-        parts.append(not_judged_note(samples, needed))
-    elif shown in ("reference", "waiting", "skipped"):
+        parts.append(unjudged or not_judged_note(None, None))
+    elif shown in ("reference", "waiting"):
         parts.append(str(shown))
+    if shown == "skipped" or skipped:
+        parts.append(SKIPPED_NOTE)
     if revision:
         parts.append(f"revised {revision}x")
     return ", ".join(parts) or None

@@ -11,6 +11,7 @@ effect size against the minimum effect, the statistic against an SLO.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -90,7 +91,32 @@ class DetectorSeries(BaseModel):
     measurements: dict[str, list[float | None]] = Field(
         default_factory=dict, description="Quality rates and percentiles, per name"
     )
+    units: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per measurement: its unit (share, milliseconds, USD, tokens); one chart per unit",
+    )
+    bounds: list[str] = Field(
+        default_factory=list, description="Measurements that are a bound (an SLO), drawn as a line"
+    )
     reports: list[ReportLink] = Field(default_factory=list)
+
+
+def measurement_unit(name: str) -> str:
+    """What a quality measurement counts in: ``p95.observed_ms`` milliseconds, ``cost.current_mean`` USD."""
+    check, _, field = name.rpartition(".")
+    if field.endswith("_ms"):
+        return "milliseconds"
+    if "token" in check or "token" in field:
+        return "tokens"
+    if "cost" in check or "usd" in field:
+        return "USD"
+    return "share"
+
+
+def is_bound(name: str) -> bool:
+    """Whether a measurement is a configured bound (``p95.slo_ms``), not something observed."""
+    field = name.rpartition(".")[2]
+    return field in ("slo", "slo_ms") or field.startswith("slo_")
 
 
 def config_labels(specs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
@@ -123,15 +149,49 @@ def not_judged_note(samples: Any, min_samples: Any) -> str:
     return f"not judged ({int(samples)} < {int(min_samples)} samples)"
 
 
+def window_note(unjudged: pa.Table) -> str:
+    """One window's note from its not-judged detections, each shortfall as its detector's series says it.
+
+    The most common ``samples < min_samples`` leads (``not judged (13 < 30 samples)``); the others
+    follow with their detectors (``0 < 30 for quality.rating.v1``), so table and charts agree.
+    """
+    groups: dict[str, list[str]] = {}
+    for row in unjudged.select(["detector_id", "samples", "min_samples"]).to_pylist():
+        groups.setdefault(not_judged_note(row["samples"], row["min_samples"]), []).append(row["detector_id"])
+    if not groups:
+        return not_judged_note(None, None)
+    ordered = sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))
+    lead, *rest = ordered
+    others = [
+        f"{n.removeprefix('not judged (').removesuffix(')')} for {', '.join(sorted(set(d)))}" for n, d in rest
+    ]
+    return lead[0] if not others else f"{lead[0]}; {'; '.join(others)}"
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+#: The numbers a judged detection shows; an ``ok`` with none of them measured nothing.
+MEASURED = ("p_value", "statistic", "effect_size", "score")
+
+
+def judged_mask(detections: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """Per detection: did it judge its window (enough samples, and an ``ok`` with a number to show)?"""
+    judged = pc.fill_null(detections["judged"], True)  # null: written before, judged
+    present = [c for c in MEASURED if c in detections.column_names]
+    if not present:
+        return judged
+    # A detector that tested nothing but did not say so (older rows) must not make its window read "ok".
+    measured = functools.reduce(pc.or_, [pc.is_valid(_finite(detections[c])) for c in present])
+    return pc.and_(judged, pc.or_(measured, pc.fill_null(pc.not_equal(detections["verdict"], "ok"), True)))
 
 
 def verdict_ranks(detections: pa.Table) -> pa.Array:
     """Each detection's verdict as a rank: 2 drift, 1 warning, 0 ok, -1 not judged (too few samples)."""
     verdict = detections["verdict"]
     rank = pc.if_else(pc.equal(verdict, "drift"), 2, pc.if_else(pc.equal(verdict, "warning"), 1, 0))
-    return pc.if_else(pc.fill_null(detections["judged"], True), rank, -1)  # null: written before, judged
+    return pc.if_else(judged_mask(detections), rank, -1)
 
 
 def detector_series(
@@ -176,7 +236,7 @@ def _filled(detections: pa.Table) -> pa.Table:
     columns = {
         "config_id": pc.fill_null(detections["config_id"], ""),
         "revision": pc.fill_null(detections["revision"], 0),
-        "judged": pc.fill_null(detections["judged"], True),  # null: written before, judged
+        "judged": judged_mask(detections),
     }
     for name, column in columns.items():
         detections = detections.set_column(detections.schema.get_field_index(name), name, column)
@@ -225,6 +285,8 @@ def _series(
         not_judged_windows=_count(pc.equal(worst, -1)),
         revised_windows=pc.count_distinct(revised["window_start"]).as_py() if revised.num_rows else 0,
         measurements=measurements,
+        units={name: measurement_unit(name) for name in measurements},
+        bounds=[name for name in measurements if is_bound(name)],
         reports=_reports(group),
     )
 
@@ -254,7 +316,8 @@ def _notes(group: pa.Table) -> list[str | None]:
     rows = group.select(["judged", "revision", "samples", "min_samples"]).take(flagged).to_pylist()
     for index, row in zip(flagged, rows, strict=True):
         if row["revision"]:
-            notes[index] = f"revised {row['revision']}x" + ("" if row["judged"] else ", not judged")
+            said = "" if row["judged"] else f", {not_judged_note(row['samples'], row['min_samples'])}"
+            notes[index] = f"revised {row['revision']}x{said}"
         else:
             notes[index] = not_judged_note(row["samples"], row["min_samples"])
     return notes

@@ -46,7 +46,11 @@ def check_bind(host: str, token: SecretStr | None) -> None:
 
 
 def build_console(settings: Settings, *, history: str | None = None, datasets: str | None = None) -> Console:
-    """The console's readers over ``--history`` / ``--datasets``, else the settings' roots."""
+    """The console's readers over ``--history`` / ``--datasets``, else the settings' roots.
+
+    The replay commands it shows name ``settings.kafka_bootstrap`` only when it was given (a flag or
+    ``LOOPWATCH_KAFKA_BOOTSTRAP``): the default could be someone else's broker on this machine.
+    """
     from streams.detect_stage import load_specs
 
     specs = load_specs(settings.detectors_file)
@@ -55,6 +59,7 @@ def build_console(settings: Settings, *, history: str | None = None, datasets: s
         datasets=DatasetStore(datasets or settings.datasets_uri()),
         stable_versions=dict(settings.stable_versions),
         config_labels=config_labels((s.detector_id, s.config) for s in specs),
+        bootstrap=settings.kafka_bootstrap if "kafka_bootstrap" in settings.model_fields_set else None,
     )
 
 

@@ -12,6 +12,7 @@ import binascii
 import functools
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from services.console.reader import ConsoleError, HistoryReader, day_range
-from services.console.series import Verdict, not_judged_note, verdict_ranks
+from services.console.series import MEASURED, Verdict, judged_mask, verdict_ranks, window_note
 from services.deadletters import printable
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
@@ -30,7 +31,7 @@ MAX_SAMPLES = 50
 _SEGMENT_COLUMNS = ["segment", "model", "model_version", "app", "route", "tenant"]
 _OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events", "outcome"]
 _OVERVIEW_DETECTION_COLUMNS = ["segment", "window_start", "verdict", "judged", "samples", "min_samples"]
-_OVERVIEW_DETECTION_COLUMNS += ["revision", "detector_id", "config_id"]
+_OVERVIEW_DETECTION_COLUMNS += ["revision", "detector_id", "config_id", *MEASURED]
 #: What a window shows when it has no verdict: why (a reference, waiting, skipped), or not judged.
 WindowShown = Literal["ok", "warning", "drift", "not judged", "reference", "waiting", "skipped"]
 
@@ -171,7 +172,11 @@ class ReasonCount(BaseModel):
 
     reason: str
     count: int
-    replay: str
+    replay: str = Field(description="The replay command's selection (reason, since), without its Kafka")
+    command: str = Field(
+        "",
+        description="What to run: replay with --bootstrap (the console's Kafka, or HOST:PORT to fill in)",
+    )
 
 
 class ReasonSeries(BaseModel):
@@ -325,12 +330,17 @@ def _verdicts(
         note = None
         if at is not None:
             shown = "not judged" if at["rank_max"] == -1 else _VERDICTS[at["rank_max"]]
-            note = (
-                not_judged_note(at["samples_min"], at["min_samples_max"]) if shown == "not judged" else None
-            )
+            note = _last_note(detections, key, at["window_start"]) if shown == "not judged" else None
         top = r["rank_max_max"]
         out[key] = (_VERDICTS.get(top), shown, r["drift_sum"], r["warning_sum"], r["unjudged_sum"], note)
     return out
+
+
+def _last_note(detections: pa.Table, segment: str, start: datetime) -> str:
+    """A not-judged window's note, as the Segment page's table and charts say it."""
+    at = pc.and_(pc.equal(detections["segment"], segment), pc.equal(detections["window_start"], start))
+    rows = detections.filter(at)
+    return window_note(rows.filter(pc.invert(judged_mask(rows))))
 
 
 def latest_revision_rows(
@@ -408,7 +418,16 @@ def incidents_view(history: HistoryReader, span: DayRange) -> Incidents:
     )
 
 
-def deadletters_view(history: HistoryReader, span: DayRange) -> DeadLetters:
+#: What the replay command says when the console was given no Kafka: the user must set it.
+BOOTSTRAP_PLACEHOLDER = "HOST:PORT"
+
+
+def with_bootstrap(command: str, bootstrap: str | None) -> str:
+    """``command`` sent to the Kafka the console was given, else to a placeholder the user must fill in."""
+    return f"{command} --bootstrap {shlex.quote(bootstrap) if bootstrap else BOOTSTRAP_PLACEHOLDER}"
+
+
+def deadletters_view(history: HistoryReader, span: DayRange, bootstrap: str | None = None) -> DeadLetters:
     """Dead letters by reason per minute, totals with their replay command, and escaped samples."""
     # One scan for the counts and the samples: both come from the same day partitions.
     table = history.read("deadletters", span.days(), columns=["minute", "reason", "count", "samples"])
@@ -418,11 +437,13 @@ def deadletters_view(history: HistoryReader, span: DayRange) -> DeadLetters:
     if not frame.empty:
         totals = frame.groupby("reason")["count"].sum().sort_values(ascending=False)
         for reason, count in totals.items():
+            replay = f"loopwatch deadletter replay --reason {reason} --since {span.start}"
             reasons.append(
                 ReasonCount(
                     reason=str(reason),
                     count=int(count),
-                    replay=f"loopwatch deadletter replay --reason {reason} --since {span.start}",
+                    replay=replay,
+                    command=with_bootstrap(replay, bootstrap),
                 )
             )
         per_minute = frame.groupby(["reason", "minute"])["count"].sum()

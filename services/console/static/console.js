@@ -47,8 +47,9 @@ function bars(x, y, name, width, offset = 0) {
   return { x, y, type: "bar", name, width, offset };
 }
 
-function layout(times, shared) {
-  return { ...LAYOUT, xaxis: xaxis(times, shared) };
+function layout(times, shared, marks) {
+  // marks: shapes and annotations every chart of the page carries (skippedMarks).
+  return { ...LAYOUT, xaxis: xaxis(times, shared), ...(marks || {}) };
 }
 
 function linkZoom(ids) {
@@ -68,6 +69,7 @@ function linkZoom(ids) {
 
 function drawSegment(view) {
   const shared = view.x_range;
+  const marks = skippedMarks(view.skipped || []);
   const width = barWidth(view.window_start);
   const traffic = [bars(view.window_start, view.events, "events", width)];
   if ((view.feedback_events || []).some((n) => n !== null)) {
@@ -75,7 +77,7 @@ function drawSegment(view) {
     traffic[0].width = width / 2;
     traffic.push(bars(view.window_start, view.feedback_events, "feedback events", width / 2, width / 2));
   }
-  Plotly.newPlot("chart-events", traffic, layout(view.window_start, shared), CONFIG);
+  Plotly.newPlot("chart-events", traffic, layout(view.window_start, shared, marks), CONFIG);
   const ids = ["chart-events"];
   view.detectors.forEach((d, i) => {
     const label = d.value_label || "statistic";
@@ -94,18 +96,47 @@ function drawSegment(view) {
       marked(d, "warning"),
       marked(d, "drift"),
     ];
-    const plot = layout(d.window_start, shared);
+    const plot = layout(d.window_start, shared, marks);
     if (d.threshold_kind === "alpha") plot.yaxis = { type: "log", title: { text: "p-value (log)" } };
     Plotly.newPlot(`chart-${i}`, traces, plot, CONFIG);
     ids.push(`chart-${i}`);
-    const names = Object.keys(d.measurements);
-    if (names.length) {
-      Plotly.newPlot(`chart-${i}-m`, names.map((n) => ({ x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: n })),
-                     layout(d.window_start, shared), CONFIG);
-      ids.push(`chart-${i}-m`);
-    }
+    // One chart per unit (shares, milliseconds, USD, tokens): a latency never flattens a share.
+    // A bound (an SLO) is a dashed line, not a series.
+    const byUnit = {};
+    Object.keys(d.measurements).forEach((n) => {
+      const unit = (d.units && d.units[n]) || "share";
+      (byUnit[unit] = byUnit[unit] || []).push(n);
+    });
+    const holder = document.getElementById(`chart-${i}-m`);
+    Object.keys(byUnit).sort().forEach((unit) => {
+      const id = `chart-${i}-m-${unit}`;
+      const div = document.createElement("div");
+      div.className = "chart measurements";
+      div.id = id;
+      div.dataset.unit = unit;
+      holder.appendChild(div);
+      const bound = new Set(d.bounds || []);
+      const traces = byUnit[unit].map((n) => (bound.has(n)
+        ? { x: d.window_start, y: d.measurements[n], mode: "lines", name: `${n} (bound)`,
+            line: { dash: "dash", color: "#7f8c8d" } }
+        : { x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: n }));
+      const plot = layout(d.window_start, shared, marks);
+      plot.yaxis = { title: { text: unit } };
+      Plotly.newPlot(id, traces, plot, CONFIG);
+      ids.push(id);
+    });
   });
   linkZoom(ids);
+}
+
+function skippedMarks(starts) {
+  // Windows the slow detectors skipped (queue full): a dotted line at each on every chart's axis.
+  if (!starts.length) return {};
+  const shapes = starts.map((t) => ({ type: "line", xref: "x", yref: "paper", x0: t, x1: t, y0: 0, y1: 1,
+                                      line: { dash: "dot", color: "#8e44ad", width: 1 } }));
+  const notes = starts.map((t) => ({ x: t, xref: "x", yref: "paper", y: 1, text: "skipped",
+                                     showarrow: false, font: { size: 9, color: "#8e44ad" } }));
+  return { shapes, annotations: notes };
 }
 
 function drawDeadLetters(view) {

@@ -1,0 +1,48 @@
+"""Trial 12a in a real browser: one chart per unit, an SLO as a bound, skipped windows marked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from core.settings import Settings
+from services.console import build_console
+from tests.console_fixture import serving
+from tests.console_verdicts_fixture import KEY, START, write_events
+from tests.test_console_browser import browser  # noqa: F401 - the module's headless Chromium
+from tests.test_console_trial12 import trial_events
+
+
+@pytest.fixture(scope="module")
+def trial_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A console over the trial's history (tests/test_console_trial12.py)."""
+    root = tmp_path_factory.mktemp("console-trial12-browser")
+    write_events(root / "history", trial_events())
+    with serving(build_console(Settings(), history=str(root / "history"), datasets=str(root))) as url:
+        yield url
+
+
+def test_units_get_their_own_charts_and_skipped_windows_are_marked(browser: Any, trial_url: str) -> None:  # noqa: F811
+    page = browser.new_page(base_url=trial_url)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"/segments/{quote(KEY, safe='')}?day={START.date()}")
+    page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
+    latency = page.locator('.detector[data-detector="quality.latency.v1"]')
+    units = latency.locator(".measurements").evaluate_all("charts => charts.map(c => c.dataset.unit)")
+    assert units == ["milliseconds", "share"]
+    legend = latency.locator('.measurements[data-unit="milliseconds"] .legendtext').all_text_contents()
+    assert "p95.slo_ms (bound)" in legend and "p95.observed_ms" in legend
+    shares = latency.locator('.measurements[data-unit="share"] .legendtext').all_text_contents()
+    assert shares and all("share" in name for name in shares)
+    # The skipped window is a dotted line on every chart of the page, the traffic chart included.
+    marked = page.evaluate(
+        "[...document.querySelectorAll('.js-plotly-plot')].map(p => (p.layout.shapes || []).length)"
+    )
+    assert marked and all(n == 1 for n in marked), marked
+    assert "skipped" in page.locator("#chart-events .annotation").all_text_contents()
+    page.close()
+    assert errors == []
