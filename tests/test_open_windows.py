@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -29,34 +29,56 @@ T = 1.8e9  # the stage's clock
 MINUTE = int(T // 60)
 
 
-def _stage(tmp_path: Path, detectors: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> DetectStage:
-    """A detect stage of one-minute windows whose worker owns summaries partition 3, tables recovered."""
+def detect_stage(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    detectors: list[dict[str, Any]],
+    *,
+    owned: Iterable[int] = (3,),
+    reference_file: bool = True,
+    **settings: Any,
+) -> DetectStage:
+    """A detect stage of one-minute windows owning summaries partitions ``owned``, its tables recovered.
+
+    Compared with a reference file of 200 rows unless ``reference_file`` is False;
+    ``settings`` go to :class:`Settings` as they are.
+    """
     tmp_path.mkdir(parents=True, exist_ok=True)
     detectors_file = tmp_path / "detectors.yaml"
     detectors_file.write_text(yaml.safe_dump(detectors))
-    reference = tmp_path / "reference.jsonl"
-    rng = random.Random(5)
-    reference.write_text("".join(json.dumps(_row(rng, "ref", i)) + "\n" for i in range(200)))
-    settings = Settings(
+    if reference_file:
+        reference = tmp_path / "reference.jsonl"
+        rng = random.Random(5)
+        reference.write_text("".join(json.dumps(_row(rng, "ref", i)) + "\n" for i in range(200)))
+        settings.setdefault("reference_file", reference)
+    config = Settings(
         data_dir=tmp_path / "data",
         curation=False,
         decide=False,
         window_seconds=60,
-        window_grace_seconds=0.5,
-        # What these tests check was built on the timer rule, with closed windows deleted at once
-        # (the watermark rule and revisions: tests/test_window_marks.py).
-        window_close="timer",
-        window_revision_seconds=0,
         detectors_file=detectors_file,
-        reference_file=reference,
+        **settings,
     )
-    stage = create_app(settings, Metrics()).runtime.stages["detect"]
+    stage = create_app(config, Metrics()).runtime.stages["detect"]
     assert isinstance(stage, DetectStage)
     app: Any = stage.app
     app.tables.recovery.completed.set()
-    assigned = {TP(settings.topics.summaries, 3)}
+    assigned = {TP(config.topics.summaries, p) for p in owned}
     monkeypatch.setattr(app.assignor, "assigned_actives", lambda: assigned)
     return stage
+
+
+def _stage(tmp_path: Path, detectors: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> DetectStage:
+    # What these tests check was built on the timer rule, with closed windows deleted at once
+    # (the watermark rule and revisions: tests/test_window_marks.py).
+    return detect_stage(
+        tmp_path,
+        monkeypatch,
+        detectors,
+        window_grace_seconds=0.5,
+        window_close="timer",
+        window_revision_seconds=0,
+    )
 
 
 def _row(rng: random.Random, tag: str, i: int) -> dict[str, Any]:

@@ -13,42 +13,27 @@ import asyncio
 import random
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from faust.types import TP
 
-from core.settings import Settings
 from detectors.canary import CanaryDetector
-from streams.app import create_app
 from streams.detect import DetectorSpec, Judge, Reference
 from streams.detect_stage import DetectStage
-from streams.metrics import Metrics
 from streams.windows import ClosedWindow, Partial, Sample
-from tests.test_open_windows import FAST, MINUTE, T, _apply, _row
+from tests.test_open_windows import FAST, MINUTE, T, _apply, _row, detect_stage
 from tests.test_window_marks import _batch, _out
 
 
 def _stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DetectStage:
     """A detect stage owning summaries partition 3, v1 the stable version of model m, no reference file."""
-    detectors_file = tmp_path / "detectors.yaml"
-    detectors_file.write_text(yaml.safe_dump([FAST]))
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        curation=False,
-        decide=False,
-        window_seconds=60,
+    return detect_stage(
+        tmp_path,
+        monkeypatch,
+        [FAST],
+        reference_file=False,
         window_grace_seconds=1,
-        detectors_file=detectors_file,
         stable_versions={"m": "v1"},
     )
-    stage = create_app(settings, Metrics()).runtime.stages["detect"]
-    assert isinstance(stage, DetectStage)
-    app: Any = stage.app
-    app.tables.recovery.completed.set()
-    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: {TP(settings.topics.summaries, 3)})
-    return stage
 
 
 def _version(stage: DetectStage, version: str, minute: int, events: int, seed: int, ahead: float) -> Partial:

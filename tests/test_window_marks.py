@@ -14,7 +14,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
 from faust.types import TP
 
 from core.settings import Settings
@@ -22,11 +21,10 @@ from schemas.events import DeadLetterReason, WindowClosed
 from streams.app import create_app
 from streams.detect_stage import DetectStage, ProgressOnly, decode_summary
 from streams.ingest import Accepted, Rejected
-from streams.metrics import Metrics
 from streams.runtime import Batch, Effects
 from streams.watermarks import Progress
 from streams.windows import Partial, Sample, Windows, WindowSpec
-from tests.test_open_windows import FAST, MINUTE, T, _apply, _row
+from tests.test_open_windows import FAST, MINUTE, T, _apply, _row, detect_stage
 
 SPEC = WindowSpec(seconds=60, grace_seconds=1.0, idle_seconds=30, close="watermark", revision_seconds=300)
 SEGMENT = {"model": "m", "model_version": "v1", "app": "a", "route": None, "tenant": None}
@@ -162,28 +160,7 @@ def test_progress_only_records_and_partials_with_progress_are_summaries() -> Non
 
 def _stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owned: set[int] | None = None) -> DetectStage:
     """A detect stage of one-minute windows closed by watermarks, owning summaries partition 3."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    detectors_file = tmp_path / "detectors.yaml"
-    detectors_file.write_text(yaml.safe_dump([FAST]))
-    reference = tmp_path / "reference.jsonl"
-    rng = random.Random(5)
-    reference.write_text("".join(json.dumps(_row(rng, "ref", i)) + "\n" for i in range(200)))
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        curation=False,
-        decide=False,
-        window_seconds=60,
-        window_grace_seconds=1,
-        detectors_file=detectors_file,
-        reference_file=reference,
-    )
-    stage = create_app(settings, Metrics()).runtime.stages["detect"]
-    assert isinstance(stage, DetectStage)
-    app: Any = stage.app
-    app.tables.recovery.completed.set()
-    assigned = {TP(settings.topics.summaries, p) for p in (owned or {3})}
-    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: assigned)
-    return stage
+    return detect_stage(tmp_path, monkeypatch, [FAST], owned=owned or {3}, window_grace_seconds=1)
 
 
 def _batch(stage: DetectStage, *summaries: tuple[int, Partial | dict[str, Any]], partition: int = 3) -> Batch:
