@@ -56,6 +56,11 @@ class ToxicityRateConfig(DetectorConfig):
         0.02, ge=0, le=1, description="Smallest rise in the toxic share (absolute) worth a drift verdict"
     )
     max_request_ids: int = Field(20, ge=0, description="Most flagged request ids carried in a finding")
+    min_samples: int = Field(
+        1,
+        ge=1,
+        description="Windows (and reference windows) with fewer texts are not judged (too_few_samples)",
+    )
 
     @model_validator(mode="after")
     def _labels_are_consistent(self) -> ToxicityRateConfig:
@@ -94,6 +99,10 @@ class ProfanityRateConfig(ToxicityRateConfig):
     """Profanity rates from profanity-check alone (cheap, no model download)."""
 
     labels: tuple[Literal["profanity"], ...] = Field((PROFANITY_LABEL,), description="The only label")
+    # A rate of a few texts pages for nothing (a new user's 24-request window read "ok, judged").
+    min_samples: int = Field(
+        30, ge=1, description="Windows with fewer texts are not judged (too_few_samples)"
+    )
 
 
 def score_column(column: str, label: str) -> str:
@@ -238,6 +247,23 @@ class _ToxicityRateDetector(Detector[C]):
         """Per-label toxic shares against the baseline; the worst label gives the verdict."""
         if self.config.baseline == "reference" and self._reference is None:
             raise DetectorNotReady(f"{self.id}: call fit() with a reference window first")
+        reference_size = self._reference[1] if self._reference else 0
+        smallest = min(len(current), reference_size) if self.config.baseline == "reference" else len(current)
+        if smallest < self.config.min_samples:
+            # Marked as the other detectors mark it: the window reads "not judged", not "ok".
+            return Finding(
+                detector_id=self.id,
+                verdict="ok",
+                reference_size=reference_size,
+                current_size=len(current),
+                threshold=self.config.alpha,
+                measurements={
+                    "too_few_samples": 1.0,
+                    "min_samples": float(self.config.min_samples),
+                    "reference_samples": float(reference_size),
+                    "current_samples": float(len(current)),
+                },
+            )
         scored = self.score(current)
         rates = self._rates(self._flags(scored))
         corrected = [min(1.0, r.p_value * len(rates)) for r in rates]
