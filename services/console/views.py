@@ -107,6 +107,8 @@ class AlertRow(BaseModel):
     window_start: datetime | None = Field(None, description="Start of the first window behind the alert")
     window_end: datetime | None = Field(None, description="End of the last window behind the alert")
     decided_at: datetime | None = Field(None, description="When loopwatch published this transition")
+    #: The clock of changed_at: wall clock for a resolve decided within 2 s of its ends_at (the timeout).
+    changed_clock: Literal["window time", "wall clock"] = "window time"
     runbook_url: str | None = None
 
 
@@ -518,10 +520,18 @@ def _alert_rows(table: pa.Table) -> list[AlertRow]:
             window_start=r.get("window_start"),
             window_end=r.get("window_end"),
             decided_at=r.get("decided_at"),
+            changed_clock=_clock_of(r),
             runbook_url=r["runbook_url"],
         )
         for r in table.to_pylist()
     ]
+
+
+def _clock_of(row: dict[str, Any]) -> Literal["window time", "wall clock"]:
+    """Which clock a row's changed_at is on (see AlertRow.changed_clock)."""
+    ends, decided = row["ends_at"], row.get("decided_at")
+    timeout = row["status"] == "resolved" and ends and decided and abs((decided - ends).total_seconds()) < 2
+    return "wall clock" if timeout else "window time"
 
 
 def _latest_per_fingerprint(alerts: list[AlertRow]) -> list[AlertRow]:
