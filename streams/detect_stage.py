@@ -47,7 +47,7 @@ the ones it had: it rebuilds the open windows (and re-queues the slow work)
 of partitions it got, once the tables are recovered, and drops, unjudged, the
 windows of partitions another worker took. When partitions are revoked
 (faust's ``on_partitions_revoked``) it drops their windows, waiting windows
-and watermarks at once, merges (or acks) no batch of theirs still queued, and refuses
+and watermarks at once, merges no batch of theirs still queued, and refuses
 any write to their tables; while a rebalance is under way it merges but
 closes nothing.
 """
@@ -164,7 +164,9 @@ class DetectStage(Stage):
         self.assigned: set[int] = set()
         # Revoked and not assigned again: their batches still queued are not merged.
         self.revoked: set[int] = set()
-        runtime.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))  # faust's types are loose
+        runtime.app.on_partitions_revoked.connect(
+            cast(Any, self._on_revoked)
+        )  # faust's signature types are loose
         # With a registry, its champion is each model's stable version (the canaries' reference), as
         # in the decide stage: read in a thread on ticks, and a model's windows wait for the first read.
         self.registry = registry_from_settings(settings)
@@ -202,12 +204,8 @@ class DetectStage(Stage):
         closing = not self.app.rebalancing
         closed: list[ClosedWindow] = []
         for message, accepted in batch.accepted:
-            if message.partition in self.revoked:
-                # Not merged, so not acked: faust commits acks of a partition on its next assignment
-                effects.unacked.append(message)  # (even to this worker), and no owner would ever merge it
-                continue
-            if self.window_table.holds(message):
-                continue  # replayed after a restart, merged already
+            if message.partition in self.revoked or self.window_table.holds(message):
+                continue  # another worker's now; or replayed after a restart, merged already
             try:
                 if isinstance(accepted.event, ProgressOnly):
                     self.windows.progress(message.partition, accepted.event.progress, now)
@@ -226,8 +224,6 @@ class DetectStage(Stage):
                 # A summary this stage cannot merge must not crash the worker (and,
                 # re-read after the restart, crash it again): it is logged and counted.
                 self._failed(f"summary at {message.topic}/{message.partition}/{message.offset}")
-        if effects.unacked:
-            log.info("%d summaries of revoked partitions left unacked for their owner", len(effects.unacked))
         self.metrics.window_late_events.inc(self.windows.late_events - late)
         self.metrics.window_duplicate_events.inc(self.windows.duplicate_events - duplicates)
         revised = self.windows.revisions() if closing else []

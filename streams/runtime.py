@@ -22,9 +22,7 @@ Then it performs the unit's effects in this order:
 3. blocking calls (a Delta commit) run in a thread;
 4. the state writes' changelog records are sent and acknowledged;
 5. ``after`` callbacks run (e.g. pages handed to the notifiers);
-6. the unit's input messages are acked, so faust's next commit covers them
-   (except those the stage left ``unacked``: they are read again by whoever
-   owns their partition next).
+6. the unit's input messages are acked, so faust's next commit covers them.
 
 A crash anywhere before 6 replays the unit from the state of the last changelog
 record: every output is at-least-once and no state is durable before the outputs
@@ -136,9 +134,6 @@ class Effects:
     after: list[Callable[[], None]] = field(default_factory=list)
     #: Slow work: each result that is not None comes back to the stage's ``receive``.
     background: list[Awaitable[Any]] = field(default_factory=list)
-    #: Input messages of this unit it did not handle (a partition revoked while they waited): never
-    #: acked, so no commit covers them and the partition's next owner reads them from its committed offset.
-    unacked: list[Any] = field(default_factory=list)
 
     def put(self, table: StateTable, key: bytes, value: bytes | None, partition: int = 0) -> None:
         """Write ``value`` under ``key`` (None deletes), locally and on the changelog."""
@@ -508,10 +503,7 @@ class _StageQueue:
                 await asyncio.shield(previous)
             ack = self.runtime.app.consumer.ack
             shared = bool(messages) and len(self.runtime.route[messages[0].topic]) > 1
-            skipped = {id(message) for message in effects.unacked}
             for message in messages:
-                if id(message) in skipped:
-                    continue
                 if not shared or not message.decref():  # a shared message: the last reader acks it
                     ack(message)
             if messages:
