@@ -7,7 +7,8 @@ would look at: the rollback's CloudEvent id, a drawn chart, the reasons.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -138,16 +139,23 @@ def test_the_datasets_page_shows_versions_and_the_export_command(page):
     assert golden.locator(".export").inner_text().startswith("loopwatch dataset export --root ")
 
 
-@pytest.fixture(scope="module")
-def two_configs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A console, labelled as `loopwatch console` labels the default detectors, over TWO_CONFIGS."""
+def _serve_history(
+    tmp_path_factory: pytest.TempPathFactory, name: str, write: Callable[[Path], Any]
+) -> Iterator[str]:
+    """A console, labelled as `loopwatch console` labels the default detectors, over what ``write`` makes."""
     from core.settings import Settings
     from services.console import build_console
 
-    root = tmp_path_factory.mktemp("console-two-configs")
-    write_two_config_history(root / "history")
+    root = tmp_path_factory.mktemp(name)
+    write(root / "history")
     with serving(build_console(Settings(), history=str(root / "history"), datasets=str(root))) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def two_configs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A console over TWO_CONFIGS."""
+    yield from _serve_history(tmp_path_factory, "console-two-configs", write_two_config_history)
 
 
 def test_two_configs_draw_two_labelled_charts_and_one_window_gets_clock_ticks(browser, two_configs_url):
@@ -180,15 +188,9 @@ def test_two_configs_draw_two_labelled_charts_and_one_window_gets_clock_ticks(br
 @pytest.fixture(scope="module")
 def verdicts_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A console over the history written from real events (tests/console_verdicts_fixture.py)."""
-    from core.settings import Settings
-    from services.console import build_console
-
     from .console_verdicts_fixture import write_verdicts_history
 
-    root = tmp_path_factory.mktemp("console-verdicts-browser")
-    write_verdicts_history(root / "history")
-    with serving(build_console(Settings(), history=str(root / "history"), datasets=str(root))) as url:
-        yield url
+    yield from _serve_history(tmp_path_factory, "console-verdicts-browser", write_verdicts_history)
 
 
 def test_not_judged_scales_and_revisions_read_right_in_the_browser(browser, verdicts_url):
