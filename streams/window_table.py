@@ -68,7 +68,8 @@ class Restored:
     """What the table held for some partitions: open partials, last closed windows, slow work pending."""
 
     partials: list[tuple[str, Partial]] = field(default_factory=list)
-    closed: list[tuple[dict[str, str | None], WindowKind, int]] = field(default_factory=list)
+    #: Per stream: (segment, kind, last closed window id, when its closing passed which ids).
+    closed: list[tuple[dict[str, str | None], WindowKind, int, dict[str, Any]]] = field(default_factory=list)
     pending: list[tuple[str, ClosedWindow]] = field(default_factory=list)
     #: Closed windows kept for revisions: (partition, segment, kind, window id, revision, closed at, outcome).
     done: list[tuple[int, dict[str, str | None], WindowKind, int, int, float, str]] = field(
@@ -125,7 +126,8 @@ class WindowTable:
                 self._put(effects, f"done|{window.kind}|{segment}|{window.window_id}", value, partition)
             upto = windows.closed_upto.get((segment, window.kind))
             if upto is not None and window.revision == 0:  # later partials of it stay late after a restart
-                marker = {"partition": partition, "closed": [window.segment, window.kind, upto]}
+                gaps = windows.gaps.to_json((segment, window.kind))
+                marker = {"partition": partition, "closed": [window.segment, window.kind, upto], "gaps": gaps}
                 self._put(effects, f"closed|{window.kind}|{segment}", _encode(marker), partition)
         for key, (value, partition) in self.unwritten.items():
             self.partition[key] = partition
@@ -181,7 +183,7 @@ class WindowTable:
                 restored.partials.append((key, Partial.from_json(data["summary"])))
             elif "closed" in data:
                 segment, kind, window_id = data["closed"]
-                restored.closed.append((segment, kind, window_id))
+                restored.closed.append((segment, kind, window_id, data.get("gaps", {})))
             elif "window" in data:
                 restored.pending.append((key, ClosedWindow.from_json(data["window"])))
             elif "done" in data:
@@ -212,9 +214,10 @@ def restore_windows(windows: Windows, restored: Restored, now: float) -> list[st
     periods of the restored watermarks. A closed window kept for revisions
     gets its partials back, and its revision number.
     """
-    for segment, kind, window_id in restored.closed:
+    for segment, kind, window_id, gaps in restored.closed:
         stream = (segment_key(segment), kind)
         windows.closed_upto[stream] = max(windows.closed_upto.get(stream, window_id), window_id)
+        windows.gaps.restore(stream, gaps)
     for partition, watermarks in restored.marks:
         windows.marks.restore(partition, watermarks, now)
     for partition, segment, kind, window_id, revision, closed_at, outcome in restored.done:
@@ -238,7 +241,7 @@ def restore_windows(windows: Windows, restored: Restored, now: float) -> list[st
         windows.partition[slot[:2]] = restored_partition(key)
         if slot in windows.done:
             windows.redo(partial, key)
-        elif windows.is_late(partial):
+        elif not windows.merges(partial):
             late.append(key)
         else:
             windows.restore(partial, now, key)

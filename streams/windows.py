@@ -27,6 +27,7 @@ from typing import Any, Literal
 from core.settings import Settings
 from streams.watermarks import Marks, Source, source_of
 from streams.window_dedup import Coverage, Origin, add_offset, drop_counted
+from streams.window_gaps import Gaps
 
 WindowKind = Literal["inference", "feedback"]
 
@@ -329,8 +330,10 @@ class Windows:
 
     A closed time window is kept for ``revision_seconds``: a partial for it
     is merged in, and :meth:`revisions` gives it back once per unit with its
-    revision number. Beyond that a partial for a closed window is late: not
-    judged, and ``late_events`` counts its events.
+    revision number. A window that closed without ever opening (a later one
+    closed first) opens for a late partial within that horizon too
+    (:mod:`streams.window_gaps`). Beyond it a partial for a closed window is
+    late: not judged, and ``late_events`` counts its events.
 
     Each merged partial may carry an ``entry`` id (where the caller keeps it:
     the detect stage's open-windows table); a closed window lists its entries,
@@ -355,6 +358,7 @@ class Windows:
         self.partition: dict[Stream, int] = {}
         self.done: dict[Slot, Done] = {}
         self.revised: set[Slot] = set()
+        self.gaps = Gaps(spec.revision_seconds)
         #: The input offsets each open or kept window counted (:mod:`streams.window_dedup`).
         self.coverage: dict[Slot, dict[Source, Coverage]] = {}
         #: Events of partials that a window had counted already (ingest read them twice): not counted again.
@@ -366,14 +370,17 @@ class Windows:
         return (segment_key(partial.segment), partial.kind, partial.window_id)
 
     def is_late(self, partial: Partial) -> bool:
-        """Whether ``partial`` is for a time window that has closed already."""
+        """Whether ``partial`` is for a time window that has closed already (or that closing passed)."""
         # No default of -1: windows before 1970 have negative ids, and are not late.
-        closed_upto = self.closed_upto.get((segment_key(partial.segment), partial.kind))
-        return self.spec.seconds is not None and closed_upto is not None and partial.window_id <= closed_upto
+        slot = self.slot(partial)
+        closed_upto = self.closed_upto.get(slot[:2])
+        late = closed_upto is not None and partial.window_id <= closed_upto and slot not in self.open
+        return self.spec.seconds is not None and late
 
     def merges(self, partial: Partial) -> bool:
-        """Whether ``partial`` is merged somewhere (an open window, or a closed one it revises)."""
-        return not self.is_late(partial) or self.slot(partial) in self.done
+        """Whether ``partial`` is merged (into an open window, a closed one it revises, a gap it opens)."""
+        slot = self.slot(partial)
+        return not self.is_late(partial) or slot in self.done or self.gaps.opens(slot[:2], slot[2])
 
     def progress(self, partition: int, progress: dict[Source, float], now: float) -> bool:
         """Watermarks heard on a summaries partition; True when one moved."""
@@ -398,7 +405,7 @@ class Windows:
             self.marks.observe(partition, partial.progress, now)
         if slot in self.done:
             self._revise(slot, partial, entry)
-        elif self.is_late(partial):
+        elif not self.merges(partial):
             self.late_events += partial.sample.seen
         else:
             self.restore(partial, now, entry)
@@ -474,6 +481,7 @@ class Windows:
             self.forget(slot)
         for stream in streams:
             del self.partition[stream]
+            self.gaps.forget(stream)
         self.marks.forget(partitions)
         return entries
 
@@ -508,6 +516,7 @@ class Windows:
 
     def expire(self, now: float) -> list[ClosedWindow]:
         """Closed windows past the revision horizon, forgotten (their entries can go)."""
+        self.gaps.expire(now)
         old = [s for s, d in self.done.items() if now - d.closed_at >= self.spec.revision_seconds]
         expired = []
         for slot in old:
@@ -523,7 +532,9 @@ class Windows:
         entries = tuple(self.entries.pop(slot, ()))
         if self.spec.seconds is not None:
             stream = slot[:2]
-            self.closed_upto[stream] = max(self.closed_upto.get(stream, slot[2]), slot[2])
+            if slot[2] > self.closed_upto.get(stream, slot[2] - 1):
+                self.closed_upto[stream] = slot[2]
+                self.gaps.passed(stream, slot[2], now)
             if self.spec.revision_seconds > 0:
                 self.done[slot] = Done(partial, now, 0, list(entries))
         if slot not in self.done:  # later partials of it are late, or belong to the next count window

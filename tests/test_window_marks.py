@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -245,6 +246,42 @@ def test_a_restarted_stage_keeps_the_watermarks_and_revises_a_closed_window_from
     assert f"done|inference|m|v1|a|||{MINUTE}".encode() in deleted and len(deleted) == 5
     counted = asyncio.run(again.handle(_batch(again, (6, _minute(0, 9, 5))), T + 400))
     assert _out(again, counted) == ([], []) and again.windows.late_events == 9
+
+
+def test_a_window_passed_before_it_opened_is_judged_when_its_partials_come_within_the_horizon() -> None:
+    windows = Windows(SPEC)
+    [closed] = windows.add(_partial(2, 40, 1, a=182.0), now=0.0, partition=3)  # windows 0 and 1 never opened
+    assert closed.window_id == 2
+    [gap] = windows.add(_partial(1, 25, 2), now=10.0, partition=3)  # all its events came after 2 closed
+    assert (gap.window_id, gap.seen, gap.revision) == (1, 25, 0) and windows.late_events == 0
+    windows.add(_partial(1, 5, 3), now=20.0, partition=3)  # and then it is revised like any closed window
+    [revised] = windows.revisions()
+    assert (revised.window_id, revised.seen, revised.revision) == (1, 30, 1)
+    windows.expire(now=300.0)  # window 2 closed 300 s ago: what it passed is late for good
+    windows.add(_partial(0, 7, 4), now=301.0, partition=3)
+    assert windows.revisions() == [] and windows.late_events == 7
+    assert windows.open == {}
+
+
+def test_a_restarted_stage_still_judges_a_window_passed_before_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashed = _stage(tmp_path / "a", monkeypatch)
+    restarted = _stage(tmp_path / "b", monkeypatch)
+    passed = dict.fromkeys(crashed.windows.spec.sources, END + 65)  # past minute 1 and its lateness
+    first = asyncio.run(crashed.handle(_batch(crashed, (1, _minute(1, 70, 1, **passed))), T))
+    [detection], _ = _out(crashed, first)
+    assert detection["window_start"] == _utc_iso(END)  # minute 1 judged; minute 0 never opened
+    _apply(crashed, first, restarted)
+    late = asyncio.run(restarted.handle(_batch(restarted, (2, _minute(0, 30, 2))), T + 60))
+    [gap], [closed] = _out(restarted, late)
+    assert (gap["measurements"]["window_events"], gap["revision"]) == (30, 0)
+    assert gap["window_end"] == _utc_iso(END) and (closed.events, closed.outcome) == (30, "judged")
+
+
+def _utc_iso(timestamp: float) -> str:
+    """A Detection's window bound as JSON writes it."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_on_revocation_the_stage_drops_the_partitions_windows_and_never_writes_for_them(
