@@ -127,6 +127,12 @@ def test_the_dead_letters_page_lists_the_reasons_and_shows_payloads_as_text(page
         p.bounding_box()["width"] for p in page.locator("#chart-deadletters .barlayer .point path").all()
     ]
     assert widths and min(widths) > 5, widths  # letters of one minute still draw a visible bar
+    # Trial 12b: no time label hangs over the y axis (the first one did), and the day is the axis title.
+    left = page.locator("#chart-deadletters .nsewdrag").bounding_box()["x"]
+    ticks = [t.bounding_box() for t in page.locator("#chart-deadletters .xtick text").all()]
+    shown = [box for box in ticks if box and box["width"] > 0]
+    assert shown and min(box["x"] for box in shown) >= left, (left, shown)
+    assert (page.locator("#chart-deadletters .g-xtitle").text_content() or "").startswith("minute (UTC) of ")
     # The producer's markup is shown, not run.
     assert any("<script>alert(1)</script>" in t for t in page.locator(".payload").all_inner_texts())
     assert page.locator("main script").count() == 0

@@ -129,6 +129,22 @@ def test_skipped_windows_are_listed_with_their_reason_and_marked_on_the_axis(cli
     assert "skipped: the slow detectors&#39; queue was full" in html and 'id="skipped-windows"' in html
 
 
+def test_a_slow_detector_that_judged_no_window_is_named_on_the_overview_and_the_segment(client) -> None:
+    """Trial 12b: the embedding detector was skipped or too small in every window; both pages say so."""
+    view = _segment(client)
+    assert view["never_judged"] == [EMBEDDING]
+    embedding = next(d for d in view["detectors"] if d["detector_id"] == EMBEDDING)
+    assert embedding["slow"] and embedding["skipped"] == [view["window_start"][2]]
+    assert not any(d["slow"] or d["skipped"] for d in view["detectors"] if d["detector_id"] != EMBEDDING)
+    overview = client.get("/api/overview", params={"day": str(START.date())}).json()
+    [row] = [v for m in overview["models"] for v in m["versions"]]
+    assert row["never_judged"] == [EMBEDDING]
+    html = client.get("/overview", params={"day": str(START.date())}).text
+    assert f"{EMBEDDING}: every window skipped (slow detectors' queue full) or too small" in html
+    # Trial 17a finding 6: a skipped window reads as judged, by the fast detectors.
+    assert SKIPPED_NOTE == "judged by the fast detectors; slow detectors skipped (queue full)"
+
+
 def test_quality_measures_get_one_chart_per_unit_and_an_slo_is_a_bound() -> None:
     units = {
         name: measurement_unit(name)

@@ -57,6 +57,8 @@ class Console:
     stable_versions: Mapping[str, str] = field(default_factory=dict)
     #: config_id -> what sets a detector's config apart (``column=prompt_chars``), for chart labels.
     config_labels: Mapping[str, str] = field(default_factory=dict)
+    #: The detectors the slow queue runs (skipped when it is full): named where they judged nothing.
+    slow_detectors: frozenset[str] = frozenset()
     #: The Kafka the replay commands name (``--bootstrap``); None: a placeholder the user must fill in.
     bootstrap: str | None = None
 
@@ -137,12 +139,16 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/overview", response_model=Overview, tags=["pages"])
     def api_overview(day: Day = None, days: Days = 1) -> Overview:
         """Every segment with traffic: last window, worst verdict, open alerts; stable beside canary."""
-        return overview_view(console.history, span(day, days), console.stable_versions)
+        return overview_view(
+            console.history, span(day, days), console.stable_versions, console.slow_detectors
+        )
 
     @app.get("/api/segments/{segment:path}", response_model=SegmentView, tags=["pages"])
     def api_segment(segment: str, day: Day = None, days: Days = 1) -> SegmentView:
         """One segment: each detector's statistic over windows with its threshold and verdicts."""
-        return segment_view(console.history, segment, span(day, days), console.config_labels)
+        return segment_view(
+            console.history, segment, span(day, days), console.config_labels, console.slow_detectors
+        )
 
     @app.get("/api/incidents", response_model=Incidents, tags=["pages"])
     def api_incidents(day: Day = None, days: Days = 7) -> Incidents:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from services.console.columns import Times, boxed, texts
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.series import (
+    SLOW_SKIPPED,
     DetectorSeries,
     detector_series,
     judged_mask,
@@ -35,8 +36,8 @@ _SERIES_COLUMNS += ["revision", "judged", "samples", "min_samples", "threshold_o
 #: At most this many windows are listed in the page's table of windows without a plain verdict.
 MAX_NOTED = 500
 _SHOWN: dict[int, WindowShown] = {-1: "not judged", 0: "ok", 1: "warning", 2: "drift"}
-#: Why a window's slow detectors did not judge it (``skipped`` in the windows table).
-SKIPPED_NOTE = "skipped: the slow detectors' queue was full"
+#: A ``skipped`` window with a verdict: judged, only the slow detectors did not run on it.
+SKIPPED_NOTE = f"judged by the fast detectors; {SLOW_SKIPPED}"
 #: An axis around a few windows spans at least this much (Plotly zooms one point to microseconds).
 MIN_AXIS = timedelta(minutes=10)
 
@@ -85,13 +86,23 @@ class SegmentView(BaseModel):
     skipped: list[datetime] = Field(
         default_factory=list, description="Window starts the slow detectors skipped (queue full)"
     )
+    never_judged: list[str] = Field(
+        default_factory=list, description="Slow detectors with no verdict on any window: all were skipped"
+    )
     detectors: list[DetectorSeries]
 
 
 def segment_view(
-    history: HistoryReader, segment: str, span: DayRange, labels: Mapping[str, str] | None = None
+    history: HistoryReader,
+    segment: str,
+    span: DayRange,
+    labels: Mapping[str, str] | None = None,
+    slow: frozenset[str] = frozenset(),
 ) -> SegmentView:
-    """One segment's windows and, per detector config (``labels`` names them), its statistic and verdicts."""
+    """One segment's windows and, per detector config (``labels`` names them), its statistic and verdicts.
+
+    ``slow`` names the detectors the slow queue runs: only their charts mark the windows it skipped.
+    """
     model, version = parse_segment(segment)
     days = span.days()
     only = {"segment": segment}
@@ -110,6 +121,11 @@ def segment_view(
     shown: list[WindowShown | None] = texts(shown_column)
     noted, noted_total = _noted(per_window, shown_column, times, detections)
     skipped = per_window.filter(per_window["skipped"])
+    skipped_at = times.of(skipped["window_start"])
+    for s in series:
+        if s.detector_id in slow:
+            drawn = set(s.window_start)
+            s.slow, s.skipped = True, [t for t in skipped_at if t is not None and t not in drawn]
     return SegmentView(
         segment=segment,
         model=model,
@@ -122,7 +138,8 @@ def segment_view(
         x_range=x_range(span, per_window),
         noted=noted,
         noted_total=noted_total,
-        skipped=times.of(skipped["window_start"]),
+        skipped=skipped_at,
+        never_judged=never_judged(series, slow) if skipped_at else [],
         detectors=series,
     )
 
@@ -241,10 +258,16 @@ def _note(shown: str | None, unjudged: str | None, revision: int | None, skipped
     elif shown in ("reference", "waiting"):
         parts.append(str(shown))
     if shown == "skipped" or skipped:
-        parts.append(SKIPPED_NOTE)
+        parts.append(SKIPPED_NOTE if shown in ("ok", "warning", "drift") else SLOW_SKIPPED)
     if revision:
         parts.append(f"revised {revision}x")
     return ", ".join(parts) or None
+
+
+def never_judged(series: list[DetectorSeries], slow: frozenset[str]) -> list[str]:
+    """The slow detectors with no verdict on any window of the segment (each window skipped, or too small)."""
+    judged = {s.detector_id for s in series if s.windows > s.not_judged_windows}
+    return sorted(slow - judged)
 
 
 def x_range(span: DayRange, per_window: pa.Table) -> list[datetime]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -36,6 +37,15 @@ THRESHOLD_LABELS: dict[ThresholdKind, str] = {
     "threshold": "threshold",
     "alpha": "alpha (drift needs a p-value below it)",
     "min_probability": "min probability worse",
+}
+#: What a window's slow detectors (embeddings) did when their queue was full: the fast ones still judged it.
+SLOW_SKIPPED = "slow detectors skipped (queue full)"
+#: The y axis of a detector's chart, per threshold kind (a statistic's unit is its bound's).
+AXIS_TITLES: dict[ThresholdKind, str] = {
+    "alpha": "p-value (log)",
+    "min_effect_size": "effect size",
+    "min_probability": "probability worse (0-1)",
+    "threshold": "statistic",
 }
 #: The history's ``threshold_of`` -> the column drawn against the threshold, its kind and its label.
 SCALES: dict[str, tuple[str, ThresholdKind, str]] = {
@@ -99,6 +109,11 @@ class DetectorSeries(BaseModel):
         default_factory=list, description="Measurements that are a bound (an SLO), drawn as a line"
     )
     reports: list[ReportLink] = Field(default_factory=list)
+    axis_title: str = Field("statistic", description="The chart's y axis: what value is, in its unit")
+    slow: bool = Field(False, description="Run by the slow detectors, which skip windows when busy")
+    skipped: list[datetime] = Field(
+        default_factory=list, description="Windows this (slow) detector skipped: its queue was full"
+    )
 
 
 def measurement_unit(name: str) -> str:
@@ -111,6 +126,21 @@ def measurement_unit(name: str) -> str:
     if "cost" in check or "usd" in field:
         return "USD"
     return "share"
+
+
+_RATE = re.compile(r"(^|_)rate$|_ms$|_mean$|^share_above_slo$")
+_NOT_RATE = re.compile(r"samples$|^p_value|^decided_by$")
+
+
+@functools.lru_cache(maxsize=4096)
+def is_rate(name: str) -> bool:
+    """Whether a quality measurement is a rate, latency or cost to chart (``p95.observed_ms``).
+
+    Not sample counts (``error_rate.min_samples``: a check named ``error_rate``), p-values or which
+    check decided.
+    """
+    parts = name.split(".")
+    return any(_RATE.search(part) for part in parts) and not any(_NOT_RATE.search(part) for part in parts)
 
 
 def is_bound(name: str) -> bool:
@@ -185,6 +215,21 @@ def judged_mask(detections: pa.Table) -> pa.Array | pa.ChunkedArray:
     # A detector that tested nothing but did not say so (older rows) must not make its window read "ok".
     measured = functools.reduce(pc.or_, [pc.is_valid(_finite(detections[c])) for c in present])
     return pc.and_(judged, pc.or_(measured, pc.fill_null(pc.not_equal(detections["verdict"], "ok"), True)))
+
+
+def slow_never_judged(windows: pa.Table, detections: pa.Table, slow: frozenset[str]) -> dict[str, list[str]]:
+    """Per segment with windows the slow queue skipped: the slow detectors with no judged window."""
+    skipped = windows.filter(pc.equal(windows["outcome"], "skipped"))
+    if not slow or skipped.num_rows == 0:
+        return {}
+    judged = detections.filter(
+        pc.and_(judged_mask(detections), pc.is_in(detections["detector_id"], pa.array(sorted(slow))))
+    )
+    seen: dict[str, set[str]] = {}
+    for row in judged.group_by(["segment", "detector_id"]).aggregate([]).to_pylist():
+        seen.setdefault(row["segment"], set()).add(row["detector_id"])
+    segments = pc.unique(skipped["segment"]).to_pylist()
+    return {key: sorted(slow - seen.get(key, set())) for key in segments if slow - seen.get(key, set())}
 
 
 def verdict_ranks(detections: pa.Table) -> pa.Array:
@@ -288,7 +333,15 @@ def _series(
         units={name: measurement_unit(name) for name in measurements},
         bounds=[name for name in measurements if is_bound(name)],
         reports=_reports(group),
+        axis_title=axis_title(kind, [measurement_unit(n) for n in measurements if is_bound(n)]),
     )
+
+
+def axis_title(kind: ThresholdKind, bound_units: list[str]) -> str:
+    """A detector chart's y axis: ``p-value (log)``, or a statistic in its SLO's unit (``statistic (ms)``)."""
+    title = AXIS_TITLES[kind]
+    units = set(bound_units)
+    return f"{title} ({units.pop()})" if kind == "threshold" and len(units) == 1 else title
 
 
 def _count(mask: pa.Array | pa.ChunkedArray) -> int:

@@ -59,6 +59,7 @@ def build_console(settings: Settings, *, history: str | None = None, datasets: s
         datasets=DatasetStore(datasets or settings.datasets_uri()),
         stable_versions=dict(settings.stable_versions),
         config_labels=config_labels((s.detector_id, s.config) for s in specs),
+        slow_detectors=frozenset(s.detector_id for s in specs if s.slow),
         bootstrap=settings.kafka_bootstrap if "kafka_bootstrap" in settings.model_fields_set else None,
     )
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
-import re
 import shlex
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
@@ -22,7 +20,16 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from services.console.reader import ConsoleError, HistoryReader, day_range
-from services.console.series import MEASURED, Verdict, judged_mask, verdict_ranks, window_note
+from services.console.series import (
+    MEASURED,
+    SLOW_SKIPPED,
+    Verdict,
+    judged_mask,
+    slow_never_judged,
+    verdict_ranks,
+    window_note,
+)
+from services.console.series import is_rate as is_rate  # re-exported: the Segment page and tests use it
 from services.deadletters import printable
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
@@ -72,6 +79,7 @@ class SegmentRow(BaseModel):
     drift_windows: int = 0
     warning_windows: int = 0
     not_judged_windows: int = Field(0, description="Windows whose detectors had too few samples, all of them")
+    never_judged: list[str] = Field(default_factory=list, description="Slow detectors that judged no window")
     open_alerts: int = 0
 
 
@@ -225,9 +233,15 @@ def resolve_range(history: HistoryReader, end: date | None, days: int) -> DayRan
 
 
 def overview_view(
-    history: HistoryReader, span: DayRange, stable_versions: Mapping[str, str] | None = None
+    history: HistoryReader,
+    span: DayRange,
+    stable_versions: Mapping[str, str] | None = None,
+    slow: frozenset[str] = frozenset(),
 ) -> Overview:
-    """Every segment with traffic on the range, its last window and worst verdict; the open alerts."""
+    """Every segment with traffic on the range, its last window and worst verdict; the open alerts.
+
+    ``slow`` names the slow detectors: a segment with skipped windows says which of them judged none.
+    """
     days = span.days()
     windows = history.read("windows", days, columns=_OVERVIEW_WINDOW_COLUMNS)
     detections = history.read("detections", days, columns=_OVERVIEW_DETECTION_COLUMNS)
@@ -245,6 +259,7 @@ def overview_view(
     )
     verdicts = _verdicts(detections, per_segment)
     outcomes = _last_outcomes(windows, per_segment)
+    unjudged_by = slow_never_judged(windows, detections, slow)
     rows: list[SegmentRow] = []
     for seg in per_segment.to_pylist():
         key = seg["segment"]
@@ -269,11 +284,12 @@ def overview_view(
                 last_window_start=seg["window_start_max"],
                 last_window_end=seg["window_end_max"],
                 last_verdict=last,
-                last_note=note if last == "not judged" else last,
+                last_note=note if last == "not judged" else SLOW_SKIPPED if last == "skipped" else last,
                 worst_verdict=worst,
                 drift_windows=drift,
                 warning_windows=warning,
                 not_judged_windows=unjudged,
+                never_judged=unjudged_by.get(key, []),
                 open_alerts=sum(1 for a in open_alerts if (a.model, a.model_version) == (model, version)),
             )
         )
@@ -582,18 +598,3 @@ def _detection_ref(d: dict[str, Any]) -> DetectionRef:
         window_start=d.get("window_start"),
         window_end=d.get("window_end"),
     )
-
-
-_RATE = re.compile(r"(^|_)rate$|_ms$|_mean$|^share_above_slo$")
-_NOT_RATE = re.compile(r"samples$|^p_value|^decided_by$")
-
-
-@functools.lru_cache(maxsize=4096)
-def is_rate(name: str) -> bool:
-    """Whether a quality measurement is a rate, latency or cost to chart (``p95.observed_ms``).
-
-    Not sample counts (``error_rate.min_samples``: a check named ``error_rate``), p-values or which
-    check decided.
-    """
-    parts = name.split(".")
-    return any(_RATE.search(part) for part in parts) and not any(_NOT_RATE.search(part) for part in parts)

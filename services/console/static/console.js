@@ -2,8 +2,9 @@
 "use strict";
 
 const COLORS = { drift: "#c0392b", warning: "#e67e22", ok: "#27ae60" };
-const LAYOUT = { margin: { l: 50, r: 20, t: 10, b: 40 }, height: 260, showlegend: true,
-                 legend: { orientation: "h" } };
+// The legend sits below the two-line time labels (the first tick's date line would run into it).
+const LAYOUT = { margin: { l: 50, r: 20, t: 10, b: 40 }, height: 275, showlegend: true,
+                 legend: { orientation: "h", y: -0.2, yanchor: "top" } };
 const CONFIG = { displaylogo: false, responsive: true };
 
 function values(series) {
@@ -47,9 +48,33 @@ function bars(x, y, name, width, offset = 0) {
   return { x, y, type: "bar", name, width, offset };
 }
 
-function layout(times, shared, marks) {
-  // marks: shapes and annotations every chart of the page carries (skippedMarks).
-  return { ...LAYOUT, xaxis: xaxis(times, shared), ...(marks || {}) };
+function layout(times, shared) {
+  return { ...LAYOUT, xaxis: xaxis(times, shared) };
+}
+
+function yaxis(title, ys, log) {
+  // Every axis says what it counts. Values that cannot be negative (shares, counts, p-values) start at 0:
+  // all zeros would otherwise autoscale to -1..1, and a share is 0..1 at most.
+  const axis = { title: { text: title } };
+  if (log) return { ...axis, type: "log" };
+  const known = ys.filter((y) => y !== null && y !== undefined);
+  if (known.length && known.every((y) => y >= 0)) {
+    axis.rangemode = "tozero";
+    if (known.every((y) => y === 0)) axis.range = [0, 1];
+  }
+  return axis;
+}
+
+function unjudged(holder, d) {
+  // A detector that judged no window has no point to draw: say why instead of drawing an empty axis.
+  const why = [...new Set((d.note || []).filter((n) => n).map((n) => n.replace(/^.*not judged \((.*)\)$/, "$1")))]
+    .join("; ") || "too few samples";
+  const text = document.createElement("p");
+  text.className = "not-judged-chart";
+  const skipped = d.slow && (d.skipped || []).length
+    ? ` The slow detectors' queue was full for ${d.skipped.length} more windows: skipped.` : "";
+  text.textContent = `Not judged in any of its ${d.windows} windows (${why}): nothing to draw.${skipped}`;
+  holder.replaceWith(text);
 }
 
 function linkZoom(ids) {
@@ -69,7 +94,6 @@ function linkZoom(ids) {
 
 function drawSegment(view) {
   const shared = view.x_range;
-  const marks = skippedMarks(view.skipped || []);
   const width = barWidth(view.window_start);
   const traffic = [bars(view.window_start, view.events, "events", width)];
   if ((view.feedback_events || []).some((n) => n !== null)) {
@@ -77,7 +101,9 @@ function drawSegment(view) {
     traffic[0].width = width / 2;
     traffic.push(bars(view.window_start, view.feedback_events, "feedback events", width / 2, width / 2));
   }
-  Plotly.newPlot("chart-events", traffic, layout(view.window_start, shared, marks), CONFIG);
+  const events = layout(view.window_start, shared);
+  events.yaxis = yaxis("events", [...view.events, ...(view.feedback_events || [])]);
+  Plotly.newPlot("chart-events", traffic, events, CONFIG);
   const ids = ["chart-events"];
   view.detectors.forEach((d, i) => {
     const label = d.value_label || "statistic";
@@ -96,8 +122,18 @@ function drawSegment(view) {
       marked(d, "warning"),
       marked(d, "drift"),
     ];
-    const plot = layout(d.window_start, shared, marks);
-    if (d.threshold_kind === "alpha") plot.yaxis = { type: "log", title: { text: "p-value (log)" } };
+    const ys = values(d);
+    if (!ys.some((y) => y !== null)) {
+      unjudged(document.getElementById(`chart-${i}`), d);
+      return;
+    }
+    const plot = layout(d.window_start, shared);
+    plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...d.threshold],
+                       d.threshold_kind === "alpha");
+    if (d.slow && (d.skipped || []).length) {
+      traces.push(skippedTrace(d.skipped));
+      plot.yaxis2 = { overlaying: "y", range: [0, 1], visible: false, fixedrange: true };
+    }
     Plotly.newPlot(`chart-${i}`, traces, plot, CONFIG);
     ids.push(`chart-${i}`);
     // One chart per unit (shares, milliseconds, USD, tokens): a latency never flattens a share.
@@ -120,8 +156,8 @@ function drawSegment(view) {
         ? { x: d.window_start, y: d.measurements[n], mode: "lines", name: `${n} (bound)`,
             line: { dash: "dash", color: "#7f8c8d" } }
         : { x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: n }));
-      const plot = layout(d.window_start, shared, marks);
-      plot.yaxis = { title: { text: unit } };
+      const plot = layout(d.window_start, shared);
+      plot.yaxis = yaxis(unit, byUnit[unit].flatMap((n) => d.measurements[n]));
       Plotly.newPlot(id, traces, plot, CONFIG);
       ids.push(id);
     });
@@ -129,20 +165,32 @@ function drawSegment(view) {
   linkZoom(ids);
 }
 
-function skippedMarks(starts) {
-  // Windows the slow detectors skipped (queue full): a dotted line at each on every chart's axis.
-  if (!starts.length) return {};
-  const shapes = starts.map((t) => ({ type: "line", xref: "x", yref: "paper", x0: t, x1: t, y0: 0, y1: 1,
-                                      line: { dash: "dot", color: "#8e44ad", width: 1 } }));
-  const notes = starts.map((t) => ({ x: t, xref: "x", yref: "paper", y: 1, text: "skipped",
-                                     showarrow: false, font: { size: 9, color: "#8e44ad" } }));
-  return { shapes, annotations: notes };
+function skippedTrace(starts) {
+  // The windows a slow detector skipped (its queue was full): one faint dotted line each, drawn as one
+  // trace on a hidden 0..1 axis, so the chart has one legend entry and a hover per line, not a label each.
+  const x = starts.flatMap((t) => [t, t, null]);
+  const y = starts.flatMap(() => [0, 1, null]);
+  return { x, y, yaxis: "y2", mode: "lines", name: "skipped (slow queue full)",
+           line: { dash: "dot", color: "#c39bd3", width: 1 },
+           hovertemplate: "%{x}: skipped, the slow detectors' queue was full<extra></extra>" };
 }
 
 function drawDeadLetters(view) {
   const traces = view.series.map((s) => bars(s.minute, s.count, s.reason, 0.9 * MINUTE));
+  // A bar covers its minute: the axis spans each minute's end too.
   const minutes = view.series.flatMap((s) => s.minute);
-  Plotly.newPlot("chart-deadletters", traces, { ...layout(minutes), barmode: "stack" }, CONFIG);
+  const ends = minutes.map((t) => new Date(new Date(t).getTime() + MINUTE).toISOString());
+  const plot = { ...layout([...minutes, ...ends]), barmode: "stack" };
+  // One-line labels with the day in the axis title: Plotly writes a two-line label's date under the
+  // first tick only, and a first tick on the axis's left end hangs over the y axis (then it is hidden).
+  const days = [...new Set(minutes.map((t) => new Date(t).toISOString().slice(0, 10)))].sort();
+  const oneDay = days.length <= 1;
+  Object.assign(plot.xaxis, { tickformat: oneDay ? "%H:%M" : "%b %d %H:%M", ticklabeloverflow: "hide past domain",
+                              title: { text: oneDay ? `minute (UTC) of ${days[0] || "-"}` : "minute (UTC)",
+                                       standoff: 4 } });
+  Object.assign(plot, { height: 290, margin: { ...LAYOUT.margin, b: 50 }, legend: { orientation: "h", y: -0.26 } });
+  plot.yaxis = yaxis("dead letters per minute", view.series.flatMap((s) => s.count));
+  Plotly.newPlot("chart-deadletters", traces, plot, CONFIG);
 }
 
 const DRAW = { segment: drawSegment, deadletters: drawDeadLetters };
