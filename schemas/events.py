@@ -45,12 +45,16 @@ _HASHED_ID = re.compile(HASHED_ID_PATTERN)
 # the schema, so it is written in the syntax ECMA-262, Rust's regex and Python
 # share (no look-arounds); whether the day exists is left to the date parser.
 # Upper-case T and Z only: RFC 3339 allows t and z, many validators do not.
-TIMESTAMP_PATTERN = (
+_LOCAL_DATE_TIME = (
     r"^([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
     r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
     r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
-    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
+TIMESTAMP_PATTERN = _LOCAL_DATE_TIME + r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+#: A date-time that only lacks its offset (Python's ``isoformat()`` of a naive datetime):
+#: a wrong value of the right type, which the dead letter names as such.
+NAIVE_TIMESTAMP = re.compile(_LOCAL_DATE_TIME + "$")
+NAIVE_TIMESTAMP_ERROR = "needs a UTC offset, e.g. 2026-11-01T10:00:00Z or 2026-11-01T11:00:00+01:00"
 
 # Numbers as I-JSON (RFC 7493) has them, so that every JSON reader holds them
 # exactly: finite doubles, and integers a double represents without loss.
@@ -451,8 +455,8 @@ class WindowClosed(_Event):
     revision: Count = Field(0, description="0 when the window first closed; n after its n-th late correction")
     outcome: Literal["judged", "reference", "waiting", "skipped"] = Field(
         description="judged: Detections went out; reference: pinned as a reference, not judged; "
-        "waiting: held for its stable version's window; skipped: judged by the fast detectors, but the "
-        "slow ones (embeddings, Detoxify) did not run on it: their queue was full"
+        "waiting: held for its stable version's window; skipped: judged too (the fast detectors' "
+        "Detections went out), only the slow ones (embeddings, Detoxify) did not run: their queue was full"
     )
     reference: str | None = Field(None, description="What it was compared with, when judged")
     closed_at: datetime
