@@ -19,10 +19,13 @@ from pydantic_core import to_json
 
 from detectors.frame import describe
 from schemas.events import (
+    NAIVE_TIMESTAMP,
+    NAIVE_TIMESTAMP_ERROR,
     DeadLetter,
     DeadLetterReason,
     Descriptors,
     EnrichedInference,
+    Feedback,
     InferenceLog,
     SourceRef,
 )
@@ -63,6 +66,8 @@ _PRIORITY = [
     DeadLetterReason.INVALID_VALUE,
 ]
 _TOO_LONG = {"string_too_long", "too_long", "bytes_too_long"}
+#: The detail's type of a date-time without an offset (``invalid_value``, not ``wrong_type``).
+NAIVE_TIMESTAMP_TYPE = "timestamp_without_offset"
 
 
 def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int) -> Accepted[EventT] | Rejected:
@@ -86,6 +91,9 @@ def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int) -> Accepte
             DeadLetterReason.INVALID_UTF8,
             f"the message is not UTF-8: byte {exc.start} ({raw[exc.start : exc.start + 1]!r}) is invalid",
         )
+    event = _valid_event(raw, model) if model in _ONE_PARSE else None
+    if event is not None:
+        return Accepted(event, text)
     try:
         event = model.model_validate_json(text)
     except ValidationError as exc:
@@ -96,6 +104,28 @@ def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int) -> Accepte
             return rejected
         return _duplicate_key(raw) or rejected
     return _duplicate_key(raw) or Accepted(event, text)
+
+
+#: The models :func:`_valid_event` may decode: their validators do the same in pydantic's JSON and
+#: Python modes (Detection's do not: in Python mode they drop a detector's NaN, from JSON they refuse it).
+_ONE_PARSE: frozenset[type[BaseModel]] = frozenset({InferenceLog, Feedback})
+
+
+def _valid_event(raw: bytes, model: type[EventT]) -> EventT | None:
+    """The event in ``raw`` when it is I-JSON that validates as ``model``; None for anything else.
+
+    One parse instead of two for the messages that pass (nearly all): jiter
+    refuses a repeated key while it builds the Python objects, and pydantic
+    validates those (its Python mode, which takes the types JSON decodes to as
+    JSON mode does). Every failure returns None and :func:`decode` parses again
+    the way it always did, so each dead-letter reason and error text comes from
+    that one path. On the bench's 1 KB events decode took about 10 us instead
+    of 12 (best of five, busy machine); a test checks both paths agree.
+    """
+    try:
+        return model.model_validate(jiter.from_json(raw, catch_duplicate_keys=True, cache_mode="keys"))
+    except ValueError:  # jiter's errors, and pydantic's ValidationError
+        return None
 
 
 def _duplicate_key(raw: bytes) -> Rejected | None:
@@ -174,7 +204,8 @@ def _duration(seconds: float) -> str:
 
 
 def _classify(exc: ValidationError, model_name: str) -> Rejected:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    # The inputs only tell a date-time that lacks its offset apart; no detail carries them.
+    errors = [_naive_timestamp(e) for e in exc.errors(include_url=False, include_context=False)]
     detail = [{"field": _dotted(e["loc"]), "type": e["type"], "message": e["msg"]} for e in errors]
     first = errors[0]
     if first["type"] == "json_invalid":
@@ -191,6 +222,14 @@ def _classify(exc: ValidationError, model_name: str) -> Rejected:
     examples = [f"{d['field']}: {d['message']}" for d, r in zip(detail, reasons, strict=True) if r is reason]
     more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
     return Rejected(reason, f"invalid {model_name}: {examples[0]}{more}", detail)
+
+
+def _naive_timestamp(error: Any) -> Any:
+    """``error`` as a timestamp without an offset when it is one (the right type, a wrong value)."""
+    given = error.get("input")
+    if error["type"] == "timestamp_parsing" and isinstance(given, str) and NAIVE_TIMESTAMP.match(given):
+        return {**error, "type": NAIVE_TIMESTAMP_TYPE, "msg": NAIVE_TIMESTAMP_ERROR}
+    return error
 
 
 def _reason_for(error: Any) -> DeadLetterReason:

@@ -56,6 +56,8 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
 _INDEX = struct.Struct(">Hq")  # partition, first_seen in ms: big-endian, so keys sort by time
 #: Index entries the sweep collects at a time, and index entries written per yield while rebuilding.
 SWEEP_CHUNK = 10_000
+#: Keys read without a state that are remembered until their first write (see JoinStore._missing).
+_MAX_MISSING = 100_000
 
 
 def _no_wal() -> rocksdict.WriteOptions:
@@ -125,11 +127,25 @@ class JoinStore:
         self.indexed: set[int] = set()
         #: Entries per partition: counted when a partition is indexed, then kept up to date.
         self.entries: dict[int, int] = {}
+        #: Index writes not applied yet: one RocksDB write per SWEEP_CHUNK of them, not one per
+        #: state (each write pays RocksDB's per-call cost); applied before the index is read.
+        self._index_writes = rocksdict.WriteBatch(raw_mode=True)
+        #: Keys that :meth:`get` found without a state: the runtime's :meth:`apply` of their
+        #: first write, which follows at once, needs no second read to know they are new.
+        self._missing: set[bytes] = set()
 
     # -- states ------------------------------------------------------------------
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The stored state of ``key``, or None."""
+        stored = self._read(partition, key)
+        if stored is None:
+            if len(self._missing) >= _MAX_MISSING:  # reads that no write followed (a failed batch)
+                self._missing.clear()
+            self._missing.add(key)
+        return stored
+
+    def _read(self, partition: int, key: bytes) -> bytes | None:
         if self.kind == "memory":
             return cast(bytes | None, self.store.data.get(key))
         return cast(bytes | None, self.store._db_for_partition(partition).get(key))
@@ -141,7 +157,11 @@ class JoinStore:
 
     def apply(self, key: bytes, value: bytes | None, partition: int) -> None:
         """A state write from the runtime: keep ``value`` as ``key``'s state, or forget it (None)."""
-        old = self.get(partition, key)
+        if value is not None and key in self._missing:
+            self._missing.discard(key)
+            self.put(partition, key, value, new=True)
+            return
+        old = self._read(partition, key)
         if value is not None:
             self.put(partition, key, value, new=old is None)
         elif old is not None:
@@ -158,7 +178,9 @@ class JoinStore:
             self.store._db_for_partition(partition)[key] = stored
         if new:  # an update keeps its first_seen, and so its index entry
             self.entries[partition] = self.entries.get(partition, 0) + 1
-            self.index[_index_key(partition, stored_first_seen(stored), key)] = b""
+            self._index_writes.put(_index_key(partition, stored_first_seen(stored), key), b"")
+            if len(self._index_writes) >= SWEEP_CHUNK:
+                self._write_index()
 
     def delete(self, partition: int, key: bytes, stored: bytes) -> None:
         """Forget a state (after its tombstone reached the changelog) and its index entry."""
@@ -167,7 +189,15 @@ class JoinStore:
             self.store.data.pop(key, None)
         else:
             self.store._db_for_partition(partition).delete(key)
-        self.index.delete(_index_key(partition, stored_first_seen(stored), key))
+        self._index_writes.delete(_index_key(partition, stored_first_seen(stored), key))
+        if len(self._index_writes) >= SWEEP_CHUNK:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        """Apply the index writes queued so far (a written batch is spent: a new one takes the next)."""
+        if len(self._index_writes):
+            self.index.write(self._index_writes)
+            self._index_writes = rocksdict.WriteBatch(raw_mode=True)
 
     def count(self, partitions: Iterable[int]) -> int:
         """Entries of ``partitions`` (RocksDB has no exact count short of a scan, so they are counted)."""
@@ -178,10 +208,12 @@ class JoinStore:
     def on_rebalance(self) -> None:
         """Partitions may have moved: index them again once they are recovered."""
         self.indexed.clear()
+        self._missing.clear()  # recovery may have brought states for them
 
     async def reindex(self, partitions: Iterable[int]) -> int:
         """Index the entries of ``partitions`` not indexed yet (recovered from the changelog); how many."""
         added = 0
+        self._write_index()  # a queued delete must not remove what is indexed now
         for partition in sorted(set(partitions) - self.indexed):
             n = 0
             for n, (key, stored) in enumerate(self._items(partition), 1):
@@ -198,6 +230,7 @@ class JoinStore:
 
         Index entries whose state is gone (swept, or recreated later) are dropped on the way.
         """
+        self._write_index()
         for partition in sorted(partitions):
             start = _INDEX.pack(partition, 0)
             end = _INDEX.pack(partition, _ms(before))
@@ -207,7 +240,7 @@ class JoinStore:
                     if index_key[:2] != start[:2] or index_key[: _INDEX.size] >= end:
                         break
                     key = index_key[_INDEX.size :]
-                    stored = self.get(partition, key)
+                    stored = self._read(partition, key)
                     if stored is None or _index_key(partition, stored_first_seen(stored), key) != index_key:
                         stale.append(index_key)
                         continue

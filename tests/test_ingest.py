@@ -78,7 +78,14 @@ BREAKAGES = [
     # Issue 14 defect 7, issue 15 finding 3: what JSON Schema says, the decoder does.
     ("epoch timestamp", lambda e: _dump({**e, "timestamp": 1_700_000_000}), "wrong_type"),
     ("epoch timestamp text", lambda e: _dump({**e, "timestamp": "1700000000"}), "wrong_type"),
-    ("timestamp without offset", lambda e: _dump({**e, "timestamp": "2026-11-01T10:00:00"}), "wrong_type"),
+    # Trial 12b finding 6: a date-time that only lacks its offset is a wrong value, not a wrong type.
+    ("timestamp without offset", lambda e: _dump({**e, "timestamp": "2026-11-01T10:00:00"}), "invalid_value"),
+    (
+        "timestamp without offset, ms",
+        lambda e: _dump({**e, "timestamp": "2026-12-01T20:58:20.401"}),
+        "invalid_value",
+    ),
+    ("timestamp without seconds", lambda e: _dump({**e, "timestamp": "2026-11-01T10:00"}), "wrong_type"),
     ("latency NaN", lambda e: _token(e, "latency_ms", "NaN"), "non_finite_number"),
     ("latency Infinity", lambda e: _token(e, "latency_ms", "Infinity"), "non_finite_number"),
     ("cost -Infinity", lambda e: _token(e, "cost_usd", "-Infinity"), "non_finite_number"),
@@ -143,6 +150,26 @@ def test_each_breakage_is_rejected_with_its_reason(valid, case, breaker, reason)
     assert isinstance(outcome, Rejected), case
     assert outcome.reason == DeadLetterReason(reason)
     assert outcome.error  # a sentence a person can act on
+
+
+def test_a_timestamp_without_an_offset_says_to_add_one(valid):
+    """Trial 12b finding 6: the error names the fix, and the detail carries no input."""
+    broken = _dump({**valid, "timestamp": "2026-12-01T20:58:20.401", "latency_ms": "slow"})
+    outcome = decode(broken, InferenceLog, max_bytes=MAX_BYTES)
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason == DeadLetterReason.WRONG_TYPE  # the latency's wrong type comes first
+    [stamp] = [d for d in outcome.detail if d["field"] == "timestamp"]
+    assert stamp == {
+        "field": "timestamp",
+        "type": "timestamp_without_offset",
+        "message": "needs a UTC offset, e.g. 2026-11-01T10:00:00Z or 2026-11-01T11:00:00+01:00",
+    }
+    alone = decode(
+        _dump({**valid, "timestamp": "2026-12-01T20:58:20.401"}), InferenceLog, max_bytes=MAX_BYTES
+    )
+    assert isinstance(alone, Rejected) and alone.reason == DeadLetterReason.INVALID_VALUE
+    assert alone.error == f"invalid InferenceLog: timestamp: {stamp['message']}"
+    assert all(set(d) == {"field", "type", "message"} for d in outcome.detail)
 
 
 @pytest.mark.parametrize(
