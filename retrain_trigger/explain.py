@@ -31,11 +31,19 @@ class DetectionsFileError(LoopwatchError):
 def describe_rule(rule: Rule, policy: Policy) -> str:
     """One rule in a sentence."""
     gates = rule.gates
-    evidence = [f"{gates.for_windows} consecutive window(s)"]
+    immediate = gates.immediate_p_value is not None and gates.for_windows > 1
+    evidence = [f"{1 if immediate else gates.for_windows} consecutive window(s)"]
     if gates.min_samples:
         evidence.append(f">= {gates.min_samples} samples")
     if gates.min_effect_size is not None:
         evidence.append(f"|effect| >= {gates.min_effect_size}")
+    weak = f"p < {gates.max_p_value:g}" if gates.max_p_value is not None else "its detector's verdict"
+    if immediate:
+        # Overwhelming evidence first: it is what fires at once.
+        strong = f"p < {gates.immediate_p_value:g}"
+        evidence.append(f"{strong}, or {gates.for_windows} consecutive ones with {weak}")
+    elif gates.max_p_value is not None:
+        evidence.append(weak)
     where = ", ".join(f"{k}={v}" for k, v in rule.match.segment.items()) or "any segment"
     text = (
         f"{rule.name}: {', '.join(rule.match.detectors)}"

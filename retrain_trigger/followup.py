@@ -43,9 +43,12 @@ class WatchStage:
         detection = ctx.detection
         if detection is not None:
             watches, verify = ctx.state.watch, ctx.policy.verify
-            for outcome in rollback_watch.observe(watches, verify, detection, ctx.window):
+            notes: list[str] | None = [] if ctx.explain else None
+            for outcome in rollback_watch.observe(watches, verify, detection, ctx.window, notes):
                 # The window's end, not the clock: a replay rebuilds the same event.
                 record_outcome(ctx, outcome, detection.window_end)
+            for note in notes or ():
+                ctx.log("watch", detection.segment.model, False, note)
         return True
 
 

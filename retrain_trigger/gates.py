@@ -18,10 +18,19 @@ Outcome = Literal["breach", "clear", "skip"]
 # NamedTuples, not frozen dataclasses: two are built per rule and detection, and a
 # frozen dataclass pays object.__setattr__ for every field.
 class Evidence(NamedTuple):
-    """What one window says for one rule: a breach, a clear window, or no evidence (skipped)."""
+    """What one window says for one rule: a breach, a clear window, or no evidence (skipped).
+
+    ``immediate``: a breach strong enough (``gates.immediate_p_value``) to fire at once.
+    """
 
     outcome: Outcome
     reason: str
+    immediate: bool = False
+
+
+def p_value_of(detection: Detection) -> float | None:
+    """The p-value a detection's verdict rests on: the adjusted one when the window was corrected."""
+    return detection.measurements.get("p_value_adjusted", detection.p_value)
 
 
 def judge(rule: Rule, detection: Detection) -> Evidence:
@@ -37,7 +46,18 @@ def judge(rule: Rule, detection: Detection) -> Evidence:
         return Evidence(
             "clear", f"verdict {detection.verdict} but |effect| {abs(effect):.3g} < {gates.min_effect_size}"
         )
-    return Evidence("breach", f"verdict {detection.verdict}")
+    p = p_value_of(detection)
+    if gates.max_p_value is not None and (p is None or not p < gates.max_p_value):
+        # One window at the detector's alpha is expected now and then on a healthy version.
+        shown = "no p-value" if p is None else f"p {p:.2g}"
+        return Evidence(
+            "clear", f"verdict {detection.verdict} but {shown} >= max_p_value {gates.max_p_value}"
+        )
+    immediate = gates.immediate_p_value is not None and p is not None and p < gates.immediate_p_value
+    reason = f"verdict {detection.verdict}" + (
+        f", p {p:.2g} < {gates.immediate_p_value}" if immediate else ""
+    )
+    return Evidence("breach", reason, immediate)
 
 
 class Step(NamedTuple):
@@ -49,13 +69,16 @@ class Step(NamedTuple):
     resolves: bool
 
 
-def step(rule: Rule, firing: bool, breaches: int, clears: int, outcome: Outcome) -> Step:
+def step(
+    rule: Rule, firing: bool, breaches: int, clears: int, outcome: Outcome, immediate: bool = False
+) -> Step:
     """Advance the consecutive-window counters of one alert (hysteresis in both directions)."""
     if outcome == "skip":
         return Step(breaches, clears, False, False)
     if outcome == "breach":
         breaches, clears = breaches + 1, 0
-        return Step(breaches, clears, not firing and breaches >= rule.gates.for_windows, False)
+        enough = immediate or breaches >= rule.gates.for_windows
+        return Step(breaches, clears, not firing and enough, False)
     breaches, clears = 0, clears + 1
     return Step(breaches, clears, False, firing and clears >= rule.gates.resolve_windows)
 
@@ -121,7 +144,7 @@ class GatesStage:
                         starts_at=record.starts_at if record else None,
                     ),
                 )
-            counters = step(rule, firing, before[0], before[1], evidence.outcome)
+            counters = step(rule, firing, before[0], before[1], evidence.outcome, evidence.immediate)
             if record is None:
                 record = AlertRecord(
                     fingerprint=fp,

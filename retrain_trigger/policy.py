@@ -75,7 +75,21 @@ class Gates(_Strict):
     min_effect_size: float | None = Field(
         None, ge=0, description="Breaches need |effect_size| at least this (unset: trust the verdict)"
     )
+    max_p_value: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Breaches need a p-value (the adjusted one, when the window was corrected) below this:"
+        " stricter than the detector's alpha, e.g. for automatic actions (unset: trust the verdict)",
+    )
     for_windows: int = Field(1, ge=1, description="Consecutive breaching windows before the alert fires")
+    immediate_p_value: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="A breach with a p-value below this fires at once, whatever for_windows says"
+        " (overwhelming evidence; unset: never)",
+    )
     resolve_windows: int = Field(1, ge=1, description="Consecutive clear windows before it resolves")
 
 
@@ -167,6 +181,11 @@ class Verify(_Strict):
             "toxicity.profanity.v1": "rate.profanity",
         },
         description="Detector id -> rate compared (a share in [0, 1], lower is better)",
+    )
+    stand_ins: dict[str, str] = Field(
+        default_factory=lambda: {"quality.canary.v1": "quality.negative_feedback.v1"},
+        description="A trigger with no rate in ``metrics`` -> the measure judged for it (the stable"
+        " version gets no canary verdict; its thumbs-down rate is the canary check's main measure)",
     )
 
 

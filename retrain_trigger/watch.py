@@ -16,9 +16,18 @@ each time one arrives the watch judges, with Fisher's exact test:
   seen once on the target); once ``verify.within`` has passed it fails, with
   "not enough data" or "not shown better" and the numbers.
 
-Without a verify rate of any triggering detector (an older watch, or a
-trigger such as ``quality.canary.v1`` that ``verify.metrics`` does not name),
-every measure with a baseline is judged as a triggering one.
+A trigger that ``verify.metrics`` does not name is judged on its stand-in
+(``verify.stand_ins``: ``quality.canary.v1`` on the thumbs-down rate of
+``quality.negative_feedback.v1``, since the stable version gets no canary
+verdict). Without a verify rate of any triggering detector or stand-in (an
+older watch), every measure with a baseline is judged as a triggering one,
+and the reason says so.
+
+Only target windows that start once the rollback took effect count
+(:meth:`Watch.counts_after`): after the request's window end, after
+``rollback.applied`` with an act stage, and after the last window of the
+rolled-back version that still served after the request (what the target's
+windows beside it added is taken back).
 
 One profane reply on T therefore cannot outweigh a negative-feedback rate that
 fell from 0.871 to 0.185: a rise of 0.002 is neither significant nor material.
@@ -123,6 +132,19 @@ class Watch(BaseModel):
         None, description="Target windows starting before this are not counted [default: requested_at]"
     )
     seen_until: datetime | None = Field(None, description="The latest window end of the model since")
+    rolled_back_until: datetime | None = Field(
+        None,
+        description="The rolled-back version still served until this window end after the request:"
+        " the rollback had not taken effect, the target's windows before it are not evidence",
+    )
+    stand_ins: dict[str, str] = Field(
+        default_factory=dict, description="Measure -> the trigger it is judged for (verify.stand_ins)"
+    )
+
+    def counts_after(self) -> datetime:
+        """Target windows starting before this ran before the rollback took effect: they do not count."""
+        start = self.counts_from or self.requested_at
+        return max(start, self.rolled_back_until) if self.rolled_back_until else start
 
     def elapsed(self, now: datetime) -> timedelta:
         """How long the watch has run: in event time (its windows) or on the clock, whichever is longer.
@@ -178,18 +200,63 @@ def _gate(verify: Verify, config: dict[str, Any]) -> Gate:
     )
 
 
+def _still_served(watch: Watch, detection: Detection) -> None:
+    """A window of the rolled-back version after the request: the rollback was not in effect yet.
+
+    Without an act stage nothing says when a rollback took effect but the
+    traffic itself; the target's windows that ran beside the rolled-back
+    version (a backdated replay, a canary nobody took out yet) say nothing
+    about the rollback, and what they added is taken back.
+    """
+    if detection.window_start < watch.counts_after():
+        return
+    watch.rolled_back_until = detection.window_end
+    for key in list(watch.windows):
+        # window_key: segment|detector|config digest|start|end
+        _, detector, _, start, _ = key.rsplit("|", 4)
+        if datetime.fromisoformat(start) < detection.window_end:
+            tally = watch.target.get(detector)
+            if tally is not None:
+                watch.target[detector] = tally - watch.windows[key]
+                if not watch.target[detector].samples:
+                    del watch.target[detector]
+            del watch.windows[key]
+
+
+def waiting(watch: Watch, detection: Detection) -> str:
+    """Why a target window is not counted: it started before the rollback took effect."""
+    since = watch.counts_after().isoformat()
+    if watch.rolled_back_until is not None and watch.rolled_back_until >= watch.counts_after():
+        why = f"{watch.from_version} still served until {since}"
+    elif watch.counts_from is not None:
+        why = f"the rollback was applied at {since} (window time)"
+    else:
+        why = f"the rollback was requested at the window end {since}"
+    return (
+        f"{watch.rollback_id}: window {detection.window_start.isoformat()} of {watch.target_version}"
+        f" not counted ({why}): waiting for a window of {watch.target_version} after the rollback"
+    )
+
+
 def observe(
-    state: WatchState, verify: Verify, detection: Detection, update: WindowUpdate | None = None
+    state: WatchState,
+    verify: Verify,
+    detection: Detection,
+    update: WindowUpdate | None = None,
+    notes: list[str] | None = None,
 ) -> list[RollbackOutcome]:
     """Record a detection's verify rate; return the outcomes of the watches it settles.
 
     A revision of a window already counted replaces what that window added;
     one of an older window (``update.kind == "older"``) is counted but settles
-    nothing by itself.
+    nothing by itself. Only target windows that start once the rollback took
+    effect count (:meth:`Watch.counts_after`); ``notes`` gets why one did not.
     """
     for watch in state.watches:
         if watch.seen_until is None or detection.window_end > watch.seen_until:
             watch.seen_until = detection.window_end
+        if detection.segment.model_version == watch.from_version:
+            _still_served(watch, detection)
     measured = _rate(verify, detection)
     if measured is None:
         return []
@@ -201,9 +268,15 @@ def observe(
         state.last[key], state.last_samples[key] = value, samples
     done: list[RollbackOutcome] = []
     for watch in list(state.watches):
-        if segment.model_version != watch.target_version or watch.awaiting_apply:
+        if segment.model_version != watch.target_version:
             continue
-        if detection.window_start < (watch.counts_from or watch.requested_at):
+        if watch.awaiting_apply or detection.window_start < watch.counts_after():
+            if notes is not None and not older:
+                notes.append(
+                    f"{watch.rollback_id}: waiting for the act stage's rollback.applied"
+                    if watch.awaiting_apply
+                    else waiting(watch, detection)
+                )
             continue
         window = update.key if update is not None else window_key(detection)
         counted = watch.windows.get(window)
@@ -277,14 +350,18 @@ def start(
             baseline[detector] = state.last[key]
             samples[detector] = state.last_samples.get(key, verify.min_samples)
     triggered: list[str] = []
+    stand_ins: dict[str, str] = {}
     for detection in sorted(triggers, key=lambda d: d.window_end):
         if detection.segment.model_version != bad:
             continue
-        if detection.detector_id not in triggered:
-            triggered.append(detection.detector_id)
+        detector = detection.detector_id
+        if detector not in triggered:
+            triggered.append(detector)
         measured = _rate(verify, detection)
         if measured is not None:
-            baseline[detection.detector_id], samples[detection.detector_id] = measured
+            baseline[detector], samples[detector] = measured
+        elif detector not in verify.metrics and verify.stand_ins.get(detector) in verify.metrics:
+            stand_ins.setdefault(verify.stand_ins[detector], detector)
     state.watches.append(
         Watch(
             rollback_id=rollback_id,
@@ -295,6 +372,7 @@ def start(
             baseline=baseline,
             baseline_samples=samples,
             triggers=triggered,
+            stand_ins={m: t for m, t in stand_ins.items() if m not in triggered},
             opened_at=opened_at,
             awaiting_apply=await_applied,
         )
@@ -362,9 +440,31 @@ def _compare(
     return comparison, c.p_value
 
 
+def _judged_as_triggers(watch: Watch) -> list[str]:
+    """The measures the target must be better on: the triggers' own, their stand-ins, else every one."""
+    triggers = [d for d in watch.triggers if d in watch.baseline]
+    triggers += [m for m in watch.stand_ins if m in watch.baseline and m not in triggers]
+    return triggers or sorted(watch.baseline)
+
+
+def _why_compared(watch: Watch) -> str:
+    """Which measures were judged as the rollback's triggers, and why those."""
+    own = [d for d in watch.triggers if d in watch.baseline]
+    parts = [f"the rollback was triggered by {', '.join(watch.triggers) or 'no recorded detection'}"]
+    stood = [f"{m} for {t}" for m, t in watch.stand_ins.items() if m in watch.baseline and m not in own]
+    if stood:
+        parts.append(f"judged on {'; '.join(stood)} (verify.stand_ins)")
+    elif not own:
+        parts.append(
+            "none of them has a rate in verify.metrics, so every measure the rolled-back version"
+            f" had is judged as one: {', '.join(sorted(watch.baseline))}"
+        )
+    return ", ".join(parts)
+
+
 def _judge_all(watch: Watch, verify: Verify) -> list[MetricComparison]:
     """Every measure judged: triggering ones first, then the others after their correction."""
-    triggers = [d for d in watch.triggers if d in watch.baseline] or sorted(watch.baseline)
+    triggers = _judged_as_triggers(watch)
     judged = [_compare(watch, verify, d, True)[0] for d in triggers]
     others = [_compare(watch, verify, d, False) for d in sorted(watch.baseline) if d not in triggers]
     tested = [(c, p) for c, p in others if p is not None]
@@ -394,15 +494,29 @@ def judge(watch: Watch, verify: Verify, *, final: bool = False) -> RollbackOutco
     if not_better or worse:
         parts = []
         if not_better:
-            parts.append(f"target {target} is not better: {'; '.join(map(_describe, not_better))}")
+            parts.append(
+                f"target {target} is not better: {'; '.join(map(_describe, not_better))}"
+                f" (its windows since the rollback took effect vs {watch.from_version}'s rate at the"
+                f" rollback; {_why_compared(watch)})"
+            )
         if worse:
+            gates = "; ".join(
+                f"{c.detector_id} at alpha {g.alpha:g} after Benjamini-Hochberg, by >= {g.min_effect_size:g}"
+                for c in worse
+                for g in [watch.gates.get(c.detector_id) or _gate(verify, {})]
+            )
             parts.append(
                 f"target {target} is significantly and materially worse on {'; '.join(map(_describe, worse))}"
+                f" (not a trigger of the rollback, but worse: {gates})"
             )
         return _outcome(watch, verify, False, "; ".join(parts), judged)
     unseen = [c.detector_id for c in judged if not c.triggered and c.detector_id not in watch.target]
     if all(c.judgement == "better" for c in trig) and (final or not unseen):
-        names = ", ".join(c.detector_id for c in trig)
+        names = ", ".join(
+            c.detector_id
+            + (f" (for {watch.stand_ins[c.detector_id]})" if c.detector_id in watch.stand_ins else "")
+            for c in trig
+        )
         reason = (
             f"target {target} is better on {names} with {verify.confidence:.0%} confidence:"
             f" {'; '.join(map(_describe, trig))}"
@@ -424,6 +538,13 @@ def conclude(watch: Watch, verify: Verify) -> RollbackOutcome:
     target = watch.target_version
     if watch.awaiting_apply:
         reason = f"the rollback was not reported applied within {verify.within} (no rollback.applied)"
+        return _outcome(watch, verify, False, reason, [])
+    if not watch.target and watch.rolled_back_until is not None:
+        reason = (
+            f"target {target} not seen serving after the rollback took effect within {verify.within}:"
+            f" {watch.from_version} still served until {watch.rolled_back_until.isoformat()}, and windows"
+            f" of {target} beside it are not evidence of the rollback"
+        )
         return _outcome(watch, verify, False, reason, [])
     if not watch.target:
         return _outcome(watch, verify, False, f"target {target} not seen serving within {verify.within}", [])

@@ -68,8 +68,8 @@ def test_alert_transitions_are_logged_at_warning_and_counted_on_metrics(broker: 
             stack.metric("loopwatch_model_detections_total", model="m", model_version=BAD, verdict="drift")
             == 1
         )
-        # The default policy's bad-replies rule resolves after two clear windows.
-        stack.send(stack.topics.detections, [_feedback(1, "ok"), _feedback(2, "ok")], keys=[b"m", b"m"])
+        # The default policy's bad-replies rule resolves after six clear windows.
+        stack.send(stack.topics.detections, [_feedback(n, "ok") for n in range(1, 7)], keys=[b"m"] * 6)
         stack.wait(lambda: stack.metric("loopwatch_alerts_firing", **firing) == 0, "alert never resolved")
         stack.wait(lambda: "alert resolved" in stack.log(), "no resolved line")
     finally:

@@ -423,8 +423,14 @@ def test_default_policy_catches_a_bad_release_with_one_rollback() -> None:
     decider = Decider(load_policy())
     decider.mark_stable(StableVersionMarked(model="chat", version="v1", marked_at=T0))
     stream = [detection(m, "neg", "v1", "ok", rate=0.12) for m in range(5)]
-    stream += [detection(m, d, "v2", "drift", rate=0.45) for m in range(5, 10) for d in ("neg", "tox")]
-    stream += [detection(m, "neg", "v1", "ok", rate=0.11) for m in range(10, 15)]
+    # p 1e-4 on each window: below the rollback rule's max_p_value, so it fires on the second window.
+    stream += [
+        detection(m, d, "v2", "drift", rate=0.45).model_copy(update={"p_value": 1e-4})
+        for m in range(5, 10)
+        for d in ("neg", "tox")
+    ]
+    # It fires on v2's second window, when v2's toxicity is known too: v1 is measured on both.
+    stream += [detection(m, d, "v1", "ok", rate=0.11) for m in range(10, 15) for d in ("neg", "tox")]
     actions = [e for d in stream for e in decider.decide(d, d.detected_at).actions]
     assert [(e.type, e.data.get("target_version")) for e in actions] == [
         ("io.loopwatch.rollback.requested", "v1"),

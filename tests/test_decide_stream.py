@@ -217,8 +217,9 @@ def test_a_rollback_holds_back_the_retrain_of_its_model_until_it_resolves(
         stack.wait_metric("loopwatch_actions_stopped_total", 1, stage="inhibit")
         stack.wait_committed(stack.topics.detections)  # all decided, and what they caused is out
         assert stack.read_all(stack.topics.retrain_requests) == []
-        # Two calm windows resolve the rollback alert: the held-back retrain goes out.
-        stack.send(stack.topics.detections, [canary(1, "ok"), canary(2, "ok")], keys=[b"m"] * 2)
+        # Six calm windows (the default resolve_windows) resolve the rollback alert: the held-back
+        # retrain goes out.
+        stack.send(stack.topics.detections, [canary(m, "ok") for m in range(1, 7)], keys=[b"m"] * 6)
         retrains = stack.read(stack.topics.retrain_requests, 1, timeout=60)
         settled = stack.read_settled(stack.topics.alerts, 3, (stack.topics.detections,))
         alerts = [json.loads(r.value) for r in settled]
