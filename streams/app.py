@@ -14,6 +14,7 @@ the stages decide, in one order.
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -56,6 +57,13 @@ class LoopwatchApp(faust.App):
         self.kafka_options = kafka_options
         self.runtime = runtime
         runtime.app = self
+        #: When the last rebalance ended (``time.monotonic()``; None: not yet), for ``/health``.
+        self.settled_since: float | None = None
+
+    def on_rebalance_end(self) -> None:
+        """faust's end of a rebalance (partitions assigned and recovered), and when it was."""
+        super().on_rebalance_end()
+        self.settled_since = time.monotonic()
 
     def outbox(self) -> Outbox:
         """An empty outbox whose records are held to the output limit."""
@@ -197,7 +205,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
 
     @app.page("/health")
     async def health(web: View, request: Request) -> Response:
-        ready = not app.rebalancing and cast(Any, app.tables).recovery.completed.is_set()
+        # Settled: assigned and recovered, and no rebalance started since for health_settle_seconds. A
+        # member's heartbeat tells it of a rebalance pending (another worker joining a moment later).
+        since = app.settled_since
+        settled = since is not None and time.monotonic() - since >= settings.health_settle_seconds
+        ready = settled and not app.rebalancing and cast(Any, app.tables).recovery.completed.is_set()
         problem = watch.problem
         body: dict[str, Any] = {
             "status": "unhealthy" if problem else "ok" if ready else "starting",

@@ -136,10 +136,19 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
         """Also wait for the stages' work (faust waits only for its own streams' messages).
 
         faust calls this before it commits and gives partitions up in a
-        rebalance, and when it stops.
+        rebalance, and when it stops. What the stages take up after it is stale
+        (:meth:`~streams.runtime.Runtime.stale`): fetched under the assignment
+        given up, it is left for the next owner, unacked.
         """
-        await cast(Any, self.app).runtime.join()
+        runtime = cast(Any, self.app).runtime
+        await runtime.join()
+        runtime.revoked()
         await super().wait_empty()
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """A new assignment: what the stages take up from now on and was fetched under it is theirs."""
+        cast(Any, self.app).runtime.assigned()
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def rejoin_group(self) -> None:
         """Refresh topic metadata and rejoin the consumer group (after topics were recreated).

@@ -47,9 +47,9 @@ the ones it had: it rebuilds the open windows (and re-queues the slow work)
 of partitions it got, once the tables are recovered, and drops, unjudged, the
 windows of partitions another worker took. When partitions are revoked
 (faust's ``on_partitions_revoked``) it drops their windows, waiting windows
-and watermarks at once, merges no batch of theirs still queued, and refuses
-any write to their tables; while a rebalance is under way it merges but
-closes nothing.
+and watermarks at once (the runtime hands over none of their batches still
+queued), and refuses any write to their tables; while a rebalance is under
+way it merges but closes nothing.
 """
 
 from __future__ import annotations
@@ -189,16 +189,19 @@ class DetectStage(Stage):
             )
         return outcome
 
-    def _unit(self, now: float) -> Effects:
+    def _unit(self, now: float, *, settled: bool = False) -> Effects:
         """Empty effects for a new unit of work (the previous unit's writes are in the table now)."""
         self.store.written.clear()
         effects = self.effects()
-        self._follow_assignment(effects, now)
+        self._follow_assignment(effects, now, settled=settled)
         return effects
 
     async def handle(self, batch: Batch, now: float) -> Effects:
         """Merge a batch of partial summaries; judge the windows they complete."""
-        effects = self._unit(now)
+        # The runtime drops messages of a revoked assignment: one of a partition revoked here came under
+        # the new one, recovered though faust may still say rebalancing (skipped, it was merged by no one).
+        settled = any(message.partition in self.revoked for message, _ in batch.accepted)
+        effects = self._unit(now, settled=settled)
         late, duplicates = self.windows.late_events, self.windows.duplicate_events
         # While a rebalance is under way nothing closes: the partition may be on its way to another worker.
         closing = not self.app.rebalancing
@@ -487,10 +490,10 @@ class DetectStage(Stage):
 
     # -- open windows across restarts and rebalances -----------------------------------
 
-    def _follow_assignment(self, effects: Effects, now: float) -> None:
+    def _follow_assignment(self, effects: Effects, now: float, *, settled: bool = False) -> None:
         """Rebuild the open windows of summaries partitions this worker just got; drop the ones it lost."""
         app: Any = self.app
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        if (app.rebalancing and not settled) or not app.tables.recovery.completed.is_set():
             return  # the table is complete only once recovered
         topic = self.settings.topics.summaries
         assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}

@@ -24,6 +24,14 @@ Then it performs the unit's effects in this order:
 5. ``after`` callbacks run (e.g. pages handed to the notifiers);
 6. the unit's input messages are acked, so faust's next commit covers them.
 
+Messages fetched under an assignment that was revoked since (a rebalance) are
+neither handled nor acked (:meth:`Runtime.stale`), as faust's own streams skip
+them: their partition's owner in the new assignment reads them again from the
+committed offset. Handled and acked, they were lost: faust forgets a revoked
+partition's committed offset, so on the partition's next assignment (to this
+worker too, as every rebalance revokes everything) its commit covered those acks
+before it sought back to the committed offset.
+
 A crash anywhere before 6 replays the unit from the state of the last changelog
 record: every output is at-least-once and no state is durable before the outputs
 it produced. A failure to deliver (after :mod:`streams.outbox`'s retries) or a
@@ -226,6 +234,8 @@ class Runtime:
         self.queues: dict[str, _StageQueue] = {}
         self.route: dict[str, list[str]] = {}  # input topic -> the stages that read it
         self._background: set[asyncio.Future[Any]] = set()
+        # The consumer gave its assignment up and has no new one yet.
+        self.assignment_revoked = False
 
     def effects(self) -> Effects:
         """Empty effects whose records are held to the output limit."""
@@ -262,6 +272,23 @@ class Runtime:
     def post(self, stage: str, message: Any) -> None:
         """Queue ``message`` for ``stage``'s ``receive``."""
         self.queues[stage].put(_Message(message))
+
+    def revoked(self) -> None:
+        """The consumer gave its assignment up: what it fetched and is still queued is stale."""
+        self.assignment_revoked = True
+
+    def assigned(self) -> None:
+        """The consumer has a new assignment (a new consumer generation)."""
+        self.assignment_revoked = False
+
+    def stale(self, message: Any) -> bool:
+        """Whether ``message`` was fetched under an assignment given up since (not ours to handle or ack)."""
+        fetched_in: int | None = getattr(message, "generation_id", None)
+        if fetched_in is None:
+            return False
+        # Compared for equality, as faust's streams do: a broker that restarted empty numbers anew.
+        current = getattr(self.app, "consumer_generation_id", fetched_in)
+        return self.assignment_revoked or fetched_in != current
 
     async def join(self) -> None:
         """Wait until every queued unit of every stage has been handled and its effects performed."""
@@ -452,6 +479,20 @@ class _StageQueue:
             unit = self.waiting.popleft()
             messages = unit.messages if isinstance(unit, _Messages) else []
             self.waiting_messages -= len(messages)
+            if isinstance(unit, _Messages):
+                fresh = [message for message in messages if not self.runtime.stale(message)]
+                if len(fresh) < len(messages):
+                    # Unacked: the partitions' owners now read them again from the committed offsets.
+                    log.info(
+                        "%d %s messages of a revoked assignment not handled by the %s stage",
+                        len(messages) - len(fresh),
+                        messages[0].topic,
+                        self.stage.name,
+                    )
+                    if not fresh:
+                        self._finish()
+                        continue
+                    unit.messages = messages = fresh
             started = time.perf_counter()
             try:
                 effects = await self.runtime.run(self.stage, unit)

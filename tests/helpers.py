@@ -86,6 +86,9 @@ class WorkerStack:
             "LOOPWATCH_WEB_PORT": str(self.web_port),
             "LOOPWATCH_DATA_DIR": str(workdir / "data"),
             "LOOPWATCH_COMMIT_INTERVAL_SECONDS": "0.5",
+            # No wait for the group to settle after a start (the suite's time budget); the
+            # start-up rebalance test sets it back (tests/test_startup_rebalance_stream.py).
+            "LOOPWATCH_HEALTH_SETTLE_SECONDS": "0",
             "LOOPWATCH_LOG_LEVEL": "info",
             **{f"LOOPWATCH_TOPIC_{k.upper()}": v for k, v in self.topics.model_dump().items()},
             **{f"LOOPWATCH_{k.upper()}": str(v) for k, v in settings.items()},
