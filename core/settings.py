@@ -150,6 +150,12 @@ class Settings(BaseSettings):
 
     web_host: str = Field("127.0.0.1", description="Bind address of /metrics and /health")
     web_port: int = Field(6066, ge=0, le=65535, description="Port of /metrics and /health")
+    health_settle_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="/health answers 200 only once no rebalance started for this long after the last one"
+        " ended (a heartbeat, every 2 s, tells a member of a rebalance pending)",
+    )
     console_host: str = Field(
         "127.0.0.1", description="Bind address of `loopwatch console` (any other than loopback needs a token)"
     )
@@ -313,8 +319,11 @@ class Settings(BaseSettings):
     history_compact_seconds: float = Field(
         3_600.0, gt=0, description="How often the history tables are compacted, expired and vacuumed"
     )
+    # 24: a burst of ~20 windows (a replay, a backlog after a restart) gets its slow verdicts
+    # later instead of skipped; each waiting window holds its rows (~6 MB at 2,000 rows of
+    # HH-RLHF text) in the worker and an entry in the windows table (bench/slow_verdict_bench.py).
     slow_detector_queue: int = Field(
-        1, ge=1, description="Windows waiting for slow detectors; more are skipped and counted"
+        24, ge=1, description="Windows waiting for slow detectors; more are skipped and counted"
     )
     otlp: bool = Field(
         True,
