@@ -1,6 +1,6 @@
 """Incident to rollback: how long from a bad window's first event to the rollback request, live.
 
-Usage: ``python bench/rollback_latency_bench.py [--runs 15] [--window 5]``
+Usage: ``python bench/rollback_latency_bench.py [--small] [--runs 15] [--window 5] [--rules watermark timer]``
 
 One embedded broker, one loopwatch worker with ``--window``-second windows.
 Each run uses its own model (marked stable at version ``stable``):
@@ -16,7 +16,9 @@ Each run uses its own model (marked stable at version ``stable``):
 Latency = rollback readable (its record timestamp) - first bad event sent -
 window length (the part of the wait the window itself imposes). Baseline, same run: the time for one
 message to go from a producer to a consumer through the broker. Prints
-p50 and p99 (with few runs, p99 is the maximum) and the ratio to the baseline.
+p50 and p99 (with few runs, p99 is the maximum) and the ratio to the baseline,
+for each window close rule (``LOOPWATCH_WINDOW_CLOSE``: a worker of its own
+each), and what the watermark rule costs against the timer rule.
 """
 
 from __future__ import annotations
@@ -145,17 +147,18 @@ def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: li
     raise RuntimeError(f"no rollback for {model} within 60 s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--window", type=float, default=5.0, help="window length in seconds")
-    args = parser.parse_args()
-    models = [f"latency-{n}" for n in range(args.runs)]
-    settings = Settings()
-    pairs = [pair for _, pair in zip(range(400), sample_data.hh_rlhf(settings.sample_data), strict=False)]
-    port, web_port = free_port(), free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    broker = start_broker(port)
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 (the maximum with fewer than 100 runs)."""
+    ordered = sorted(latencies)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def one_rule(
+    bootstrap: str, rule: str, args: argparse.Namespace, settings: Settings, pairs: list[tuple]
+) -> list[float]:
+    """Latencies of ``args.runs`` incidents on a worker of its own that closes windows by ``rule``."""
+    models = [f"latency-{rule}-{n}" for n in range(args.runs)]
+    web_port = free_port()
     env = {
         **os.environ,
         "LOOPWATCH_KAFKA_BOOTSTRAP": bootstrap,
@@ -165,24 +168,47 @@ def main() -> None:
         "LOOPWATCH_WINDOW_SECONDS": str(args.window),
         "LOOPWATCH_COMMIT_INTERVAL_SECONDS": "0.5",
         "LOOPWATCH_STABLE_VERSIONS": json.dumps(dict.fromkeys(models, "stable")),
+        "LOOPWATCH_WINDOW_CLOSE": rule,
     }
     worker = spawn_worker(env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker, 120)
-        baseline = transit(bootstrap, "latency-bench-ping")
         latencies = []
         for model in models:
             latencies.append(one_run(bootstrap, settings.topics, model, args.window, pairs))
             print(f"{model}: {latencies[-1]:.2f} s after the window", flush=True)
     finally:
         stop_process(worker)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="5 runs per rule (about 3 minutes)")
+    parser.add_argument("--runs", type=int, default=15, help="incidents per close rule")
+    parser.add_argument("--window", type=float, default=5.0, help="window length in seconds")
+    parser.add_argument("--rules", nargs="+", choices=["watermark", "timer"], default=["watermark", "timer"])
+    args = parser.parse_args()
+    if args.small:
+        args.runs = 5
+    settings = Settings()
+    pairs = [pair for _, pair in zip(range(400), sample_data.hh_rlhf(settings.sample_data), strict=False)]
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = start_broker(port)
+    try:
+        baseline = transit(bootstrap, "latency-bench-ping")
+        results = {rule: one_rule(bootstrap, rule, args, settings, pairs) for rule in args.rules}
+    finally:
         stop_process(broker)
-    latencies.sort()
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
     print(f"baseline: broker transit {baseline * 1000:.1f} ms (median of 20)")
-    print(f"incident -> rollback request, window length subtracted, over {len(latencies)} runs:")
-    print(f"  p50 {p50:.2f} s   p99 {p99:.2f} s   (goal < 2 s)   p50 / transit = {p50 / baseline:.0f}x")
+    for rule, latencies in results.items():
+        p50, p99 = percentiles(latencies)
+        print(f"{rule} rule: incident -> rollback request, window length subtracted, {len(latencies)} runs:")
+        print(f"  p50 {p50:.2f} s  p99 {p99:.2f} s  (goal: p99 < 1 s)  p50 / transit = {p50 / baseline:.0f}x")
+    if {"watermark", "timer"} <= results.keys():
+        (w50, w99), (t50, t99) = percentiles(results["watermark"]), percentiles(results["timer"])
+        print(f"watermark - timer: p50 {w50 - t50:+.2f} s, p99 {w99 - t99:+.2f} s")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,14 @@ their original event time.
 For each window close rule (``LOOPWATCH_WINDOW_CLOSE``: ``timer`` is the
 baseline, ``watermark`` the rule under test), for 1 and 2 workers, the same
 traffic is replayed twice on the same workers, each time as another model:
-alone, then with a CPU hog (a process keeping one core busy). The workers run
+alone, then with a CPU hog (a process keeping one core busy). The second
+replay's event times start after the first one's last: each input partition's
+watermark never goes back, so a replay that went back in event time was late
+on arrival, and its first windows closed on their first partials (a stable
+window 0 closed on fewer than ``LOOPWATCH_REFERENCE_MIN_EVENTS`` events left
+the reference incomplete, so window 1 was pinned too and got no verdict). Each
+replay's traffic starts 300 s before its own start, so this happened whenever
+the first replay took less wall time than its traffic spans in event time. The workers run
 the fast detectors only, without curation and history (the window close is what
 is measured). Each run prints the fraction of windows whose final verdict (the
 Detections of the highest revision) counted exactly the events sent for the
@@ -35,23 +42,29 @@ import contextlib
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.processes import spawn, stop_process  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from schemas.events import WindowClosed  # noqa: E402
 from services.broker import free_port, start_broker  # noqa: E402
 from tests.helpers import WorkerStack, wait_until  # noqa: E402
 from tests.scaleout_traffic import (  # noqa: E402
     CANARY,
+    STABLE,
     VERSIONS,
+    WINDOW_SECONDS,
     Actions,
     Score,
     Sender,
     Verdicts,
+    WindowKey,
     build,
     missing,
     score,
@@ -94,13 +107,46 @@ class Run:
         )
 
 
+@dataclass
+class Outcomes:
+    """Each window's ``WindowClosed`` records: revision, outcome and events, in the order published."""
+
+    closings: dict[WindowKey, list[tuple[int, str, int]]]
+
+    @classmethod
+    def of(cls, records: Iterable[Any], model: str) -> Outcomes:
+        """From the records of the windows topic (other models' are skipped)."""
+        closings: dict[WindowKey, list[tuple[int, str, int]]] = {}
+        for record in records:
+            closed = WindowClosed.model_validate_json(record.value)
+            if closed.segment.model != model:
+                continue
+            key = (
+                closed.segment.model_version,
+                closed.kind,
+                int(closed.window_start.timestamp() // WINDOW_SECONDS),
+            )
+            closings.setdefault(key, []).append((closed.revision, closed.outcome, closed.events))
+        return cls(closings)
+
+    def said(self, key: WindowKey) -> str:
+        """What the window's closings said, e.g. "r0 reference 57 events" (none: it never closed)."""
+        found = self.closings.get(key, [])
+        return ", ".join(f"r{rev} {outcome} {events} events" for rev, outcome, events in found) or "never"
+
+
 def cpu_hog() -> subprocess.Popen[bytes]:
     """A process that keeps one core busy until stopped."""
     return spawn([sys.executable, "-c", "while True: pass"])
 
 
-def replay(workers: list[WorkerStack], args: argparse.Namespace, model: str, *, hog: bool, rule: str) -> Run:
-    """Send one run's traffic, wait for its verdicts, score them."""
+def replay(
+    workers: list[WorkerStack], args: argparse.Namespace, model: str, *, hog: bool, rule: str, after: float
+) -> tuple[Run, float]:
+    """Send one run's traffic (event times after ``after``), wait for its verdicts, score them.
+
+    Returns the run and its latest event time, after which the next run on these workers starts.
+    """
     stack = workers[0]
     traffic = build(
         Settings().sample_data,
@@ -108,6 +154,7 @@ def replay(workers: list[WorkerStack], args: argparse.Namespace, model: str, *, 
         feedback=args.feedback,
         windows=args.windows,
         model=model,
+        after=after,
     )
     held = HELD_PARTITION if args.hold > 0 else None
     sender = Sender(
@@ -131,15 +178,23 @@ def replay(workers: list[WorkerStack], args: argparse.Namespace, model: str, *, 
         if hogging is not None:
             stop_process(hogging)
     verdicts = Verdicts.of(stack.read_all(stack.topics.detections), model)
+    outcomes = Outcomes.of(stack.read_all(stack.topics.windows), model)
     requests = stack.read_all(stack.topics.rollback_requests) + stack.read_all(stack.topics.retrain_requests)
     actions = Actions.of(requests, model)
     false = {v: n for v in VERSIONS if v != CANARY and (n := actions.rollbacks(v, model))}
     result = score(traffic.truth, verdicts)
     examples = [
         f"{version} {kind} window {window - traffic.truth.first_window}: {true} true vs {judged} judged"
+        f" (closed: {outcomes.said((version, kind, window))})"
         for (version, kind, window), (true, judged) in list(result.wrong.items())[:3]
     ]
-    return Run(
+    # A later window pinned as a reference: what the first window, the reference, counted when it closed.
+    first = traffic.truth.first_window
+    examples += [
+        f"{version} {kind} window 0 (the reference): {outcomes.said((version, kind, first))}"
+        for version, kind in sorted({(v, k) for v, k, _ in result.wrong if v == STABLE})
+    ]
+    run = Run(
         rule,
         len(workers),
         hog,
@@ -149,6 +204,7 @@ def replay(workers: list[WorkerStack], args: argparse.Namespace, model: str, *, 
         false,
         examples,
     )
+    return run, max(message.at for message in traffic.messages)
 
 
 def one_rule(broker: str, workdir: Path, args: argparse.Namespace, rule: str | None) -> list[Run]:
@@ -168,9 +224,11 @@ def one_rule(broker: str, workdir: Path, args: argparse.Namespace, rule: str | N
             for worker in workers:
                 worker.wait_healthy()
             split_partitions(workers)
+            last = 0.0
             for model, hog in zip(models, (False, True), strict=True):
-                runs.append(replay(workers, args, model, hog=hog, rule=rule or "timer"))
-                print(runs[-1].line(), flush=True)
+                run, last = replay(workers, args, model, hog=hog, rule=rule or "timer", after=last)
+                runs.append(run)
+                print(run.line(), flush=True)
         finally:
             for worker in workers:
                 worker.stop()
@@ -194,10 +252,17 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="event time runs this much faster")
     parser.add_argument("--hold", type=float, default=1.5, help="partition 3's producer sends every N s")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run")
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        choices=["timer", "watermark"],
+        default=["timer", "watermark"],
+        help="close rules to run (the timer rule is the baseline)",
+    )
     args = parser.parse_args()
     if args.small:
         args.inference, args.feedback, args.windows, args.speed = 6_000, 1_600, 3, 2.0
-    rules: list[str | None] = ["timer", "watermark"] if "window_close" in Settings.model_fields else [None]
+    rules: list[str | None] = list(args.rules) if "window_close" in Settings.model_fields else [None]
     print(
         f"{args.inference} requests, {args.feedback} rated, {args.windows} windows of 10 s per version, "
         f"4 versions, 8 partitions, speed {args.speed:g}x, "
@@ -215,24 +280,25 @@ def main() -> None:
                 results[name] = one_rule(f"127.0.0.1:{port}", Path(tmp), args, rule)
     finally:
         stop_process(broker_process)
-    timer = results["timer"]
+    timer = results.get("timer")
     firsts = {
         name: sum(r.score.first_complete for r in runs) / max(sum(r.score.windows for r in runs), 1)
         for name, runs in results.items()
     }
     for name, first in firsts.items():
         print(f"{name} rule: first verdicts (revision 0) complete = {first:.3f}")
-    if "watermark" in firsts and firsts["timer"]:
+    if "watermark" in firsts and firsts.get("timer"):
         print(f"watermark / timer, first verdicts complete: {firsts['watermark'] / firsts['timer']:.2f}x")
-    print(
-        f"baseline (timer rule): windows complete (no hog) = {fraction(timer, False):.3f}, "
-        f"(hog) = {fraction(timer, True):.3f}, duplicate actions = {sum(r.duplicates for r in timer)}"
-    )
+    if timer is not None:
+        print(
+            f"baseline (timer rule): windows complete (no hog) = {fraction(timer, False):.3f}, "
+            f"(hog) = {fraction(timer, True):.3f}, duplicate actions = {sum(r.duplicates for r in timer)}"
+        )
     final = results.get("watermark")
     if final is None:
-        print("the worker has no window_close setting yet: the lines below are the timer rule's")
-        final = timer
-    else:
+        print("the watermark rule did not run: the lines below are the timer rule's")
+        final = results["timer"]
+    elif timer is not None:
         for hog in (False, True):
             base = fraction(timer, hog)
             ratio = f"{fraction(final, hog) / base:.2f}x" if base else "n/a"

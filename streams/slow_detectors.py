@@ -9,7 +9,11 @@ operating system give the stream the CPU first.
 
 One child process, started with ``spawn`` (the worker has threads, so it is
 not forked) when the first slow job comes, so a worker whose windows never
-need it does not pay for its imports. It keeps its own
+need it does not pay for its imports. It dies with the worker, however the
+worker dies: Linux sends it SIGTERM when the worker ends (``PR_SET_PDEATHSIG``),
+and a worker that died while the child was still importing, before it asked
+for that signal, is seen in the child's parent pid (trial 17a: a ``kill -9``
+then left the child and its resource tracker running for 14 minutes). It keeps its own
 :class:`~streams.detect.Judge`, so detectors fitted on a reference
 (embedding the reference texts, calibrating) are reused across windows. If
 the child dies (out of memory, say), the next job starts a new one.
@@ -60,9 +64,11 @@ _failed: list[str] = []
 _not_ready: list[str] = []
 
 
-def _start_child(specs: list[DetectorSpec], alpha: float, log_level: str) -> None:
+def _start_child(worker: int, specs: list[DetectorSpec], alpha: float, log_level: str) -> None:
     global _judge
     die_with_parent()
+    if os.getppid() != worker:
+        os._exit(0)  # the worker died before the signal was asked for: it will never come
     os.nice(NICENESS)
     configure_logging(log_level)
     _return_freed_memory_to_the_system()
@@ -124,7 +130,7 @@ class SlowDetectors:
         log_level: str,
         on_not_ready: Callable[[str], None] = lambda detector_id: None,
     ) -> None:
-        self._start_args = (specs, alpha, log_level)
+        self._start_args = (os.getpid(), specs, alpha, log_level)
         self.on_not_ready = on_not_ready
         self._stopped = False
         self._pool = self._new_pool()

@@ -149,12 +149,19 @@ def build(
     windows: int,
     seed: int = 17,
     model: str = MODEL,
+    after: float = 0.0,
 ) -> Traffic:
-    """``inference`` requests (``feedback`` rated) over ``windows`` windows, and the trailing burst."""
+    """``inference`` requests (``feedback`` rated) over ``windows`` windows, and the trailing burst.
+
+    ``after``: the latest event time of traffic sent before to the same topics. An input
+    partition's watermark never goes back, so traffic from before it would be late on
+    arrival (its windows closed by the first partial): this traffic starts a window later.
+    """
     rng = random.Random(seed)
     pairs = [pair for _, pair in zip(range(2_000), sample_data.hh_rlhf(data_dir), strict=False)]
     # A window boundary a few minutes back: well inside the accepted timestamp range.
     start = (time.time() // WINDOW_SECONDS - 30) * WINDOW_SECONDS
+    start = max(start, (after // WINDOW_SECONDS + 2) * WINDOW_SECONDS)
     span = windows * WINDOW_SECONDS
     rated = set(rng.sample(range(inference), feedback))
     truth = Truth(first_window=int(start // WINDOW_SECONDS), windows=windows)
