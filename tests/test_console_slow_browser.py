@@ -14,8 +14,6 @@ from urllib.parse import quote
 import pytest
 
 from core.settings import Settings
-from services.console import build_console
-from tests.console_fixture import serving
 from tests.console_verdicts_fixture import (
     FEEDBACK_SPECS,
     INFERENCE_SPECS,
@@ -28,7 +26,7 @@ from tests.console_verdicts_fixture import (
     closed,
     write_events,
 )
-from tests.test_console_browser import browser  # noqa: F401 - the module's headless Chromium
+from tests.test_console_browser import _serve_history, browser  # noqa: F401 - the module's headless Chromium
 
 EMBEDDING = "drift.embedding_mmd.v1"  # a slow detector in the default set
 
@@ -55,10 +53,9 @@ def slow_events() -> dict[str, list[Any]]:
 @pytest.fixture(scope="module")
 def slow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A console, with the default detectors' labels and slow set, over the segment's history."""
-    root = tmp_path_factory.mktemp("console-slow-browser")
-    write_events(root / "history", slow_events())
-    with serving(build_console(Settings(), history=str(root / "history"), datasets=str(root))) as url:
-        yield url
+    yield from _serve_history(
+        tmp_path_factory, "console-slow-browser", lambda history: write_events(history, slow_events())
+    )
 
 
 _PLOTS = """[...document.querySelectorAll('.js-plotly-plot')].map(p => ({

@@ -8,21 +8,17 @@ from urllib.parse import quote
 
 import pytest
 
-from core.settings import Settings
-from services.console import build_console
-from tests.console_fixture import serving
 from tests.console_verdicts_fixture import KEY, START, write_events
-from tests.test_console_browser import browser  # noqa: F401 - the module's headless Chromium
+from tests.test_console_browser import _serve_history, browser  # noqa: F401 - the module's headless Chromium
 from tests.test_console_trial12 import trial_events
 
 
 @pytest.fixture(scope="module")
 def trial_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A console over the trial's history (tests/test_console_trial12.py)."""
-    root = tmp_path_factory.mktemp("console-trial12-browser")
-    write_events(root / "history", trial_events())
-    with serving(build_console(Settings(), history=str(root / "history"), datasets=str(root))) as url:
-        yield url
+    yield from _serve_history(
+        tmp_path_factory, "console-trial12-browser", lambda history: write_events(history, trial_events())
+    )
 
 
 def test_units_get_their_own_charts_and_skipped_windows_are_marked(browser: Any, trial_url: str) -> None:  # noqa: F811
