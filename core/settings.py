@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         description="A closed time window is kept this long (wall time): late events revise its verdict"
         " (0: late events are only counted)",
     )
+    window_revision_quiet_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="A revision waits until no late event came for its window for this long (wall time):"
+        " one late delivery read in several batches is one revision",
+    )
     window_text_chars: int = Field(
         1_000, ge=100, description="Prompts and replies are cut to this length in windows"
     )

@@ -37,7 +37,7 @@ from detectors.correction import Correction, Method
 from detectors.registry import all_detectors, create
 from detectors.run import Judged, run_detectors
 from schemas.events import Detection, Evidence, Segment
-from streams.windows import ClosedWindow, WindowKind, segment_key
+from streams.windows import ClosedWindow, Done, Slot, WindowKind, segment_key
 
 log = logging.getLogger("loopwatch.detect")
 
@@ -132,6 +132,22 @@ class References:
             return None
         return self._reference(f"pinned:{self._pinned_key(window)}", pinned)
 
+    def stable_beside(self, window: ClosedWindow, kept: Mapping[Slot, Done]) -> Reference | None:
+        """The stable version's window of the same time, while it is ``kept`` for revisions.
+
+        A window judged after its stable version moved on (its events came late) is
+        compared with the stable traffic beside it, not with the stable version's latest window.
+        """
+        stable_key = self._stable_key_for(window)
+        if stable_key is None or window.window_id is None:
+            return None
+        beside = kept.get((stable_key.split("|", 2)[2], window.kind, window.window_id))
+        if beside is None or not beside.partial.sample.rows:
+            return None
+        sample = beside.partial.sample
+        name = f"{stable_key.removeprefix('stable|')}@1:{window.end.isoformat()}"  # as the latest one's
+        return Reference(f"stable:{name}", pd.DataFrame(sample.rows), sample.seen)
+
     def awaits_stable(self, window: ClosedWindow) -> bool:
         """A window of a non-stable version whose stable version has no window yet to compare with."""
         if self.reference_frame is not None:
@@ -143,7 +159,11 @@ class References:
         """What to store after ``window``: its segment's pinned reference grows, a stable one moves."""
         updates = []
         key = self._pinned_key(window)
-        self.latest[key] = window
+        previous = self.latest.get(key)
+        # A window whose events all came late is older than the latest one: it moves no stable reference back.
+        older = previous is not None and previous.end > window.end
+        if not older:
+            self.latest[key] = window
         pinned = self.store.get(key)
         state: dict[str, Any] = (
             _decode(pinned) if pinned is not None else {"windows": 0, "seen": 0, "rows": []}
@@ -156,7 +176,7 @@ class References:
             }
             updates.append((key, _encode(state)))
         version = window.segment.get("model_version") or ""
-        if self.stable_versions.get(window.segment.get("model") or "") == version:
+        if self.stable_versions.get(window.segment.get("model") or "") == version and not older:
             updates.append(
                 (self._stable_key(window.segment, window.kind, version), self._stable_state(window))
             )

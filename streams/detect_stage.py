@@ -229,7 +229,7 @@ class DetectStage(Stage):
                 self._failed(f"summary at {message.topic}/{message.partition}/{message.offset}")
         self.metrics.window_late_events.inc(self.windows.late_events - late)
         self.metrics.window_duplicate_events.inc(self.windows.duplicate_events - duplicates)
-        revised = self.windows.revisions() if closing else []
+        revised = self.windows.revisions(now) if closing else []
         self._write_marks(effects)
         for window in closed + revised:
             self._judge_or_count(effects, window, now)
@@ -255,7 +255,7 @@ class DetectStage(Stage):
         for window in ready:
             self._judge_or_count(effects, window, now, waited=True)
         try:
-            closed = self.windows.tick(now)
+            closed = self.windows.tick(now) + self.windows.revisions(now)
             self.window_table.expire(effects, self.windows.expire(now), self.partition_of)
         except Exception:
             self._failed("closing windows")
@@ -382,7 +382,8 @@ class DetectStage(Stage):
             self._window_closed(effects, window, "waiting")
             return
         self.metrics.window_rows.labels(window.kind).inc(len(window.rows))
-        reference = self.references.for_window(window)
+        beside = self.references.stable_beside(window, self.windows.done)
+        reference = beside or self.references.for_window(window)
         partition = self.partition_of.get(segment_key(window.segment), 0)
         for key, value in self.references.observe(window):
             self._put(effects, key, value, partition)

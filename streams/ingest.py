@@ -11,7 +11,7 @@ import base64
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import jiter
 from pydantic import BaseModel, ValidationError
@@ -40,6 +40,30 @@ class Accepted(Generic[EventT]):
 
     event: EventT
     text: str
+
+
+class ReadAt(Protocol):
+    """Where an event was read: a :class:`~schemas.events.SourceRef`, or the Kafka message itself.
+
+    Ingest passes the message it read (it has these three attributes) rather
+    than building a validated SourceRef per event; one is built where a record
+    holds it (a joined feedback's source).
+    """
+
+    @property
+    def topic(self) -> str:
+        """The topic read."""
+        ...
+
+    @property
+    def partition(self) -> int:
+        """Its partition."""
+        ...
+
+    @property
+    def offset(self) -> int:
+        """The event's offset there."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +335,7 @@ def enrich(log: InferenceLog, source: SourceRef) -> EnrichedInference:
     return EnrichedInference(inference=log, descriptors=describe(log), source=source)
 
 
-def enriched_json(raw: bytes, descriptors: Descriptors, source: SourceRef) -> bytes:
+def enriched_json(raw: bytes, descriptors: Descriptors, source: ReadAt) -> bytes:
     """``enrich(log, source).model_dump_json()``, without serialising the log a second time.
 
     ``raw`` is the message that just validated as the log ``descriptors`` describe,

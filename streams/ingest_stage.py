@@ -27,17 +27,16 @@ from faust.types import TP
 from pydantic_core import to_json
 
 from core.settings import Settings
-from detectors.frame import describe, feedback_row, log_row, segment_of
-from schemas.events import DeadLetterReason, Descriptors, Feedback, InferenceLog, JoinedFeedback, SourceRef
+from detectors.frame import describe, feedback_row, log_row
+from schemas.events import DeadLetterReason, Descriptors, Feedback, InferenceLog, JoinedFeedback
 from streams import join
-from streams.ingest import Accepted, Rejected, decode, enriched_json, out_of_range
+from streams.ingest import Accepted, ReadAt, Rejected, decode, enriched_json, out_of_range
 from streams.join_store import SWEEP_CHUNK, JoinStore, claim_directory, table_options
 from streams.metrics import Metrics
 from streams.outbox import Outbox
 from streams.rekey import Origin, headers_for, origin_in
 from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
 from streams.watermarks import Progress, source_of
-from streams.window_dedup import Origin as WindowOrigin
 from streams.windows import BatchSummaries, window_spec
 
 if TYPE_CHECKING:
@@ -157,17 +156,15 @@ class IngestStage(Stage):
         for done, (message, accepted) in enumerate(batch.accepted, 1):
             if done % self.yield_every == 0:
                 await asyncio.sleep(0)
-            if rekeyed:
-                source = cast(Origin, origin_in(message.headers)).source
-            else:
-                source = SourceRef(topic=topic, partition=message.partition, offset=message.offset)
+            # The message says where it was read (no SourceRef validated per event); a copy, its origin.
+            source: ReadAt = cast(Origin, origin_in(message.headers)).source if rekeyed else message
             key = accepted.event.request_id.encode()
             if message.key != key and self._rekeyed(effects.records, message, key):
                 continue
             stamp = accepted.event.timestamp.timestamp()
             latest[message.partition] = max(latest.get(message.partition, stamp), stamp)
             if isinstance(accepted.event, InferenceLog):
-                self._inference(effects, message, source, accepted, key, now)
+                self._inference(effects, message, source, accepted, key, stamp, now)
             else:
                 self._feedback(effects, message, source, accepted, key, now)
         self._flush_summaries(effects, topic, latest, now)
@@ -183,9 +180,10 @@ class IngestStage(Stage):
         self,
         effects: Effects,
         message: Any,
-        source: SourceRef,
+        source: ReadAt,
         accepted: Accepted[InferenceLog],
         key: bytes,
+        stamp: float,
         now: float,
     ) -> None:
         event = accepted.event
@@ -197,7 +195,7 @@ class IngestStage(Stage):
             partition=message.partition,
         )
         if self.settings.detection:
-            self._sample_inference(event, descriptors, _read_at(message))
+            self._sample_inference(event, descriptors, stamp, message)
         previous = self._state(key, message.partition)
         result = join.on_inference(previous, accepted.text, event, source, now, partition=message.partition)
         self._store(effects, key, result, message)
@@ -206,7 +204,7 @@ class IngestStage(Stage):
         self,
         effects: Effects,
         message: Any,
-        source: SourceRef,
+        source: ReadAt,
         accepted: Accepted[Feedback],
         key: bytes,
         now: float,
@@ -269,37 +267,47 @@ class IngestStage(Stage):
                 self.topics.joined, key, record.model_dump_json().encode(), partition=partition
             )
             if self.settings.detection:
-                self._sample_feedback(record, _read_at(message))
+                self._sample_feedback(record, message)
         self.metrics.feedback_joined.inc(len(result.joined))
 
     # -- window summaries for the detect stage -----------------------------------
 
-    def _sample_inference(self, event: InferenceLog, descriptors: Descriptors, origin: WindowOrigin) -> None:
-        """Count the event into its window; keep its row only if the window's sample wants it.
+    def _sample_inference(
+        self, event: InferenceLog, descriptors: Descriptors, stamp: float, message: Any
+    ) -> None:
+        """Count the event into its window; keep it for a row only if the window's sample wants it.
 
-        ``origin``, the message read, lets the detect stage count the event once
-        should this input be read again (:mod:`streams.window_dedup`).
+        The offset read (``message``'s) lets the detect stage count the event once
+        should this input be read again (:mod:`streams.window_dedup`). The rows of
+        the events kept are built when the batch's summaries are (:meth:`_row`).
         """
-        segment = {
-            "model": event.model.name,
-            "model_version": event.model.version,
-            "app": event.app,
-            "route": event.route,
-            "tenant": event.tenant,
-        }
-        wanted = self.summaries.wants(segment, "inference", event.timestamp.timestamp(), origin)
-        if wanted is not None:
-            partial, sample_key = wanted
-            row = log_row(event, descriptors, self.settings.window_text_chars)
-            partial.sample.keep(row, sample_key, origin)
+        model = event.model
+        self.summaries.keeps(
+            (model.name, model.version, event.app, event.route, event.tenant),
+            "inference",
+            stamp,
+            source_of(message.topic, message.partition),
+            message.offset,
+            (event, descriptors),
+        )
 
-    def _sample_feedback(self, record: JoinedFeedback, origin: WindowOrigin) -> None:
-        row = feedback_row(record)
-        stamp = record.feedback.timestamp.timestamp()
-        wanted = self.summaries.wants(segment_of(row), "feedback", stamp, origin)
-        if wanted is not None:
-            partial, sample_key = wanted
-            partial.sample.keep(row, sample_key, origin)
+    def _sample_feedback(self, record: JoinedFeedback, message: Any) -> None:
+        log = record.inference  # the segment of feedback_row(record)
+        self.summaries.keeps(
+            (log.model.name, log.model.version, log.app, log.route, log.tenant),
+            "feedback",
+            record.feedback.timestamp.timestamp(),
+            source_of(message.topic, message.partition),
+            message.offset,
+            record,
+        )
+
+    def _row(self, kept: Any) -> dict[str, Any]:
+        """The window row of what :meth:`_sample_inference` or :meth:`_sample_feedback` kept."""
+        if isinstance(kept, JoinedFeedback):
+            return feedback_row(kept)
+        event, descriptors = kept
+        return log_row(event, descriptors, self.settings.window_text_chars)
 
     def _flush_summaries(self, effects: Effects, topic: str, latest: dict[int, float], now: float) -> None:
         """Publish this batch's window summaries with its other outputs (before the commit).
@@ -322,6 +330,7 @@ class IngestStage(Stage):
         outbox = effects.records
         progress = self.progress.of({source_of(topic, partition) for partition in latest})
         for partial in self.summaries.partials.values():
+            partial.sample.build_rows(self._row)
             partial.progress = progress
             # Strict JSON whatever a row holds: a NaN (none gets past validation) would be null.
             value = to_json(partial.to_json(), inf_nan_mode="null")
@@ -407,8 +416,3 @@ class IngestStage(Stage):
                     continue
                 lag = highwater - (self.last_offset[tp] + 1)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
-
-
-def _read_at(message: Any) -> WindowOrigin:
-    """The input offset an event was read at (its window counts it once: :mod:`streams.window_dedup`)."""
-    return (source_of(message.topic, message.partition), message.offset)

@@ -16,10 +16,7 @@ floor, is again one.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,6 +25,7 @@ from core.settings import Settings
 from streams.watermarks import Marks, Source, source_of
 from streams.window_dedup import Coverage, Origin, add_offset, drop_counted
 from streams.window_gaps import Gaps
+from streams.window_sample import Sample
 
 WindowKind = Literal["inference", "feedback"]
 
@@ -46,6 +44,9 @@ class WindowSpec:
     close: Literal["watermark", "timer"] = "timer"
     #: A closed time window is kept this long (wall time) so that late partials revise it (0: never).
     revision_seconds: float = 0.0
+    #: A revision waits until no late partial came for it for this long (wall time): one late
+    #: delivery read in several batches is one revision; so does a window that late partials opened.
+    revision_quiet_seconds: float = 0.0
     #: The feedback topic: its sources hold back feedback windows only (inference is counted elsewhere).
     feedback_topic: str | None = None
     #: Sources every summaries partition waits for, heard or not (:class:`~streams.watermarks.Marks`).
@@ -58,107 +59,6 @@ class WindowSpec:
     def window_id(self, timestamp: float) -> int:
         """Which tumbling time window a timestamp falls in (0 for count windows)."""
         return int(timestamp // self.seconds) if self.seconds else 0
-
-
-class Sample:
-    """A bounded uniform sample of rows (a bottom-k reservoir), mergeable with other samples.
-
-    Every event draws a random key and the sample keeps the rows with the
-    largest keys. ``floor`` is the largest key it ever let go: every event
-    with a key above it is in the sample. Merging keeps the rows above both
-    floors, so the result is again "all events above a floor", a uniform
-    sample of the union, however unequal the parts were.
-
-    >>> rng = random.Random(0)
-    >>> a, b = Sample(capacity=3), Sample(capacity=3)
-    >>> for i in range(10):
-    ...     a.offer({"i": i}, rng)
-    >>> for i in range(100):
-    ...     b.offer({"i": i}, rng)
-    >>> a.seen, b.seen, len(a.rows)
-    (10, 100, 3)
-    >>> a.merge(b); a.seen, len(a.rows)
-    (110, 3)
-    """
-
-    def __init__(
-        self,
-        capacity: int,
-        seen: int = 0,
-        entries: list[tuple[float, dict[str, Any]]] | None = None,
-        floor: float = 0.0,
-        origins: list[Origin | None] | None = None,
-    ) -> None:
-        self.capacity = capacity
-        self.seen = seen
-        self.floor = floor
-        self._counter = itertools.count()
-        # (key, tie-breaker, row, where its event came from: streams.window_dedup)
-        self._heap: list[tuple[float, int, dict[str, Any], Origin | None]] = []
-        for (key, row), origin in zip(entries or [], origins or itertools.repeat(None), strict=False):
-            self._push(key, row, origin)
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        """The sampled rows (in no particular order)."""
-        return [row for _, _, row, _ in self._heap]
-
-    @property
-    def entries(self) -> list[tuple[float, dict[str, Any]]]:
-        """The sampled rows with their keys."""
-        return [(key, row) for key, _, row, _ in self._heap]
-
-    @property
-    def origins(self) -> list[Origin | None]:
-        """Where each entry's event came from, in the order of :attr:`entries` (None: not known)."""
-        return [origin for _, _, _, origin in self._heap]
-
-    def wants(self, rng: random.Random) -> float | None:
-        """Count one more event; return its key if its row should be kept.
-
-        Callers ask first and build the row only when it is wanted: most
-        events of a busy window are never materialised.
-        """
-        self.seen += 1
-        key = rng.random()
-        if len(self._heap) < self.capacity or key > self._heap[0][0]:
-            return key
-        self.floor = max(self.floor, key)
-        return None
-
-    def keep(self, row: dict[str, Any], key: float, origin: Origin | None = None) -> None:
-        """Keep ``row`` under the key :meth:`wants` returned (``origin``: its event's source and offset)."""
-        self._push(key, row, origin)
-
-    def offer(self, row: dict[str, Any], rng: random.Random) -> None:
-        """Count an event and keep its row if the sample wants it."""
-        key = self.wants(rng)
-        if key is not None:
-            self.keep(row, key)
-
-    def merge(self, other: Sample) -> None:
-        """Fold ``other`` in; the result is a uniform sample of both populations."""
-        self.seen += other.seen
-        self.floor = max(self.floor, other.floor)
-        entries = [entry for entry in self._heap + other._heap if entry[0] > self.floor]
-        self._heap = []
-        for key, _, row, origin in entries:
-            self._push(key, row, origin)
-
-    def drop(self, counted: Callable[[Origin | None], bool]) -> None:
-        """Drop the entries whose event ``counted`` says was counted already (the count is the caller's)."""
-        kept = [entry for entry in self._heap if not counted(entry[3])]
-        if len(kept) < len(self._heap):
-            self._heap = kept
-            heapq.heapify(self._heap)
-
-    def _push(self, key: float, row: dict[str, Any], origin: Origin | None = None) -> None:
-        entry = (key, next(self._counter), row, origin)
-        if len(self._heap) < self.capacity:
-            heapq.heappush(self._heap, entry)
-        else:
-            evicted = heapq.heappushpop(self._heap, entry)
-            self.floor = max(self.floor, evicted[0])
 
 
 @dataclass
@@ -220,6 +120,13 @@ class Partial:
             counted=counted,
         )
 
+    def saw(self, timestamp: float) -> None:
+        """Stretch the first and last event times to include ``timestamp`` (first <= last always)."""
+        if timestamp < self.first_seen:
+            self.first_seen = timestamp
+        elif timestamp > self.last_seen:
+            self.last_seen = timestamp
+
     def merge(self, other: Partial) -> None:
         """Fold another partial of the same window in."""
         self.first_seen = min(self.first_seen, other.first_seen)
@@ -227,9 +134,13 @@ class Partial:
         self.sample.merge(other.sample)
 
 
+#: The parts of a segment, in the order of its key.
+SEGMENT_PARTS = ("model", "model_version", "app", "route", "tenant")
+
+
 def segment_key(segment: dict[str, str | None]) -> str:
     """The Kafka key of a segment: model|version|app|route|tenant."""
-    return "|".join(segment.get(part) or "" for part in ("model", "model_version", "app", "route", "tenant"))
+    return "|".join(segment.get(part) or "" for part in SEGMENT_PARTS)
 
 
 class BatchSummaries:
@@ -240,23 +151,69 @@ class BatchSummaries:
         self.capacity = min(rows_per_partial, spec.sample_size)
         self.rng = rng
         self.partials: dict[tuple[str, WindowKind, int], Partial] = {}
+        # keeps(): (segment values, kind, window, source) -> the partial and its runs of that source.
+        self._found: dict[
+            tuple[tuple[str | None, ...], str, int, Source], tuple[Partial, list[list[int]]]
+        ] = {}
 
     def wants(
         self, segment: dict[str, str | None], kind: WindowKind, timestamp: float, origin: Origin | None = None
     ) -> tuple[Partial, float] | None:
         """Count an event (read at ``origin``: source, offset); return where to keep its row if wanted."""
-        window_id = self.spec.window_id(timestamp)
-        slot = (segment_key(segment), kind, window_id)
-        partial = self.partials.get(slot)
-        if partial is None:
-            partial = Partial(segment, kind, window_id, timestamp, timestamp, Sample(self.capacity))
-            self.partials[slot] = partial
-        partial.first_seen = min(partial.first_seen, timestamp)
-        partial.last_seen = max(partial.last_seen, timestamp)
+        partial = self._partial(segment, kind, self.spec.window_id(timestamp), timestamp)
         if origin is not None:
             add_offset(partial.counted.setdefault(origin[0], []), origin[1])
         key = partial.sample.wants(self.rng)
         return None if key is None else (partial, key)
+
+    def keeps(
+        self,
+        segment: tuple[str | None, ...],
+        kind: WindowKind,
+        timestamp: float,
+        source: Source,
+        offset: int,
+        row: Any,
+    ) -> None:
+        """:meth:`wants` then :meth:`Sample.keep` in one call, for ingest: the same draws, the same partials.
+
+        ``segment`` holds the values of :data:`SEGMENT_PARTS`; the event was read at
+        ``offset`` of ``source``. ``row`` is kept as it is, if wanted: what ingest
+        turns into the row when it publishes (:meth:`Sample.build_rows`), so that
+        no row is built for the events the sample lets go. Per event this looks
+        up one dict instead of building the segment, its key and the slot.
+        """
+        window_id = self.spec.window_id(timestamp)
+        found = self._found.get((segment, kind, window_id, source))
+        if found is None:
+            partial = self._partial(
+                dict(zip(SEGMENT_PARTS, segment, strict=True)), kind, window_id, timestamp
+            )
+            found = self._found[segment, kind, window_id, source] = (
+                partial,
+                partial.counted.setdefault(source, []),
+            )
+        else:
+            partial = found[0]
+            partial.saw(timestamp)
+        add_offset(found[1], offset)
+        key = partial.sample.wants(self.rng)
+        if key is not None:
+            partial.sample.keep(row, key, (source, offset))
+
+    def _partial(
+        self, segment: dict[str, str | None], kind: WindowKind, window_id: int, timestamp: float
+    ) -> Partial:
+        """The partial of a slot, made on its first event; its event times stretched to ``timestamp``."""
+        slot = (segment_key(segment), kind, window_id)
+        partial = self.partials.get(slot)
+        if partial is None:
+            partial = self.partials[slot] = Partial(
+                segment, kind, window_id, timestamp, timestamp, Sample(self.capacity)
+            )
+        else:
+            partial.saw(timestamp)
+        return partial
 
 
 @dataclass(frozen=True)
@@ -357,8 +314,11 @@ class Windows:
         #: The summaries partition of each stream (whose marks judge its windows).
         self.partition: dict[Stream, int] = {}
         self.done: dict[Slot, Done] = {}
-        self.revised: set[Slot] = set()
+        #: Closed windows late partials were merged into, and when the last one came.
+        self.revised: dict[Slot, float] = {}
         self.gaps = Gaps(spec.revision_seconds)
+        #: Windows late partials opened (:mod:`streams.window_gaps`): they close once those went quiet.
+        self.reopened: set[Slot] = set()
         #: The input offsets each open or kept window counted (:mod:`streams.window_dedup`).
         self.coverage: dict[Slot, dict[Source, Coverage]] = {}
         #: Events of partials that a window had counted already (ingest read them twice): not counted again.
@@ -404,23 +364,25 @@ class Windows:
             self.partition[slot[:2]] = partition
             self.marks.observe(partition, partial.progress, now)
         if slot in self.done:
-            self._revise(slot, partial, entry)
+            self._revise(slot, partial, entry, now)
         elif not self.merges(partial):
             self.late_events += partial.sample.seen
         else:
+            if self.is_late(partial):
+                self.reopened.add(slot)
             self.restore(partial, now, entry)
             if close and self.spec.events is not None and self.open[slot].sample.seen >= self.spec.events:
                 return [self._close(slot, now), *self.tick(now)]
         return self.tick(now) if close else []
 
-    def _revise(self, slot: Slot, partial: Partial, entry: str | None) -> None:
+    def _revise(self, slot: Slot, partial: Partial, entry: str | None, now: float) -> None:
         done = self.done[slot]
         if entry is not None:
             done.entries.append(entry)
         if self._counted_already(slot, partial):
             return  # a replayed partial: no revision
         done.partial.merge(partial)
-        self.revised.add(slot)
+        self.revised[slot] = now
 
     def _counted_already(self, slot: Slot, partial: Partial) -> bool:
         """Drop the events ``slot`` counted already from ``partial``; True when none is left."""
@@ -468,7 +430,8 @@ class Windows:
         self.last_update.pop(slot, None)
         self.entries.pop(slot, None)
         self.done.pop(slot, None)
-        self.revised.discard(slot)
+        self.revised.pop(slot, None)
+        self.reopened.discard(slot)
         self.coverage.pop(slot, None)
 
     def forget_partitions(self, partitions: set[int]) -> list[str]:
@@ -488,11 +451,15 @@ class Windows:
     def tick(self, now: float) -> list[ClosedWindow]:
         """Close the windows that are complete (see the class docstring)."""
         done = [slot for slot, updated in self.last_update.items() if self._complete(slot, updated, now)]
-        return [self._close(slot, now) for slot in sorted(done)]
+        # In order of time, then segment: a rollback watch takes a later window of the model as the
+        # sign that every version's earlier windows are out (retrain_trigger.evidence).
+        return [self._close(slot, now) for slot in sorted(done, key=lambda s: (s[2], s[0], s[1]))]
 
     def _complete(self, slot: Slot, updated: float, now: float) -> bool:
         if now - updated >= self.spec.idle_seconds:
             return True
+        if slot in self.reopened:
+            return now - updated >= self.spec.revision_quiet_seconds
         if self.spec.seconds is None:
             return False
         if self.spec.close == "timer":
@@ -504,14 +471,19 @@ class Windows:
             ignore = lambda source: source.startswith(prefix)  # noqa: E731 - feedback never feeds these
         return self.marks.complete(self.partition.get(slot[:2]), end, now, ignore)
 
-    def revisions(self) -> list[ClosedWindow]:
-        """The closed windows late partials were merged into since the last call, each once."""
+    def revisions(self, now: float | None = None) -> list[ClosedWindow]:
+        """The closed windows late partials were merged into since the last call, each once.
+
+        With ``now``, only those whose late partials went quiet (``revision_quiet_seconds``).
+        """
+        quiet = self.spec.revision_quiet_seconds
+        ready = [slot for slot, last in self.revised.items() if now is None or now - last >= quiet]
         revised = []
-        for slot in sorted(self.revised):
+        for slot in sorted(ready):
+            del self.revised[slot]
             done = self.done[slot]
             done.revision += 1
             revised.append(self._closed(done.partial, tuple(done.entries), done.revision))
-        self.revised.clear()
         return revised
 
     def expire(self, now: float) -> list[ClosedWindow]:
@@ -521,7 +493,7 @@ class Windows:
         expired = []
         for slot in old:
             done = self.done.pop(slot)
-            self.revised.discard(slot)
+            self.revised.pop(slot, None)
             self.coverage.pop(slot, None)
             expired.append(self._closed(done.partial, tuple(done.entries), done.revision))
         return expired
@@ -529,6 +501,7 @@ class Windows:
     def _close(self, slot: Slot, now: float) -> ClosedWindow:
         partial = self.open.pop(slot)
         del self.last_update[slot]
+        self.reopened.discard(slot)
         entries = tuple(self.entries.pop(slot, ()))
         if self.spec.seconds is not None:
             stream = slot[:2]
@@ -587,6 +560,7 @@ def window_spec(settings: Settings) -> WindowSpec:
         idle_seconds=settings.window_idle_seconds,
         close=settings.window_close,
         revision_seconds=settings.window_revision_seconds,
+        revision_quiet_seconds=settings.window_revision_quiet_seconds,
         feedback_topic=settings.topics.feedback,
         sources=tuple(
             source_of(topic, partition)

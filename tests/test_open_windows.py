@@ -41,8 +41,10 @@ def detect_stage(
     """A detect stage of one-minute windows owning summaries partitions ``owned``, its tables recovered.
 
     Compared with a reference file of 200 rows unless ``reference_file`` is False;
-    ``settings`` go to :class:`Settings` as they are.
+    ``settings`` go to :class:`Settings` as they are. A revision is judged in the unit
+    its late partials came in (``window_revision_quiet_seconds`` 0) unless they say otherwise.
     """
+    settings.setdefault("window_revision_quiet_seconds", 0)
     tmp_path.mkdir(parents=True, exist_ok=True)
     detectors_file = tmp_path / "detectors.yaml"
     detectors_file.write_text(yaml.safe_dump(detectors))

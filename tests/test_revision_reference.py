@@ -78,6 +78,25 @@ def test_a_revision_is_judged_against_the_reference_of_its_first_verdict(
     assert revised["reference"] == judged["reference"]
 
 
+def test_a_window_late_events_opened_is_judged_against_the_stable_window_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage = _stage(tmp_path, monkeypatch)
+    past = (MINUTE + 2) * 60.0 + 5  # minutes 0 and 1 complete
+    stable = (_version(stage, "v1", 0, 100, 1, past), _version(stage, "v1", 1, 5, 2, past))
+    first = asyncio.run(stage.handle(_batch(stage, (1, stable[0]), (2, stable[1])), T))
+    _apply(stage, first)
+    canary = asyncio.run(stage.handle(_batch(stage, (3, _version(stage, "v2", 1, 100, 3, past))), T + 1))
+    [newest], _ = _out(stage, canary)  # v2's minute 1 closed: its minute 0 is passed, never opened
+    assert newest["reference"].endswith(f"@1:{newest['window_end'].replace('Z', '+00:00')}")
+    _apply(stage, canary)
+    # All of v2's minute 0 comes late: judged against v1's minute 0 (100 events), not its newest (5).
+    late = asyncio.run(stage.handle(_batch(stage, (4, _version(stage, "v2", 0, 100, 4, past))), T + 2))
+    [gap], _ = _out(stage, late)
+    assert (gap["revision"], gap["measurements"]["window_events"], gap["reference_size"]) == (0, 100, 100)
+    assert gap["reference"].endswith(f"@1:{gap['window_end'].replace('Z', '+00:00')}")
+
+
 def test_a_canary_check_does_not_judge_a_version_against_a_pinned_window_of_its_own_traffic() -> None:
     example = CanaryDetector.example()
     judge = Judge([DetectorSpec(CanaryDetector.id, "feedback", example.config.model_dump())], alpha=0.01)

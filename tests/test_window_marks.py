@@ -279,6 +279,24 @@ def test_a_restarted_stage_still_judges_a_window_passed_before_it_opened(
     assert gap["window_end"] == _utc_iso(END) and (closed.events, closed.outcome) == (30, "judged")
 
 
+def test_one_late_delivery_read_in_several_units_is_one_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage = detect_stage(tmp_path, monkeypatch, [FAST], owned={3}, window_revision_quiet_seconds=1.0)
+    passed = dict.fromkeys(stage.windows.spec.sources, END + 5)
+    first = asyncio.run(stage.handle(_batch(stage, (1, _minute(0, 70, 1, **passed))), T))
+    [detection], _ = _out(stage, first)
+    assert detection["revision"] == 0
+    for offset, at in ((2, T + 10), (3, T + 10.4), (4, T + 10.8)):  # one late delivery, three batches
+        late = asyncio.run(stage.handle(_batch(stage, (offset, _minute(0, 5, offset))), at))
+        assert _out(stage, late) == ([], [])  # its partials keep coming: not yet
+    assert _out(stage, asyncio.run(stage.tick(T + 11.5))) == ([], [])  # 0.7 s after the last one
+    [revised], [closed] = _out(stage, asyncio.run(stage.tick(T + 12)))
+    assert (revised["revision"], revised["measurements"]["window_events"]) == (1, 85)
+    assert (closed.revision, closed.events) == (1, 85)
+    assert _out(stage, asyncio.run(stage.tick(T + 20))) == ([], [])
+
+
 def _utc_iso(timestamp: float) -> str:
     """A Detection's window bound as JSON writes it."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
