@@ -12,7 +12,8 @@ as HTML and from its ``/api/`` twin (a random segment each time for the
 Segment page). It prints p50 and p95 per page, the first (cold) request, and
 the baseline: ``DeltaTable(detections).to_pandas()``, what a page that read
 the whole table would at least cost, measured in the same run. Goal: every
-page's p95 under 300 ms.
+page's p95 under 300 ms; the run exits 1 when it is not met, and prints the
+machine's load average next to the result.
 """
 
 from __future__ import annotations
@@ -263,13 +264,15 @@ def main() -> None:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise
                     time.sleep(0.2)
-            report(base, segs, last, args.requests, min(baseline))
+            worst = report(base, segs, last, args.requests, min(baseline))
         finally:
             stop_process(server)
+    if worst * 1000 >= GOAL_MS:
+        sys.exit(1)  # a pipeline running the bench tells a miss from its exit code
 
 
-def report(base: str, segs: list[dict[str, str]], last: date, requests: int, baseline: float) -> None:
-    """Time each page as HTML and JSON; print p50 / p95 and the ratio to the baseline."""
+def report(base: str, segs: list[dict[str, str]], last: date, requests: int, baseline: float) -> float:
+    """Time each page as HTML and JSON; print p50 / p95 and the ratio to the baseline; the worst p95 (s)."""
     rng = random.Random(3)
 
     def segment(days: int) -> str:
@@ -297,7 +300,13 @@ def report(base: str, segs: list[dict[str, str]], last: date, requests: int, bas
                 f" {baseline / p95:>12.0f}x"
             )
     verdict = "met" if worst * 1000 < GOAL_MS else "NOT met"
-    print(f"worst p95: {worst * 1000:.0f} ms; goal p95 < {GOAL_MS:.0f} ms: {verdict}")
+    # The load says how far to trust a miss: other processes on the machine slow every page.
+    load = " / ".join(f"{n:.1f}" for n in os.getloadavg())
+    print(
+        f"worst p95: {worst * 1000:.0f} ms; goal p95 < {GOAL_MS:.0f} ms: {verdict}"
+        f" (load average 1/5/15 min: {load} on {os.cpu_count()} cores)"
+    )
+    return worst
 
 
 if __name__ == "__main__":

@@ -132,7 +132,9 @@ def demo(
         from services.console import build_console, serve
 
         serve(
-            build_console(settings, history=summary["history_uri"], datasets=summary["datasets_uri"]),
+            build_console(
+                settings, history=summary["history_uri"], datasets=summary["datasets_uri"], demo=True
+            ),
             host=settings.console_host,
             port=settings.console_port,
             token=settings.console_token,

@@ -26,14 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from curation.store import DatasetStore
 from services.console.datasets import Datasets, Preview, datasets_view, preview_view
+from services.console.deadletter_page import DeadLetters, deadletters_view
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.segment import SegmentView, segment_view
 from services.console.views import (
     DayRange,
-    DeadLetters,
     Incidents,
     Overview,
-    deadletters_view,
     incidents_view,
     overview_view,
     report_path,
@@ -43,6 +42,8 @@ from services.console.views import (
 _HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "loopwatch_console_token"
 TOKEN_HEADER = "x-loopwatch-token"
+#: The Datasets page lists this many newest versions per table, the older ones folded under a count.
+LATEST_VERSIONS = 10
 
 Day = Annotated[date | None, Query(description="Last day shown (UTC), default the newest in the history")]
 Days = Annotated[int, Query(ge=1, le=400, description="How many days to show, ending on `day`")]
@@ -61,6 +62,8 @@ class Console:
     slow_detectors: frozenset[str] = frozenset()
     #: The Kafka the replay commands name (``--bootstrap``); None: a placeholder the user must fill in.
     bootstrap: str | None = None
+    #: Said next to the replay commands, e.g. that the demo's broker stopped with the demo.
+    replay_note: str | None = None
 
 
 def plotly_js() -> Path:
@@ -158,7 +161,8 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/deadletters", response_model=DeadLetters, tags=["pages"])
     def api_deadletters(day: Day = None, days: Days = 1) -> DeadLetters:
         """Dead letters by reason over time, samples (escaped) and the replay command per reason."""
-        return deadletters_view(console.history, span(day, days), bootstrap=console.bootstrap)
+        view = deadletters_view(console.history, span(day, days), bootstrap=console.bootstrap)
+        return view.model_copy(update={"replay_note": console.replay_note})
 
     @app.get("/api/datasets", response_model=Datasets, tags=["pages"])
     def api_datasets() -> Datasets:
@@ -206,7 +210,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     def datasets_page(request: Request) -> Response:
         view = api_datasets()
         previews = {t.table: preview_view(console.datasets, t.table, t.version, 10) for t in view.tables}
-        return page(request, "datasets", view=view, previews=previews)
+        return page(request, "datasets", view=view, previews=previews, latest_versions=LATEST_VERSIONS)
 
     return app
 

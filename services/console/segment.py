@@ -32,7 +32,15 @@ from services.console.views import DayRange, WindowShown, is_rate, latest_revisi
 _WINDOW_COLUMNS = ["window_start", "window_end", "kind", "events", "feedback_events", "outcome", "revision"]
 _SERIES_COLUMNS = ["detector_id", "config_id", "window_start", "verdict", "statistic", "threshold"]
 _SERIES_COLUMNS += ["p_value", "effect_size", "score", "measurements", "report_path", "detection_id"]
-_SERIES_COLUMNS += ["revision", "judged", "samples", "min_samples", "threshold_of"]
+_SERIES_COLUMNS += [
+    "revision",
+    "judged",
+    "samples",
+    "min_samples",
+    "threshold_of",
+    "reference_size",
+    "current_size",
+]
 #: At most this many windows are listed in the page's table of windows without a plain verdict.
 MAX_NOTED = 500
 _SHOWN: dict[int, WindowShown] = {-1: "not judged", 0: "ok", 1: "warning", 2: "drift"}

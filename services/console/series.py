@@ -114,6 +114,12 @@ class DetectorSeries(BaseModel):
     skipped: list[datetime] = Field(
         default_factory=list, description="Windows this (slow) detector skipped: its queue was full"
     )
+    floor: float | None = Field(
+        None,
+        description="On a log (p-value) axis: where a p of exactly 0 is drawn, labelled p < floor (a log"
+        " axis cannot draw 0: a permutation test's p = 0 left the chart empty)",
+    )
+    floored_windows: int = Field(0, description="Judged windows whose p is 0, drawn at the floor")
 
 
 def measurement_unit(name: str) -> str:
@@ -172,11 +178,27 @@ def config_labels(specs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, s
     return labels
 
 
-def not_judged_note(samples: Any, min_samples: Any) -> str:
-    """Why a window has no verdict: ``not judged (24 < 30 samples)``."""
+def not_judged_note(
+    samples: Any, min_samples: Any, reference_size: Any = None, current_size: Any = None
+) -> str:
+    """Why a window has no verdict, and which side is short: ``not judged (reference 24 < 30 samples)``."""
     if _missing(samples) or _missing(min_samples):
         return "not judged (too few samples)"
-    return f"not judged ({int(samples)} < {int(min_samples)} samples)"
+    side = short_side(samples, reference_size, current_size)
+    return f"not judged ({side}{int(samples)} < {int(min_samples)} samples)"
+
+
+def short_side(samples: Any, reference_size: Any, current_size: Any) -> str:
+    """``reference `` when the reference's size (not this window's) is the count that fell short, else ``""``.
+
+    A window compared with a reference (the stable version's window) is short on either side: a bare
+    count reads as this window's own, so the reference's is named (27 < 30 while the window held 32).
+    """
+    if not _missing(current_size) and int(current_size) == int(samples):
+        return ""
+    if not _missing(reference_size) and int(reference_size) == int(samples):
+        return "reference "
+    return ""
 
 
 def window_note(unjudged: pa.Table) -> str:
@@ -186,8 +208,12 @@ def window_note(unjudged: pa.Table) -> str:
     follow with their detectors (``0 < 30 for quality.rating.v1``), so table and charts agree.
     """
     groups: dict[str, list[str]] = {}
-    for row in unjudged.select(["detector_id", "samples", "min_samples"]).to_pylist():
-        groups.setdefault(not_judged_note(row["samples"], row["min_samples"]), []).append(row["detector_id"])
+    sizes = [c for c in ("reference_size", "current_size") if c in unjudged.column_names]
+    for row in unjudged.select(["detector_id", "samples", "min_samples", *sizes]).to_pylist():
+        note = not_judged_note(
+            row["samples"], row["min_samples"], row.get("reference_size"), row.get("current_size")
+        )
+        groups.setdefault(note, []).append(row["detector_id"])
     if not groups:
         return not_judged_note(None, None)
     ordered = sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))
@@ -305,6 +331,7 @@ def _series(
         .group_by("window_start", use_threads=False)
         .aggregate([("rank", "max")])["rank_max"]
     )
+    floor, floored = log_floor(kind, values, judged, group["threshold"])
     revised = group.filter(pc.greater(group["revision"], 0))
     measurements = _measurements(group, is_rate) if detector_id.startswith("quality.") else {}
     return DetectorSeries(
@@ -334,7 +361,32 @@ def _series(
         bounds=[name for name in measurements if is_bound(name)],
         reports=_reports(group),
         axis_title=axis_title(kind, [measurement_unit(n) for n in measurements if is_bound(n)]),
+        floor=floor,
+        floored_windows=floored,
     )
+
+
+def log_floor(
+    kind: ThresholdKind,
+    values: pa.Array | pa.ChunkedArray,
+    judged: pa.Array | pa.ChunkedArray,
+    threshold: pa.Array | pa.ChunkedArray,
+) -> tuple[float | None, int]:
+    """Where a log axis draws p = 0, and how many judged windows have it (none: no floor).
+
+    The power of ten a decade below the smallest positive p-value or alpha: the floor sits under every
+    point, so a point there reads as "smaller than anything drawn" (its label says p < floor).
+    """
+    if kind != "alpha":
+        return None, 0
+    zero = pc.fill_null(pc.and_(judged, pc.less_equal(values, 0.0)), False)
+    floored = _count(zero)
+    if not floored:
+        return None, 0
+    positive = [v for v in (pc.min(values.filter(pc.greater(values, 0.0))).as_py(),) if v]
+    positive += [v for v in (pc.min(_finite(threshold).filter(pc.greater(threshold, 0.0))).as_py(),) if v]
+    smallest = min(positive, default=0.05)
+    return 10.0 ** (math.floor(math.log10(smallest)) - 1), floored
 
 
 def axis_title(kind: ThresholdKind, bound_units: list[str]) -> str:
@@ -366,13 +418,16 @@ def _notes(group: pa.Table) -> list[str | None]:
     flagged = pc.indices_nonzero(pc.or_(pc.invert(judged), pc.greater(revision, 0))).to_pylist()
     if not flagged:
         return notes
-    rows = group.select(["judged", "revision", "samples", "min_samples"]).take(flagged).to_pylist()
+    sizes = [c for c in ("reference_size", "current_size") if c in group.column_names]
+    rows = group.select(["judged", "revision", "samples", "min_samples", *sizes]).take(flagged).to_pylist()
     for index, row in zip(flagged, rows, strict=True):
+        note = not_judged_note(
+            row["samples"], row["min_samples"], row.get("reference_size"), row.get("current_size")
+        )
         if row["revision"]:
-            said = "" if row["judged"] else f", {not_judged_note(row['samples'], row['min_samples'])}"
-            notes[index] = f"revised {row['revision']}x{said}"
+            notes[index] = f"revised {row['revision']}x{'' if row['judged'] else f', {note}'}"
         else:
-            notes[index] = not_judged_note(row["samples"], row["min_samples"])
+            notes[index] = note
     return notes
 
 

@@ -45,11 +45,21 @@ def check_bind(host: str, token: SecretStr | None) -> None:
         )
 
 
-def build_console(settings: Settings, *, history: str | None = None, datasets: str | None = None) -> Console:
+#: What the Dead letters page of a demo's console says: its replay commands name no broker.
+DEMO_REPLAY_NOTE = (
+    "The demo's broker stopped with the demo: replay into a Kafka of yours (set --bootstrap HOST:PORT)."
+)
+
+
+def build_console(
+    settings: Settings, *, history: str | None = None, datasets: str | None = None, demo: bool = False
+) -> Console:
     """The console's readers over ``--history`` / ``--datasets``, else the settings' roots.
 
     The replay commands it shows name ``settings.kafka_bootstrap`` only when it was given (a flag or
-    ``LOOPWATCH_KAFKA_BOOTSTRAP``): the default could be someone else's broker on this machine.
+    ``LOOPWATCH_KAFKA_BOOTSTRAP``): the default could be someone else's broker on this machine. A
+    ``demo`` console names none: the demo ran its own broker, gone once the demo ended, whatever the
+    environment says.
     """
     from streams.detect_stage import load_specs
 
@@ -60,7 +70,10 @@ def build_console(settings: Settings, *, history: str | None = None, datasets: s
         stable_versions=dict(settings.stable_versions),
         config_labels=config_labels((s.detector_id, s.config) for s in specs),
         slow_detectors=frozenset(s.detector_id for s in specs if s.slow),
-        bootstrap=settings.kafka_bootstrap if "kafka_bootstrap" in settings.model_fields_set else None,
+        bootstrap=None
+        if demo or "kafka_bootstrap" not in settings.model_fields_set
+        else settings.kafka_bootstrap,
+        replay_note=DEMO_REPLAY_NOTE if demo else None,
     )
 
 

@@ -3,13 +3,24 @@
 
 const COLORS = { drift: "#c0392b", warning: "#e67e22", ok: "#27ae60" };
 // The legend sits below the two-line time labels (the first tick's date line would run into it).
-const LAYOUT = { margin: { l: 50, r: 20, t: 10, b: 40 }, height: 275, showlegend: true,
-                 legend: { orientation: "h", y: -0.2, yanchor: "top" } };
+const LAYOUT = { margin: { l: 60, r: 20, t: 10, b: 40 }, height: 300, showlegend: true,
+                 legend: { orientation: "h", y: -0.3, yanchor: "top" } };
 const CONFIG = { displaylogo: false, responsive: true };
 
 function values(series) {
   // What the threshold bounds (p-value, effect size, statistic, score); null where not judged.
-  return series.value && series.value.length ? series.value : series.statistic;
+  // A p of 0 sits at the log axis's floor (a log axis cannot draw 0), marked by floored().
+  const ys = series.value && series.value.length ? series.value : series.statistic;
+  return series.floor ? ys.map((y) => (y !== null && y <= 0 ? series.floor : y)) : ys;
+}
+
+function floored(series) {
+  // The windows whose p is 0, at the floor: a triangle pointing down, labelled and hovered p < floor.
+  const x = [], y = [], ys = series.value || [], label = `p < ${series.floor}`;
+  ys.forEach((v, i) => { if (v !== null && v <= 0) { x.push(series.window_start[i]); y.push(series.floor); } });
+  return { x, y, mode: "markers+text", name: `p = 0 (drawn as ${label})`, text: x.map(() => label),
+           textposition: "top center", marker: { symbol: "triangle-down", size: 12, color: COLORS.drift },
+           hovertemplate: `${label} (p = 0): %{x}<extra></extra>` };
 }
 
 function marked(series, verdict) {
@@ -32,7 +43,8 @@ function xaxis(times, shared) {
   const pad = shared ? 0 : Math.max((last - first) * 0.05, (10 * MINUTE - (last - first)) / 2, 0);
   const span = last - first + 2 * pad;
   return { type: "date", range: [new Date(first - pad).toISOString(), new Date(last + pad).toISOString()],
-           tickformat: span <= 2 * 24 * 60 * MINUTE ? "%H:%M:%S\n%b %d" : "%b %d\n%H:%M" };
+           tickformat: span <= 2 * 24 * 60 * MINUTE ? "%H:%M:%S\n%b %d" : "%b %d\n%H:%M",
+           title: { text: "window start (window time, UTC)", standoff: 2, font: { size: 11 } } };
 }
 
 function barWidth(times) {
@@ -55,8 +67,11 @@ function layout(times, shared) {
 function yaxis(title, ys, log) {
   // Every axis says what it counts. Values that cannot be negative (shares, counts, p-values) start at 0:
   // all zeros would otherwise autoscale to -1..1, and a share is 0..1 at most.
-  const axis = { title: { text: title } };
-  if (log) return { ...axis, type: "log" };
+  const axis = { title: { text: title }, automargin: true };  // long tick labels ($0.00004) push the title out
+  // Only powers of ten labelled: Plotly's minor labels (2..9 per decade) read as stray numbers.
+  if (log) return { ...axis, type: "log", dtick: 1, exponentformat: "power" };
+  // Dollars as plain decimals ($0.0006), never Plotly's SI suffixes (600µ).
+  if (title === "USD") Object.assign(axis, { tickprefix: "$", tickformat: "~g", hoverformat: "~g" });
   const known = ys.filter((y) => y !== null && y !== undefined);
   if (known.length && known.every((y) => y >= 0)) {
     axis.rangemode = "tozero";
@@ -117,11 +132,14 @@ function drawSegment(view) {
       { x: d.window_start, y: values(d), mode: "lines+markers", name, line: { color: "#95a5a6" },
         marker: { color: d.verdict.map((v) => COLORS[v] || "#95a5a6"), size: 7 }, customdata: said,
         hovertemplate: "%{y} %{customdata}<extra></extra>" },
+      // A wide dash per window: a one-window segment's threshold is a short segment, not a 1-px dash.
       { x: d.window_start, y: d.threshold, mode: "lines+markers", name: d.threshold_label || "threshold",
-        line: { dash: "dash", color: "#7f8c8d" }, marker: { symbol: "line-ew-open", size: 12 } },
+        line: { dash: "dash", color: "#7f8c8d" },
+        marker: { symbol: "line-ew-open", size: 40, line: { width: 2, color: "#7f8c8d" } } },
       marked(d, "warning"),
       marked(d, "drift"),
     ];
+    if (d.floor) traces.push(floored(d));
     const ys = values(d);
     if (!ys.some((y) => y !== null)) {
       unjudged(document.getElementById(`chart-${i}`), d);
@@ -186,7 +204,7 @@ function drawDeadLetters(view) {
   const days = [...new Set(minutes.map((t) => new Date(t).toISOString().slice(0, 10)))].sort();
   const oneDay = days.length <= 1;
   Object.assign(plot.xaxis, { tickformat: oneDay ? "%H:%M" : "%b %d %H:%M", ticklabeloverflow: "hide past domain",
-                              title: { text: oneDay ? `minute (UTC) of ${days[0] || "-"}` : "minute (UTC)",
+                              title: { text: `${oneDay ? `minute (UTC) of ${days[0] || "-"}` : "minute (UTC)"}: wall clock, when loopwatch refused the message (not its event time)`,
                                        standoff: 4 } });
   Object.assign(plot, { height: 290, margin: { ...LAYOUT.margin, b: 50 }, legend: { orientation: "h", y: -0.26 } });
   plot.yaxis = yaxis("dead letters per minute", view.series.flatMap((s) => s.count));

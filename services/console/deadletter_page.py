@@ -1,0 +1,141 @@
+"""The Dead letters page: counts per reason and minute, the replay commands and escaped samples."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import shlex
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from services.console.reader import HistoryReader
+from services.console.views import DayRange
+from services.deadletters import printable
+
+MAX_SAMPLES = 50
+
+
+class ReasonCount(BaseModel):
+    """Dead letters of one reason, and the command that replays them."""
+
+    reason: str
+    count: int
+    replay: str = Field(description="The replay command's selection (reason, since), without its Kafka")
+    command: str = Field(
+        "",
+        description="What to run: replay with --bootstrap (the console's Kafka, or HOST:PORT to fill in)",
+    )
+
+
+class ReasonSeries(BaseModel):
+    """Dead letters of one reason per minute."""
+
+    reason: str
+    minute: list[datetime]
+    count: list[int]
+
+
+class DeadLetterSample(BaseModel):
+    """One dead letter kept as a sample: its error and the start of the original payload, escaped."""
+
+    reason: str
+    error: str | None = None
+    minute: datetime
+    source: str | None = Field(None, description="topic/partition/offset of the original message")
+    payload: str = Field(description="The kept prefix, control characters escaped")
+    value_bytes: int | None = None
+    truncated: bool = False
+
+
+class DeadLetters(BaseModel):
+    """The Dead letters page."""
+
+    range: DayRange
+    total: int
+    reasons: list[ReasonCount]
+    series: list[ReasonSeries]
+    samples: list[DeadLetterSample]
+    replay_note: str | None = Field(None, description="Said next to the replay commands (a demo's broker)")
+
+
+#: What the replay command says when the console was given no Kafka: the user must set it.
+BOOTSTRAP_PLACEHOLDER = "HOST:PORT"
+
+
+def with_bootstrap(command: str, bootstrap: str | None) -> str:
+    """``command`` sent to the Kafka the console was given, else to a placeholder the user must fill in."""
+    return f"{command} --bootstrap {shlex.quote(bootstrap) if bootstrap else BOOTSTRAP_PLACEHOLDER}"
+
+
+def deadletters_view(history: HistoryReader, span: DayRange, bootstrap: str | None = None) -> DeadLetters:
+    """Dead letters by reason per minute, totals with their replay command, and escaped samples."""
+    # One scan for the counts and the samples: both come from the same day partitions.
+    table = history.read("deadletters", span.days(), columns=["minute", "reason", "count", "samples"])
+    frame = table.select(["minute", "reason", "count"]).to_pandas()
+    reasons: list[ReasonCount] = []
+    series: list[ReasonSeries] = []
+    if not frame.empty:
+        totals = frame.groupby("reason")["count"].sum().sort_values(ascending=False)
+        for reason, count in totals.items():
+            replay = f"loopwatch deadletter replay --reason {reason} --since {span.start}"
+            reasons.append(
+                ReasonCount(
+                    reason=str(reason),
+                    count=int(count),
+                    replay=replay,
+                    command=with_bootstrap(replay, bootstrap),
+                )
+            )
+        per_minute = frame.groupby(["reason", "minute"])["count"].sum()
+        for reason in totals.index:
+            counts = per_minute.loc[reason]
+            series.append(
+                ReasonSeries(
+                    reason=str(reason),
+                    minute=list(counts.index.to_pydatetime()),
+                    count=[int(c) for c in counts],
+                )
+            )
+    samples = _samples(table.select(["minute", "reason", "samples"]))
+    return DeadLetters(
+        range=span,
+        total=sum(r.count for r in reasons),
+        reasons=reasons,
+        series=series,
+        samples=samples,
+    )
+
+
+def _samples(table: pa.Table) -> list[DeadLetterSample]:
+    samples: list[DeadLetterSample] = []
+    # Newest first, and only as many rows as can hold the samples shown (each row keeps at least one).
+    rows = table.sort_by([("minute", "descending")]).slice(0, MAX_SAMPLES).to_pylist()
+    for row in rows:
+        for letter in json.loads(row["samples"] or "[]"):
+            if len(samples) >= MAX_SAMPLES:
+                return samples
+            samples.append(_sample(row, letter))
+    return samples
+
+
+def _sample(row: dict[str, Any], letter: dict[str, Any]) -> DeadLetterSample:
+    try:
+        kept = base64.b64decode(letter.get("value_b64") or "", validate=True)
+    except (binascii.Error, ValueError):
+        kept = b""
+    source = letter.get("source") or {}
+    where = f"{source['topic']}/{source.get('partition')}/{source.get('offset')}" if source else None
+    value_bytes = letter.get("value_bytes")
+    return DeadLetterSample(
+        reason=str(letter.get("reason") or row["reason"]),
+        error=letter.get("error"),
+        minute=row["minute"],
+        source=where,
+        payload=printable(kept),
+        value_bytes=value_bytes,
+        truncated=isinstance(value_bytes, int) and value_bytes > len(kept),
+    )
