@@ -4,7 +4,9 @@ The judging itself is ``watch.py``; the publish stage starts a watch. These two
 stages turn the watch's outcomes into ``rollback.verified`` / ``rollback.failed``
 CloudEvents on the decision; :func:`settle_rollback` does the same for the act
 stage's result (with an act stage, a watch counts only windows after
-``rollback.applied``, and ``rollback.rejected`` fails it).
+``rollback.applied``, and ``rollback.rejected`` fails it). A verification
+that a later window of the rolled-back version withdraws is a
+``rollback.failed`` too (:mod:`retrain_trigger.evidence`).
 """
 
 from __future__ import annotations

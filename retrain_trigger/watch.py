@@ -27,7 +27,10 @@ Only target windows that start once the rollback took effect count
 (:meth:`Watch.counts_after`): after the request's window end, after
 ``rollback.applied`` with an act stage, and after the last window of the
 rolled-back version that still served after the request (what the target's
-windows beside it added is taken back).
+windows beside it added is taken back); each only once a later window of the
+model shows whether the rolled-back version served beside it, and a window
+of the rolled-back version after a verification withdraws it
+(:mod:`retrain_trigger.evidence`).
 
 One profane reply on T therefore cannot outweigh a negative-feedback rate that
 fell from 0.871 to 0.185: a rise of 0.002 is neither significant nor material.
@@ -53,7 +56,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from detectors.base import verdict
 from detectors.correction import adjust
 from detectors.quality_checks import compare_proportions
+from retrain_trigger import evidence
 from retrain_trigger.actions import Judgement, MetricComparison, RollbackOutcome
+from retrain_trigger.evidence import Held, Tally, Verified
 from retrain_trigger.policy import Verify
 from retrain_trigger.revisions import WindowUpdate, window_key
 from retrain_trigger.state import State
@@ -68,32 +73,6 @@ DEFAULT_MIN_EFFECT = 0.02
 #: Detection ids a watch remembers, so a redelivered window is not counted twice.
 _MAX_COUNTED = 256
 _EFFECT_KEYS = ("min_effect_size", "min_rate_increase")
-
-
-class Tally(BaseModel):
-    """Hits and samples of one rate (the target's windows add up)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    hits: int = Field(ge=0)
-    samples: int = Field(ge=0)
-
-    @classmethod
-    def of(cls, rate: float, samples: int) -> Tally:
-        """The counts behind a rate measured on ``samples`` samples."""
-        return cls(hits=round(rate * samples), samples=samples)
-
-    @property
-    def rate(self) -> float:
-        """Hits per sample (0 without samples)."""
-        return self.hits / self.samples if self.samples else 0.0
-
-    def __add__(self, other: Tally) -> Tally:
-        return Tally(hits=self.hits + other.hits, samples=self.samples + other.samples)
-
-    def __sub__(self, other: Tally) -> Tally:
-        # Taking back a window counted before (its revision replaces it): never below zero.
-        return Tally(hits=max(self.hits - other.hits, 0), samples=max(self.samples - other.samples, 0))
 
 
 class Gate(BaseModel):
@@ -140,6 +119,12 @@ class Watch(BaseModel):
     stand_ins: dict[str, str] = Field(
         default_factory=dict, description="Measure -> the trigger it is judged for (verify.stand_ins)"
     )
+    held: dict[str, Held] = Field(
+        default_factory=dict, description="Window key -> a target window not counted until it is known"
+    )
+    known_until: datetime | None = Field(
+        None, description="The latest window start of the model since: windows ending by then are known"
+    )
 
     def counts_after(self) -> datetime:
         """Target windows starting before this ran before the rollback took effect: they do not count."""
@@ -161,6 +146,9 @@ class WatchState(State):
     """Open watches, and the last verify measurement of every (version, detector) of one model."""
 
     watches: list[Watch] = Field(default_factory=list)
+    verified: list[Verified] = Field(
+        default_factory=list, description="Verifications a later window withdraws"
+    )
     last: dict[str, float] = Field(default_factory=dict)
     last_samples: dict[str, int] = Field(default_factory=dict)
 
@@ -200,44 +188,6 @@ def _gate(verify: Verify, config: dict[str, Any]) -> Gate:
     )
 
 
-def _still_served(watch: Watch, detection: Detection) -> None:
-    """A window of the rolled-back version after the request: the rollback was not in effect yet.
-
-    Without an act stage nothing says when a rollback took effect but the
-    traffic itself; the target's windows that ran beside the rolled-back
-    version (a backdated replay, a canary nobody took out yet) say nothing
-    about the rollback, and what they added is taken back.
-    """
-    if detection.window_start < watch.counts_after():
-        return
-    watch.rolled_back_until = detection.window_end
-    for key in list(watch.windows):
-        # window_key: segment|detector|config digest|start|end
-        _, detector, _, start, _ = key.rsplit("|", 4)
-        if datetime.fromisoformat(start) < detection.window_end:
-            tally = watch.target.get(detector)
-            if tally is not None:
-                watch.target[detector] = tally - watch.windows[key]
-                if not watch.target[detector].samples:
-                    del watch.target[detector]
-            del watch.windows[key]
-
-
-def waiting(watch: Watch, detection: Detection) -> str:
-    """Why a target window is not counted: it started before the rollback took effect."""
-    since = watch.counts_after().isoformat()
-    if watch.rolled_back_until is not None and watch.rolled_back_until >= watch.counts_after():
-        why = f"{watch.from_version} still served until {since}"
-    elif watch.counts_from is not None:
-        why = f"the rollback was applied at {since} (window time)"
-    else:
-        why = f"the rollback was requested at the window end {since}"
-    return (
-        f"{watch.rollback_id}: window {detection.window_start.isoformat()} of {watch.target_version}"
-        f" not counted ({why}): waiting for a window of {watch.target_version} after the rollback"
-    )
-
-
 def observe(
     state: WatchState,
     verify: Verify,
@@ -250,54 +200,101 @@ def observe(
     A revision of a window already counted replaces what that window added;
     one of an older window (``update.kind == "older"``) is counted but settles
     nothing by itself. Only target windows that start once the rollback took
-    effect count (:meth:`Watch.counts_after`); ``notes`` gets why one did not.
+    effect count (:meth:`Watch.counts_after`), each once it is known whether
+    the rolled-back version served beside it (:mod:`retrain_trigger.evidence`);
+    ``notes`` gets why one did not. A window of a rolled-back version after
+    its verification withdraws it (:func:`~retrain_trigger.evidence.withdrawn`).
     """
+    # A version serves in the windows of its requests; ratings of its old replies come later.
+    serves = detection.window_kind != "feedback"
+    done = evidence.withdrawn(state.verified, detection, verify.within) if serves else []
     for watch in state.watches:
         if watch.seen_until is None or detection.window_end > watch.seen_until:
             watch.seen_until = detection.window_end
-        if detection.segment.model_version == watch.from_version:
-            _still_served(watch, detection)
+        if watch.known_until is None or detection.window_start > watch.known_until:
+            watch.known_until = detection.window_start
+        if serves and detection.segment.model_version == watch.from_version:
+            evidence.still_served(watch, detection)
     measured = _rate(verify, detection)
-    if measured is None:
-        return []
-    value, samples = measured
     segment, detector = detection.segment, detection.detector_id
     older = update is not None and update.kind == "older"
-    if not older:
+    if measured is not None and not older:
         key = f"{segment.model_version}|{detector}"
-        state.last[key], state.last_samples[key] = value, samples
-    done: list[RollbackOutcome] = []
+        state.last[key], state.last_samples[key] = measured
     for watch in list(state.watches):
-        if segment.model_version != watch.target_version:
-            continue
-        if watch.awaiting_apply or detection.window_start < watch.counts_after():
-            if notes is not None and not older:
-                notes.append(
-                    f"{watch.rollback_id}: waiting for the act stage's rollback.applied"
-                    if watch.awaiting_apply
-                    else waiting(watch, detection)
-                )
-            continue
-        window = update.key if update is not None else window_key(detection)
-        counted = watch.windows.get(window)
-        if counted is None and detection.detection_id in watch.counted:
-            continue  # counted by a watch opened before windows were keyed
-        tally = watch.target.get(detector, Tally(hits=0, samples=0))
-        if counted is not None:
-            tally = tally - counted
-        watch.windows[window] = added = Tally.of(value, samples)
-        for old in list(watch.windows)[:-_MAX_COUNTED]:
-            del watch.windows[old]
-        watch.target[detector] = tally + added
-        watch.verdicts[detector] = detection.verdict
-        watch.gates[detector] = _gate(verify, detection.config)
-        if older:
-            continue
+        released = evidence.release(watch)
+        for window, held in released:
+            _count(watch, verify, window, held)
+        counted = None
+        if measured is not None and segment.model_version == watch.target_version:
+            counted = _target_window(watch, verify, detection, update, measured, notes)
+        if not released and (counted is None or older):
+            continue  # no new evidence (a revision of an older window settles nothing by itself)
         outcome = judge(watch, verify)
         if outcome is not None:
-            state.watches.remove(watch)
+            _settled(state, watch, outcome, detection.window_end)
             done.append(outcome)
     return done
+
+
+def _target_window(
+    watch: Watch,
+    verify: Verify,
+    detection: Detection,
+    update: WindowUpdate | None,
+    measured: tuple[float, int],
+    notes: list[str] | None,
+) -> Held | None:
+    """A target window: counted (returned), held until it is known, or not counted at all (None)."""
+    older = update is not None and update.kind == "older"
+    if watch.awaiting_apply or detection.window_start < watch.counts_after():
+        if notes is not None and not older:
+            notes.append(
+                f"{watch.rollback_id}: waiting for the act stage's rollback.applied"
+                if watch.awaiting_apply
+                else evidence.waiting(watch, detection)
+            )
+        return None
+    window = update.key if update is not None else window_key(detection)
+    if window not in watch.windows and detection.detection_id in watch.counted:
+        return None  # counted by a watch opened before windows were keyed
+    held = Held(
+        detector=detection.detector_id,
+        window_start=detection.window_start,
+        window_end=detection.window_end,
+        tally=Tally.of(*measured),
+        verdict=detection.verdict,
+        config=detection.config,
+    )
+    if window in watch.windows or evidence.known(watch, held):
+        _count(watch, verify, window, held)
+        return held
+    watch.held[window] = held  # a revision of a held window replaces it
+    if notes is not None and not older:
+        notes.append(evidence.holding(watch, detection))
+    return None
+
+
+def _count(watch: Watch, verify: Verify, window: str, held: Held) -> None:
+    """Add a target window to the watch's tallies (a revision replaces what the window added before)."""
+    detector = held.detector
+    tally = watch.target.get(detector, Tally(hits=0, samples=0))
+    counted = watch.windows.get(window)
+    if counted is not None:
+        tally = tally - counted
+    watch.windows[window] = held.tally
+    for old in list(watch.windows)[:-_MAX_COUNTED]:
+        del watch.windows[old]
+    watch.target[detector] = tally + held.tally
+    watch.verdicts[detector] = held.verdict
+    watch.gates[detector] = _gate(verify, held.config)
+
+
+def _settled(state: WatchState, watch: Watch, outcome: RollbackOutcome, at: datetime) -> None:
+    """A watch's outcome is out: it closes; a verification is kept, as a later window may withdraw it."""
+    state.watches.remove(watch)
+    if outcome.verified:
+        evidence.remember(state.verified, watch, outcome, at)
 
 
 def applied(state: WatchState, verify: Verify, result: MoveResult, at: datetime) -> RollbackOutcome | None:
@@ -546,6 +543,8 @@ def conclude(watch: Watch, verify: Verify) -> RollbackOutcome:
             f" of {target} beside it are not evidence of the rollback"
         )
         return _outcome(watch, verify, False, reason, [])
+    if not watch.target and watch.held:
+        return _outcome(watch, verify, False, evidence.never_known(watch, verify.within), [])
     if not watch.target:
         return _outcome(watch, verify, False, f"target {target} not seen serving within {verify.within}", [])
     judged = list(watch.seen.values())
@@ -585,6 +584,7 @@ def expire(state: WatchState, verify: Verify, now: datetime) -> list[RollbackOut
     """Conclude the watches that ran ``verify.within`` (:meth:`Watch.elapsed`): whatever they show by now."""
     done = []
     for watch in [w for w in state.watches if w.elapsed(now) >= verify.within]:
-        state.watches.remove(watch)
-        done.append(conclude(watch, verify))
+        outcome = conclude(watch, verify)
+        _settled(state, watch, outcome, watch.seen_until or now)
+        done.append(outcome)
     return done

@@ -424,6 +424,11 @@ class Detection(_Event):
         0,
         description="0 for the window's first verdict; n for its n-th correction by events that came late",
     )
+    window_kind: Literal["inference", "feedback"] | None = Field(
+        None,
+        description="The window read: inference (requests served in it) or feedback (ratings given in it,"
+        " of replies served earlier too); null in Detections of older versions",
+    )
 
     @field_validator("statistic", "p_value", "score", "threshold", "effect_size", mode="before")
     @classmethod

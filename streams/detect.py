@@ -346,4 +346,5 @@ def to_detection(
         reference=reference.name,
         # A window revised by late events is judged again under the same bounds: the n-th correction.
         revision=window.revision,
+        window_kind=window.kind,
     )

@@ -304,6 +304,8 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, list[str]]]]] = [
         {},
         [
             ("0 neg v2 drift rate=0.4", ["alert:firing:bad-replies:v2", ROLLBACK, "page:firing:1"]),
+            # An inference window of minute 2 closed before minute 1's feedback: v2 did not serve in 1.
+            ("2 lat v1 ok", []),
             ("1 neg v1 ok rate=0.1", ["rollback.verified:chat"]),
             ("2 neg v1 ok rate=0.1", []),
         ],
@@ -313,6 +315,7 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, list[str]]]]] = [
         {},
         [
             ("0 neg v2 drift rate=0.4", ["alert:firing:bad-replies:v2", ROLLBACK, "page:firing:1"]),
+            ("3 lat v1 ok", []),  # a later window: v2 did not serve beside minute 2
             ("2 neg v1 ok rate=0.45", ["rollback.failed:chat"]),
         ],
     ),

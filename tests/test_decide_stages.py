@@ -252,6 +252,9 @@ def _watched(state: ModelState, p: Policy) -> None:
 def test_watch_turns_a_better_target_window_into_rollback_verified() -> None:
     p, state = policy(), ModelState()
     _watched(state, p)
+    # Minute 2's latency window came first: v2 did not serve beside v1's minute 1, which counts at once.
+    later = detection(2, "lat", version="v1", verdict="ok")
+    assert WatchStage().run(context(p, later, later.detected_at, state))
     d = detection(1, version="v1", verdict="ok", rate=0.1)
     ctx = context(p, d, d.detected_at, state)
     assert WatchStage().run(ctx)

@@ -165,7 +165,9 @@ def test_a_challenger_an_alert_fired_for_is_never_proposed() -> None:
     d = decider()
     # One bad window: users reject 100 of 150 replies of v2, and bad-replies fires (a rollback).
     bad = [window(0, "v1", 18), window(0, "v2", 100, verdict="drift")]
-    published = run(d, bad + healthy(range(1, 8)))
+    # v2 is taken out (v1 alone verifies the rollback), and comes back healthy after the watch's hour.
+    alone = [window(m, "v1", 18) for m in (1, 2)]
+    published = run(d, bad + alone + healthy(range(70, 78)))
     types = [e.type for _, e, _ in published]
     assert types == ["io.loopwatch.rollback.requested", "io.loopwatch.rollback.verified"]
     assert "bad-replies" in d.model_state("chat").promotion.trials["v2"].alerts

@@ -20,7 +20,7 @@ from retrain_trigger.stable import StableVersionMarked
 from schemas.events import Alert, Detection
 from tests.test_decide_pipeline import T0, detection, policy
 from tests.test_decide_stage import handle, make_stage, records
-from tests.test_rollback_verify import NEG, VERIFY, watching
+from tests.test_rollback_verify import NEG, VERIFY, next_window, watching
 from tests.test_rollback_verify import detection as rated
 
 
@@ -124,6 +124,7 @@ def test_a_rollback_watch_counts_a_revised_target_window_once() -> None:
     state = watching([rated(0, NEG, "v2", "drift", 54, 62)])
     short = rated(2, NEG, "v1", "ok", 2, 12)
     assert watch.observe(state, VERIFY, short) == []
+    assert watch.observe(state, VERIFY, next_window([short])) == []  # v2 did not serve beside it
     # Late feedback: the same window now has 20 samples, 4 rejected (not 32 and 6).
     more = {**short.measurements, "current_rate": 0.2, "current_samples": 20.0}
     watch.observe(state, VERIFY, revised(short, measurements=more))

@@ -21,7 +21,16 @@ from retrain_trigger.pipeline import Decider
 from retrain_trigger.policy import Verify, load_policy
 from retrain_trigger.stable import StableVersionMarked
 from schemas.events import Detection
-from tests.test_rollback_verify import NEG, PROF, T0, V2_FEEDBACK, V2_PROFANITY, detection, watching
+from tests.test_rollback_verify import (
+    NEG,
+    PROF,
+    T0,
+    V2_FEEDBACK,
+    V2_PROFANITY,
+    detection,
+    next_window,
+    watching,
+)
 
 CANARY = "quality.canary.v1"
 POLICY = load_policy()
@@ -103,6 +112,7 @@ def test_target_windows_beside_a_rolled_back_version_that_still_serves_are_not_e
     # v2 is gone: v1's next window is the first one after the rollback took effect.
     after = rollback_watch.observe(state, Verify(), detection(3, PROF, "v1", "ok", 0, 400))
     after += rollback_watch.observe(state, Verify(), detection(3, NEG, "v1", "ok", 10, 54))
+    after += rollback_watch.observe(state, Verify(), next_window([detection(3, NEG, "v1", "ok", 10, 54)]))
     assert [o.verified for o in after] == [True]
     assert "quality.negative_feedback.v1 0.185 (n=54) vs 0.871 (n=62)" in after[0].reason
 
@@ -111,6 +121,8 @@ def test_a_target_window_counted_before_the_rolled_back_version_showed_up_again_
     state = watching([V2_FEEDBACK])
     # v1's window 1 arrives first (only 20 samples: not judged yet), then v2's window 1: it still served.
     assert rollback_watch.observe(state, Verify(), detection(1, NEG, "v1", "ok", 4, 20)) == []
+    # A later window of the model came before v2's window 1 (one that opened late): v1's was counted.
+    assert rollback_watch.observe(state, Verify(), next_window([detection(1, NEG, "v1", "ok", 4, 20)])) == []
     assert state.watches[0].target[NEG].samples == 20
     rollback_watch.observe(state, Verify(), detection(1, NEG, "v2", "drift", 50, 60))
     assert NEG not in state.watches[0].target
@@ -163,6 +175,7 @@ def test_a_failed_verification_names_the_trigger_and_what_stood_in_for_it() -> N
     assert state.watches[0].stand_ins == {NEG: CANARY}
     outcomes = rollback_watch.observe(state, Verify(), detection(1, PROF, "v1", "ok", 0, 400))
     outcomes += rollback_watch.observe(state, Verify(), detection(1, NEG, "v1", "ok", 40, 70))
+    outcomes += rollback_watch.observe(state, Verify(), next_window([detection(1, NEG, "v1", "ok", 40, 70)]))
     [outcome] = outcomes
     assert not outcome.verified
     assert outcome.reason.startswith("target v1 is not better: quality.negative_feedback.v1 0.571 (n=70)")
@@ -177,6 +190,9 @@ def test_a_verification_that_failed_on_another_measure_says_it_was_not_a_trigger
     state = watching([V2_FEEDBACK], before=[V2_PROFANITY])
     outcomes = rollback_watch.observe(state, Verify(), detection(2, NEG, "v1", "ok", 10, 54))
     outcomes += rollback_watch.observe(state, Verify(), detection(2, PROF, "v1", "drift", 60, 474))
+    outcomes += rollback_watch.observe(
+        state, Verify(), next_window([detection(2, PROF, "v1", "drift", 60, 474)])
+    )
     [outcome] = outcomes
     assert not outcome.verified
     assert "(not a trigger of the rollback, but worse: toxicity.profanity.v1 at alpha 0.01" in outcome.reason

@@ -60,6 +60,13 @@ def detection(minute: float, detector: str, version: str, verdict: str, hits: in
     )
 
 
+def next_window(after: Sequence[Detection]) -> Detection:
+    """A later window of the model: it shows the rolled-back version did not serve beside ``after``."""
+    minute = (max(d.window_end for d in after) - T0) / timedelta(minutes=1)
+    later = detection(minute, "drift.text_length.v1", "v1", "ok", 0, 100)
+    return later.model_copy(update={"measurements": {}, "detection_id": f"later-{minute}"})
+
+
 def watching(triggers: list[Detection], before: Sequence[Detection] = ()) -> WatchState:
     """A watch of the rollback v2 -> v1, opened after ``before`` were observed, triggered by ``triggers``."""
     state = WatchState()
@@ -142,7 +149,9 @@ def test_verification_table(
     name: str, target_windows: list[Detection], expected: str | None, reason_parts: list[str]
 ) -> None:
     state = watching([V2_FEEDBACK], before=[V2_PROFANITY])
-    outcomes = [o for d in target_windows for o in rollback_watch.observe(state, VERIFY, d)]
+    # The model's next window says v2 did not serve beside them: only then are they evidence.
+    steps = [*target_windows, next_window(target_windows)]
+    outcomes = [o for d in steps for o in rollback_watch.observe(state, VERIFY, d)]
     if expected is None:
         assert outcomes == [] and len(state.watches) == 1, outcomes
         return
@@ -159,7 +168,8 @@ def test_verification_table(
 def test_the_issue_numbers_in_the_published_comparisons() -> None:
     state = watching([V2_FEEDBACK], before=[V2_PROFANITY])
     rollback_watch.observe(state, VERIFY, detection(2, PROF, "v1", "warning", 1, 474))
-    [outcome] = rollback_watch.observe(state, VERIFY, detection(2, NEG, "v1", "ok", 10, 54))
+    rollback_watch.observe(state, VERIFY, detection(2, NEG, "v1", "ok", 10, 54))
+    [outcome] = rollback_watch.observe(state, VERIFY, next_window([detection(2, NEG, "v1", "ok", 10, 54)]))
     by_id = {c.detector_id: c for c in outcome.comparisons}
     feedback, profanity = by_id[NEG], by_id[PROF]
     assert feedback.judgement == "better" and feedback.p_value is not None and feedback.p_value < 1e-9
@@ -171,6 +181,7 @@ def test_the_issue_numbers_in_the_published_comparisons() -> None:
 def test_not_enough_data_until_the_deadline_fails_saying_so() -> None:
     state = watching([V2_FEEDBACK])
     assert rollback_watch.observe(state, VERIFY, detection(2, NEG, "v1", "ok", 2, 12)) == []
+    assert rollback_watch.observe(state, VERIFY, next_window([detection(2, NEG, "v1", "ok", 2, 12)])) == []
     assert rollback_watch.expire(state, VERIFY, T0 + timedelta(minutes=30)) == []
     [outcome] = rollback_watch.expire(state, VERIFY, T0 + timedelta(minutes=62))
     assert not outcome.verified
@@ -183,6 +194,7 @@ def test_not_enough_data_until_the_deadline_fails_saying_so() -> None:
 def test_not_shown_better_by_the_deadline_fails_with_the_numbers() -> None:
     state = watching([V2_FEEDBACK])
     rollback_watch.observe(state, VERIFY, detection(2, NEG, "v1", "ok", 25, 30))
+    rollback_watch.observe(state, VERIFY, next_window([detection(2, NEG, "v1", "ok", 25, 30)]))
     [outcome] = rollback_watch.expire(state, VERIFY, T0 + timedelta(hours=2))
     assert not outcome.verified
     assert outcome.reason.startswith(
@@ -195,6 +207,7 @@ def test_a_redelivered_window_is_not_counted_twice() -> None:
     window = detection(2, NEG, "v1", "ok", 4, 20)
     assert rollback_watch.observe(state, VERIFY, window) == []
     assert rollback_watch.observe(state, VERIFY, window) == []  # 40 samples if counted twice: verified
+    assert rollback_watch.observe(state, VERIFY, next_window([window])) == []
     assert state.watches[0].target[NEG].samples == 20
 
 
@@ -213,7 +226,8 @@ def test_a_watch_from_before_the_triggers_were_recorded_judges_every_measure() -
         ]
     )
     restored = WatchState.from_json(state.to_json())
-    [outcome] = rollback_watch.observe(restored, VERIFY, detection(2, NEG, "v1", "ok", 10, 54))
+    rollback_watch.observe(restored, VERIFY, detection(2, NEG, "v1", "ok", 10, 54))
+    [outcome] = rollback_watch.observe(restored, VERIFY, next_window([detection(2, NEG, "v1", "ok", 10, 54)]))
     assert outcome.verified, outcome.reason
 
 
@@ -225,6 +239,7 @@ def test_the_decider_verifies_the_issue_rollback_and_publishes_the_numbers() -> 
         V2_FEEDBACK,
         detection(2, PROF, "v1", "warning", 1, 474),
         detection(2, NEG, "v1", "ok", 10, 54),
+        next_window([detection(2, NEG, "v1", "ok", 10, 54)]),
     ]
     events = [e for d in steps for e in decider.decide(d, d.detected_at).actions]
     assert [e.type for e in events] == ["io.loopwatch.rollback.requested", "io.loopwatch.rollback.verified"]

@@ -86,7 +86,10 @@ CANARY_VERSION = "2026-11-20"
 MLFLOW_VERSIONS = ("1", "2", "3")
 WINDOW_SECONDS = 20
 AFTER_ROLLBACK_SECONDS = 3 * WINDOW_SECONDS  # phase 3 of _served
-SECOND_CANARY_SECONDS = 4 * WINDOW_SECONDS  # phase 4 of _served
+SECOND_CANARY_SECONDS = 5 * WINDOW_SECONDS  # phase 4 of _served
+#: Replies of phase 3 served in window 4: the model's next window, which tells the rollback watch
+#: that the canary did not serve beside window 3 (only then does window 3 verify the rollback).
+_TAIL_REPLIES = 3
 _SECOND_CANARY_PAIRS = 270
 
 
@@ -103,9 +106,10 @@ def _served(
     2. window 2, a canary version goes live beside it (an A/B test): each
        HH-RLHF prompt is answered by both, the stable version with the reply
        people chose, the canary with the reply they *rejected*: the incident;
-    3. window 3, after the rollback, the stable version serves alone again;
+    3. window 3, after the rollback, the stable version serves alone again
+       (and a few replies in window 4, the model's next window);
     4. with a third version in ``versions`` (stable, canary, second canary),
-       windows 4-6: a second canary beside the stable version, both answering
+       windows 5-7: a second canary beside the stable version, both answering
        with the replies people chose (each its own prompts).
     """
     stable, canary, second = versions or (sample_data.STABLE_VERSION, CANARY_VERSION, None)
@@ -124,13 +128,15 @@ def _served(
         for served in ((chosen, stable), (rejected, canary))
     ]
     after = [(chosen, stable) for chosen, _ in hh[len(hh) - quarter :]]
+    after, tail = after[:-_TAIL_REPLIES], after[-_TAIL_REPLIES:]
     good = [
         served
         for n in range(0, len(later) - 1, 2)
         for served in ((later[n][0], stable), (later[n + 1][0], second or stable))
     ]
     served = []
-    phases = [(before, (0, 2)), (incident, (2, 1)), (after, (3, 1))] + ([(good, (4, 3))] if good else [])
+    phases = [(before, (0, 2)), (incident, (2, 1)), (after, (3, 1)), (tail, (4, 1))]
+    phases += [(good, (5, 3))] if good else []
     for phase, (first_window, windows) in phases:
         span = windows * WINDOW_SECONDS - 6
         served += [

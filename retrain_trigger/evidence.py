@@ -1,0 +1,214 @@
+"""Which target windows are evidence of a rollback, and what takes a verification back.
+
+A target window W says something about a rollback only if the rolled-back
+version did not serve in W. The decide stage knows that only once it has
+seen a detection of a *later* window of the same model (W's end or after):
+every version of a model is judged on one worker, its windows close in
+order of time and go out on one detections partition keyed by the model, so
+by then the rolled-back version's window for W has come if there was one.
+Until then a target window is *held* (:class:`Held`): counted neither for
+nor against the rollback. A window that starts after the act stage's
+``rollback.applied`` counts at once (unless the rolled-back version was
+seen serving after the request, then its word is not enough). This costs
+the verification one window of delay, never the rollback itself.
+
+A window of the rolled-back version after the request takes back what the
+target's windows before its end added, held or counted
+(:func:`still_served`). After a verification, such a window withdraws it:
+:func:`withdrawn` returns a failed outcome saying the rollback is not in
+effect (:class:`Verified` remembers what a verification rested on).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrain_trigger.actions import RollbackOutcome
+from schemas.events import Detection
+
+if TYPE_CHECKING:
+    from retrain_trigger.watch import Watch
+
+#: Verifications a model remembers, so a rolled-back version seen serving afterwards withdraws one.
+MAX_VERIFIED = 32
+
+
+class Tally(BaseModel):
+    """Hits and samples of one rate (the target's windows add up)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hits: int = Field(ge=0)
+    samples: int = Field(ge=0)
+
+    @classmethod
+    def of(cls, rate: float, samples: int) -> Tally:
+        """The counts behind a rate measured on ``samples`` samples."""
+        return cls(hits=round(rate * samples), samples=samples)
+
+    @property
+    def rate(self) -> float:
+        """Hits per sample (0 without samples)."""
+        return self.hits / self.samples if self.samples else 0.0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(hits=self.hits + other.hits, samples=self.samples + other.samples)
+
+    def __sub__(self, other: Tally) -> Tally:
+        # Taking back a window counted before (its revision replaces it): never below zero.
+        return Tally(hits=max(self.hits - other.hits, 0), samples=max(self.samples - other.samples, 0))
+
+
+class Held(BaseModel):
+    """A target window not counted yet: whether the rolled-back version served beside it is not known."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: str
+    window_start: datetime
+    window_end: datetime
+    tally: Tally
+    verdict: str
+    config: dict[str, Any] = Field(default_factory=dict, description="The detection's config: its gates")
+
+
+class Verified(BaseModel):
+    """A verification that went out: a window of ``from_version`` from ``counts_after`` on withdraws it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rollback_id: str
+    model: str
+    from_version: str
+    target_version: str
+    counts_after: datetime
+    verified_at: datetime = Field(description="The window end of the detection that verified it")
+    triggers: list[str] = Field(default_factory=list)
+    confidence: float | None = None
+
+
+def known(watch: Watch, held: Held) -> bool:
+    """Is it known whether the rolled-back version served beside this target window?"""
+    if watch.known_until is not None and held.window_end <= watch.known_until:
+        return True  # a later window of the model came: the rolled-back version's one came before it
+    applied = watch.counts_from if not watch.awaiting_apply else None
+    return applied is not None and watch.rolled_back_until is None and held.window_start >= applied
+
+
+def release(watch: Watch) -> list[tuple[str, Held]]:
+    """The held windows that are evidence now (taken out of ``watch.held``), oldest first."""
+    ready = [(key, held) for key, held in watch.held.items() if known(watch, held)]
+    for key, _ in ready:
+        del watch.held[key]
+    return sorted(ready, key=lambda item: item[1].window_start)
+
+
+def still_served(watch: Watch, detection: Detection) -> None:
+    """A window of the rolled-back version after the request: the rollback was not in effect yet.
+
+    Without an act stage nothing says when a rollback took effect but the
+    traffic itself; the target's windows that ran beside the rolled-back
+    version (a backdated replay, a canary nobody took out yet) say nothing
+    about the rollback: what they added is taken back, and held ones dropped.
+    """
+    if detection.window_start < watch.counts_after():
+        return
+    watch.rolled_back_until = detection.window_end
+    for key in [k for k, held in watch.held.items() if held.window_start < detection.window_end]:
+        del watch.held[key]
+    for key in list(watch.windows):
+        # window_key: segment|detector|config digest|start|end
+        _, detector, _, start, _ = key.rsplit("|", 4)
+        if datetime.fromisoformat(start) < detection.window_end:
+            tally = watch.target.get(detector)
+            if tally is not None:
+                watch.target[detector] = tally - watch.windows[key]
+                if not watch.target[detector].samples:
+                    del watch.target[detector]
+            del watch.windows[key]
+
+
+def waiting(watch: Watch, detection: Detection) -> str:
+    """Why a target window is not counted: it started before the rollback took effect."""
+    since = watch.counts_after().isoformat()
+    if watch.rolled_back_until is not None and watch.rolled_back_until >= watch.counts_after():
+        why = f"{watch.from_version} still served until {since}"
+    elif watch.counts_from is not None:
+        why = f"the rollback was applied at {since} (window time)"
+    else:
+        why = f"the rollback was requested at the window end {since}"
+    return (
+        f"{watch.rollback_id}: window {detection.window_start.isoformat()} of {watch.target_version}"
+        f" not counted ({why}): waiting for a window of {watch.target_version} after the rollback"
+    )
+
+
+def holding(watch: Watch, detection: Detection) -> str:
+    """Why a target window is held: the model's next window says whether the rolled-back one served."""
+    return (
+        f"{watch.rollback_id}: window {detection.window_start.isoformat()} of {watch.target_version} held"
+        f" until a later window of {watch.model} shows whether {watch.from_version} served beside it"
+    )
+
+
+def never_known(watch: Watch, within: timedelta) -> str:
+    """Why a watch whose target windows were all held fails: no later window of the model came."""
+    since = min(held.window_start for held in watch.held.values()).isoformat()
+    return (
+        f"target {watch.target_version} served from {since}, but no later window of {watch.model} came"
+        f" within {within} to show that {watch.from_version} did not serve beside it"
+    )
+
+
+def remember(verified: list[Verified], watch: Watch, outcome: RollbackOutcome, at: datetime) -> None:
+    """Keep what a verification rested on: a window of the rolled-back version after it withdraws it."""
+    verified.append(
+        Verified(
+            rollback_id=outcome.rollback_id,
+            model=outcome.model,
+            from_version=outcome.from_version,
+            target_version=outcome.target_version,
+            counts_after=watch.counts_after(),
+            verified_at=at,
+            triggers=outcome.triggers,
+            confidence=outcome.confidence,
+        )
+    )
+    del verified[:-MAX_VERIFIED]
+
+
+def withdrawn(verified: list[Verified], detection: Detection, within: timedelta) -> list[RollbackOutcome]:
+    """Failed outcomes of the verifications this window of a rolled-back version takes back.
+
+    A verification is remembered for ``within`` (the watch's own horizon) of
+    the windows' times after it went out.
+    """
+    done: list[RollbackOutcome] = []
+    for v in list(verified):
+        if detection.window_end - v.verified_at > within:
+            verified.remove(v)
+        elif detection.segment.model_version == v.from_version and detection.window_start >= v.counts_after:
+            verified.remove(v)
+            reason = (
+                f"verification withdrawn: {v.from_version} served in the window"
+                f" {detection.window_start.isoformat()} to {detection.window_end.isoformat()}, after"
+                f" {v.target_version}'s windows from {v.counts_after.isoformat()} verified the rollback:"
+                " the rollback is not in effect"
+            )
+            done.append(
+                RollbackOutcome(
+                    rollback_id=v.rollback_id,
+                    model=v.model,
+                    from_version=v.from_version,
+                    target_version=v.target_version,
+                    verified=False,
+                    reason=reason,
+                    comparisons=[],
+                    triggers=v.triggers,
+                    confidence=v.confidence,
+                )
+            )
+    return done
