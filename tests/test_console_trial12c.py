@@ -165,3 +165,28 @@ def test_charts_mark_p_zero_label_powers_of_ten_and_title_the_time_axis(browser:
     assert any(t.startswith("$0.0000") for t in usd), usd
     page.close()
     assert errors == []
+
+
+def test_by_default_a_page_shows_the_newest_day_of_its_own_tables() -> None:
+    from datetime import date
+
+    from services.console.reader import HistoryReader
+    from services.console.views import resolve_range
+
+    class Held(HistoryReader):
+        """A history whose backdated traffic is on Dec 1 and whose wall-clock rows went on past midnight."""
+
+        def __init__(self) -> None:
+            self.held = {
+                "windows": [date(2026, 12, 1)],
+                "deadletters": [date(2026, 12, 1), date(2026, 12, 2)],
+            }
+
+        def days(self, name: str) -> list[date]:
+            return self.held.get(name, [])
+
+    history = Held()
+    assert resolve_range(history, None, 1).end == date(2026, 12, 1)  # Overview, Segment: the traffic's day
+    assert resolve_range(history, None, 1, ("deadletters",)).end == date(2026, 12, 2)
+    assert resolve_range(history, date(2026, 12, 2), 1).end == date(2026, 12, 2)  # a day asked for
+    assert resolve_range(history, None, 1).last_day == date(2026, 12, 2)

@@ -113,8 +113,8 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
         messages = [f"{'.'.join(str(p) for p in e['loc'] if p != 'query')}: {e['msg']}" for e in exc.errors()]
         return error(request, "; ".join(messages), 422)
 
-    def span(day: date | None, days: int) -> DayRange:
-        return resolve_range(console.history, day, days)
+    def span(day: date | None, days: int, *shown: str) -> DayRange:
+        return resolve_range(console.history, day, days, shown or ("windows",))
 
     def page(request: Request, name: str, **context: Any) -> Response:
         query = urlencode({k: v for k, v in request.query_params.items() if k != "token"})
@@ -156,12 +156,12 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/incidents", response_model=Incidents, tags=["pages"])
     def api_incidents(day: Day = None, days: Days = 7) -> Incidents:
         """The alert timeline, the actions taken with their CloudEvent ids and causes, the silences."""
-        return incidents_view(console.history, span(day, days))
+        return incidents_view(console.history, span(day, days, "alerts", "actions"))
 
     @app.get("/api/deadletters", response_model=DeadLetters, tags=["pages"])
     def api_deadletters(day: Day = None, days: Days = 1) -> DeadLetters:
         """Dead letters by reason over time, samples (escaped) and the replay command per reason."""
-        view = deadletters_view(console.history, span(day, days), bootstrap=console.bootstrap)
+        view = deadletters_view(console.history, span(day, days, "deadletters"), bootstrap=console.bootstrap)
         return view.model_copy(update={"replay_note": console.replay_note})
 
     @app.get("/api/datasets", response_model=Datasets, tags=["pages"])

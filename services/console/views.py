@@ -8,7 +8,7 @@ renders it, and the page's charts fetch it again from the API.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -179,11 +179,17 @@ class Incidents(BaseModel):
     silences: list[SilenceRow]
 
 
-def resolve_range(history: HistoryReader, end: date | None, days: int) -> DayRange:
-    """``days`` days ending on ``end`` (default: the newest day in the history, else today)."""
+def resolve_range(
+    history: HistoryReader, end: date | None, days: int, shown: Sequence[str] = ("windows",)
+) -> DayRange:
+    """``days`` days ending on ``end`` (default: the newest day of the ``shown`` tables, else of any).
+
+    By the page's own tables: a demo's backdated traffic is on the day before the
+    wall-clock rows (alerts resolved, letters refused) written after midnight.
+    """
     first = [found[0] for found in (history.days(n) for n in ("windows", "alerts", "deadletters")) if found]
     last = history.latest_day()
-    end = end or last or datetime.now(UTC).date()
+    end = end or history.latest_day(shown) or last or datetime.now(UTC).date()
     return DayRange(
         start=day_range(end, days)[0],
         end=end,
