@@ -267,7 +267,7 @@ class IngestStage(Stage):
                 self.topics.joined, key, record.model_dump_json().encode(), partition=partition
             )
             if self.settings.detection:
-                self._sample_feedback(record, message)
+                self._sample_feedback(record)
         self.metrics.feedback_joined.inc(len(result.joined))
 
     # -- window summaries for the detect stage -----------------------------------
@@ -291,14 +291,17 @@ class IngestStage(Stage):
             (event, descriptors),
         )
 
-    def _sample_feedback(self, record: JoinedFeedback, message: Any) -> None:
+    def _sample_feedback(self, record: JoinedFeedback) -> None:
         log = record.inference  # the segment of feedback_row(record)
+        # Counted where the feedback was read, not at the message that joined it: a run that joins it
+        # from its inference's batch and one that re-reads it and joins it from its own count it once.
+        read = record.feedback_source
         self.summaries.keeps(
             (log.model.name, log.model.version, log.app, log.route, log.tenant),
             "feedback",
             record.feedback.timestamp.timestamp(),
-            source_of(message.topic, message.partition),
-            message.offset,
+            source_of(read.topic, read.partition),
+            read.offset,
             record,
         )
 

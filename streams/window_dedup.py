@@ -19,6 +19,14 @@ does not depend on the order partials come in (a delivery sent again after a
 later one, entries restored from the table in any order), which a high-water
 mark per source would.
 
+A feedback event is counted at the offset its feedback was read at (the
+original message's, for a re-keyed copy), not at the message that joined it:
+a feedback that came before its inference is joined by the inference's batch
+in one run and, read again in batches cut elsewhere, by its own batch in the
+next. Those runs are no gap-free read of the feedback topic (the feedbacks
+still waiting for their inference lie between them), so a feedback window
+keeps exactly the runs it counted (``exact``), not the span around them.
+
 >>> window: dict[str, Coverage] = {}
 >>> first: list[list[int]] = []
 >>> for offset in (10, 11, 14):
@@ -86,8 +94,14 @@ class Coverage:
         self.lasts[low:high] = [last]
 
 
-def count_duplicates(counted: Mapping[Source, list[list[int]]], window: dict[Source, Coverage]) -> int:
-    """Events of ``counted`` the window counted already; then ``counted``'s spans are added to it."""
+def count_duplicates(
+    counted: Mapping[Source, list[list[int]]], window: dict[Source, Coverage], *, exact: bool = False
+) -> int:
+    """Events of ``counted`` the window counted already; then ``counted``'s spans are added to it.
+
+    ``exact``: the runs are not a gap-free read (feedback, counted at its own offset
+    by whichever batch joined it), so only they are added, not the span around them.
+    """
     duplicates = 0
     for source, runs in counted.items():
         if not runs:
@@ -97,7 +111,11 @@ def count_duplicates(counted: Mapping[Source, list[list[int]]], window: dict[Sou
             duplicates += sum(coverage.overlap(first, last) for first, last in runs)
         else:
             coverage = window[source] = Coverage()
-        coverage.add(min(first for first, _ in runs), max(last for _, last in runs))
+        if exact:
+            for first, last in runs:
+                coverage.add(first, last)
+        else:
+            coverage.add(min(first for first, _ in runs), max(last for _, last in runs))
     return duplicates
 
 
@@ -112,6 +130,7 @@ def drop_counted(partial: Partial, window: dict[Source, Coverage]) -> int:
         partial.sample.drop(
             lambda origin: origin is not None and origin[0] in window and window[origin[0]].covers(origin[1])
         )
-    duplicates = count_duplicates(partial.counted, window)
+    # A feedback event is counted at its own offset, which a join may reach from an inference batch.
+    duplicates = count_duplicates(partial.counted, window, exact=partial.kind == "feedback")
     partial.sample.seen -= duplicates
     return duplicates

@@ -505,9 +505,8 @@ class Windows:
         entries = tuple(self.entries.pop(slot, ()))
         if self.spec.seconds is not None:
             stream = slot[:2]
-            if slot[2] > self.closed_upto.get(stream, slot[2] - 1):
-                self.closed_upto[stream] = slot[2]
-                self.gaps.passed(stream, slot[2], now)
+            self.closed_upto[stream] = max(self.closed_upto.get(stream, slot[2]), slot[2])
+            self.gaps.closed(stream, slot[2], now)
             if self.spec.revision_seconds > 0:
                 self.done[slot] = Done(partial, now, 0, list(entries))
         if slot not in self.done:  # later partials of it are late, or belong to the next count window

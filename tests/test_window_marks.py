@@ -263,6 +263,20 @@ def test_a_window_passed_before_it_opened_is_judged_when_its_partials_come_withi
     assert windows.open == {}
 
 
+def test_a_window_that_closed_is_never_opened_again_by_its_partials_even_if_its_kept_state_is_gone() -> None:
+    windows = Windows(SPEC)
+    [closed] = windows.add(_partial(1, 40, 1, a=122.0), now=0.0, partition=3)
+    windows.add(_partial(2, 30, 2, a=182.0), now=1.0, partition=3)
+    # A worker restored from a table without window 1's kept state (partials re-read, say):
+    restored = Windows(SPEC)
+    restored.closed_upto = dict(windows.closed_upto)
+    for stream in windows.gaps.closings:
+        restored.gaps.restore(stream, json.loads(json.dumps(windows.gaps.to_json(stream))))
+    assert not restored.merges(_partial(1, 9, 3)) and restored.merges(_partial(0, 9, 4))
+    restored.add(_partial(1, 9, 3), now=2.0, partition=3)
+    assert restored.open == {} and restored.late_events == 9 and closed.window_id == 1
+
+
 def test_a_restarted_stage_still_judges_a_window_passed_before_it_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
