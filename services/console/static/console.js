@@ -18,8 +18,9 @@ function floored(series) {
   // The windows whose p is 0, at the floor: a triangle pointing down, labelled and hovered p < floor.
   const x = [], y = [], ys = series.value || [], label = `p < ${series.floor}`;
   ys.forEach((v, i) => { if (v !== null && v <= 0) { x.push(series.window_start[i]); y.push(series.floor); } });
-  return { x, y, mode: "markers+text", name: `p = 0 (drawn as ${label})`, text: x.map(() => label),
-           textposition: "top center", marker: { symbol: "triangle-down", size: 12, color: COLORS.drift },
+  // No text per point: neighbours' labels ran into each other; the legend and the hover say it.
+  return { x, y, mode: "markers", name: `p = 0 (drawn as ${label})`,
+           marker: { symbol: "triangle-down-open", size: 14, color: "#222", line: { width: 2 } },
            hovertemplate: `${label} (p = 0): %{x}<extra></extra>` };
 }
 
@@ -68,8 +69,13 @@ function yaxis(title, ys, log) {
   // Every axis says what it counts. Values that cannot be negative (shares, counts, p-values) start at 0:
   // all zeros would otherwise autoscale to -1..1, and a share is 0..1 at most.
   const axis = { title: { text: title }, automargin: true };  // long tick labels ($0.00004) push the title out
-  // Only powers of ten labelled: Plotly's minor labels (2..9 per decade) read as stray numbers.
-  if (log) return { ...axis, type: "log", dtick: 1, exponentformat: "power" };
+  // Only powers of ten labelled (Plotly's minor labels, 2..9 per decade, read as stray numbers), and at
+  // most about 8 of them: a p of 1e-71 would stack 72 labels into a block.
+  if (log) {
+    const positive = ys.filter((y) => y !== null && y !== undefined && y > 0);
+    const decades = positive.length ? Math.ceil(-Math.log10(Math.min(...positive, 1))) + 1 : 1;
+    return { ...axis, type: "log", dtick: Math.max(1, Math.ceil(decades / 8)), exponentformat: "power" };
+  }
   // Dollars as plain decimals ($0.0006), never Plotly's SI suffixes (600µ).
   if (title === "USD") Object.assign(axis, { tickprefix: "$", tickformat: "~g", hoverformat: "~g" });
   const known = ys.filter((y) => y !== null && y !== undefined);
