@@ -80,14 +80,9 @@ class Verified(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rollback_id: str
-    model: str
-    from_version: str
-    target_version: str
+    outcome: RollbackOutcome = Field(description="The verification's data, as it went out")
     counts_after: datetime
     verified_at: datetime = Field(description="The window end of the detection that verified it")
-    triggers: list[str] = Field(default_factory=list)
-    confidence: float | None = None
 
 
 def known(watch: Watch, held: Held) -> bool:
@@ -165,18 +160,7 @@ def never_known(watch: Watch, within: timedelta) -> str:
 
 def remember(verified: list[Verified], watch: Watch, outcome: RollbackOutcome, at: datetime) -> None:
     """Keep what a verification rested on: a window of the rolled-back version after it withdraws it."""
-    verified.append(
-        Verified(
-            rollback_id=outcome.rollback_id,
-            model=outcome.model,
-            from_version=outcome.from_version,
-            target_version=outcome.target_version,
-            counts_after=watch.counts_after(),
-            verified_at=at,
-            triggers=outcome.triggers,
-            confidence=outcome.confidence,
-        )
-    )
+    verified.append(Verified(outcome=outcome, counts_after=watch.counts_after(), verified_at=at))
     del verified[:-MAX_VERIFIED]
 
 
@@ -190,25 +174,16 @@ def withdrawn(verified: list[Verified], detection: Detection, within: timedelta)
     for v in list(verified):
         if detection.window_end - v.verified_at > within:
             verified.remove(v)
-        elif detection.segment.model_version == v.from_version and detection.window_start >= v.counts_after:
+        elif (
+            detection.segment.model_version == v.outcome.from_version
+            and detection.window_start >= v.counts_after
+        ):
             verified.remove(v)
             reason = (
-                f"verification withdrawn: {v.from_version} served in the window"
+                f"verification withdrawn: {v.outcome.from_version} served in the window"
                 f" {detection.window_start.isoformat()} to {detection.window_end.isoformat()}, after"
-                f" {v.target_version}'s windows from {v.counts_after.isoformat()} verified the rollback:"
-                " the rollback is not in effect"
+                f" {v.outcome.target_version}'s windows from {v.counts_after.isoformat()} verified the"
+                " rollback: the rollback is not in effect"
             )
-            done.append(
-                RollbackOutcome(
-                    rollback_id=v.rollback_id,
-                    model=v.model,
-                    from_version=v.from_version,
-                    target_version=v.target_version,
-                    verified=False,
-                    reason=reason,
-                    comparisons=[],
-                    triggers=v.triggers,
-                    confidence=v.confidence,
-                )
-            )
+            done.append(v.outcome.model_copy(update={"verified": False, "reason": reason, "comparisons": []}))
     return done
