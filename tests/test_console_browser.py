@@ -230,5 +230,10 @@ def test_not_judged_scales_and_revisions_read_right_in_the_browser(browser, verd
     assert "0 drift and 0 warning windows of 2" in feedback.locator(".counts").inner_text()
     assert "1 revised" in feedback.locator(".counts").inner_text()
     assert any("ok, revised 1x" in row for row in noted), noted
+    rings = page.evaluate(
+        "document.querySelector('.detector[data-detector=\"quality.negative_feedback.v1\"] .statistic')"
+        ".data.filter(t => t.name === 'revised by late events').map(t => t.x.length)"
+    )
+    assert rings == [1], rings  # the revised window is ringed on the chart
     page.close()
     assert errors == []

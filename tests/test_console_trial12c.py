@@ -189,3 +189,24 @@ def test_by_default_a_page_shows_the_newest_day_of_its_own_tables() -> None:
     assert resolve_range(history, None, 1, ("deadletters",)).end == date(2026, 12, 2)
     assert resolve_range(history, date(2026, 12, 2), 1).end == date(2026, 12, 2)  # a day asked for
     assert resolve_range(history, None, 1).last_day == date(2026, 12, 2)
+
+
+def test_a_rollback_request_says_what_came_of_it_and_that_it_waits_while_nothing_did() -> None:
+    from services.console.views import ActionRow, _follow_up
+
+    def request(n: int) -> ActionRow:
+        kind = "io.loopwatch.rollback.requested"
+        return ActionRow(id=f"lw-rollback-{n}", type=kind, from_version="7.3", target_version="7.2")
+
+    verified = ActionRow(id="lw-rollback-1.verified", type="io.loopwatch.rollback.verified", verified=True)
+    failed = ActionRow(
+        id="lw-rollback-2.failed", type="io.loopwatch.rollback.failed", verified=False, reason="withdrawn"
+    )
+    actions = [request(1), request(2), request(3), verified, failed]
+    _follow_up(actions)
+    assert [a.followup for a in actions[:3]] == [
+        "verified",
+        "not verified: withdrawn",
+        "not verified yet: waiting for windows of 7.2 known to run without 7.3 (it may still be serving)",
+    ]
+    assert verified.followup is None

@@ -158,6 +158,8 @@ class ActionRow(BaseModel):
     verified: bool | None = None
     dataset: dict[str, Any] | None = None
     detections: list[DetectionRef] = Field(default_factory=list)
+    #: A rollback request's state: verified, failed, or still waiting for evidence (never silent).
+    followup: str | None = None
 
 
 class SilenceRow(BaseModel):
@@ -386,6 +388,7 @@ def incidents_view(history: HistoryReader, span: DayRange) -> Incidents:
     days = span.days()
     alerts = sorted(_alert_rows(history.read("alerts", days)), key=lambda a: a.changed_at or _EPOCH)
     actions = sorted(_action_rows(history.read("actions", days)), key=lambda a: a.time or _EPOCH)
+    _follow_up(actions)
     silences = [
         SilenceRow(
             silence_id=a.labels.get("silence_id", a.fingerprint),
@@ -403,6 +406,22 @@ def incidents_view(history: HistoryReader, span: DayRange) -> Incidents:
 
 
 _EPOCH = datetime(1970, 1, 1).astimezone()
+
+
+def _follow_up(actions: list[ActionRow]) -> None:
+    """Say of each rollback request what came of it: a request with no outcome yet says it waits."""
+    outcomes = {a.id.rsplit(".", 1)[0]: a for a in actions if a.verified is not None}  # <id>.verified/.failed
+    for action in actions:
+        if action.type != ROLLBACK_REQUESTED:
+            continue
+        outcome = outcomes.get(action.id)
+        if outcome is None:
+            action.followup = (
+                f"not verified yet: waiting for windows of {action.target_version} known to run without"
+                f" {action.from_version} (it may still be serving)"
+            )
+        else:
+            action.followup = "verified" if outcome.verified else f"not verified: {outcome.reason}"
 
 
 def _alert_rows(table: pa.Table) -> list[AlertRow]:

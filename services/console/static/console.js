@@ -31,6 +31,15 @@ function marked(series, verdict) {
   return { x, y, mode: "markers", name: verdict, marker: { color: COLORS[verdict], size: 11 } };
 }
 
+function revised(series) {
+  // The windows whose verdict late events revised: a ring around their point (its hover and the
+  // counts above the chart say "revised"; no legend entry of its own).
+  const x = [], y = [], ys = values(series);
+  (series.revision || []).forEach((r, i) => { if (r > 0 && ys[i] !== null) { x.push(series.window_start[i]); y.push(ys[i]); } });
+  return { x, y, mode: "markers", name: "revised by late events", hoverinfo: "skip", showlegend: false,
+           marker: { symbol: "circle-open", size: 17, color: "#34495e", line: { width: 2 } } };
+}
+
 const MINUTE = 60 * 1000;
 
 function xaxis(times, shared) {
@@ -146,6 +155,7 @@ function drawSegment(view) {
       marked(d, "drift"),
     ];
     if (d.floor) traces.push(floored(d));
+    if ((d.revision || []).some((r) => r > 0)) traces.push(revised(d));
     const ys = values(d);
     if (!ys.some((y) => y !== null)) {
       unjudged(document.getElementById(`chart-${i}`), d);
@@ -207,7 +217,8 @@ function drawDeadLetters(view) {
   const plot = { ...layout([...minutes, ...ends]), barmode: "stack" };
   // One-line labels with the day in the axis title: Plotly writes a two-line label's date under the
   // first tick only, and a first tick on the axis's left end hangs over the y axis (then it is hidden).
-  const days = [...new Set(minutes.map((t) => new Date(t).toISOString().slice(0, 10)))].sort();
+  // The days the axis spans (a last minute's end may be the next day's 00:00), not only the bars'.
+  const days = [...new Set([...minutes, ...ends].map((t) => new Date(t).toISOString().slice(0, 10)))].sort();
   const oneDay = days.length <= 1;
   Object.assign(plot.xaxis, { tickformat: oneDay ? "%H:%M" : "%b %d %H:%M", ticklabeloverflow: "hide past domain",
                               title: { text: `${oneDay ? `minute (UTC) of ${days[0] || "-"}` : "minute (UTC)"}: wall clock, when loopwatch refused the message (not its event time)`,
