@@ -28,57 +28,50 @@ Stream = tuple[str, str]
 
 
 class Gaps:
-    """When each stream's closing passed its window ids, for ``horizon`` seconds of wall time."""
+    """The windows each stream closed within ``horizon`` seconds of wall time: what its closing passed."""
 
     def __init__(self, horizon: float) -> None:
         self.horizon = horizon
-        #: Per stream: (the highest window id closed, the wall time it closed), oldest first.
-        self.closings: dict[Stream, list[tuple[int, float]]] = {}
+        #: Per stream: the windows that closed within the horizon, and when. Every window
+        #: before one of them is passed (a window never opened is passed when a later one closes).
+        self.shut: dict[Stream, dict[int, float]] = {}
         #: Per stream: windows up to this id were passed longer ago than the horizon.
         self.settled: dict[Stream, int] = {}
-        #: Per stream: the windows that closed within the horizon, and when.
-        self.shut: dict[Stream, dict[int, float]] = {}
 
     def closed(self, stream: Stream, window_id: int, now: float) -> None:
         """A window of the stream closed at ``now``: it and every earlier one are passed."""
-        if self.horizon <= 0:
-            return
-        self.shut.setdefault(stream, {})[window_id] = now
-        closings = self.closings.setdefault(stream, [])
-        if not closings or window_id > closings[-1][0]:
-            closings.append((window_id, now))
+        if self.horizon > 0:
+            self.shut.setdefault(stream, {})[window_id] = now
 
     def opens(self, stream: Stream, window_id: int) -> bool:
         """Whether a late partial for ``window_id`` (not open, not kept closed) opens it."""
         settled = self.settled.get(stream)
-        if (settled is not None and window_id <= settled) or window_id in self.shut.get(stream, {}):
+        shut = self.shut.get(stream, {})
+        if (settled is not None and window_id <= settled) or window_id in shut:
             return False  # a window that closed is revised while it is kept, else late: never reopened
-        return any(upto >= window_id for upto, _ in self.closings.get(stream, ()))
+        return any(closed >= window_id for closed in shut)
 
     def expire(self, now: float) -> None:
         """Forget closings older than the horizon: the windows they passed are late for good."""
-        for stream, closings in self.closings.items():
-            while closings and now - closings[0][1] >= self.horizon:
-                self.settled[stream] = closings.pop(0)[0]
-        for shut in self.shut.values():
-            # Each expires after the closing that passed it: by then it is settled.
-            for window_id in [w for w, at in shut.items() if now - at >= self.horizon]:
+        for stream, shut in self.shut.items():
+            old = [window_id for window_id, at in shut.items() if now - at >= self.horizon]
+            for window_id in old:
                 del shut[window_id]
+            if old:
+                self.settled[stream] = max(self.settled.get(stream, max(old)), max(old))
 
     def forget(self, stream: Stream) -> None:
         """The stream is judged by another worker now."""
-        self.closings.pop(stream, None)
-        self.settled.pop(stream, None)
         self.shut.pop(stream, None)
+        self.settled.pop(stream, None)
 
     def to_json(self, stream: Stream) -> dict[str, Any]:
         """What to keep in the windows table for ``stream`` (see :meth:`restore`)."""
         shut = [[window_id, at] for window_id, at in self.shut.get(stream, {}).items()]
-        return {"closings": self.closings.get(stream, []), "settled": self.settled.get(stream), "shut": shut}
+        return {"settled": self.settled.get(stream), "shut": shut}
 
     def restore(self, stream: Stream, data: dict[str, Any]) -> None:
         """Inverse of :meth:`to_json` (after a restart or on a new owner)."""
-        self.closings[stream] = [(int(upto), float(at)) for upto, at in data.get("closings", [])]
         if data.get("settled") is not None:
             self.settled[stream] = int(data["settled"])
         self.shut[stream] = {int(window_id): float(at) for window_id, at in data.get("shut", [])}

@@ -270,7 +270,7 @@ def test_a_window_that_closed_is_never_opened_again_by_its_partials_even_if_its_
     # A worker restored from a table without window 1's kept state (partials re-read, say):
     restored = Windows(SPEC)
     restored.closed_upto = dict(windows.closed_upto)
-    for stream in windows.gaps.closings:
+    for stream in windows.gaps.shut:
         restored.gaps.restore(stream, json.loads(json.dumps(windows.gaps.to_json(stream))))
     assert not restored.merges(_partial(1, 9, 3)) and restored.merges(_partial(0, 9, 4))
     restored.add(_partial(1, 9, 3), now=2.0, partition=3)
