@@ -217,10 +217,12 @@ class Settings(BaseSettings):
         " (0: late events are only counted)",
     )
     window_revision_quiet_seconds: float = Field(
-        1.0,
+        # 1 s split a late delivery sent a batch a second (ingest reads those 1-2 s apart) into a
+        # revision per gap: 20 s of it read as "revised 5 times". 3 s makes it one.
+        3.0,
         ge=0,
         description="A revision waits until no late event came for its window for this long (wall time):"
-        " one late delivery read in several batches is one revision",
+        " one late delivery read in several batches, or sent a batch a second, is one revision",
     )
     window_text_chars: int = Field(
         1_000, ge=100, description="Prompts and replies are cut to this length in windows"

@@ -105,6 +105,7 @@ ALERTS = pa.schema(
         ("window_start", _TIME),  # the windows of the detections behind it: the first one's start
         ("window_end", _TIME),  # ... and the last one's end
         ("decided_at", _TIME),  # when the decide stage published the transition (its record's timestamp)
+        ("resolved_by", pa.string()),  # why a resolved alert resolved (null: firing, or written before)
     ]
 )
 
@@ -318,6 +319,7 @@ def alert_row(alert: Alert, decided_at: datetime | None = None) -> dict[str, Any
         "window_start": min((v.window_start for v in alert.values), default=None),
         "window_end": max((v.window_end for v in alert.values), default=None),
         "decided_at": decided_at,
+        "resolved_by": alert.resolved_by,
     }
 
 

@@ -159,8 +159,26 @@ class PromotionRequest(_Data):
     detection_ids: list[str] = Field(default_factory=list, description="The challenger windows counted")
 
 
+class WindowSpan(_Data):
+    """One window's bounds."""
+
+    window_start: datetime
+    window_end: datetime
+
+
+class CountedWindow(WindowSpan):
+    """A target window a rollback's outcome counted, with the samples each measure added from it."""
+
+    samples: dict[str, int] = Field(default_factory=dict, description="Detector id -> samples it added")
+
+
 class RollbackOutcome(_Data):
-    """Data of ``io.loopwatch.rollback.verified`` / ``.failed``."""
+    """Data of ``io.loopwatch.rollback.verified`` / ``.failed``.
+
+    The ``counted_*`` and ``rolled_back_*`` fields say which target windows the
+    outcome rests on and how long the rolled-back version still served after
+    the request (absent from events written before they existed).
+    """
 
     rollback_id: str
     model: str
@@ -171,6 +189,17 @@ class RollbackOutcome(_Data):
     comparisons: list[MetricComparison] = Field(default_factory=list)
     triggers: list[str] = Field(default_factory=list, description="Detectors that triggered the rollback")
     confidence: float | None = Field(None, description="Confidence required of a triggering measure")
+    counted_windows: list[CountedWindow] = Field(
+        default_factory=list, description="The target windows counted, oldest first (at most the first 12)"
+    )
+    counted_window_count: int = Field(0, description="How many target windows were counted in all")
+    counted_until: datetime | None = Field(None, description="The end of the last target window counted")
+    rolled_back_last_window: WindowSpan | None = Field(
+        None, description="The rolled-back version's last window seen serving after the request"
+    )
+    rolled_back_windows_after_request: int = Field(
+        0, description="How many windows the rolled-back version served after the request"
+    )
 
 
 def cloud_event(

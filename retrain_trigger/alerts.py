@@ -73,6 +73,7 @@ class AlertRecord(BaseModel):
     last_seen: datetime
     announced: bool = False
     detections: list[Detection] = Field(default_factory=list)
+    resolved_by: str | None = Field(None, description="Why it resolved, once it did")
 
     def remember(self, detection: Detection) -> None:
         """Keep the latest detections as the evidence of this alert."""
@@ -106,6 +107,7 @@ class AlertRecord(BaseModel):
             detections=[d.detection_id for d in self.detections],
             values=[alert_value(d) for d in self.detections],
             runbook_url=runbook_url,
+            resolved_by=self.resolved_by if status == "resolved" else None,
         )
 
 

@@ -17,6 +17,10 @@ target's windows before its end added, held or counted
 (:func:`still_served`). After a verification, such a window withdraws it:
 :func:`withdrawn` returns a failed outcome saying the rollback is not in
 effect (:class:`Verified` remembers what a verification rested on).
+
+Every outcome names the target windows it counted and the rolled-back
+version's last window after the request (:func:`outcome`), so a person sees
+that the verification waited for a canary still serving.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from retrain_trigger.actions import RollbackOutcome
+from retrain_trigger.actions import CountedWindow, MetricComparison, RollbackOutcome, WindowSpan
 from schemas.events import Detection
 
 if TYPE_CHECKING:
+    from retrain_trigger.policy import Verify
     from retrain_trigger.watch import Watch
 
 #: Verifications a model remembers, so a rolled-back version seen serving afterwards withdraws one.
 MAX_VERIFIED = 32
+#: Target windows an outcome lists one by one (its count says how many there were in all).
+MAX_LISTED = 12
 
 
 class Tally(BaseModel):
@@ -111,7 +118,10 @@ def still_served(watch: Watch, detection: Detection) -> None:
     """
     if detection.window_start < watch.counts_after():
         return
+    # Past counts_after, which moves to this window's end: each window of it passes here once.
     watch.rolled_back_until = detection.window_end
+    watch.rolled_back_since = detection.window_start
+    watch.rolled_back_windows += 1
     for key in [k for k, held in watch.held.items() if held.window_start < detection.window_end]:
         del watch.held[key]
     for key in list(watch.windows):
@@ -158,10 +168,94 @@ def never_known(watch: Watch, within: timedelta) -> str:
     )
 
 
+def counted(watch: Watch) -> list[CountedWindow]:
+    """The target windows the watch counted, oldest first, with the samples each measure added."""
+    spans: dict[tuple[str, str], dict[str, int]] = {}
+    for key, tally in watch.windows.items():
+        # window_key: segment|detector|config digest|start|end
+        _, detector, _, start, end = key.rsplit("|", 4)
+        samples = spans.setdefault((start, end), {})
+        samples[detector] = samples.get(detector, 0) + tally.samples
+    windows = [
+        CountedWindow(
+            window_start=datetime.fromisoformat(start), window_end=datetime.fromisoformat(end), samples=n
+        )
+        for (start, end), n in spans.items()
+    ]
+    return sorted(windows, key=lambda w: (w.window_start, w.window_end))
+
+
+def _clock(at: datetime) -> str:
+    return at.strftime("%H:%M:%S")
+
+
+def _windows(n: int) -> str:
+    return f"{n} window" if n == 1 else f"{n} windows"
+
+
+def which_windows(outcome: RollbackOutcome) -> str:
+    """``on v1's windows 00:45:00-00:45:20 (1 window), after v2's last window 00:44:40-00:45:00 (...)``."""
+    parts = []
+    windows = outcome.counted_windows
+    if windows and outcome.counted_until is not None:
+        parts.append(
+            f"on {outcome.target_version}'s windows {_clock(windows[0].window_start)}-"
+            f"{_clock(outcome.counted_until)} ({_windows(outcome.counted_window_count)})"
+        )
+    served = outcome.rolled_back_last_window
+    if served is not None:
+        parts.append(
+            f"after {outcome.from_version}'s last window {_clock(served.window_start)}-"
+            f"{_clock(served.window_end)} ({_windows(outcome.rolled_back_windows_after_request)}"
+            " after the request)"
+        )
+    elif windows:
+        parts.append(f"{outcome.from_version} served no window after the request")
+    return ", ".join(parts)
+
+
+def outcome(
+    watch: Watch, verify: Verify, verified: bool, reason: str, comparisons: list[MetricComparison]
+) -> RollbackOutcome:
+    """The watch's outcome, with the windows it counted; a verification's reason names them."""
+    windows = counted(watch)
+    served = None
+    if watch.rolled_back_until is not None and watch.rolled_back_since is not None:
+        served = WindowSpan(window_start=watch.rolled_back_since, window_end=watch.rolled_back_until)
+    result = RollbackOutcome(
+        rollback_id=watch.rollback_id,
+        model=watch.model,
+        from_version=watch.from_version,
+        target_version=watch.target_version,
+        verified=verified,
+        reason=reason,
+        comparisons=comparisons,
+        triggers=watch.triggers,
+        confidence=verify.confidence,
+        counted_windows=windows[:MAX_LISTED],
+        counted_window_count=len(windows),
+        counted_until=max((w.window_end for w in windows), default=None),
+        rolled_back_last_window=served,
+        rolled_back_windows_after_request=watch.rolled_back_windows,
+    )
+    # A failure's reason already says what was missing; a verification says what it rests on.
+    named = which_windows(result) if verified else ""
+    return result.model_copy(update={"reason": f"{reason}; {named}"}) if named else result
+
+
 def remember(verified: list[Verified], watch: Watch, outcome: RollbackOutcome, at: datetime) -> None:
     """Keep what a verification rested on: a window of the rolled-back version after it withdraws it."""
     verified.append(Verified(outcome=outcome, counts_after=watch.counts_after(), verified_at=at))
     del verified[:-MAX_VERIFIED]
+
+
+def in_force(verified: list[Verified], detection: Detection, within: timedelta) -> Verified | None:
+    """The verification, still remembered, of a rollback away from this detection's version, if any."""
+    version = detection.segment.model_version
+    for v in verified:
+        if v.outcome.from_version == version and detection.window_end - v.verified_at <= within:
+            return v
+    return None
 
 
 def withdrawn(verified: list[Verified], detection: Detection, within: timedelta) -> list[RollbackOutcome]:
@@ -185,5 +279,13 @@ def withdrawn(verified: list[Verified], detection: Detection, within: timedelta)
                 f" {v.outcome.target_version}'s windows from {v.counts_after.isoformat()} verified the"
                 " rollback: the rollback is not in effect"
             )
-            done.append(v.outcome.model_copy(update={"verified": False, "reason": reason, "comparisons": []}))
+            served = WindowSpan(window_start=detection.window_start, window_end=detection.window_end)
+            update = {
+                "verified": False,
+                "reason": reason,
+                "comparisons": [],
+                "rolled_back_last_window": served,
+                "rolled_back_windows_after_request": v.outcome.rolled_back_windows_after_request + 1,
+            }
+            done.append(v.outcome.model_copy(update=update))
     return done

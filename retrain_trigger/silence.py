@@ -139,6 +139,7 @@ class Silence(BaseModel):
             labels=labels,
             starts_at=self.starts_at,
             ends_at=self.ends_at,
+            resolved_by=f"silence {self.id} ended" if ended else None,
         )
         group = {name: labels[name] for name in ("alertname", "silence_id", "model") if name in labels}
         return Notification(

@@ -116,6 +116,8 @@ class Watch(BaseModel):
         description="The rolled-back version still served until this window end after the request:"
         " the rollback had not taken effect, the target's windows before it are not evidence",
     )
+    rolled_back_since: datetime | None = Field(None, description="... and that window's start")
+    rolled_back_windows: int = Field(0, description="Windows the rolled-back version served since")
     stand_ins: dict[str, str] = Field(
         default_factory=dict, description="Measure -> the trigger it is judged for (verify.stand_ins)"
     )
@@ -309,7 +311,7 @@ def applied(state: WatchState, verify: Verify, result: MoveResult, at: datetime)
         return None
     if not result.applied:
         state.watches.remove(watch)
-        return _outcome(watch, verify, False, f"the rollback was not applied: {result.reason}", [])
+        return evidence.outcome(watch, verify, False, f"the rollback was not applied: {result.reason}", [])
     if watch.awaiting_apply:
         watch.awaiting_apply = False
         delay = max(at - (watch.opened_at or watch.requested_at), timedelta(0))
@@ -482,7 +484,9 @@ def judge(watch: Watch, verify: Verify, *, final: bool = False) -> RollbackOutco
     (its window may come a moment later), unless ``final``.
     """
     if not watch.baseline:
-        return _outcome(watch, verify, False, "no measurement of the rolled-back version to compare with", [])
+        return evidence.outcome(
+            watch, verify, False, "no measurement of the rolled-back version to compare with", []
+        )
     judged = _judge_all(watch, verify)
     target = watch.target_version
     trig = [c for c in judged if c.triggered]
@@ -506,7 +510,7 @@ def judge(watch: Watch, verify: Verify, *, final: bool = False) -> RollbackOutco
                 f"target {target} is significantly and materially worse on {'; '.join(map(_describe, worse))}"
                 f" (not a trigger of the rollback, but worse: {gates})"
             )
-        return _outcome(watch, verify, False, "; ".join(parts), judged)
+        return evidence.outcome(watch, verify, False, "; ".join(parts), judged)
     unseen = [c.detector_id for c in judged if not c.triggered and c.detector_id not in watch.target]
     if all(c.judgement == "better" for c in trig) and (final or not unseen):
         names = ", ".join(
@@ -523,7 +527,7 @@ def judge(watch: Watch, verify: Verify, *, final: bool = False) -> RollbackOutco
             reason += f"; no other measure significantly worse ({'; '.join(map(_describe, rest))})"
         if unseen:
             reason += f"; not measured on the target: {', '.join(unseen)}"
-        return _outcome(watch, verify, True, reason, judged)
+        return evidence.outcome(watch, verify, True, reason, judged)
     return None
 
 
@@ -535,18 +539,20 @@ def conclude(watch: Watch, verify: Verify) -> RollbackOutcome:
     target = watch.target_version
     if watch.awaiting_apply:
         reason = f"the rollback was not reported applied within {verify.within} (no rollback.applied)"
-        return _outcome(watch, verify, False, reason, [])
+        return evidence.outcome(watch, verify, False, reason, [])
     if not watch.target and watch.rolled_back_until is not None:
         reason = (
             f"target {target} not seen serving after the rollback took effect within {verify.within}:"
             f" {watch.from_version} still served until {watch.rolled_back_until.isoformat()}, and windows"
             f" of {target} beside it are not evidence of the rollback"
         )
-        return _outcome(watch, verify, False, reason, [])
+        return evidence.outcome(watch, verify, False, reason, [])
     if not watch.target and watch.held:
-        return _outcome(watch, verify, False, evidence.never_known(watch, verify.within), [])
+        return evidence.outcome(watch, verify, False, evidence.never_known(watch, verify.within), [])
     if not watch.target:
-        return _outcome(watch, verify, False, f"target {target} not seen serving within {verify.within}", [])
+        return evidence.outcome(
+            watch, verify, False, f"target {target} not seen serving within {verify.within}", []
+        )
     judged = list(watch.seen.values())
     trig = [c for c in judged if c.triggered]
     short = [c for c in trig if c.judgement == "not_enough_data"]
@@ -556,28 +562,14 @@ def conclude(watch: Watch, verify: Verify) -> RollbackOutcome:
             f" of {verify.min_samples} samples"
             for c in short
         )
-        return _outcome(watch, verify, False, f"not enough data within {verify.within}: {need}", judged)
+        return evidence.outcome(
+            watch, verify, False, f"not enough data within {verify.within}: {need}", judged
+        )
     pending = "; ".join(map(_describe, [c for c in trig if c.judgement == "not_yet_better"]))
     reason = (
         f"target {target} not shown better with {verify.confidence:.0%} confidence within {verify.within}"
     )
-    return _outcome(watch, verify, False, f"{reason}: {pending}", judged)
-
-
-def _outcome(
-    watch: Watch, verify: Verify, verified: bool, reason: str, comparisons: list[MetricComparison]
-) -> RollbackOutcome:
-    return RollbackOutcome(
-        rollback_id=watch.rollback_id,
-        model=watch.model,
-        from_version=watch.from_version,
-        target_version=watch.target_version,
-        verified=verified,
-        reason=reason,
-        comparisons=comparisons,
-        triggers=watch.triggers,
-        confidence=verify.confidence,
-    )
+    return evidence.outcome(watch, verify, False, f"{reason}: {pending}", judged)
 
 
 def expire(state: WatchState, verify: Verify, now: datetime) -> list[RollbackOutcome]:

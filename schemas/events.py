@@ -501,6 +501,11 @@ class Alert(_Event):
     detections: list[str] = Field(default_factory=list)
     values: list[AlertValue] = Field(default_factory=list, description="The numbers of each detection")
     runbook_url: str | None = Field(None, description="What to do, from the policy rule")
+    resolved_by: str | None = Field(
+        None,
+        description="Why a resolved alert resolved: '6 clear windows', 'no detection for 0:30:00',"
+        " 'rollback <id> verified: v1 serves and is better'",
+    )
 
 
 class CloudEvent(_Event):

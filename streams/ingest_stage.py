@@ -332,7 +332,7 @@ class IngestStage(Stage):
         effects.after.append(functools.partial(self._passed, self._batches, topic, latest))
         outbox = effects.records
         progress = self.progress.of({source_of(topic, partition) for partition in latest})
-        for partial in self.summaries.partials.values():
+        for partial in self.summaries.all():
             partial.sample.build_rows(self._row)
             partial.progress = progress
             # Strict JSON whatever a row holds: a NaN (none gets past validation) would be null.

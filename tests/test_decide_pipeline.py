@@ -306,7 +306,11 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, list[str]]]]] = [
             ("0 neg v2 drift rate=0.4", ["alert:firing:bad-replies:v2", ROLLBACK, "page:firing:1"]),
             # An inference window of minute 2 closed before minute 1's feedback: v2 did not serve in 1.
             ("2 lat v1 ok", []),
-            ("1 neg v1 ok rate=0.1", ["rollback.verified:chat"]),
+            # The verification ends the rollback's own alert at once (issue 12, trial 12e problem 2).
+            (
+                "1 neg v1 ok rate=0.1",
+                ["alert:resolved:bad-replies:v2", "rollback.verified:chat", "page:resolved:1"],
+            ),
             ("2 neg v1 ok rate=0.1", []),
         ],
     ),

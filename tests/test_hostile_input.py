@@ -106,7 +106,7 @@ class Pipeline:
 
     def close(self) -> None:
         """Flush the summaries, merge them as the detect stage does, close every window, judge it."""
-        for partial in self.summaries.partials.values():
+        for partial in self.summaries.all():
             value = to_json(partial.to_json(), inf_nan_mode="null")
             self.outputs.append(("summaries", value))
             self.closed += self.windows.add(Partial.from_json(json.loads(value)), now=0.0)
@@ -134,7 +134,7 @@ def reference_rows(data_dir) -> dict[str, Reference]:
         for feedback in sample_data.feedback_events(exchange, at):
             pipeline.feedback(json.dumps(feedback).encode())
     rows: dict[str, list[dict[str, Any]]] = {"inference": [], "feedback": []}
-    for partial in pipeline.summaries.partials.values():
+    for partial in pipeline.summaries.all():
         rows[partial.kind] += json.loads(to_json(partial.to_json()))["rows"]
     return {kind: Reference(f"real-{kind}", pd.DataFrame(r), len(r)) for kind, r in rows.items()}
 
@@ -246,7 +246,7 @@ def test_a_window_of_year_9999_closes_without_an_error():
     for ts in ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59Z", "9999-12-31T23:00:00-23:59"):
         batch.wants(segment, "inference", datetime.fromisoformat(ts).timestamp())
     closed = []
-    for partial in batch.partials.values():
+    for partial in batch.all():
         closed += windows.add(partial, now=0.0)
     closed += windows.tick(now=10.0)
     assert len(closed) == 3

@@ -104,7 +104,7 @@ def _partials(records: dict[tuple[str, int | None], list[Any]], topic: str) -> l
 
 
 def _plain(partials: BatchSummaries) -> list[Any]:
-    return [from_json(to_json(p.to_json(), inf_nan_mode="null")) for p in partials.partials.values()]
+    return [from_json(to_json(p.to_json(), inf_nan_mode="null")) for p in partials.all()]
 
 
 def test_the_stage_publishes_the_partials_that_wants_and_keep_make(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_the_stage_publishes_the_partials_that_wants_and_keep_make(tmp_path: Pat
     stage.rng = random.Random(_SEED)
     stage.summaries = BatchSummaries(stage.window_spec, capacity, stage.rng)
     topics, now = settings.topics, time.time()
-    count = 2_400  # 475 events per partial of the second window: their samples evict
+    count = 2_400  # 475 events per segment in the second window: three partials of at most 200 each
     batches = [
         _messages(topics.inference, [(i, _inference(i)) for i in range(count)]),
         _messages(topics.feedback, [(i, _feedback(i)) for i in range(0, count, 2)]),
@@ -180,7 +180,9 @@ def test_the_stage_publishes_the_partials_that_wants_and_keep_make(tmp_path: Pat
         assert record.inference_source == _where(topics.inference, offset)
 
     published = _partials(first, topics.summaries)
-    assert len(published) == 8  # four segments x two windows
-    assert sum(len(p["rows"]) == capacity < p["seen"] for p in published) == 4
+    assert len(published) == 16  # four segments x (one partial in the first window + three in the second)
+    # No partial lets a row go; per segment two partials of the second window are full (475 = 200 + 200 + 75).
+    assert all(len(p["rows"]) == p["seen"] for p in published)
+    assert sum(p["seen"] == capacity for p in published) == 8
     assert published == _plain(expected_first)
     assert _partials(second, topics.summaries) == _plain(expected_second)

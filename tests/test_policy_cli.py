@@ -60,8 +60,8 @@ def test_backtest_counts_and_times_what_the_policy_would_do(tmp_path: Path) -> N
     assert "9 detections, policy 'test' (auto)" in result.output
     assert "  actions rollback.requested: 1" in result.output
     assert "  actions rollback.verified: 1" in result.output
-    # v2 gets no traffic after the rollback, so its alert is still open when the recording ends.
-    assert "  alerts firing: 1" in result.output and "alerts resolved" not in result.output
+    # v2 gets no traffic after the rollback; the verification resolves its alert (issue 12, trial 12e).
+    assert "  alerts firing: 1" in result.output and "  alerts resolved: 1" in result.output
     # The rollback comes at the end of the first bad window, 3 minutes after the first detection.
     rollback_line = next(line for line in result.output.splitlines() if "rollback.requested v2 -> v1" in line)
     assert rollback_line.split()[:3] == ["2026-03-01T12:04:00+00:00", "+0:03:00", "action"]
@@ -72,7 +72,8 @@ def test_backtest_counts_and_times_what_the_policy_would_do(tmp_path: Path) -> N
     report = json.loads(as_json.output)
     assert report["counts"] == {
         "alerts firing": 1,
-        "pages": 1,
+        "alerts resolved": 1,
+        "pages": 2,
         "actions rollback.requested": 1,
         "actions rollback.verified": 1,
     }

@@ -134,7 +134,7 @@ def test_windows_closing_in_one_unit_go_out_in_order_of_time_then_segment() -> N
             assert wanted is not None
             partial, key = wanted
             partial.sample.keep({"at": at}, key)
-    for partial in batch.partials.values():
+    for partial in batch.all():
         assert windows.add(partial, now=0.0) == []
     closed = windows.tick(now=31.0)  # every segment went quiet: all four close in one unit
     minute = [datetime.fromtimestamp(0, UTC), datetime.fromtimestamp(60, UTC)]

@@ -51,7 +51,7 @@ def _read(offsets: range, seed: int, cuts: list[int]) -> list[Partial]:
                 partial.sample.keep(
                     {"offset": offset, "segment": segment["model_version"]}, key, (SOURCE, offset)
                 )
-        partials += batch.partials.values()
+        partials += batch.all()
     # As the detect stage reads them: from the summaries topic's JSON.
     return [Partial.from_json(json.loads(json.dumps(p.to_json()))) for p in partials]
 
@@ -97,7 +97,7 @@ def test_an_offset_with_two_events_counts_both_once_and_a_replay_revises_nothing
             wanted = batch.wants(SEGMENTS[0], "feedback", 1.0, (SOURCE, offset))
             if wanted is not None:
                 wanted[0].sample.keep({"offset": offset}, wanted[1], (SOURCE, offset))
-        [partial] = batch.partials.values()
+        [partial] = batch.all()
         return partial
 
     assert joined(1).counted == {SOURCE: [[5, 5], [5, 6]]}

@@ -20,7 +20,7 @@ def _partial(window_id: int, count: int, start: float, spec: WindowSpec, rng: ra
         if wanted is not None:
             partial, key = wanted
             partial.sample.keep({"i": i, "window": window_id}, key)
-    [partial] = batch.partials.values()
+    [partial] = batch.all()
     return partial
 
 
@@ -95,7 +95,7 @@ def test_count_windows_close_at_the_count_and_quiet_segments_close_when_idle() -
 
 
 def test_a_partial_survives_its_json_form() -> None:
-    spec = WindowSpec(seconds=60)
+    spec = WindowSpec(seconds=60, sample_size=50)  # one partial of 80 events, whose sample let 30 go
     partial = _partial(3, 80, 180.0, spec, random.Random(0))
     again = Partial.from_json(partial.to_json())
     assert again.to_json() == partial.to_json()

@@ -23,8 +23,19 @@ from services.commands.common import settings_from_flags
     help="The Kafka the Dead letters page's replay commands name [LOOPWATCH_KAFKA_BOOTSTRAP; unset: a"
     " placeholder]; the console itself never connects",
 )
+@click.option(
+    "--policy",
+    default=None,
+    help="The decision policy the Incidents page explains [LOOPWATCH_POLICY_FILE, as the workers read it;"
+    " unset: the built-in default]",
+)
 def console(
-    history: str | None, datasets: str | None, port: int | None, host: str | None, bootstrap: str | None
+    history: str | None,
+    datasets: str | None,
+    port: int | None,
+    host: str | None,
+    bootstrap: str | None,
+    policy: str | None,
 ) -> None:
     """Serve the read-only web console: Overview, Segment, Incidents, Dead letters, Datasets.
 
@@ -37,7 +48,7 @@ def console(
 
     settings = settings_from_flags(console_port=port, console_host=host, kafka_bootstrap=bootstrap)
     serve(
-        build_console(settings, history=history, datasets=datasets),
+        build_console(settings, history=history, datasets=datasets, policy=policy),
         host=settings.console_host,
         port=settings.console_port,
         token=settings.console_token,

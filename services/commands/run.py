@@ -133,7 +133,11 @@ def demo(
 
         serve(
             build_console(
-                settings, history=summary["history_uri"], datasets=summary["datasets_uri"], demo=True
+                settings,
+                history=summary["history_uri"],
+                datasets=summary["datasets_uri"],
+                demo=True,
+                policy=summary["policy_file"],
             ),
             host=settings.console_host,
             port=settings.console_port,

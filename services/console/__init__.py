@@ -1,7 +1,8 @@
 """``loopwatch console``: read-only web pages and a JSON API over the monitoring history and datasets.
 
 ``reader`` opens the Delta tables (only the partitions a page shows),
-``views``, ``segment`` and ``datasets`` build each page's typed model, ``app`` serves
+``views``, ``segment`` and ``datasets`` build each page's typed model (``incidents``: what
+followed each rollback and what the policy did not do), ``app`` serves
 them as HTML and JSON, ``server`` binds it (loopback unless a token is set).
 """
 

@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from curation.store import DatasetStore
+from retrain_trigger.policy import Policy, load_policy
 from services.console.datasets import Datasets, Preview, datasets_view, preview_view
 from services.console.deadletter_page import DeadLetters, deadletters_view
 from services.console.reader import ConsoleError, HistoryReader
@@ -64,6 +65,16 @@ class Console:
     bootstrap: str | None = None
     #: Said next to the replay commands, e.g. that the demo's broker stopped with the demo.
     replay_note: str | None = None
+    #: The policy the workers decide with, which the Incidents page explains (None: the built-in default).
+    policy: Policy | None = None
+    #: Its file (None: the built-in default policy).
+    policy_file: str | None = None
+
+    def decision_policy(self) -> Policy:
+        """The policy the Incidents page explains: the workers' one, else the built-in default."""
+        if self.policy is None:
+            self.policy = load_policy()
+        return self.policy
 
 
 def plotly_js() -> Path:
@@ -156,7 +167,8 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/incidents", response_model=Incidents, tags=["pages"])
     def api_incidents(day: Day = None, days: Days = 7) -> Incidents:
         """The alert timeline, the actions taken with their CloudEvent ids and causes, the silences."""
-        return incidents_view(console.history, span(day, days, "alerts", "actions"))
+        shown = span(day, days, "alerts", "actions")
+        return incidents_view(console.history, shown, console.decision_policy(), console.policy_file)
 
     @app.get("/api/deadletters", response_model=DeadLetters, tags=["pages"])
     def api_deadletters(day: Day = None, days: Days = 1) -> DeadLetters:

@@ -6,17 +6,19 @@ import base64
 import binascii
 import json
 import shlex
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
+from services.console.chart_labels import count_step
 from services.console.reader import HistoryReader
 from services.console.views import DayRange
 from services.deadletters import printable
 
 MAX_SAMPLES = 50
+_TIMESTAMP = TypeAdapter(AwareDatetime)
 
 
 class ReasonCount(BaseModel):
@@ -44,7 +46,10 @@ class DeadLetterSample(BaseModel):
 
     reason: str
     error: str | None = None
-    minute: datetime
+    minute: datetime = Field(description="The minute (UTC, wall clock) its row counts it in")
+    refused_at: datetime | None = Field(
+        None, description="When loopwatch refused the message (the dead letter's received_at), when kept"
+    )
     source: str | None = Field(None, description="topic/partition/offset of the original message")
     payload: str = Field(description="The kept prefix, control characters escaped")
     value_bytes: int | None = None
@@ -59,6 +64,7 @@ class DeadLetters(BaseModel):
     reasons: list[ReasonCount]
     series: list[ReasonSeries]
     samples: list[DeadLetterSample]
+    count_step: int = Field(1, description="The chart's tick step: whole letters per minute")
     replay_note: str | None = Field(None, description="Said next to the replay commands (a demo's broker)")
 
 
@@ -101,12 +107,15 @@ def deadletters_view(history: HistoryReader, span: DayRange, bootstrap: str | No
                 )
             )
     samples = _samples(table.select(["minute", "reason", "samples"]))
+    # The bars of a minute stack: its ticks go up to the most letters of one minute, reasons together.
+    step = count_step(frame.groupby("minute")["count"].sum().tolist()) if not frame.empty else 1
     return DeadLetters(
         range=span,
         total=sum(r.count for r in reasons),
         reasons=reasons,
         series=series,
         samples=samples,
+        count_step=step,
     )
 
 
@@ -117,9 +126,14 @@ def _samples(table: pa.Table) -> list[DeadLetterSample]:
     for row in rows:
         for letter in json.loads(row["samples"] or "[]"):
             if len(samples) >= MAX_SAMPLES:
-                return samples
+                return _newest_first(samples)
             samples.append(_sample(row, letter))
-    return samples
+    return _newest_first(samples)
+
+
+def _newest_first(samples: list[DeadLetterSample]) -> list[DeadLetterSample]:
+    # Rows of one minute come in any order: the refusal time orders the samples within it.
+    return sorted(samples, key=lambda s: (s.minute, s.refused_at or s.minute), reverse=True)
 
 
 def _sample(row: dict[str, Any], letter: dict[str, Any]) -> DeadLetterSample:
@@ -134,8 +148,19 @@ def _sample(row: dict[str, Any], letter: dict[str, Any]) -> DeadLetterSample:
         reason=str(letter.get("reason") or row["reason"]),
         error=letter.get("error"),
         minute=row["minute"],
+        refused_at=_refused_at(letter.get("received_at")),
         source=where,
         payload=printable(kept),
         value_bytes=value_bytes,
         truncated=isinstance(value_bytes, int) and value_bytes > len(kept),
     )
+
+
+def _refused_at(value: Any) -> datetime | None:
+    """A sample's ``received_at`` (the history keeps each sample as its DeadLetter), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _TIMESTAMP.validate_python(value).astimezone(UTC)
+    except ValidationError:
+        return None  # a sample written by hand or by an older writer: its minute is all there is

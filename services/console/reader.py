@@ -136,6 +136,12 @@ class HistoryReader:
             ),
         )
 
+    def day_files(self, name: str, day: date) -> tuple[str, ...]:
+        """The data files of ``name`` on ``day``, sorted: they change only when rows of the day are added."""
+        files = self._files(name)
+        parts = files.by_day.get(day, {}) if files is not None else {}
+        return tuple(sorted(p for paths in parts.values() for p in paths))
+
     def missing(self) -> list[str]:
         """The history tables not (yet) under the root: the history stage writes each on its first batch."""
         return [name for name in SCHEMAS if self._handle(name) is None]

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field, TypeAdapter
 
+from services.console.chart_labels import EventCounts, count_step, first_counts, revised_note, window_events
 from services.console.columns import Times, boxed, texts
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.series import (
@@ -40,6 +41,7 @@ _SERIES_COLUMNS += [
     "threshold_of",
     "reference_size",
     "current_size",
+    "reference",
 ]
 #: At most this many windows are listed in the page's table of windows without a plain verdict.
 MAX_NOTED = 500
@@ -47,7 +49,9 @@ _SHOWN: dict[int, WindowShown] = {-1: "not judged", 0: "ok", 1: "warning", 2: "d
 #: A ``skipped`` window with a verdict: judged, only the slow detectors did not run on it.
 SKIPPED_NOTE = f"judged by the fast detectors; {SLOW_SKIPPED}"
 #: An axis around a few windows spans at least this much (Plotly zooms one point to microseconds).
-MIN_AXIS = timedelta(minutes=10)
+MIN_AXIS = timedelta(minutes=1)
+#: The axis's padding on each side, as a share of the time its windows span.
+AXIS_PAD = 0.03
 
 
 class NotedWindow(BaseModel):
@@ -62,6 +66,11 @@ class NotedWindow(BaseModel):
         None, description="What the page says: reference, not judged (24 < 30 samples), revised 2x"
     )
     revision: int = 0
+    late: str | None = Field(
+        None,
+        description="A revision in words: revised 5 times as late events came in, +46 feedback events"
+        " (3 → 49); one late delivery read over several seconds may take several revisions",
+    )
 
 
 _NOTED_LIST = TypeAdapter(list[NotedWindow])
@@ -86,6 +95,10 @@ class SegmentView(BaseModel):
     )
     x_range: list[datetime] = Field(
         default_factory=list, description="The time axis every chart of the page shares: [start, end]"
+    )
+    count_step: int = Field(1, description="The traffic chart's tick step: whole events")
+    window_seconds: float | None = Field(
+        None, description="The shortest window's length: a lone window's bar is as wide as its window"
     )
     noted: list[NotedWindow] = Field(
         default_factory=list, description=f"Windows not plainly judged, newest first (at most {MAX_NOTED})"
@@ -118,16 +131,19 @@ def segment_view(
     detections = history.read("detections", days, model=model, columns=_SERIES_COLUMNS, match=only)
     if windows.num_rows == 0 and detections.num_rows == 0:
         raise ConsoleError(f"segment {segment!r} has no windows from {span.start} to {span.end}", 404)
+    firsts: dict[tuple[datetime, str, str], int | None] = {}
     if detections.num_rows and pc.max(detections["revision"]).as_py():
+        firsts = first_counts(detections)
         detections = latest_revision_rows(detections, ("window_start", "detector_id", "config_id"))
     per_window = _per_window(windows, detections)
     times = Times(per_window["window_start"], per_window["window_end"], detections["window_start"])
-    series = detector_series(detections, labels or {}, is_rate, times)
+    series = detector_series(detections, labels or {}, is_rate, times, firsts, version)
     # The verdict's name, else why there is none (reference, waiting, skipped): computed per column.
     ranked = pc.take(pa.array([_SHOWN[r] for r in range(-1, 3)]), pc.add(per_window["rank"], 1))
     shown_column = pc.if_else(pc.is_valid(per_window["rank"]), ranked, per_window["outcome"])
     shown: list[WindowShown | None] = texts(shown_column)
     noted, noted_total = _noted(per_window, shown_column, times, detections)
+    _say_revisions(noted, _revised_counts(detections, firsts))
     skipped = per_window.filter(per_window["skipped"])
     skipped_at = times.of(skipped["window_start"])
     for s in series:
@@ -144,6 +160,8 @@ def segment_view(
         feedback_events=boxed(per_window["feedback_events"]),
         shown=shown,
         x_range=x_range(span, per_window),
+        count_step=count_step([*boxed(per_window["events"]), *boxed(per_window["feedback_events"])]),
+        window_seconds=_shortest_us(per_window["window_start"], per_window["window_end"]) / 1e6 or None,
         noted=noted,
         noted_total=noted_total,
         skipped=skipped_at,
@@ -186,6 +204,32 @@ def _noted(
         for n, (_, note, as_shown, revision) in enumerate(notes[:MAX_NOTED])
     ]
     return _NOTED_LIST.validate_python(rows), len(notes)
+
+
+def _revised_counts(
+    detections: pa.Table, firsts: Mapping[tuple[datetime, str, str], int | None]
+) -> dict[datetime, set[EventCounts]]:
+    """Per revised window: the (revision 0, latest) events counted, one pair per input its detectors read.
+
+    Detectors of one input count the same events, so the pairs of a window are one per input revised.
+    """
+    if not firsts:
+        return {}
+    revised = detections.filter(pc.fill_null(pc.greater(detections["revision"], 0), False))
+    columns = ["window_start", "detector_id", "config_id", "measurements"]
+    counts: dict[datetime, set[EventCounts]] = {}
+    for row in revised.select(columns).to_pylist():
+        before = firsts.get((row["window_start"], str(row["detector_id"]), str(row["config_id"] or "")))
+        counts.setdefault(row["window_start"], set()).add((before, window_events(row["measurements"])))
+    return counts
+
+
+def _say_revisions(noted: list[NotedWindow], counts: Mapping[datetime, set[EventCounts]]) -> None:
+    """Each revised window's revision in words, naming the input (feedback events) its count says."""
+    for window in noted:
+        if window.revision:
+            kinds = {n: "feedback events" for n in (window.feedback_events,) if n and n != window.events}
+            window.late = revised_note(window.revision, counts.get(window.window_start, ()), kinds)
 
 
 def _per_window(windows: pa.Table, detections: pa.Table) -> pa.Table:
@@ -279,12 +323,27 @@ def never_judged(series: list[DetectorSeries], slow: frozenset[str]) -> list[str
 
 
 def x_range(span: DayRange, per_window: pa.Table) -> list[datetime]:
-    """The page's shared time axis: its windows (padded, at least ten minutes), within its day range."""
+    """The page's shared time axis: its windows, padded by a little (at least a minute), in its day range.
+
+    Fitted to the windows (a padding of AXIS_PAD of their span, at least a quarter window, so the first
+    point is not cut at the edge): four minutes of traffic on a ten-minute axis filled its middle 40%.
+    """
     first = datetime.combine(span.start, time(), UTC)
     last = datetime.combine(span.end, time(), UTC) + timedelta(days=1)
     if per_window.num_rows == 0:
         return [first, last]
     start = pc.min(per_window["window_start"]).as_py()
     end = pc.max(per_window["window_end"]).as_py()
-    pad = max((end - start) * 0.02, (MIN_AXIS - (end - start)) / 2, timedelta(0))
+    window = timedelta(microseconds=_shortest_us(per_window["window_start"], per_window["window_end"]))
+    pad = max((end - start) * AXIS_PAD, window / 4, (MIN_AXIS - (end - start)) / 2, timedelta(0))
     return [max(first, start - pad), min(last, end + pad)]
+
+
+def _shortest_us(starts: pa.ChunkedArray, ends: pa.ChunkedArray) -> int:
+    """The shortest window's length in microseconds (pyarrow's min has no kernel for durations); 0: none."""
+    if len(starts) == 0:
+        return 0
+    micros = pa.timestamp("us", "UTC")
+    begin, end = (pc.cast(pc.cast(times, micros), pa.int64()) for times in (starts, ends))
+    lengths = pc.subtract(end, begin)
+    return int(pc.min(lengths).as_py() or 0)

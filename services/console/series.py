@@ -26,6 +26,15 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from curation.history import config_id
+from services.console.chart_labels import (
+    LineStyle,
+    WindowKey,
+    compared_labels,
+    line_styles,
+    reference_label,
+    revised_note,
+    window_events,
+)
 from services.console.columns import Times, boxed, texts
 
 Verdict = Literal["ok", "warning", "drift"]
@@ -93,6 +102,11 @@ class DetectorSeries(BaseModel):
     revision: list[int] = Field(
         default_factory=list, description="Per point: its verdict's revision (0: first)"
     )
+    revised_note: list[str | None] = Field(
+        default_factory=list,
+        description="Per point: a revision in words (revised 5 times as late events came in, +46 events"
+        " (3 → 49)), or null",
+    )
     windows: int = Field(0, description="Distinct windows with a point (judged or not)")
     drift_windows: int = Field(0, description="Distinct windows with a drift verdict")
     warning_windows: int = Field(0, description="Distinct windows whose worst verdict is a warning")
@@ -107,6 +121,15 @@ class DetectorSeries(BaseModel):
     )
     bounds: list[str] = Field(
         default_factory=list, description="Measurements that are a bound (an SLO), drawn as a line"
+    )
+    reference_label: str = Field("reference", description="What the windows were compared with, in words")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per measurement drawn beside a reference's: its legend entry naming whose it is"
+        " (v2 refusal rate, reference (v1, stable) rate); others keep their names",
+    )
+    styles: dict[str, LineStyle] = Field(
+        default_factory=dict, description="Per measurement: its marker and dash, none shared on its chart"
     )
     reports: list[ReportLink] = Field(default_factory=list)
     axis_title: str = Field("statistic", description="The chart's y axis: what value is, in its unit")
@@ -270,13 +293,17 @@ def detector_series(
     labels: Mapping[str, str],
     is_rate: Callable[[str], bool],
     times: Times | None = None,
+    firsts: Mapping[WindowKey, int | None] | None = None,
+    version: str = "",
 ) -> list[DetectorSeries]:
     """One series per (detector, config) of a segment's detections (columns of the history table).
 
     ``detections`` holds the latest revision of each window's verdict per config only
     (:func:`services.console.views.latest_revision_rows`); ``times`` boxes the page's window
-    starts once for all series. Every column is computed with pyarrow and boxed with numpy
-    (:mod:`services.console.columns`): a 7-day page has 10,000 windows per series.
+    starts once for all series; ``firsts``: what revision 0 of each revised point counted
+    (:func:`services.console.chart_labels.first_counts`); ``version``: the segment's. Every column
+    is computed with pyarrow and boxed with numpy (:mod:`services.console.columns`): a 7-day page
+    has 10,000 windows per series.
     """
     if detections.num_rows == 0:
         return []
@@ -295,11 +322,42 @@ def detector_series(
         label = labels.get(str(config), "")
         if not label and per_detector[str(detector_id)] > 1:
             label = f"config {config}"  # unknown to this console, but still told apart
-        series.append(
-            _series(group, str(detector_id), str(config), label, starts[offset : offset + rows], is_rate)
-        )
+        drawn = _series(group, str(detector_id), str(config), label, starts[offset : offset + rows], is_rate)
+        _name_versions(drawn, group, version)
+        drawn.revised_note = _revised_notes(group, str(detector_id), str(config), firsts or {})
+        series.append(drawn)
         offset += rows
     return series
+
+
+def _name_versions(series: DetectorSeries, group: pa.Table, version: str) -> None:
+    """Say what the series was compared with, whose each of its compared measures is, and how each of
+    its measures' lines is drawn (on its unit's chart, in the order the page draws them)."""
+    if "reference" in group.column_names:
+        series.reference_label = reference_label(pc.unique(group["reference"]).to_pylist())
+    series.labels = compared_labels(
+        series.detector_id, series.units, version, series.reference_label, series.bounds
+    )
+    by_unit: dict[str, list[str]] = {}
+    for name in series.measurements:
+        by_unit.setdefault(series.units[name], []).append(name)
+    for names in by_unit.values():
+        series.styles.update(line_styles(names, series.bounds))
+
+
+def _revised_notes(
+    group: pa.Table, detector_id: str, config: str, firsts: Mapping[WindowKey, int | None]
+) -> list[str | None]:
+    """Per point: its revision in words, with the events late ones added; only revised rows are read."""
+    notes: list[str | None] = [None] * group.num_rows
+    flagged = pc.indices_nonzero(pc.greater(group["revision"], 0)).to_pylist()
+    if not flagged:
+        return notes
+    columns = ["window_start", "revision", "measurements"]
+    for index, row in zip(flagged, group.select(columns).take(flagged).to_pylist(), strict=True):
+        before = firsts.get((row["window_start"], detector_id, config))
+        notes[index] = revised_note(row["revision"], [(before, window_events(row["measurements"]))])
+    return notes
 
 
 def _filled(detections: pa.Table) -> pa.Table:

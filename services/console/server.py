@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from core.settings import Settings
 from curation.history import SCHEMAS
 from curation.store import DatasetStore
+from retrain_trigger.policy import load_policy
 from services.console.app import Console, create_app
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.series import config_labels
@@ -52,9 +53,17 @@ DEMO_REPLAY_NOTE = (
 
 
 def build_console(
-    settings: Settings, *, history: str | None = None, datasets: str | None = None, demo: bool = False
+    settings: Settings,
+    *,
+    history: str | None = None,
+    datasets: str | None = None,
+    demo: bool = False,
+    policy: str | None = None,
 ) -> Console:
     """The console's readers over ``--history`` / ``--datasets``, else the settings' roots.
+
+    The Incidents page explains ``policy`` (a file; else ``LOOPWATCH_POLICY_FILE``, as the workers read
+    it; else the built-in default policy); a policy that does not load stops the console with its error.
 
     The replay commands it shows name ``settings.kafka_bootstrap`` only when it was given (a flag or
     ``LOOPWATCH_KAFKA_BOOTSTRAP``): the default could be someone else's broker on this machine. A
@@ -64,6 +73,7 @@ def build_console(
     from streams.detect_stage import load_specs
 
     specs = load_specs(settings.detectors_file)
+    policy_file = policy or (str(settings.policy_file) if settings.policy_file is not None else None)
     return Console(
         history=HistoryReader(history or settings.history_uri()),
         datasets=DatasetStore(datasets or settings.datasets_uri()),
@@ -74,6 +84,8 @@ def build_console(
         if demo or "kafka_bootstrap" not in settings.model_fields_set
         else settings.kafka_bootstrap,
         replay_note=DEMO_REPLAY_NOTE if demo else None,
+        policy=load_policy(policy_file),
+        policy_file=policy_file,
     )
 
 

@@ -16,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
+from retrain_trigger.policy import Policy
+from services.console.incidents import CountedWindows, RollbackAfter, after_rollback, counted_windows
+from services.console.policy_explain import PolicyReport, policy_report
 from services.console.reader import ConsoleError, HistoryReader, day_range
 from services.console.series import (
     MEASURED,
@@ -120,6 +123,7 @@ class AlertRow(BaseModel):
     #: The clock of changed_at: wall clock for a resolve decided within 2 s of its ends_at (the timeout).
     changed_clock: Literal["window time", "wall clock"] = "window time"
     runbook_url: str | None = None
+    resolved_by: str | None = Field(None, description="Why it resolved (histories written before: null)")
 
 
 class Overview(BaseModel):
@@ -160,6 +164,11 @@ class ActionRow(BaseModel):
     detections: list[DetectionRef] = Field(default_factory=list)
     #: A rollback request's state: verified, failed, or still waiting for evidence (never silent).
     followup: str | None = None
+    rule: str | None = Field(None, description="The policy rule that asked for it")
+    policy: str | None = Field(None, description="The name of the policy it was decided under")
+    window_end: datetime | None = Field(None, description="End of the window it was decided on")
+    counted: CountedWindows | None = Field(None, description="A verification: the target windows it counted")
+    after: RollbackAfter | None = Field(None, description="A rollback request: what followed it")
 
 
 class SilenceRow(BaseModel):
@@ -179,6 +188,8 @@ class Incidents(BaseModel):
     alerts: list[AlertRow]
     actions: list[ActionRow]
     silences: list[SilenceRow]
+    policy: PolicyReport | None = Field(None, description="What the policy's retrain and rollback rules did")
+    resolved_by_known: bool = Field(False, description="Some alert says why it resolved (a newer history)")
 
 
 def resolve_range(
@@ -383,8 +394,13 @@ def report_path(history: HistoryReader, segment: str, day: date, detection_id: s
     return str(paths[0])
 
 
-def incidents_view(history: HistoryReader, span: DayRange) -> Incidents:
-    """The alert timeline, the actions with their CloudEvent ids and causes, and the silences in force."""
+def incidents_view(
+    history: HistoryReader, span: DayRange, policy: Policy | None = None, policy_file: str | None = None
+) -> Incidents:
+    """The alert timeline, the actions with their CloudEvent ids and causes, and the silences in force.
+
+    With ``policy``, also what its retrain and rollback rules did in the range, and why not.
+    """
     days = span.days()
     alerts = sorted(_alert_rows(history.read("alerts", days)), key=lambda a: a.changed_at or _EPOCH)
     actions = sorted(_action_rows(history.read("actions", days)), key=lambda a: a.time or _EPOCH)
@@ -400,8 +416,18 @@ def incidents_view(history: HistoryReader, span: DayRange) -> Incidents:
         for a in _latest_per_fingerprint(alerts)
         if _silence(a) and a.status == "firing"
     ]
+    after_rollback(history, span, actions)
+    shown = [a for a in alerts if not _silence(a)]
+    report = None
+    if policy is not None:
+        report = policy_report(history, span, policy, policy_file, shown, actions, silences)
     return Incidents(
-        range=span, alerts=[a for a in alerts if not _silence(a)], actions=actions, silences=silences
+        range=span,
+        alerts=shown,
+        actions=actions,
+        silences=silences,
+        policy=report,
+        resolved_by_known=any(a.resolved_by for a in shown),
     )
 
 
@@ -444,6 +470,7 @@ def _alert_rows(table: pa.Table) -> list[AlertRow]:
             decided_at=r.get("decided_at"),
             changed_clock=_clock_of(r),
             runbook_url=r["runbook_url"],
+            resolved_by=r.get("resolved_by"),
         )
         for r in table.to_pylist()
     ]
@@ -484,6 +511,10 @@ def _action_rows(table: pa.Table) -> list[ActionRow]:
                 target_version=data.get("target_version"),
                 verified=data.get("verified"),
                 dataset=data.get("dataset"),
+                rule=data.get("rule"),
+                policy=data.get("policy"),
+                window_end=data.get("window_end"),
+                counted=counted_windows(data) if data.get("verified") is not None else None,
                 detections=[_detection_ref(d) for d in data.get("detections") or [] if isinstance(d, dict)],
             )
         )

@@ -166,6 +166,7 @@ def run_demo(
     )
     # Where this run's worker wrote, so `loopwatch console --history ... --datasets ...` can open it.
     summary["history_uri"], summary["datasets_uri"] = ran.history_uri(), ran.datasets_uri()
+    summary["policy_file"] = env["LOOPWATCH_POLICY_FILE"]  # what the demo's worker decided with
     if registry_summary is not None:
         summary["mlflow"] = registry_summary
     print(render(summary), file=out, flush=True)

@@ -42,27 +42,29 @@ function revised(series) {
 
 const MINUTE = 60 * 1000;
 
-function xaxis(times, shared) {
+function xaxis(times, shared, least = MINUTE) {
   // Plotly zooms one point (or a few seconds) to sub-millisecond ticks: give the axis at least
-  // ten minutes around the windows, and tick labels in clock time. A page whose charts share
-  // one axis (shared: [start, end] from its API) gives every chart that range, so windows line up.
+  // `least` (a minute) around the times, fitted to them (a ten-minute floor put four minutes of data in the
+  // middle 40%), and tick labels in clock time. A page whose charts share one axis (shared:
+  // [start, end] from its API) gives every chart that range, so windows line up.
   const ms = shared && shared.length === 2 ? shared.map((t) => new Date(t).getTime())
     : times.map((t) => new Date(t).getTime()).filter((t) => !Number.isNaN(t));
   if (!ms.length) return { type: "date" };
   const first = Math.min(...ms), last = Math.max(...ms);
-  const pad = shared ? 0 : Math.max((last - first) * 0.05, (10 * MINUTE - (last - first)) / 2, 0);
+  const pad = shared ? 0 : Math.max((last - first) * 0.03, (least - (last - first)) / 2, 0);
   const span = last - first + 2 * pad;
   return { type: "date", range: [new Date(first - pad).toISOString(), new Date(last + pad).toISOString()],
            tickformat: span <= 2 * 24 * 60 * MINUTE ? "%H:%M:%S\n%b %d" : "%b %d\n%H:%M",
            title: { text: "window start (window time, UTC)", standoff: 2, font: { size: 11 } } };
 }
 
-function barWidth(times) {
+function barWidth(times, windowMs) {
   // On a date axis a bar is as wide as its width in ms (a lone bar otherwise gets about 1 ms,
-  // invisible on a ten-minute axis): the smallest gap between windows, or a minute.
+  // invisible): the smallest gap between windows; a lone window's own length when the page knows it
+  // (a lone 30 s window's bar was a minute wide, past the axis fitted to it), else a minute.
   const ms = [...new Set(times.map((t) => new Date(t).getTime()))].sort((a, b) => a - b);
   const gaps = ms.slice(1).map((t, i) => t - ms[i]).filter((g) => g > 0);
-  return 0.9 * (gaps.length ? Math.min(...gaps) : MINUTE);
+  return 0.9 * (gaps.length ? Math.min(...gaps) : windowMs || MINUTE);
 }
 
 function bars(x, y, name, width, offset = 0) {
@@ -70,8 +72,26 @@ function bars(x, y, name, width, offset = 0) {
   return { x, y, type: "bar", name, width, offset };
 }
 
-function layout(times, shared) {
-  return { ...LAYOUT, xaxis: xaxis(times, shared) };
+function layout(times, shared, least) {
+  return { ...LAYOUT, xaxis: xaxis(times, shared, least) };
+}
+
+function integerTicks(axis, step) {
+  // Counts are whole: ticks on whole numbers (Plotly put 0.5 and 1.5 between 0, 1 and 2 letters);
+  // the step comes from the page's API (count_step).
+  return Object.assign(axis, { tick0: 0, dtick: step || 1, tickformat: "d", rangemode: "tozero" });
+}
+
+// A threshold or bound: long dashes with clear gaps, which read as dashed at any width.
+const THRESHOLD_LINE = { dash: "12px,8px", color: "#7f8c8d", width: 2 };
+
+function styled(trace, style) {
+  // Lines of one chart that can be equal (p95 and p99, a rate and its reference at 0) each have their
+  // own marker, size and dash (the API's styles): the one drawn later never hides the other.
+  if (!style) return trace;
+  // Not clipped at the axis: a share of 0 sits on the axis's floor and half its marker was cut off.
+  return { ...trace, line: { ...(trace.line || {}), dash: style.dash, width: 2 }, cliponaxis: false,
+           marker: { symbol: style.symbol, size: style.size, line: { width: 2 } } };
 }
 
 function yaxis(title, ys, log) {
@@ -124,7 +144,7 @@ function linkZoom(ids) {
 
 function drawSegment(view) {
   const shared = view.x_range;
-  const width = barWidth(view.window_start);
+  const width = barWidth(view.window_start, view.window_seconds ? view.window_seconds * 1000 : null);
   const traffic = [bars(view.window_start, view.events, "events", width)];
   if ((view.feedback_events || []).some((n) => n !== null)) {
     // Side by side within the window: inference in its first half, feedback in its second.
@@ -132,25 +152,33 @@ function drawSegment(view) {
     traffic.push(bars(view.window_start, view.feedback_events, "feedback events", width / 2, width / 2));
   }
   const events = layout(view.window_start, shared);
-  events.yaxis = yaxis("events", [...view.events, ...(view.feedback_events || [])]);
+  const counts = [...view.events, ...(view.feedback_events || [])];
+  events.yaxis = integerTicks(yaxis("events", counts), view.count_step);
   Plotly.newPlot("chart-events", traffic, events, CONFIG);
   const ids = ["chart-events"];
   view.detectors.forEach((d, i) => {
     const label = d.value_label || "statistic";
     const name = d.config_label ? `${label} (${d.config_label})` : label;
     // Hover says the verdict, or why there is none (not judged) and whether late events revised it.
-    const said = d.verdict.map((v, k) => (d.note && d.note[k] ? `${v}: ${d.note[k]}` : v));
+    const said = d.verdict.map((v, k) => {
+      const note = (d.revised_note && d.revised_note[k]) || (d.note && d.note[k]);
+      return note ? `${v}: ${note}` : v;
+    });
     const traces = [
       // Lines with markers: a segment seen in one window still shows its point.
       // Each point in its verdict's colour (ok green too): the verdict stands out, not the line.
       // A window not judged has no value: no point, a gap in the line.
-      { x: d.window_start, y: values(d), mode: "lines+markers", name, line: { color: "#95a5a6" },
+      // Not clipped at the axis: a value of 0 sits on its floor and half its marker was cut off.
+      { x: d.window_start, y: values(d), mode: "lines+markers", name, line: { color: "#95a5a6" }, cliponaxis: false,
         marker: { color: d.verdict.map((v) => COLORS[v] || "#95a5a6"), size: 7 }, customdata: said,
         hovertemplate: "%{y} %{customdata}<extra></extra>" },
-      // A wide dash per window: a one-window segment's threshold is a short segment, not a 1-px dash.
-      { x: d.window_start, y: d.threshold, mode: "lines+markers", name: d.threshold_label || "threshold",
-        line: { dash: "dash", color: "#7f8c8d" },
-        marker: { symbol: "line-ew-open", size: 40, line: { width: 2, color: "#7f8c8d" } } },
+      // Long dashes with gaps. A wide dash per window only when no two windows are joined by a line
+      // (a one-window segment's threshold is then a short segment, not a 1-px dash): drawn on every
+      // window of a line, those 40-px marks ran together and the dashed line looked solid.
+      { x: d.window_start, y: d.threshold, name: d.threshold_label || "threshold", line: THRESHOLD_LINE,
+        ...(d.threshold.every((t, k) => t === null || lone(d.threshold, k))
+          ? { mode: "lines+markers", marker: { symbol: "line-ew-open", size: 40, line: { width: 2, color: "#7f8c8d" } } }
+          : { mode: "lines" }) },
       marked(d, "warning"),
       marked(d, "drift"),
     ];
@@ -186,17 +214,28 @@ function drawSegment(view) {
       div.dataset.unit = unit;
       holder.appendChild(div);
       const bound = new Set(d.bounds || []);
+      const names = d.labels || {};
+      // Where a reference's measure is drawn, each entry names its version; else the legend's title does.
+      const compared = byUnit[unit].some((n) => names[n]);
+      const styles = d.styles || {};
       const traces = byUnit[unit].map((n) => (bound.has(n)
-        ? { x: d.window_start, y: d.measurements[n], mode: "lines", name: `${n} (bound)`,
-            line: { dash: "dash", color: "#7f8c8d" } }
-        : { x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: n }));
+        ? { x: d.window_start, y: d.measurements[n], mode: "lines", name: names[n] || `${n} (bound)`,
+            line: { ...THRESHOLD_LINE, dash: (styles[n] || THRESHOLD_LINE).dash } }
+        : styled({ x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: names[n] || n }, styles[n])));
       const plot = layout(d.window_start, shared);
+      if (!compared) plot.legend = { ...plot.legend, title: { text: `on ${view.model_version}:` } };
       plot.yaxis = yaxis(unit, byUnit[unit].flatMap((n) => d.measurements[n]));
       Plotly.newPlot(id, traces, plot, CONFIG);
       ids.push(id);
     });
   });
   linkZoom(ids);
+}
+
+function lone(ys, k) {
+  // A point with no drawn neighbour: its line has no segment to show it.
+  const near = (j) => j >= 0 && j < ys.length && ys[j] !== null && ys[j] !== undefined;
+  return near(k) && !near(k - 1) && !near(k + 1);
 }
 
 function skippedTrace(starts) {
@@ -214,7 +253,8 @@ function drawDeadLetters(view) {
   // A bar covers its minute: the axis spans each minute's end too.
   const minutes = view.series.flatMap((s) => s.minute);
   const ends = minutes.map((t) => new Date(new Date(t).getTime() + MINUTE).toISOString());
-  const plot = { ...layout([...minutes, ...ends]), barmode: "stack" };
+  // Ten minutes at least: per-minute bars labelled by the minute (a one-minute axis repeated its label).
+  const plot = { ...layout([...minutes, ...ends], null, 10 * MINUTE), barmode: "stack" };
   // One-line labels with the day in the axis title: Plotly writes a two-line label's date under the
   // first tick only, and a first tick on the axis's left end hangs over the y axis (then it is hidden).
   // The days the axis spans (a last minute's end may be the next day's 00:00), not only the bars'.
@@ -224,7 +264,7 @@ function drawDeadLetters(view) {
                               title: { text: `${oneDay ? `minute (UTC) of ${days[0] || "-"}` : "minute (UTC)"}: wall clock, when loopwatch refused the message (not its event time)`,
                                        standoff: 4 } });
   Object.assign(plot, { height: 290, margin: { ...LAYOUT.margin, b: 50 }, legend: { orientation: "h", y: -0.26 } });
-  plot.yaxis = yaxis("dead letters per minute", view.series.flatMap((s) => s.count));
+  plot.yaxis = integerTicks(yaxis("dead letters per minute", view.series.flatMap((s) => s.count)), view.count_step);
   Plotly.newPlot("chart-deadletters", traces, plot, CONFIG);
 }
 

@@ -1,0 +1,176 @@
+"""What followed each rollback request, for the Incidents page.
+
+From the ``windows`` table, how long the rolled-back version kept serving after
+its rollback request (the rollback was not in effect while it did), and from the
+verification's data (or, for older ones, its reason) which windows of the target
+it counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from retrain_trigger.actions import EVENT_TYPES
+
+if TYPE_CHECKING:
+    from services.console.reader import HistoryReader
+    from services.console.views import ActionRow, DayRange
+
+
+def hms(at: datetime | None) -> str:
+    """``00:43:00`` (UTC): the page names the clock beside it."""
+    return at.astimezone(UTC).strftime("%H:%M:%S") if at is not None else "?"
+
+
+class CountedWindows(BaseModel):
+    """Which of the target's windows a rollback's verification counted (from its outcome's data)."""
+
+    windows: int | None = Field(None, description="How many target windows were counted")
+    first_start: datetime | None = None
+    last_end: datetime | None = None
+    rolled_back_last_end: datetime | None = Field(
+        None,
+        description="End of the rolled-back version's last window after the request: counting began after it",
+    )
+    rolled_back_windows: int | None = Field(
+        None, description="Windows it served after the request, as counted"
+    )
+
+
+class RollbackAfter(BaseModel):
+    """What followed a rollback request: the rolled-back version's windows after it, and what was counted."""
+
+    version: str = Field(description="The rolled-back version")
+    request_window_end: datetime | None = Field(None, description="End of the window the request was made on")
+    served_windows: int = Field(
+        0, description="Windows of the rolled-back version starting at or after the request's window end"
+    )
+    served_first_start: datetime | None = None
+    served_last_start: datetime | None = Field(None, description="Start of its last window after the request")
+    served_last_end: datetime | None = None
+    counted: CountedWindows | None = Field(None, description="From the verification's data, when it says")
+    lines: list[str] = Field(default_factory=list, description="What the page says, one or two short lines")
+
+
+def after_rollback(history: HistoryReader, span: DayRange, actions: Sequence[ActionRow]) -> None:
+    """Give each rollback request its :class:`RollbackAfter` (``action.after``), from the windows table."""
+    outcomes = {a.id.rsplit(".", 1)[0]: a for a in actions if a.verified is not None}
+    for action in actions:
+        if action.type != EVENT_TYPES["rollback"] or not action.model or not action.from_version:
+            continue
+        served = _served_after(history, span, action.model, action.from_version, action.window_end)
+        after = RollbackAfter(version=action.from_version, request_window_end=action.window_end, **served)
+        outcome = outcomes.get(action.id)
+        if outcome is not None:
+            after.counted = outcome.counted
+        after.lines = _after_lines(after, action.target_version or "the target", outcome)
+        action.after = after
+
+
+def _served_after(
+    history: HistoryReader, span: DayRange, model: str, version: str, since: datetime | None
+) -> dict[str, Any]:
+    """The rolled-back version's serving windows (inference) starting at or after ``since``."""
+    if since is None:
+        return {}
+    columns = ["model_version", "kind", "events", "window_start", "window_end"]
+    windows = history.read("windows", span.days(), model=model, columns=columns)
+    # A version serves in its inference windows; a feedback window only rates replies it served before.
+    serving = pc.or_(
+        pc.fill_null(pc.equal(windows["kind"], "inference"), False),
+        pc.and_(pc.is_null(windows["kind"]), pc.fill_null(pc.greater(windows["events"], 0), False)),
+    )
+    mask = pc.and_(
+        pc.and_(pc.equal(windows["model_version"], version), serving),
+        pc.greater_equal(
+            windows["window_start"], pa.scalar(since, windows.schema.field("window_start").type)
+        ),
+    )
+    after = windows.filter(mask)
+    if after.num_rows == 0:
+        return {"served_windows": 0}
+    return {
+        "served_windows": pc.count_distinct(after["window_start"]).as_py(),
+        "served_first_start": pc.min(after["window_start"]).as_py(),
+        "served_last_start": pc.max(after["window_start"]).as_py(),
+        "served_last_end": pc.max(after["window_end"]).as_py(),
+    }
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return value if isinstance(value, datetime) else None
+
+
+def counted_windows(data: dict[str, Any]) -> CountedWindows | None:
+    """The target windows a verification counted and the rolled-back version's last window, from its data.
+
+    Verifications published before the outcome carried them have none: the page then quotes the reason.
+    """
+    if "counted_window_count" not in data:
+        return None
+    counted = [w for w in data.get("counted_windows") or [] if isinstance(w, dict)]
+    n = data.get("counted_window_count")
+    last = data.get("rolled_back_last_window")
+    return CountedWindows(
+        windows=n if isinstance(n, int) else None,
+        first_start=_time(counted[0].get("window_start")) if counted else None,
+        # Only the first windows are listed: the last one's end is counted_until, or the list's when whole.
+        last_end=_time(data.get("counted_until"))
+        or (_time(counted[-1].get("window_end")) if counted and len(counted) == n else None),
+        rolled_back_last_end=_time(last.get("window_end")) if isinstance(last, dict) else None,
+        rolled_back_windows=data.get("rolled_back_windows_after_request"),
+    )
+
+
+def _after_lines(after: RollbackAfter, target: str, outcome: ActionRow | None) -> list[str]:
+    """A line on what the rolled-back version did after the request, one on what the verification counted."""
+    version, n = after.version, after.served_windows
+    if after.request_window_end is None:
+        lines = [f"when {version} stopped serving is unknown: the request names no window"]
+    elif n == 0:
+        lines = [f"{version} served no window after the request (none: it stopped at once)"]
+    else:
+        # It served in its last window, so for at least as long as that window's start is after the request.
+        late = _seconds(after.request_window_end, after.served_last_start)
+        lines = [
+            f"{version} kept serving {count_of(n, 'window')} after the request,"
+            f" {hms(after.served_first_start)} → {hms(after.served_last_end)} (window time):"
+            f" the rollback was not in effect for at least {late}"
+        ]
+    if outcome is None:
+        return lines
+    done, counted = "verified" if outcome.verified else "not verified", after.counted
+    if counted is not None and counted.windows:
+        waited = counted.rolled_back_last_end or (after.served_last_end if n else None)
+        since = f", after {version}'s last window (ended {hms(waited)})" if waited else ", after the request"
+        bounds = f" {hms(counted.first_start)} → {hms(counted.last_end)}" if counted.last_end else ""
+        lines.append(f"{done} on {count_of(counted.windows, 'window')} of {target}{bounds}{since}")
+        return lines
+    # An outcome published before it named its windows: its reason holds the samples it counted.
+    numbers = (outcome.reason or "no reason given").split(": ", 1)[-1]
+    since = (
+        f"after {version}'s last window (ended {hms(after.served_last_end)})" if n else "after the request"
+    )
+    lines.append(f"{done} on {target}'s windows {since}: {numbers}")
+    return lines
+
+
+def count_of(n: int, what: str) -> str:
+    """``1 window``, ``2 windows``."""
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> str:
+    seconds = max(int((end - start).total_seconds()), 0) if start and end else 0
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60} s"

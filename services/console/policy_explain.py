@@ -1,0 +1,501 @@
+"""What the policy's retrain and rollback rules did in the range the Incidents page shows, and why not.
+
+For each rule of the policy that asks for a retrain or a rollback: whether it
+fired and what it requested or, if not, why, as far as the history's detections
+and alerts show it (the gates as :mod:`retrain_trigger.gates` judges and counts
+them). Muted alerts are not written to the history: an inhibit or silence is
+named only as what the policy says of gates that were met while its source fired.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import datetime
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from retrain_trigger.actions import EVENT_TYPES
+from retrain_trigger.alerts import alert_labels
+from retrain_trigger.inhibit import labels_match
+from retrain_trigger.policy import Policy, Rule
+from retrain_trigger.silence import parse_matcher
+from schemas.events import Segment
+from services.console.incidents import count_of, hms
+
+if TYPE_CHECKING:
+    from services.console.reader import HistoryReader
+    from services.console.views import ActionRow, AlertRow, DayRange, SilenceRow
+
+_SEGMENT_FIELDS = ("model", "model_version", "app", "route", "tenant")
+_DETECTION_COLUMNS = [
+    *_SEGMENT_FIELDS,
+    "segment",
+    "window_start",
+    "window_end",
+    "detector_id",
+    "config_id",
+    "verdict",
+    "current_size",
+    "effect_size",
+    "p_value",
+    "measurements",
+    "revision",
+]
+
+
+RuleState = Literal["fired", "fired, no request", "not fired"]
+
+
+class RuleReport(BaseModel):
+    """One retrain or rollback rule of the policy: did it fire in the range, and if not, why."""
+
+    rule: str
+    action: Literal["retrain", "rollback"]
+    detectors: list[str] = Field(description="The detector patterns it matches")
+    state: RuleState
+    models: list[str] = Field(default_factory=list, description="Models it fired for")
+    requests: list[str] = Field(
+        default_factory=list, description="CloudEvent ids of its requests in the range"
+    )
+    why: str = Field(description="What the history shows, in one line")
+
+
+class PolicyReport(BaseModel):
+    """Which policy the explanation is about, and its retrain and rollback rules over the range."""
+
+    name: str
+    file: str | None = Field(None, description="The policy file (None: the built-in default policy)")
+    mode: str
+    decided_under: list[str] = Field(
+        default_factory=list, description="Policy names the range's actions were published under"
+    )
+    rules: list[RuleReport] = Field(default_factory=list)
+
+
+def policy_report(
+    history: HistoryReader,
+    span: DayRange,
+    policy: Policy,
+    policy_file: str | None,
+    alerts: Sequence[AlertRow],
+    actions: Sequence[ActionRow],
+    silences: Sequence[SilenceRow],
+) -> PolicyReport:
+    """Each retrain and rollback rule of ``policy``: fired in the range (with its requests), or why not."""
+    rules = [r for r in policy.rules if r.action in ("retrain", "rollback")]
+    report = PolicyReport(
+        name=policy.name,
+        file=policy_file,
+        mode=policy.mode,
+        decided_under=sorted({a.policy for a in actions if a.policy}),
+    )
+    if not rules:
+        return report
+    detections = _matching_days(history, span, rules)
+    for rule in rules:
+        report.rules.append(_rule_report(rule, policy, detections, alerts, actions, silences))
+    return report
+
+
+def _matching_days(history: HistoryReader, span: DayRange, rules: Sequence[Rule]) -> list[pa.Table]:
+    """Per day of the range, oldest first, its detections of the detectors any of ``rules`` matches.
+
+    Each day's table is read once per set of files (a past day's files do not change, so a page
+    load reads only the days written since), keeping the latest revision of each window's verdict
+    per detector config, sorted by alert (segment, detector) and window start: what :func:`_runs` walks.
+    """
+    patterns = tuple(sorted({p for r in rules for p in (*r.match.detectors, *r.match.verdicts)}))
+    days = []
+    for day in span.days():
+        key = (history.root, day, history.day_files("detections", day), patterns)
+        with _KEPT_LOCK:
+            table = _KEPT.get(key)
+        if table is None:
+            table = _day_rows(history.read("detections", [day], columns=_DETECTION_COLUMNS), rules)
+            with _KEPT_LOCK:
+                _KEPT[key] = table
+                while len(_KEPT) > _DAYS_KEPT:
+                    _KEPT.popitem(last=False)
+        days.append(table)
+    return days
+
+
+#: Days of matching detections kept: two weeks of one history (about 5 MB a day of 50 segments).
+_DAYS_KEPT = 14
+#: What a kept day holds (its p-values parsed, the measurements dropped).
+_KEPT_COLUMNS = [
+    *_SEGMENT_FIELDS,
+    "segment",
+    "window_start",
+    "window_end",
+    "detector_id",
+    "verdict",
+    "current_size",
+    "effect_size",
+    "p",
+    "alert",
+]
+_KEPT: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
+_KEPT_LOCK = threading.Lock()  # pages are served from a thread pool
+
+
+def _day_rows(table: pa.Table, rules: Sequence[Rule]) -> pa.Table:
+    """One day's detections of the rules' detectors: latest revisions only, in alert and window order."""
+    ids = pc.unique(table["detector_id"]).to_pylist()
+    wanted = [d for d in ids if d and any(r.match.matches_detector(d) for r in rules)]
+    table = table.filter(pc.is_in(table["detector_id"], pa.array(wanted, pa.string())))
+    if table.num_rows == 0:
+        return table
+    seg, det, cfg = (_codes(table[c]) for c in ("segment", "detector_id", "config_id"))
+    start = np.asarray(pc.cast(table["window_start"], pa.int64()).combine_chunks())
+    revision = np.asarray(pc.fill_null(table["revision"], 0).combine_chunks())
+    order = np.lexsort((revision, cfg, start, det, seg))
+    keys = [k[order] for k in (seg, det, start, cfg)]
+    last = np.ones(len(order), dtype=bool)  # the highest revision is the last of its window's rows
+    last[:-1] = np.any([k[1:] != k[:-1] for k in keys], axis=0)
+    kept = order[last]
+    # Each alert's number (segment, detector) within the day, so its runs need no string comparisons.
+    seg, det = seg[kept], det[kept]
+    new_alert = np.ones(len(kept), dtype=bool)
+    new_alert[1:] = (seg[1:] != seg[:-1]) | (det[1:] != det[:-1])
+    alert = pa.array(np.cumsum(new_alert) - 1)
+    table = table.take(pa.array(kept)).combine_chunks().append_column("alert", alert)
+    # The p-value of the rows that may breach (the rules' verdicts), parsed once a day, not on every page.
+    verdicts = pa.array(sorted({v for r in rules for v in r.match.verdicts}))
+    judged = np.flatnonzero(np.asarray(pc.is_in(table["verdict"], verdicts)))
+    p = np.full(table.num_rows, np.nan)
+    p[judged] = _parsed_p(table.take(pa.array(judged, pa.int64())))
+    table = table.append_column("p", pa.array(p)).select(_KEPT_COLUMNS)
+    # Dictionary-encoded (a few distinct values each): small to keep, and a rule picks its rows by lookup.
+    for name in ("segment", "detector_id", "verdict", *_SEGMENT_FIELDS):
+        table = table.set_column(table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]))
+    return table
+
+
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Integer codes of a string column (equal strings, equal codes), for sorting and grouping in numpy."""
+    encoded = pc.dictionary_encode(pc.fill_null(column, "")).combine_chunks()
+    return np.asarray(encoded.indices)
+
+
+def _rule_report(
+    rule: Rule,
+    policy: Policy,
+    detections: Sequence[pa.Table],
+    alerts: Sequence[AlertRow],
+    actions: Sequence[ActionRow],
+    silences: Sequence[SilenceRow],
+) -> RuleReport:
+    action: Literal["retrain", "rollback"] = "retrain" if rule.action == "retrain" else "rollback"
+    common = {"rule": rule.name, "action": action, "detectors": list(rule.match.detectors)}
+    mine = [a for a in alerts if a.labels.get("alertname") == rule.name]
+    fired = [a for a in mine if a.status == "firing"]
+    requests = [a for a in actions if a.type == EVENT_TYPES[action] and a.rule == rule.name]
+    if fired:
+        models = sorted({a.model for a in fired if a.model})
+        first = min((a.changed_at for a in fired if a.changed_at), default=None)
+        since = f"firing since {hms(first)} (window time)" if first else "fired"
+        # A request answers the alerts firing when it was made (one per incident, whatever its detectors).
+        bare = [a for a in fired if not any(_while_firing(a, mine, r) for r in requests)]
+        ids = [r.id for r in requests if any(_while_firing(a, mine, r) for a in fired)]
+        if not bare:
+            why = f"{since}; {action} requested: {', '.join(ids)}"
+            return RuleReport(**common, state="fired", models=models, requests=ids, why=why)
+        why = f"{since}, but no {action} request answers it: {_no_request(rule, policy, bare, actions)}"
+        if ids:
+            why += f" ({action} requested for its other alerts: {', '.join(ids)})"
+        return RuleReport(**common, state="fired, no request", models=models, requests=ids, why=why)
+    return RuleReport(**common, state="not fired", why=_not_fired(rule, policy, detections, alerts, silences))
+
+
+def _while_firing(alert: AlertRow, mine: Sequence[AlertRow], request: ActionRow) -> bool:
+    """Was ``request`` (same model) made while ``alert`` fired: at or after it fired, before it resolved?"""
+    if request.model != alert.model or request.time is None or alert.changed_at is None:
+        return False
+    ended = [
+        a.changed_at
+        for a in mine
+        if a.fingerprint == alert.fingerprint
+        and a.status == "resolved"
+        and a.changed_at is not None
+        and a.changed_at >= alert.changed_at
+    ]
+    return alert.changed_at <= request.time and (not ended or request.time <= min(ended))
+
+
+def _no_request(rule: Rule, policy: Policy, fired: Sequence[AlertRow], actions: Sequence[ActionRow]) -> str:
+    """Why a fired alert published nothing, as far as the history shows it."""
+    if policy.mode == "dry-run":
+        return "the policy's mode is dry-run (decisions are logged, not published)"
+    skipped = [
+        a for a in actions if a.type.endswith(".rollback.skipped") and a.model in {f.model for f in fired}
+    ]
+    if rule.action == "rollback" and skipped:
+        return f"rollback.skipped {skipped[0].id}: {skipped[0].reason or 'no version to go back to'}"
+    cooldown = policy.cooldown_for(rule)
+    for alert in fired:
+        earlier = [
+            a
+            for a in actions
+            if a.type == EVENT_TYPES[rule.action]
+            and a.model == alert.model
+            and a.time is not None
+            and alert.changed_at is not None
+            and a.time <= alert.changed_at < a.time + cooldown
+        ]
+        if earlier:
+            return f"in cooldown ({cooldown}) after {rule.action} {earlier[-1].id} at {hms(earlier[-1].time)}"
+    return "the history records no cooldown, dry-run or skip for it (the worker's log says why)"
+
+
+def _not_fired(
+    rule: Rule,
+    policy: Policy,
+    detections: Sequence[pa.Table],
+    alerts: Sequence[AlertRow],
+    silences: Sequence[SilenceRow],
+) -> str:
+    """Why a rule raised no alert in the range: no detection, none past its gates, too few in a row, muted."""
+    patterns = ", ".join(rule.match.detectors)
+    days = [d for d in (_rule_rows(rule, day) for day in detections) if d.num_rows]
+    if not days:
+        return f"no detection of {patterns} in the range"
+    gates, verdicts = rule.gates, "/".join(rule.match.verdicts)
+    wanted = pa.array(list(rule.match.verdicts))
+    matching = pa.concat_tables([d.filter(pc.is_in(d["verdict"], wanted)) for d in days])
+    if matching.num_rows == 0:
+        largest = max(pc.max(d["current_size"]).as_py() or 0 for d in days)
+        short = f"; and min_samples {gates.min_samples}: the largest window had {largest}"
+        return f"{_windows(days)} judged by {patterns}, none {verdicts}" + (
+            short if largest < gates.min_samples else ""
+        )
+    outcomes = [_outcomes(rule, d) for d in days]
+    breaches = sum(int((o > 0).sum()) for o in outcomes)
+    if breaches == 0:
+        n = matching.num_rows
+        head = f"{count_of(n, verdicts + ' window')} of {patterns}, none met the gates: "
+        return head + "; ".join(_unmet(rule, matching))
+    longest, met = _runs(rule, days, outcomes)
+    if met is None:
+        return (
+            f"{count_of(breaches, 'breaching window')} of {patterns},"
+            f" at most {longest} in a row: for_windows {gates.for_windows}"
+            + (
+                f" (none with p < immediate_p_value {gates.immediate_p_value:g})"
+                if gates.immediate_p_value
+                else ""
+            )
+        )
+    return _muted(rule, policy, met, alerts, silences)
+
+
+def _rule_rows(rule: Rule, day: pa.Table) -> pa.Table:
+    """A day's rows the rule matches (its detectors and segment patterns), in their order."""
+    if day.num_rows == 0:
+        return day
+    ids = day["detector_id"].combine_chunks()
+    chosen = np.array([rule.match.matches_detector(d) for d in ids.dictionary.to_pylist()], dtype=bool)
+    rows = day if chosen.all() else day.filter(pa.array(chosen[np.asarray(ids.indices)]))
+    return rows.filter(_segment_mask(rows, rule)) if rule.match.segment and rows.num_rows else rows
+
+
+def _windows(days: Sequence[pa.Table]) -> str:
+    """``21 windows (64 detections)``: a window is judged by each detector that matches."""
+    group = ["segment", "window_start"]
+    n = sum(d.group_by(group, use_threads=False).aggregate([]).num_rows for d in days)
+    return f"{count_of(n, 'window')} ({count_of(sum(d.num_rows for d in days), 'detection')})"
+
+
+def _segment_mask(rows: pa.Table, rule: Rule) -> pa.Array:
+    """The rows whose segment fields match the rule's patterns (a missing label is the empty string)."""
+    mask = np.ones(rows.num_rows, dtype=bool)
+    for name, pattern in rule.match.segment.items():
+        column = rows[name].combine_chunks()
+        hit = np.array([fnmatchcase(v or "", pattern) for v in column.dictionary.to_pylist()], dtype=bool)
+        mask &= np.where(
+            np.asarray(column.is_null()),
+            fnmatchcase("", pattern),
+            hit[np.asarray(column.indices.fill_null(0))],
+        )
+    return pa.array(mask)
+
+
+def _outcomes(rule: Rule, rows: pa.Table) -> np.ndarray:
+    """Per row what the rule's gates make of it: -1 skip (too few samples), 0 clear, 1 breach, 2 immediate.
+
+    :func:`retrain_trigger.gates.judge`'s checks in its order, over whole columns (a week of one-minute
+    windows is 10,080 rows per alert); ``tests/test_console_incidents.py`` holds the two to the same answers.
+    """
+    gates = rule.gates
+    skip = np.asarray(pc.less(pc.fill_null(rows["current_size"], 0), gates.min_samples))
+    breach = np.asarray(pc.is_in(rows["verdict"], pa.array(list(rule.match.verdicts)))) & ~skip
+    if gates.min_effect_size is not None:
+        breach &= ~np.asarray(
+            pc.fill_null(pc.less(pc.abs(rows["effect_size"]), gates.min_effect_size), False)
+        )
+    immediate = np.zeros(len(skip), dtype=bool)
+    if gates.max_p_value is not None or gates.immediate_p_value is not None:
+        p = _p_values(rows, breach)
+        if gates.max_p_value is not None:
+            breach &= p < gates.max_p_value  # NaN (no p-value) is no breach
+        if gates.immediate_p_value is not None:
+            immediate = breach & (p < gates.immediate_p_value)
+    return np.where(skip, -1, np.where(immediate, 2, breach.astype(int)))
+
+
+def _p_values(rows: pa.Table, wanted: np.ndarray) -> np.ndarray:
+    """The p-value each ``wanted`` row's verdict rests on (as ``gates.p_value_of``); NaN for the others.
+
+    A kept day has it (``p``, from :func:`_day_rows`, for every row of the rules' verdicts).
+    """
+    return np.where(wanted, np.asarray(rows["p"]), np.nan)
+
+
+def _parsed_p(rows: pa.Table) -> np.ndarray:
+    """Each row's adjusted p-value from its measurements, else its p-value (NaN: none)."""
+    out = np.full(rows.num_rows, np.nan)
+    for i, row in enumerate(rows.select(["p_value", "measurements"]).to_pylist()):
+        measured = json.loads(row["measurements"] or "{}")
+        value = measured.get("p_value_adjusted", row["p_value"]) if isinstance(measured, dict) else None
+        out[i] = np.nan if value is None else value
+    return out
+
+
+def _unmet(rule: Rule, matching: pa.Table) -> list[str]:
+    """Each gate that kept the matching windows from breaching, with the numbers (in the gates' order)."""
+    gates, n, parts = rule.gates, matching.num_rows, []
+    size = pc.fill_null(matching["current_size"], 0)
+    small = matching.filter(pc.less(size, gates.min_samples))
+    if small.num_rows:
+        most = "the largest had" if small.num_rows == n else f"{small.num_rows} of them had at most"
+        parts.append(f"min_samples {gates.min_samples}: {most} {pc.max(small['current_size']).as_py()}")
+    rest = matching.filter(pc.greater_equal(size, gates.min_samples))
+    if rest.num_rows and gates.min_effect_size is not None:
+        weak = rest.filter(pc.fill_null(pc.less(pc.abs(rest["effect_size"]), gates.min_effect_size), False))
+        if weak.num_rows:
+            top = pc.max(pc.abs(weak["effect_size"])).as_py()
+            parts.append(
+                f"min_effect_size {gates.min_effect_size:g}:"
+                f" {_of(weak.num_rows, n)} had |effect| at most {top:.3g}"
+            )
+            rest = rest.filter(
+                pc.invert(pc.fill_null(pc.less(pc.abs(rest["effect_size"]), gates.min_effect_size), False))
+            )
+    if rest.num_rows and gates.max_p_value is not None:
+        p = _p_values(rest, np.ones(rest.num_rows, dtype=bool))
+        low = f"p at least {np.nanmin(p):.2g}" if not np.isnan(p).all() else "no p-value"
+        parts.append(f"max_p_value {gates.max_p_value:g}: {_of(rest.num_rows, n)} had {low}")
+    return parts or ["each was judged clear by the rule's gates"]
+
+
+def _of(some: int, n: int) -> str:
+    return "the window" if n == 1 else "all of them" if some == n else f"{some} of them"
+
+
+def _runs(
+    rule: Rule, days: Sequence[pa.Table], outcomes: Sequence[np.ndarray]
+) -> tuple[int, dict[str, Any] | None]:
+    """The most breaches in a row of any of the rule's alerts, and the first row it would have fired on.
+
+    As :func:`retrain_trigger.gates.step` counts them (a skipped window changes nothing, a clear one
+    resets), a day at a time in window order; an alert's run at the end of a day carries into the next.
+    """
+    carry: dict[tuple[str, str], int] = {}
+    longest, first = 0, None
+    for rows, outcome in zip(days, outcomes, strict=True):
+        at = np.flatnonzero(outcome >= 0)  # the rows that count: skipped ones change nothing
+        if not len(at):
+            continue
+        codes, alert = outcome[at], np.asarray(rows["alert"])[at]
+        index = np.arange(len(codes))
+        breach = codes > 0
+        new_alert = np.ones(len(codes), dtype=bool)
+        new_alert[1:] = alert[1:] != alert[:-1]
+        starts = np.flatnonzero(new_alert)
+        group = np.cumsum(new_alert) - 1
+        # The run of breaches ending at each row: from the last clear (or the alert's first row) to it.
+        reset = np.maximum.accumulate(np.where(~breach, index, np.where(new_alert, index - 1, -1)))
+        run = (index - reset) * breach
+        firsts = rows.select(["segment", "detector_id"]).take(pa.array(at[starts]))
+        alerts = list(zip(firsts["segment"].to_pylist(), firsts["detector_id"].to_pylist(), strict=True))
+        before = np.array([carry.get(a, 0) for a in alerts])
+        leading = breach & (reset == starts[group] - 1)  # no clear yet today: yesterday's run goes on
+        run = run + np.where(leading, before[group], 0)
+        longest = max(longest, int(run.max()))
+        fires = at[(run >= rule.gates.for_windows) | (codes == 2)]
+        if first is None and len(fires):
+            candidates = rows.take(pa.array(fires))
+            earliest = int(np.argmin(np.asarray(pc.cast(candidates["window_start"], pa.int64()))))
+            first = candidates.slice(earliest, 1).to_pylist()[0]
+        ends = np.append(starts[1:], len(codes)) - 1
+        carry.update(zip(alerts, run[ends].tolist(), strict=True))
+    return longest, first
+
+
+def _segment_of(row: dict[str, Any]) -> Segment:
+    return Segment(
+        model=row.get("model") or "",
+        model_version=row.get("model_version") or "",
+        app=row.get("app"),
+        route=row.get("route"),
+        tenant=row.get("tenant"),
+    )
+
+
+def _muted(
+    rule: Rule,
+    policy: Policy,
+    row: dict[str, Any],
+    alerts: Sequence[AlertRow],
+    silences: Sequence[SilenceRow],
+) -> str:
+    """Gates met but no alert: an inhibit source firing then, or a silence matching it, else unknown."""
+    labels = alert_labels(rule, row["detector_id"], _segment_of(row))
+    at = row["window_start"]
+    met = f"its gates were met on {row['detector_id']} of {row['model']}/{row['model_version']} at {hms(at)}"
+    for inhibit in policy.inhibit:
+        if not labels_match(inhibit.target, labels):
+            continue
+        for source in _firing_at(alerts, at):
+            if labels_match(inhibit.source, source.labels) and all(
+                source.labels.get(n, "") == labels.get(n, "") for n in inhibit.equal
+            ):
+                rule_of = source.labels.get("alertname", source.fingerprint)
+                return (
+                    f"{met}, while {rule_of} fired for {source.model} (since {hms(source.changed_at)}):"
+                    f" the inhibit rule {_inhibit_text(inhibit.source, inhibit.target, inhibit.equal)}"
+                    " holds it"
+                    " (muted alerts are not written to the history)"
+                )
+    for silence in silences:
+        try:
+            matchers = [parse_matcher(m) for m in silence.matchers.split(",") if m]
+        except ValueError:
+            continue
+        if matchers and all(m.matches(labels) for m in matchers):
+            return f"{met}; silence {silence.silence_id} ({silence.matchers}) matches it"
+    return f"{met}, but no alert of it is in the history (the worker's log says why)"
+
+
+def _firing_at(alerts: Sequence[AlertRow], at: datetime) -> list[AlertRow]:
+    """The alerts firing at window time ``at``: their last transition by then is a firing one."""
+    last: dict[str, AlertRow] = {}
+    for alert in sorted(alerts, key=lambda a: (a.changed_at or at, a.status == "resolved")):
+        if alert.changed_at is not None and alert.changed_at <= at:
+            last[alert.fingerprint] = alert
+    return [a for a in last.values() if a.status == "firing"]
+
+
+def _inhibit_text(source: dict[str, str], target: dict[str, str], equal: list[str]) -> str:
+    def labels(d: dict[str, str]) -> str:
+        return ",".join(f"{k}={v}" for k, v in d.items())
+
+    return f"({labels(source)} mutes {labels(target)}" + (f", equal {','.join(equal)})" if equal else ")")
