@@ -340,6 +340,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     only = set(args.only.replace(",", ""))
+    load_at_start = _load()
     n = args.events
     port = free_port()
     broker = start_broker(port)
@@ -386,6 +387,12 @@ def main() -> None:
     if args.workers > 1 and "c_loopwatch_ingest" in rate:
         scaled = rate[f"c_{args.workers}_workers"] / rate["c_loopwatch_ingest"]
         print(f"ratio {args.workers} workers / 1 worker = {scaled:.2f}  (goal for 2 on 2 cores >= 1.6)")
+    # Rates on a shared machine say little without it; the CPU time per event says more.
+    print(f"load average (1, 5, 15 min) at the start {load_at_start}, at the end {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -130,6 +130,17 @@ def describe(log: InferenceLog) -> Descriptors:
     >>> (d.prompt_chars, d.prompt_tokens, d.tokens_estimated, d.refusal)
     (3, 1, True, True)
     """
+    return Descriptors(**descriptor_values(log))
+
+
+def descriptor_values(log: InferenceLog) -> dict[str, int | bool]:
+    """The fields of :func:`describe`'s Descriptors, in the model's order, as a plain dict.
+
+    Ingest's path per event: it writes them into the enriched JSON as they are
+    and builds the model only for the rows its window samples keep. Building and
+    validating the model took more than half of describe's time: 5.0 us per
+    bench event with it, 2.3 us without (CPU time, best of 7, busy machine).
+    """
     prompt = log.prompt_text()
     response = log.response or ""
     if log.tokens is not None:
@@ -142,12 +153,12 @@ def describe(log: InferenceLog) -> Descriptors:
         prompt_tokens = math.ceil(len(prompt) / _CHARS_PER_TOKEN)
         completion_tokens = math.ceil(len(response) / _CHARS_PER_TOKEN)
         estimated = True
-    return Descriptors(
-        prompt_chars=len(prompt),
-        response_chars=len(response),
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        tokens_estimated=estimated,
-        empty_response=log.status == "ok" and not response.strip(),
-        refusal=_REFUSAL.match(response[:200]) is not None,
-    )
+    return {
+        "prompt_chars": len(prompt),
+        "response_chars": len(response),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "tokens_estimated": estimated,
+        "empty_response": log.status == "ok" and not response.strip(),
+        "refusal": _REFUSAL.match(response[:200]) is not None,
+    }
