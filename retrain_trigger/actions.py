@@ -157,6 +157,10 @@ class PromotionRequest(_Data):
     target_version: str
     evidence: CandidateEvidence
     detection_ids: list[str] = Field(default_factory=list, description="The challenger windows counted")
+    chosen_over: list[str] = Field(
+        default_factory=list,
+        description="Challengers that qualified in the same step and are held (the reason says why)",
+    )
 
 
 class WindowSpan(_Data):

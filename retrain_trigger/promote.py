@@ -18,8 +18,9 @@ and Newcombe's interval of the difference):
 The challenger is promotable when every measure seen on it is non-inferior,
 it served ``windows`` windows and no alert fired for it. :class:`PromoteStage`
 then publishes ``io.loopwatch.promotion.requested``, once per challenger
-version (dry-run: logged only); ``loopwatch gate`` runs the same trial over
-the detections topic.
+version (dry-run: logged only) and, without a registry, one per model at a
+time (:mod:`retrain_trigger.promote_hold`); ``loopwatch gate`` runs the same
+trial over the detections topic.
 
 >>> from retrain_trigger.policy import Promote
 >>> trial = Trial(model="chat", candidate_version="v3", stable_version="v1",
@@ -34,7 +35,7 @@ the detections topic.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,7 @@ from retrain_trigger.actions import (
     cloud_event,
 )
 from retrain_trigger.policy import Margin, Promote
+from retrain_trigger.promote_hold import PendingPromotion, choose, hold
 from retrain_trigger.revisions import window_key
 from retrain_trigger.state import State
 from retrain_trigger.watch import Tally, measured_rate
@@ -161,6 +163,9 @@ class PromotionState(State):
     recent: list[Observation] = Field(default_factory=list, description="The stable version's latest")
     recent_of: str | None = Field(None, description="The stable version ``recent`` is of")
     requested: dict[str, str] = Field(default_factory=dict, description="Challenger version -> CloudEvent id")
+    pending: PendingPromotion | None = Field(
+        None, description="The request holding the others until it settles"
+    )
 
 
 def observe(
@@ -364,11 +369,20 @@ def promotion_id(policy: str, model: str, version: str) -> str:
 
 
 def promotion_event(
-    evidence: CandidateEvidence, trial: Trial, *, policy: str, mode: str, source: str, at: datetime
+    evidence: CandidateEvidence,
+    trial: Trial,
+    *,
+    policy: str,
+    mode: str,
+    source: str,
+    at: datetime,
+    chosen: str = "",
+    chosen_over: Sequence[str] = (),
 ) -> CloudEvent:
-    """The ``io.loopwatch.promotion.requested`` CloudEvent of a promotable trial."""
+    """The ``io.loopwatch.promotion.requested`` CloudEvent of a promotable trial (``chosen``: why it)."""
     data = PromotionRequest(
-        reason=evidence.reason,
+        reason=f"{evidence.reason}; {chosen}" if chosen else evidence.reason,
+        chosen_over=list(chosen_over),
         policy=policy,
         mode="dry-run" if mode == "dry-run" else "auto",
         model=trial.model,
@@ -408,9 +422,12 @@ def _too_few(trial: Trial, promote: Promote) -> bool:
 class PromoteStage:
     """Promote: a detection adds to its challenger's trial; a promotable challenger is requested once.
 
-    Trials run for every version that is not stable; with a registry
+    Trials run for every version that is not stable. With a registry
     (``canary``), only the version its challenger alias names is requested,
-    on the detection or the tick after the alias is known.
+    on the detection or the tick after the alias is known. Without one, a
+    model has at most one promotion pending (:mod:`retrain_trigger.promote_hold`):
+    of the challengers that qualify in one step the best-supported is
+    requested, and the others are held until that request settles.
     """
 
     def __init__(self, canary: CanaryLookup | None = None) -> None:
@@ -422,58 +439,130 @@ class PromoteStage:
         if not promote.enabled:
             return True
         detection = ctx.detection
+        quiet = False
         if detection is None:
             trials = [t for t in state.trials.values() if t.ready]
         else:
             stable = ctx.stable.target(detection.segment.model)
+            short: list[Trial] = []
+            version = detection.segment.model_version
+            if self.canary is None and version == stable and detection.detector_id in promote.margins:
+                # A stable window can complete the samples of several challengers at once.
+                short = [
+                    t for t in state.trials.values() if t.stable_version == stable and _too_few(t, promote)
+                ]
             trial = None if stable is None else observe(state, promote, detection, stable)
-            trials = [trial] if trial is not None else []
-        for trial in trials:
-            self._consider(ctx, trial)
+            trials = [trial] if trial is not None else [t for t in short if not _too_few(t, promote)]
+            quiet = trial is None
+        judged = [(t, e) for t in trials if (e := self._judge(ctx, t, quiet=quiet)) is not None]
+        if self.canary is not None:
+            for trial, evidence in judged:
+                self._registry_challenger(ctx, trial, evidence)
+        elif judged:
+            self._one_at_a_time(ctx, judged)
         return True
 
-    def _consider(self, ctx: DecideContext, trial: Trial) -> None:
-        promote, state, policy = ctx.policy.promote, ctx.state.promotion, ctx.policy
+    def _judge(self, ctx: DecideContext, trial: Trial, *, quiet: bool = False) -> CandidateEvidence | None:
+        """The evidence of a promotable trial (``trial.ready``), else None (why: logged unless quiet)."""
+        promote = ctx.policy.promote
         name, model = trial.candidate_version, trial.model
         subject = f"promote {model}/{name}"
         if ctx.stable.target(model) != trial.stable_version:
             trial.ready = False  # the next detection of the challenger starts it over
-            return
+            return None
         book = ctx.state.book.alerts.values()
         for alertname in firing_alerts(((r.labels, r.status, r.rule) for r in book), name):
             note_alert(trial, alertname)
         if trial.alerts or trial.windows < promote.windows or _too_few(trial, promote):
             # Not promotable whatever the tests say: skip them (this runs on every detection).
             trial.ready = False
-            if ctx.explain:
+            if ctx.explain and not quiet:
                 why = f"alerts fired: {', '.join(trial.alerts)}" if trial.alerts else "not enough data yet"
                 ctx.log("promote", subject, False, f"{why} ({trial.windows} of {promote.windows} windows)")
-            return
+            return None
         evidence = assess(trial, promote)
         trial.ready = evidence.status == "non_inferior"
         if not trial.ready:
-            ctx.log("promote", subject, False, evidence.reason)
-            return
-        challenger = self.canary(model) if self.canary is not None else name
+            if not quiet:
+                ctx.log("promote", subject, False, evidence.reason)
+            return None
+        return evidence
+
+    def _registry_challenger(self, ctx: DecideContext, trial: Trial, evidence: CandidateEvidence) -> None:
+        """Request a ready trial only if the registry names it the challenger."""
+        name, model = trial.candidate_version, trial.model
+        assert self.canary is not None, "only with a registry"
+        challenger = self.canary(model)
         if challenger != name:
             ctx.log(
                 "promote",
-                subject,
+                f"promote {model}/{name}",
                 False,
                 f"ready, but the registry's challenger is {challenger or 'unknown'}",
             )
             return
+        self._request(ctx, trial, evidence)
+
+    def _one_at_a_time(self, ctx: DecideContext, judged: list[tuple[Trial, CandidateEvidence]]) -> None:
+        """Request the best-supported ready trial unless the model has a promotion pending; hold the rest."""
+        state, model = ctx.state.promotion, judged[0][0].model
+        held = hold(state.pending, ctx.stable, model, ctx.now, ctx.policy.cooldown)
+        waiting = [t for t, _ in judged]
+        if held is None:
+            state.pending = None
+            # The challengers ready from earlier steps compete with the ones judged now.
+            fresh = {t.candidate_version for t in waiting}
+            for other in [t for t in state.trials.values() if t.ready and t.candidate_version not in fresh]:
+                if (evidence := self._judge(ctx, other)) is not None:
+                    judged.append((other, evidence))
+            trials = {t.candidate_version: t for t, _ in judged}
+            best, why = choose([e for _, e in judged], ctx.policy.promote)
+            waiting = [trials[v] for v in sorted(trials) if v != best.candidate_version]
+            event = self._request(
+                ctx, trials[best.candidate_version], best, why, [t.candidate_version for t in waiting]
+            )
+            state.pending = PendingPromotion(
+                version=best.candidate_version,
+                from_version=best.stable_version,
+                event_id=event.id,
+                at=event.time,
+                requested_at=ctx.now,
+            )
+            held = hold(state.pending, ctx.stable, model, ctx.now, ctx.policy.cooldown)
+        for trial in waiting:
+            ctx.log("promote", f"promote {model}/{trial.candidate_version}", False, held or "held")
+
+    def _request(
+        self,
+        ctx: DecideContext,
+        trial: Trial,
+        evidence: CandidateEvidence,
+        chosen: str = "",
+        chosen_over: Sequence[str] = (),
+    ) -> CloudEvent:
+        """Publish (dry-run: log) the promotion request of a ready trial; it is never requested again."""
+        state, policy = ctx.state.promotion, ctx.policy
+        name, subject = trial.candidate_version, f"promote {trial.model}/{trial.candidate_version}"
         assert trial.window_end is not None, "a promotable trial has windows"
         event = promotion_event(
-            evidence, trial, policy=policy.name, mode=policy.mode, source=policy.source, at=trial.window_end
+            evidence,
+            trial,
+            policy=policy.name,
+            mode=policy.mode,
+            source=policy.source,
+            at=trial.window_end,
+            chosen=chosen,
+            chosen_over=chosen_over,
         )
         state.requested[name] = event.id
         for old in list(state.requested)[:-_MAX_REQUESTED]:
             del state.requested[old]
         del state.trials[name]
+        reason = f"{evidence.reason}; {chosen}" if chosen else evidence.reason
         if policy.mode == "dry-run":
             ctx.decision.dry_run_actions.append(event)
             ctx.log("promote", subject, False, f"dry-run: would publish {event.type} {event.id}")
         else:
             ctx.decision.actions.append(event)
-            ctx.log("promote", subject, True, f"{event.type} {event.id}: {evidence.reason}")
+            ctx.log("promote", subject, True, f"{event.type} {event.id}: {reason}")
+        return event
