@@ -11,7 +11,7 @@ unique and the de-duplication does not shrink the workload.
 It measures, in batches of ``--batch`` events as the stream would hand them over:
 
 (a) curation alone (rules + redaction + hashing): joined events/s;
-(b) the idempotent write (Delta MERGE on the content hash): curated rows/s;
+(b) the idempotent write (content hashes looked up, new rows appended): curated rows/s;
 (c) baseline: the same rows appended with ``write_deltalake(mode="append")``;
 (d) a replay of every batch (the crash-recovery path): rows/s, rows inserted (must be 0);
 

@@ -11,7 +11,9 @@ revision of its WindowClosed says, and the earlier detection time (before
 its WindowClosed, the larger counts its detections saw), so slow detectors
 and late corrections complete their window's row. A batch replayed after a crash (the
 stream acks its offsets only after :meth:`HistoryStore.write` returns) adds
-nothing. Dead letters are *counted*, and a replayed batch may be cut at other
+nothing. Workers that share the root merge into the same tables: a merge
+that lost the race for a commit is merged again on the new snapshot, which
+the unique keys make safe. Dead letters are *counted*, and a replayed batch may be cut at other
 offsets than the first time, so a merge on the row alone could count some
 twice: each commit to ``deadletters`` also records, per dead-letter topic
 partition, the last offset it counted (a Delta transaction id, written
@@ -28,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -41,7 +44,7 @@ from curation.history import (
     deadletter_rows,
     merge_windows,
 )
-from curation.store import DeltaRoot, create_table
+from curation.store import ConflictLog, DeltaRoot, create_table, retry_conflicts
 
 #: Tables whose rows the stream derives from events one by one (dead letters are counted apart).
 EVENT_TABLES = ("windows", "detections", "alerts", "actions")
@@ -116,17 +119,24 @@ class HistoryStore(DeltaRoot):
         *,
         now: datetime | None = None,
         commit_metadata: Mapping[str, str] | None = None,
+        conflicts: ConflictLog | None = None,
     ) -> dict[str, int]:
-        """Merge a batch into its tables (rows past the retention dropped); rows inserted per table."""
+        """Merge a batch into its tables (rows past the retention dropped); rows inserted per table.
+
+        A merge that lost a race with another writer's commit is merged again
+        on the new snapshot, as often as it takes, and counted in ``conflicts``.
+        """
         first = self.first_day(now or datetime.now(UTC))
         metadata = dict(commit_metadata or {})
+        conflicts = conflicts or ConflictLog("history write")
         inserted: dict[str, int] = {}
         for table, rows in batch.rows.items():
             fresh = [row for row in rows if first is None or row["day"] >= first]
             if fresh:
-                inserted[table] = self._merge(table, fresh, metadata)
+                inserted[table] = retry_conflicts(partial(self._merge, table, fresh, metadata), conflicts)
         for topic, letters in batch.letters.items():
-            count = self._count_letters(topic, letters, first, metadata)
+            count_letters = partial(self._count_letters, topic, letters, first, metadata)
+            count = retry_conflicts(count_letters, conflicts)
             if count:
                 inserted["deadletters"] = inserted.get("deadletters", 0) + count
         return inserted

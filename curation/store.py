@@ -5,15 +5,25 @@ partitioned by ``model`` and ``date`` (the inference date). ``root`` is a local
 path or an object-store URI (``s3://``, ``gs://``, ``az://``; credentials through
 ``storage_options``); nothing else changes.
 
-Crash safety. A batch is written with one Delta ``MERGE`` per table that inserts
-only the rows whose ``content_hash`` is not in the table yet. The rules and the
-redaction are deterministic, so a replayed event yields the same row id and the
-same content hash: replaying a batch after a crash (the stream layer commits
-Kafka offsets only after :meth:`DatasetStore.write` returns) inserts nothing
-twice, and a Delta commit is atomic, so nothing is half-written. Merging on the
+Crash safety. A batch inserts only the rows whose ``content_hash`` is not in
+the table yet: the hashes are looked up in the table's snapshot, and the new
+rows are appended in one commit. The rules and the redaction are
+deterministic, so a replayed event yields the same row id and the same
+content hash: replaying a batch after a crash (the stream layer commits Kafka
+offsets only after :meth:`DatasetStore.write` returns) inserts nothing twice,
+and a Delta commit is atomic, so nothing is half-written. Keying on the
 content hash rather than the row id also de-duplicates identical content
-that arrives in different batches; an equality join keeps the merge a hash
-join (an ``OR`` of both keys made it ten times slower).
+that arrives in different batches.
+
+Several writers. Workers that share the root append at once. Each commit
+names the hash buckets of its rows (the first :data:`BUCKET_CHARS` hex digits
+of each ``content_hash``) as Delta app transactions, and Delta fails a commit
+whose app ids a concurrent commit also wrote: two writers that may insert the
+same row always conflict, and the loser looks its rows up again in the new
+snapshot (:func:`retry_conflicts`). Commits with no bucket in common, nearly all
+of them, are rebased by delta-rs without an error. A ``MERGE`` on the content
+hash, as earlier versions wrote, reads the whole table, so any two concurrent
+writes conflicted.
 
 Tags. ``snapshot`` records ``loopwatch.tag.<TAG> = <version>`` as a Delta table
 property (a metadata-only commit, so it travels with the table to any object
@@ -29,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +54,9 @@ T = TypeVar("T")
 TAG_PREFIX = "loopwatch.tag."
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PARTITION_BY = ["model", "date"]
+#: Hex digits of a content hash that name its bucket: 4096 buckets, so two
+#: concurrent batches of 20 new rows share one about one time in ten.
+BUCKET_CHARS = 3
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 _SOURCE = pa.struct(
@@ -223,40 +237,52 @@ class DatasetStore(DeltaRoot):
         *,
         now: datetime | None = None,
         commit_metadata: Mapping[str, str] | None = None,
+        conflicts: ConflictLog | None = None,
     ) -> WriteResult:
-        """Merge a batch into its tables; replaying the same batch inserts nothing.
+        """Insert a batch's new rows into their tables; replaying the same batch inserts nothing.
 
         Rows older than the retention are dropped first. ``commit_metadata``
         (e.g. the Kafka offsets the batch ends at) is stored in each Delta commit.
+        A commit that lost a race with another writer's is made again on the
+        new snapshot, as often as it takes, and counted in ``conflicts``.
         Returns the table versions after the write.
         """
-        from deltalake import CommitProperties
-
         now = now or datetime.now(UTC)
         cutoff = self.cutoff(now)
         fresh = [row for row in rows if cutoff is None or row.event_time >= cutoff]
+        conflicts = conflicts or ConflictLog("dataset write")
         versions: dict[DatasetKind, int] = {}
         inserted: dict[DatasetKind, int] = {}
         metadata = {"loopwatch.rows": str(len(fresh)), **(commit_metadata or {})}
         for kind in DATASET_KINDS:
             batch = _unique([row for row in fresh if row.kind == kind])
-            if not batch:
-                continue
-            table = self._writable(kind)
-            metrics = (
-                table.merge(
-                    to_arrow(batch, now),
-                    predicate="t.content_hash = s.content_hash",
-                    source_alias="s",
-                    target_alias="t",
-                    commit_properties=CommitProperties(custom_metadata=metadata),
-                )
-                .when_not_matched_insert_all()
-                .execute()
-            )
-            inserted[kind] = int(metrics["num_target_rows_inserted"])
-            versions[kind] = table.version()
+            if batch:
+                insert = partial(self._insert, kind, batch, now, metadata)
+                inserted[kind], versions[kind] = retry_conflicts(insert, conflicts)
         return WriteResult(versions, inserted, expired=len(rows) - len(fresh))
+
+    def _insert(
+        self, kind: DatasetKind, batch: list[CuratedRow], now: datetime, metadata: Mapping[str, str]
+    ) -> tuple[int, int]:
+        """Append the rows the table's snapshot lacks, in one commit: (rows inserted, table version)."""
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        table = self._writable(kind)
+        present = _present(table, {row.content_hash for row in batch})
+        new = [row for row in batch if row.content_hash not in present]
+        if new:
+            stamp = int(now.timestamp() * 1000)
+            buckets = sorted({_bucket(kind, row.content_hash) for row in new})
+            write_deltalake(
+                table,
+                to_arrow(new, now),
+                mode="append",
+                commit_properties=CommitProperties(
+                    custom_metadata=dict(metadata),
+                    app_transactions=[Transaction(bucket, stamp) for bucket in buckets],
+                ),
+            )
+        return len(new), int(table.version())
 
     def latest_versions(self) -> dict[DatasetKind, int]:
         """The current version of every table that exists."""
@@ -380,18 +406,86 @@ def create_table(
     )
 
 
-def with_retries(write: Callable[[], T], what: str, attempts: int = 10) -> T:
-    """Run a Delta write, again after a failure (most often a commit conflicting with another worker's).
+class ConflictLog:
+    """Counts the commits that lost a race with another writer; one INFO line a minute says how many.
 
-    Runs in the stream runtime's thread, so the backoff blocks no event loop. The
-    pause doubles from 0.4 s up to 5 s, each drawn between half and all of it, so
-    two workers that conflicted do not retry in step (about 30 s in all). Each
-    retry logs one line; the last failure is raised, and the worker's restart
-    replays the batch.
+    A conflict is expected when several workers share a root: it costs a look
+    at the new snapshot and a retry, so it is counted (``on_conflict``, e.g. a
+    metric) rather than warned about each time.
     """
-    for attempt in range(1, attempts + 1):
+
+    def __init__(
+        self, what: str, on_conflict: Callable[[], None] | None = None, every_seconds: float = 60.0
+    ) -> None:
+        self.what = what
+        self.on_conflict = on_conflict
+        self.every_seconds = every_seconds
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def record(self) -> None:
+        """Count one conflict; log the count when the last line is a minute old."""
+        self.total += 1
+        self._unlogged += 1
+        if self.on_conflict is not None:
+            self.on_conflict()
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= self.every_seconds:
+            log.info(
+                "%s: %d commit conflicts with other writers of the same tables since the last line"
+                " (%d since start), each retried on a fresh snapshot",
+                self.what,
+                self._unlogged,
+                self.total,
+            )
+            self._unlogged = 0
+            self._logged_at = now
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True for a Delta commit that lost a race with a concurrent commit (retrying it is always safe)."""
+    from deltalake.exceptions import CommitFailedError
+
+    return isinstance(exc, CommitFailedError)
+
+
+def retry_conflicts(write: Callable[[], T], conflicts: ConflictLog) -> T:
+    """Run a Delta write again, without end, each time its commit lost a race with another writer's.
+
+    ``write`` must re-read the table (its snapshot is stale after a conflict).
+    It never gives up: each conflict means another writer committed, so the
+    writers as a whole progress. The pause is 0.05 s doubling up to 2 s while
+    conflicts follow one another, each drawn between half and all of it, so
+    the writers do not retry in step. Other failures are raised.
+    """
+    in_a_row = 0
+    while True:
         try:
             return write()
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            conflicts.record()
+            in_a_row += 1
+            time.sleep(min(0.025 * 2**in_a_row, 2.0) * random.uniform(0.5, 1.0))
+
+
+def with_retries(
+    write: Callable[[], T], what: str, attempts: int = 10, conflicts: ConflictLog | None = None
+) -> T:
+    """Run a Delta write until it commits: conflicts retried without end, other failures ``attempts`` times.
+
+    Runs in the stream runtime's thread, so a pause blocks no event loop.
+    Conflicts are retried by :func:`retry_conflicts` and only counted
+    (``conflicts``); they use up no attempt. Any other failure pauses 0.4 s
+    doubling up to 5 s (about 30 s in all), logs one line per retry, and the
+    last one is raised: the worker's restart replays the batch.
+    """
+    conflicts = conflicts or ConflictLog(what)
+    for attempt in range(1, attempts + 1):
+        try:
+            return retry_conflicts(write, conflicts)
         except Exception as exc:
             if attempt == attempts:
                 raise
@@ -408,6 +502,22 @@ def with_retries(write: Callable[[], T], what: str, attempts: int = 10) -> T:
             )
             time.sleep(pause)
     raise AssertionError("unreachable")
+
+
+def _bucket(kind: str, content_hash: str) -> str:
+    """The app transaction id of a row's hash bucket: writers of one bucket conflict."""
+    return f"loopwatch.dataset.{kind}.{content_hash[:BUCKET_CHARS]}"
+
+
+def _present(table: Any, hashes: set[str]) -> set[str]:
+    """Which of ``hashes`` the table's snapshot already holds (a scan of its content_hash column)."""
+    import pyarrow.dataset as ds
+
+    wanted = pa.array(sorted(hashes), pa.string())  # typed: an empty set is no null-typed array
+    found = table.to_pyarrow_dataset().to_table(
+        columns=["content_hash"], filter=ds.field("content_hash").isin(wanted)
+    )
+    return set(found.column("content_hash").to_pylist())
 
 
 def _unique(rows: Sequence[CuratedRow]) -> list[CuratedRow]:

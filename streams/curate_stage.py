@@ -7,11 +7,14 @@ requests go to safety review, never to SFT) and curated by the pure rules in
 :mod:`curation.rules`. The merge into the Delta tables is the unit's blocking
 call (``Effects.calls``): the runtime runs it in a thread after the unit's
 records (its dead letters) are acknowledged and *before* its offsets are
-acked. A crash between the write and the commit replays the batch; the merge
-on each row's content hash makes that replay insert nothing, so rows are
-neither lost nor duplicated. Each commit's metadata names the batch's last
-offsets (``loopwatch.offsets``). A write that still fails after its retries
-crashes the worker, whose restart processes the batch again.
+acked. A crash between the write and the commit replays the batch; the
+look-up of each row's content hash makes that replay insert nothing, so rows
+are neither lost nor duplicated. Each commit's metadata names the batch's last
+offsets (``loopwatch.offsets``). Workers sharing the datasets root may race
+for a commit: the loser writes again on the new snapshot, as often as it takes
+(counted in ``loopwatch_delta_write_conflicts_total{store="datasets"}``). A
+write that fails otherwise after its retries crashes the worker, whose restart
+processes the batch again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from core.settings import Settings
 from curation import CurationConfig, ToxicityFlag, ToxicityVerdict
 from curation.rows import CuratedRow
 from curation.rules import CurationResult, curate
-from curation.store import DatasetStore, WriteResult, with_retries
+from curation.store import ConflictLog, DatasetStore, WriteResult, with_retries
 from detectors.scorers import ProfanityScorer
 from schemas.events import JoinedFeedback
 from streams.ingest import Accepted, Rejected, decode
@@ -70,6 +73,7 @@ class CurateStage(Stage):
         self.store = DatasetStore(settings.datasets_uri(), retention_days=settings.dataset_retention_days)
         self.scorer = ProfanityScorer()
         self.flag_threshold = settings.toxicity_flag_threshold
+        self.conflicts = ConflictLog("dataset write", metrics.delta_conflicts.labels("datasets").inc)
 
     async def handle(self, batch: Batch, now: float) -> Effects:
         """Curate a batch; its Delta write is a call the runtime makes before the offsets are acked."""
@@ -97,4 +101,8 @@ class CurateStage(Stage):
 
     def _write_rows(self, rows: list[CuratedRow], metadata: dict[str, str]) -> WriteResult:
         # A write that still fails raises: the worker restarts and replays the batch, losing nothing.
-        return with_retries(lambda: self.store.write(rows, commit_metadata=metadata), "dataset write")
+        return with_retries(
+            lambda: self.store.write(rows, commit_metadata=metadata, conflicts=self.conflicts),
+            "dataset write",
+            conflicts=self.conflicts,
+        )

@@ -17,7 +17,10 @@ unit's offsets, so nothing acked is unwritten; batches that arrive while a
 write runs are merged into the next unit by the runtime, so a busy history
 writes fewer, larger commits. The merge on each table's unique key (and the
 dead-letter offsets recorded in each commit) makes a replay after a crash add
-nothing: see :mod:`curation.history_store`.
+nothing: see :mod:`curation.history_store`. A merge that lost a race with
+another worker's commit to the same table is merged again on the new
+snapshot, as often as it takes (counted in
+``loopwatch_delta_write_conflicts_total{store="history"}``).
 
 Every ``history_compact_seconds`` the worker owning partition 0 of the
 dead-letter topic expires, compacts and vacuums the tables (a tick's blocking
@@ -47,7 +50,7 @@ from curation.history import (
     window_row,
 )
 from curation.history_store import HistoryBatch, HistoryStore
-from curation.store import with_retries
+from curation.store import ConflictLog, with_retries
 from detectors.registry import all_detectors
 from detectors.thresholds import threshold_of
 from schemas.events import Alert, CloudEvent, DeadLetter, Detection, WindowClosed
@@ -119,6 +122,7 @@ class HistoryStage(Stage):
         self.counted = WindowInputs(load_specs(settings.detectors_file))
         self.compact_seconds = settings.history_compact_seconds
         self.maintained = time.monotonic()  # the first maintenance comes one interval after start
+        self.conflicts = ConflictLog("history write", metrics.delta_conflicts.labels("history").inc)
 
     def _decoder(self, model: type[BaseModel]) -> Decoder:
         def decoder(message: Any, now: float) -> Accepted[Any] | Rejected:
@@ -156,7 +160,8 @@ class HistoryStage(Stage):
 
     def _write(self, rows: HistoryBatch) -> None:
         """Merge the rows into Delta (in the runtime's thread), retrying conflicts with other workers."""
-        inserted = with_retries(lambda: self.store.write(rows), "history write")
+        write = partial(self.store.write, rows, conflicts=self.conflicts)
+        inserted = with_retries(write, "history write", conflicts=self.conflicts)
         for table, count in inserted.items():
             self.metrics.history_rows.labels(table).inc(count)
 

@@ -227,6 +227,12 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.delta_conflicts = Counter(
+            "loopwatch_delta_write_conflicts",
+            "Delta commits that lost a race with another writer of the same table, retried on a new snapshot",
+            ["store"],
+            registry=r,
+        )
 
         self.detections_decided = Counter(
             "loopwatch_detections_decided", "Detections run through the decide pipeline", registry=r
