@@ -147,6 +147,13 @@ class Settings(BaseSettings):
         "rocksdb", description="Where join states wait: on disk (RocksDB under data_dir) or in RAM"
     )
     commit_interval_seconds: float = Field(1.0, gt=0, description="Offset commit interval")
+    session_timeout_seconds: float = Field(
+        10.0,
+        ge=3.0,
+        le=300.0,
+        description="A worker that stops answering (kill -9, a blocked event loop) loses its partitions after"
+        " this long: lower moves a crashed worker's windows on sooner, and drops a busy worker more readily",
+    )
 
     web_host: str = Field("127.0.0.1", description="Bind address of /metrics and /health")
     web_port: int = Field(6066, ge=0, le=65535, description="Port of /metrics and /health")

@@ -131,9 +131,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         producer_max_batch_size=min(1 << 20, settings.max_record_bytes),
         # Larger fetches: fewer round trips through faust's consumer thread.
         consumer_max_fetch_size=32 << 20,
-        # A crashed worker's partitions move on after 10 s instead of faust's 60 s.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
+        # A crashed worker's partitions move on after 10 s (by default) instead of faust's 60 s; a
+        # heartbeat at most a third of it apart, so one late heartbeat does not cost the session.
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(2.0, settings.session_timeout_seconds / 3),
         # faust logs a partition as stalled when its records wait this long (see
         # FastDrainConsumer._report_progress for how batch topics report progress).
         stream_processing_timeout=settings.stream_stall_seconds,

@@ -198,9 +198,9 @@ class DetectStage(Stage):
 
     async def handle(self, batch: Batch, now: float) -> Effects:
         """Merge a batch of partial summaries; judge the windows they complete."""
-        # The runtime drops messages of a revoked assignment: one of a partition revoked here came under
-        # the new one, recovered though faust may still say rebalancing (skipped, it was merged by no one).
-        settled = any(message.partition in self.revoked for message, _ in batch.accepted)
+        # The runtime drops messages of a revoked assignment: one of a partition revoked or new here came
+        # under the new one (recovered, though faust may still say rebalancing): restore it before merging.
+        settled = not {m.partition for m, _ in batch.accepted} <= self.assigned - self.revoked
         effects = self._unit(now, settled=settled)
         late, duplicates = self.windows.late_events, self.windows.duplicate_events
         # While a rebalance is under way nothing closes: the partition may be on its way to another worker.

@@ -194,13 +194,13 @@ def test_a_rollback_request_says_how_long_the_canary_kept_serving_and_which_wind
             "2026-12-02T00:45:00Z",
         )
         assert after["lines"] == [
-            "v2 kept serving 6 windows after the request, 00:43:00 → 00:45:00 (window time):"
-            " the rollback was not in effect for at least 100 s",
+            # Issue 12 trial 12f: one span (2 min, six 20 s windows), not "at least 100 s" beside it.
+            "v2 kept serving 6 windows (2 min 0 s of window time) after the request: 00:43:00-00:45:00",
             "verified on 1 window of v1 00:45:00 → 00:45:20, after v2's last window (ended 00:45:00)",
         ]
         assert after["counted"]["windows"] == 1
         html = client.get("/incidents").text
-        assert "the rollback was not in effect for at least 100 s" in html
+        assert "v2 kept serving 6 windows (2 min 0 s of window time) after the request" in html
 
 
 def test_a_canary_that_stopped_at_once_says_so_and_an_older_verification_quotes_its_numbers(

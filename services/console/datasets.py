@@ -35,6 +35,9 @@ class DatasetTable(BaseModel):
     version: int
     rows: int
     versions: list[TableVersion]
+    versions_written: int = Field(
+        0, description="Versions the table has had, 0 to version (only the newest MAX_VERSIONS are listed)"
+    )
     tags: dict[str, int]
     export: str
 
@@ -72,6 +75,7 @@ def datasets_view(store: DatasetStore) -> Datasets:
                 version=latest.version,
                 rows=latest.rows or 0,
                 versions=versions,
+                versions_written=latest.version + 1,
                 tags=store.tags(kind),
                 export=f"loopwatch dataset export --root {store.root} --table {kind}"
                 f" --version {latest.version} --output {kind}-v{latest.version}.jsonl",

@@ -141,12 +141,11 @@ def _after_lines(after: RollbackAfter, target: str, outcome: ActionRow | None) -
     elif n == 0:
         lines = [f"{version} served no window after the request (none: it stopped at once)"]
     else:
-        # It served in its last window, so for at least as long as that window's start is after the request.
-        late = _seconds(after.request_window_end, after.served_last_start)
+        # One span, one clock: from the request's window end to the end of its last window, in window time.
+        span = _seconds(after.request_window_end, after.served_last_end)
         lines = [
-            f"{version} kept serving {count_of(n, 'window')} after the request,"
-            f" {hms(after.served_first_start)} → {hms(after.served_last_end)} (window time):"
-            f" the rollback was not in effect for at least {late}"
+            f"{version} kept serving {count_of(n, 'window')} ({span} of window time) after the request:"
+            f" {hms(after.request_window_end)}-{hms(after.served_last_end)}"
         ]
     if outcome is None:
         return lines
@@ -174,3 +173,30 @@ def count_of(n: int, what: str) -> str:
 def _seconds(start: datetime | None, end: datetime | None) -> str:
     seconds = max(int((end - start).total_seconds()), 0) if start and end else 0
     return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60} s"
+
+
+class RollbackState(BaseModel):
+    """Where a version's latest rollback stands, for its row on the Overview."""
+
+    rollback_id: str = Field(description="The rollback request's CloudEvent id")
+    state: str = Field(description="rolled back to s1 (verified), rollback requested, rollback failed")
+
+
+def rollback_states(actions: Sequence[ActionRow]) -> dict[tuple[str, str], RollbackState]:
+    """Per (model, rolled-back version): its latest rollback request and what its verification said."""
+    outcomes = {a.id.rsplit(".", 1)[0]: a for a in actions if a.verified is not None}  # <id>.verified/.failed
+    states: dict[tuple[str, str], RollbackState] = {}
+    requests = [a for a in actions if a.type == EVENT_TYPES["rollback"] and a.model and a.from_version]
+    for action in sorted(requests, key=lambda a: a.time or datetime.min.replace(tzinfo=UTC)):
+        outcome = outcomes.get(action.id)
+        target = action.target_version or "the stable version"
+        if outcome is None:
+            state = f"rollback to {target} requested (not verified yet)"
+        elif outcome.verified:
+            state = f"rolled back to {target} (verified)"
+        else:
+            state = f"rollback to {target} failed: {outcome.reason or 'no reason given'}"
+        states[(action.model or "", action.from_version or "")] = RollbackState(
+            rollback_id=action.id, state=state
+        )
+    return states

@@ -17,7 +17,14 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from retrain_trigger.policy import Policy
-from services.console.incidents import CountedWindows, RollbackAfter, after_rollback, counted_windows
+from services.console.incidents import (
+    CountedWindows,
+    RollbackAfter,
+    RollbackState,
+    after_rollback,
+    counted_windows,
+    rollback_states,
+)
 from services.console.policy_explain import PolicyReport, policy_report
 from services.console.reader import ConsoleError, HistoryReader, day_range
 from services.console.series import (
@@ -86,6 +93,7 @@ class SegmentRow(BaseModel):
     not_judged_windows: int = Field(0, description="Windows whose detectors had too few samples, all of them")
     never_judged: list[str] = Field(default_factory=list, description="Slow detectors that judged no window")
     open_alerts: int = 0
+    rollback: RollbackState | None = Field(None, description="Its latest rollback request and how it went")
 
 
 class ModelRow(BaseModel):
@@ -227,7 +235,9 @@ def overview_view(
     alerts = _alert_rows(history.read("alerts", days))
     open_alerts = [a for a in _latest_per_fingerprint(alerts) if a.status == "firing" and not _silence(a)]
     stable = dict(stable_versions or {})
-    for action in _action_rows(history.read("actions", days)):
+    actions = _action_rows(history.read("actions", days))
+    rolled_back = rollback_states(actions)
+    for action in actions:
         if action.type == ROLLBACK_REQUESTED and action.model and action.target_version:
             stable[action.model] = action.target_version  # the latest rollback says what is stable now
     # Arrow's hash aggregations: a day of 50 segments is 72,000 windows, too many for Python loops.
@@ -270,6 +280,7 @@ def overview_view(
                 not_judged_windows=unjudged,
                 never_judged=unjudged_by.get(key, []),
                 open_alerts=sum(1 for a in open_alerts if (a.model, a.model_version) == (model, version)),
+                rollback=rolled_back.get((model, version)),
             )
         )
     models: dict[str, list[SegmentRow]] = {}

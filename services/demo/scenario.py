@@ -215,6 +215,8 @@ def demo_policy(path: Path) -> Path:
     """The default policy, with alerts resolving 15 s after their last evidence (not 30 min),
     and one more rule, so that the demo's incident also leads to a retrain request."""
     policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    # Its own name: the console and each action say which policy decided, and this is not the built-in one.
+    policy["name"] = "demo"
     policy["resolve_timeout"] = "15s"
     policy["rules"].append(_DEMO_RULE)
     # A firing rollback normally holds retrain requests for its model; the demo shows both.

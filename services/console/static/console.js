@@ -76,6 +76,19 @@ function layout(times, shared, least) {
   return { ...LAYOUT, xaxis: xaxis(times, shared, least) };
 }
 
+function windowTicks(plot, times, windowSeconds) {
+  // Ticks on window boundaries (every window, or every 2nd, 3rd, 5th, ...: at most about 8), so a bar or
+  // point reads against its own window; Plotly's own steps (15 s) fell inside 20 s windows.
+  const ms = times.map((t) => new Date(t).getTime()).filter((t) => !Number.isNaN(t));
+  const range = (plot.xaxis.range || []).map((t) => new Date(t).getTime());
+  if (!windowSeconds || !ms.length || range.length !== 2) return plot;
+  const windowMs = windowSeconds * 1000;
+  const step = [1, 2, 3, 5, 6, 10, 15, 30, 60, 120, 180, 360, 720, 1440]
+    .find((k) => (range[1] - range[0]) / (k * windowMs) <= 8) || 1440;
+  Object.assign(plot.xaxis, { tick0: new Date(Math.min(...ms)).toISOString(), dtick: step * windowMs });
+  return plot;
+}
+
 function integerTicks(axis, step) {
   // Counts are whole: ticks on whole numbers (Plotly put 0.5 and 1.5 between 0, 1 and 2 letters);
   // the step comes from the page's API (count_step).
@@ -151,7 +164,7 @@ function drawSegment(view) {
     traffic[0].width = width / 2;
     traffic.push(bars(view.window_start, view.feedback_events, "feedback events", width / 2, width / 2));
   }
-  const events = layout(view.window_start, shared);
+  const events = windowTicks(layout(view.window_start, shared), view.window_start, view.window_seconds);
   const counts = [...view.events, ...(view.feedback_events || [])];
   events.yaxis = integerTicks(yaxis("events", counts), view.count_step);
   Plotly.newPlot("chart-events", traffic, events, CONFIG);
@@ -189,7 +202,7 @@ function drawSegment(view) {
       unjudged(document.getElementById(`chart-${i}`), d);
       return;
     }
-    const plot = layout(d.window_start, shared);
+    const plot = windowTicks(layout(d.window_start, shared), view.window_start, view.window_seconds);
     plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...d.threshold],
                        d.threshold_kind === "alpha");
     if (d.slow && (d.skipped || []).length) {
@@ -222,7 +235,7 @@ function drawSegment(view) {
         ? { x: d.window_start, y: d.measurements[n], mode: "lines", name: names[n] || `${n} (bound)`,
             line: { ...THRESHOLD_LINE, dash: (styles[n] || THRESHOLD_LINE).dash } }
         : styled({ x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: names[n] || n }, styles[n])));
-      const plot = layout(d.window_start, shared);
+      const plot = windowTicks(layout(d.window_start, shared), view.window_start, view.window_seconds);
       if (!compared) plot.legend = { ...plot.legend, title: { text: `on ${view.model_version}:` } };
       plot.yaxis = yaxis(unit, byUnit[unit].flatMap((n) => d.measurements[n]));
       Plotly.newPlot(id, traces, plot, CONFIG);
