@@ -55,6 +55,8 @@ TIMESTAMP_PATTERN = _LOCAL_DATE_TIME + r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 #: a wrong value of the right type, which the dead letter names as such.
 NAIVE_TIMESTAMP = re.compile(_LOCAL_DATE_TIME + "$")
 NAIVE_TIMESTAMP_ERROR = "needs a UTC offset, e.g. 2026-11-01T10:00:00Z or 2026-11-01T11:00:00+01:00"
+#: The same with a space for the T (Python's ``str()`` of a datetime), with or without an offset.
+SPACED_TIMESTAMP = re.compile(_LOCAL_DATE_TIME.replace("T(", " (", 1) + r"(Z|[+-]\d\d:\d\d)?$")
 
 # Numbers as I-JSON (RFC 7493) has them, so that every JSON reader holds them
 # exactly: finite doubles, and integers a double represents without loss.

@@ -22,6 +22,7 @@ from detectors.frame import describe
 from schemas.events import (
     NAIVE_TIMESTAMP,
     NAIVE_TIMESTAMP_ERROR,
+    SPACED_TIMESTAMP,
     DeadLetter,
     DeadLetterReason,
     Descriptors,
@@ -93,6 +94,8 @@ _PRIORITY = [
 _TOO_LONG = {"string_too_long", "too_long", "bytes_too_long"}
 #: The detail's type of a date-time without an offset (``invalid_value``, not ``wrong_type``).
 NAIVE_TIMESTAMP_TYPE = "timestamp_without_offset"
+#: ... and of one with a space where RFC 3339 has a T (``invalid_value`` too).
+SPACED_TIMESTAMP_TYPE = "timestamp_without_t"
 
 
 def decode(raw: bytes | None, model: type[EventT], *, max_bytes: int) -> Accepted[EventT] | Rejected:
@@ -250,10 +253,16 @@ def _classify(exc: ValidationError, model_name: str) -> Rejected:
 
 
 def _naive_timestamp(error: Any) -> Any:
-    """``error`` as a timestamp without an offset when it is one (the right type, a wrong value)."""
+    """``error`` as a date-time that only lacks its offset or its T (the right type, a wrong value)."""
     given = error.get("input")
-    if error["type"] == "timestamp_parsing" and isinstance(given, str) and NAIVE_TIMESTAMP.match(given):
+    if error["type"] != "timestamp_parsing" or not isinstance(given, str):
+        return error
+    if NAIVE_TIMESTAMP.match(given):
         return {**error, "type": NAIVE_TIMESTAMP_TYPE, "msg": NAIVE_TIMESTAMP_ERROR}
+    if SPACED_TIMESTAMP.match(given):
+        has_offset = given.endswith("Z") or given[-6] in "+-"
+        missing = "a T between the date and the time" + ("" if has_offset else " and a UTC offset")
+        return {**error, "type": SPACED_TIMESTAMP_TYPE, "msg": f"needs {missing}, e.g. 2026-11-01T10:00:00Z"}
     return error
 
 
