@@ -365,7 +365,7 @@ class DetectStage(Stage):
         try:
             self._judge(effects, window, now, waited=waited)
         except Exception:
-            self._failed(f"a {window.kind} window of {segment_key(window.segment)} from {window.start}")
+            self._failed(f"the {window.kind} window of {segment_key(window.segment)} from {window.start}")
 
     def _failed(self, what: str) -> None:
         self.metrics.detector_errors.labels("detect-stage").inc()
@@ -481,11 +481,11 @@ class DetectStage(Stage):
         try:
             judged, failed = await self.slow.judge(window, reference, specs)
         except asyncio.CancelledError:
-            log.warning("stopping: the slow detections of a %s window are not published", window.kind)
+            log.warning("stopping: the slow detections of the %s window are not published", window.kind)
             raise
         except Exception:
             # Returned, not raised: the stage must hear of it to free the window's queue slot.
-            log.exception("slow detectors failed on a %s window", window.kind)
+            log.exception("slow detectors failed on the %s window", window.kind)
             return SlowResult(window, reference, [], [], crashed=True, pending=pending)
         return SlowResult(window, reference, judged, failed, pending=pending)
 
@@ -520,7 +520,7 @@ class DetectStage(Stage):
         self.revoked |= partitions
         self.assigned -= partitions
         self._forget(partitions)
-        log.info("summaries partitions %s revoked: their windows are dropped unjudged", sorted(partitions))
+        log.info("summaries partitions %s revoked: the new owner restores their windows", sorted(partitions))
 
     def _forget(self, partitions: set[int]) -> None:
         """Windows of partitions another worker merges now: dropped unjudged (that worker restores them)."""

@@ -18,15 +18,17 @@ if TYPE_CHECKING:
 
 _DATASET_TABLES = ["sft", "preference", "golden", "safety_review"]
 _ROOT_OPTION = click.option(
-    "--root", default=None, help="Dataset root: a folder or object-store URI [default: <data_dir>/datasets]"
+    "--root",
+    default=None,
+    help="Dataset root: a folder or object-store URI [default: LOOPWATCH_DATASETS_ROOT, <data_dir>/datasets]",
 )
 
 
 def _dataset_store(root: str | None, retention_days: int | None = None) -> DatasetStore:
-    """The dataset store under --root, else under the settings' data_dir."""
+    """The dataset store under --root, else where the workers write it (the settings' datasets_uri)."""
     from curation.store import DatasetStore
 
-    root = root or str(Path(settings_from_flags().data_dir) / "datasets")
+    root = root or settings_from_flags().datasets_uri()
     return DatasetStore(root, retention_days=retention_days)
 
 
