@@ -188,7 +188,7 @@ def test_slow_work_cancelled_by_a_stopping_worker_says_its_detections_are_not_pu
 
     with caplog.at_level(logging.WARNING, "loopwatch.detect"):
         asyncio.run(scenario())
-    assert "stopping: the slow detections of a inference window are not published" in caplog.text
+    assert "stopping: the slow detections of the inference window are not published" in caplog.text
 
 
 def test_a_canary_window_waits_for_its_stable_reference_then_is_judged_at_a_tick(tmp_path: Path) -> None:

@@ -61,6 +61,8 @@ class Console:
     config_labels: Mapping[str, str] = field(default_factory=dict)
     #: The detectors the slow queue runs (skipped when it is full): named where they judged nothing.
     slow_detectors: frozenset[str] = frozenset()
+    #: The window kind (inference) each slow detector reads, to count the windows it has not judged yet.
+    slow_kinds: Mapping[str, str] = field(default_factory=dict)
     #: The Kafka the replay commands name (``--bootstrap``); None: a placeholder the user must fill in.
     bootstrap: str | None = None
     #: Said next to the replay commands, e.g. that the demo's broker stopped with the demo.
@@ -161,7 +163,12 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     def api_segment(segment: str, day: Day = None, days: Days = 1) -> SegmentView:
         """One segment: each detector's statistic over windows with its threshold and verdicts."""
         return segment_view(
-            console.history, segment, span(day, days), console.config_labels, console.slow_detectors
+            console.history,
+            segment,
+            span(day, days),
+            console.config_labels,
+            console.slow_detectors,
+            console.slow_kinds,
         )
 
     @app.get("/api/incidents", response_model=Incidents, tags=["pages"])

@@ -280,13 +280,13 @@ def _not_fired(
     outcomes = [_outcomes(rule, d) for d in days]
     breaches = sum(int((o > 0).sum()) for o in outcomes)
     if breaches == 0:
-        n = matching.num_rows
-        head = f"{count_of(n, verdicts + ' window')} of {patterns}, none met the gates: "
+        head = f"{_distinct_windows([matching], verdicts + ' window')} of {patterns}, none met the gates: "
         return head + "; ".join(_unmet(rule, matching))
     longest, met = _runs(rule, days, outcomes)
+    breaching = [d.filter(pa.array(o > 0)) for d, o in zip(days, outcomes, strict=True)]
     if met is None:
         return (
-            f"{count_of(breaches, 'breaching window')} of {patterns},"
+            f"{_distinct_windows(breaching, 'breaching window')} of {patterns},"
             f" at most {longest} in a row: for_windows {gates.for_windows}"
             + (
                 f" (none with p < immediate_p_value {gates.immediate_p_value:g})"
@@ -312,6 +312,16 @@ def _windows(days: Sequence[pa.Table]) -> str:
     group = ["segment", "window_start"]
     n = sum(d.group_by(group, use_threads=False).aggregate([]).num_rows for d in days)
     return f"{count_of(n, 'window')} ({count_of(sum(d.num_rows for d in days), 'detection')})"
+
+
+def _distinct_windows(days: Sequence[pa.Table], what: str) -> str:
+    """``7 drift windows (11 detections)``: a window counts once however many of its detections match.
+
+    Counting detections as windows said 11 drift windows of a canary with 7 (three configs judged some).
+    """
+    n = sum(d.group_by(["segment", "window_start"], use_threads=False).aggregate([]).num_rows for d in days)
+    rows = sum(d.num_rows for d in days)
+    return count_of(n, what) + (f" ({count_of(rows, 'detection')})" if rows != n else "")
 
 
 def _segment_mask(rows: pa.Table, rule: Rule) -> pa.Array:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from services.console.chart_labels import EventCounts, count_step, first_counts, revised_note, window_events
 from services.console.columns import Times, boxed, texts
 from services.console.reader import ConsoleError, HistoryReader
+from services.console.rollback_marks import RollbackMark, rollback_marks
 from services.console.series import (
     SLOW_SKIPPED,
     DetectorSeries,
@@ -28,7 +29,16 @@ from services.console.series import (
     verdict_ranks,
     window_note,
 )
-from services.console.views import DayRange, WindowShown, is_rate, latest_revision_rows, parse_segment
+from services.console.slow_pending import SlowPending, slow_pending
+from services.console.unjudged import never_judged_ids, worth_naming
+from services.console.views import (
+    DayRange,
+    WindowShown,
+    action_rows,
+    is_rate,
+    latest_revision_rows,
+    parse_segment,
+)
 
 _WINDOW_COLUMNS = ["window_start", "window_end", "kind", "events", "feedback_events", "outcome", "revision"]
 _SERIES_COLUMNS = ["detector_id", "config_id", "window_start", "verdict", "statistic", "threshold"]
@@ -110,6 +120,13 @@ class SegmentView(BaseModel):
     never_judged: list[str] = Field(
         default_factory=list, description="Slow detectors with no verdict on any window: all were skipped"
     )
+    pending: list[SlowPending] = Field(
+        default_factory=list,
+        description="Per slow detector: the windows it has not judged yet (not skipped, no detection of it)",
+    )
+    rollbacks: list[RollbackMark] = Field(
+        default_factory=list, description="Rollback requests from this version: its charts mark each"
+    )
     detectors: list[DetectorSeries]
 
 
@@ -119,10 +136,12 @@ def segment_view(
     span: DayRange,
     labels: Mapping[str, str] | None = None,
     slow: frozenset[str] = frozenset(),
+    slow_kinds: Mapping[str, str] | None = None,
 ) -> SegmentView:
     """One segment's windows and, per detector config (``labels`` names them), its statistic and verdicts.
 
-    ``slow`` names the detectors the slow queue runs: only their charts mark the windows it skipped.
+    ``slow`` names the detectors the slow queue runs (``slow_kinds``: the window kind each reads): only
+    their charts mark the windows it skipped, and the page counts the windows each has not judged yet.
     """
     model, version = parse_segment(segment)
     days = span.days()
@@ -143,7 +162,7 @@ def segment_view(
     shown_column = pc.if_else(pc.is_valid(per_window["rank"]), ranked, per_window["outcome"])
     shown: list[WindowShown | None] = texts(shown_column)
     noted, noted_total = _noted(per_window, shown_column, times, detections)
-    _say_revisions(noted, _revised_counts(detections, firsts))
+    _say_revisions(noted, _revised_counts(detections, firsts), _revised_kinds(windows))
     skipped = per_window.filter(per_window["skipped"])
     skipped_at = times.of(skipped["window_start"])
     for s in series:
@@ -166,6 +185,8 @@ def segment_view(
         noted_total=noted_total,
         skipped=skipped_at,
         never_judged=never_judged(series, slow) if skipped_at else [],
+        pending=slow_pending(windows, detections, slow, slow_kinds),
+        rollbacks=rollback_marks(action_rows(history.read("actions", days, model=model)), model, version),
         detectors=series,
     )
 
@@ -224,12 +245,35 @@ def _revised_counts(
     return counts
 
 
-def _say_revisions(noted: list[NotedWindow], counts: Mapping[datetime, set[EventCounts]]) -> None:
-    """Each revised window's revision in words, naming the input (feedback events) its count says."""
+def _revised_kinds(windows: pa.Table) -> dict[datetime, set[str]]:
+    """Per revised window: the kinds (inference, feedback) whose rows late events revised."""
+    revised = windows.filter(pc.fill_null(pc.greater(windows["revision"], 0), False))
+    kinds: dict[datetime, set[str]] = {}
+    for row in revised.select(["window_start", "kind"]).to_pylist():
+        kinds.setdefault(row["window_start"], set()).add(str(row["kind"]))
+    return kinds
+
+
+def _say_revisions(
+    noted: list[NotedWindow],
+    counts: Mapping[datetime, set[EventCounts]],
+    late_kinds: Mapping[datetime, set[str]],
+) -> None:
+    """Each revised window's revision in words, naming the input (feedback events) the late events went to.
+
+    The windows table says which kind's row was revised; only when it does not (a history of detections
+    only, or both kinds revised) is the input told by its count: 80 late-completed feedback events of a
+    window of 80 inference events were said as plain "events", read as late inference traffic.
+    """
     for window in noted:
         if window.revision:
-            kinds = {n: "feedback events" for n in (window.feedback_events,) if n and n != window.events}
-            window.late = revised_note(window.revision, counts.get(window.window_start, ()), kinds)
+            pairs = counts.get(window.window_start, set())
+            kind = late_kinds.get(window.window_start, set())
+            if len(kind) == 1:
+                named = {after: f"{next(iter(kind))} events" for _, after in pairs if after is not None}
+            else:
+                named = {n: "feedback events" for n in (window.feedback_events,) if n and n != window.events}
+            window.late = revised_note(window.revision, pairs, named)
 
 
 def _per_window(windows: pa.Table, detections: pa.Table) -> pa.Table:
@@ -294,9 +338,13 @@ def _unjudged(detections: pa.Table, starts: list[datetime]) -> dict[datetime, st
         )
     )
     by_start = rows.group_by("window_start", use_threads=False).aggregate([]).column(0).to_pylist()
+    never = never_judged_ids(detections)
     return {
         start: window_note(
-            rows.filter(pc.equal(rows["window_start"], pa.scalar(start, rows["window_start"].type)))
+            worth_naming(
+                rows.filter(pc.equal(rows["window_start"], pa.scalar(start, rows["window_start"].type))),
+                never,
+            )
         )
         for start in by_start
     }

@@ -37,6 +37,7 @@ from services.console.series import (
     window_note,
 )
 from services.console.series import is_rate as is_rate  # re-exported: the Segment page and tests use it
+from services.console.unjudged import never_judged_ids, worth_naming
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
@@ -87,6 +88,10 @@ class SegmentRow(BaseModel):
         None, description="Worst verdict of the last window, or why it has none (not judged, reference)"
     )
     last_note: str | None = Field(None, description="What the page says of it: not judged (24 < 30 samples)")
+    last_judged_verdict: Verdict | None = Field(
+        None, description="When the last window has no verdict: the worst verdict of the newest judged window"
+    )
+    last_judged_start: datetime | None = Field(None, description="That judged window's start")
     worst_verdict: Verdict | None = Field(None, description="Worst verdict over the range (judged windows)")
     drift_windows: int = 0
     warning_windows: int = 0
@@ -235,7 +240,7 @@ def overview_view(
     alerts = _alert_rows(history.read("alerts", days))
     open_alerts = [a for a in _latest_per_fingerprint(alerts) if a.status == "firing" and not _silence(a)]
     stable = dict(stable_versions or {})
-    actions = _action_rows(history.read("actions", days))
+    actions = action_rows(history.read("actions", days))
     rolled_back = rollback_states(actions)
     for action in actions:
         if action.type == ROLLBACK_REQUESTED and action.model and action.target_version:
@@ -247,12 +252,14 @@ def overview_view(
         + [("window_end", "max")]
     )
     verdicts = _verdicts(detections, per_segment)
+    last_judged = _last_judged(detections)
     outcomes = _last_outcomes(windows, per_segment)
     unjudged_by = slow_never_judged(windows, detections, slow)
     rows: list[SegmentRow] = []
     for seg in per_segment.to_pylist():
         key = seg["segment"]
         worst, last, drift, warning, unjudged, note = verdicts.get(key, (None, None, 0, 0, 0, None))
+        judged_last = last_judged.get(key) if last not in ("ok", "warning", "drift") else None
         if last is None and outcomes.get(key):
             last = outcomes[key]  # a reference (or waiting, skipped) window: no detection says more
         model, version = seg["model_first"], seg["model_version_first"]
@@ -274,6 +281,8 @@ def overview_view(
                 last_window_end=seg["window_end_max"],
                 last_verdict=last,
                 last_note=note if last == "not judged" else SLOW_SKIPPED if last == "skipped" else last,
+                last_judged_verdict=judged_last[1] if judged_last else None,
+                last_judged_start=judged_last[0] if judged_last else None,
                 worst_verdict=worst,
                 drift_windows=drift,
                 warning_windows=warning,
@@ -345,10 +354,34 @@ def _verdicts(
 
 
 def _last_note(detections: pa.Table, segment: str, start: datetime) -> str:
-    """A not-judged window's note, as the Segment page's table and charts say it."""
-    at = pc.and_(pc.equal(detections["segment"], segment), pc.equal(detections["window_start"], start))
-    rows = detections.filter(at)
-    return window_note(rows.filter(pc.invert(judged_mask(rows))))
+    """A not-judged window's note, as the Segment page's table and charts say it (and as it, without the
+    detectors never judged on any of the segment's windows)."""
+    mine = detections.filter(pc.equal(detections["segment"], segment))
+    rows = mine.filter(pc.equal(mine["window_start"], start))
+    return window_note(worth_naming(rows.filter(pc.invert(judged_mask(rows))), never_judged_ids(mine)))
+
+
+def _last_judged(detections: pa.Table) -> dict[str, tuple[datetime, Verdict]]:
+    """Per segment: its newest window with a verdict, and that window's worst one (latest revisions).
+
+    A canary's last window often holds trailing feedback only, too little to judge: its headline then
+    said "not judged" while seven windows before it drifted.
+    """
+    if detections.num_rows == 0:
+        return {}
+    if pc.max(detections["revision"]).as_py():
+        detections = latest_revision_rows(detections)
+    ranked = detections.select(["segment", "window_start"]).append_column("rank", verdict_ranks(detections))
+    judged = ranked.filter(pc.greater_equal(ranked["rank"], 0))
+    per_window = judged.group_by(["segment", "window_start"], use_threads=False).aggregate([("rank", "max")])
+    newest = per_window.group_by("segment", use_threads=False).aggregate([("window_start", "max")])
+    rows = per_window.join(
+        newest.rename_columns(["segment", "window_start"]),
+        ["segment", "window_start"],
+        join_type="inner",
+        use_threads=False,
+    )
+    return {r["segment"]: (r["window_start"], _VERDICTS[r["rank_max"]]) for r in rows.to_pylist()}
 
 
 def latest_revision_rows(
@@ -414,7 +447,7 @@ def incidents_view(
     """
     days = span.days()
     alerts = sorted(_alert_rows(history.read("alerts", days)), key=lambda a: a.changed_at or _EPOCH)
-    actions = sorted(_action_rows(history.read("actions", days)), key=lambda a: a.time or _EPOCH)
+    actions = sorted(action_rows(history.read("actions", days)), key=lambda a: a.time or _EPOCH)
     _follow_up(actions)
     silences = [
         SilenceRow(
@@ -505,7 +538,8 @@ def _silence(alert: AlertRow) -> bool:
     return alert.labels.get("alertname") == "silence"
 
 
-def _action_rows(table: pa.Table) -> list[ActionRow]:
+def action_rows(table: pa.Table) -> list[ActionRow]:
+    """The actions table's rows (one CloudEvent each), their data parsed."""
     rows = []
     for r in table.to_pylist():
         data = json.loads(r["data"] or "{}")

@@ -166,7 +166,8 @@ def run_demo(
     )
     # Where this run's worker wrote, so `loopwatch console --history ... --datasets ...` can open it.
     summary["history_uri"], summary["datasets_uri"] = ran.history_uri(), ran.datasets_uri()
-    summary["policy_file"] = env["LOOPWATCH_POLICY_FILE"]  # what the demo's worker decided with
+    # What the demo's worker decided with; absolute, as history_uri and datasets_uri are.
+    summary["policy_file"] = str(Path(env["LOOPWATCH_POLICY_FILE"]).resolve())
     if registry_summary is not None:
         summary["mlflow"] = registry_summary
     print(render(summary), file=out, flush=True)

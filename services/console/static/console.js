@@ -116,7 +116,14 @@ function yaxis(title, ys, log) {
   if (log) {
     const positive = ys.filter((y) => y !== null && y !== undefined && y > 0);
     const decades = positive.length ? Math.ceil(-Math.log10(Math.min(...positive, 1))) + 1 : 1;
-    return { ...axis, type: "log", dtick: Math.max(1, Math.ceil(decades / 8)), exponentformat: "power" };
+    const log = { ...axis, type: "log", dtick: Math.max(1, Math.ceil(decades / 8)), exponentformat: "power" };
+    // Values within one decade (p 0.02 to 0.9) left a single labelled tick (10^-1): unreadable. The axis
+    // then spans the decades around them, so at least two powers of ten are labelled.
+    if (!positive.length) return log;
+    const bottom = Math.log10(Math.min(...positive)), top = Math.log10(Math.max(...positive));
+    if (Math.floor(top) - Math.ceil(bottom) + 1 >= 2) return log;  // powers of ten within the values
+    const lo = Math.floor(bottom), hi = Math.ceil(top);
+    return { ...log, range: [lo - 0.05, Math.max(hi, lo + 1) + 0.05] };
   }
   // Dollars as plain decimals ($0.0006), never Plotly's SI suffixes (600µ).
   if (title === "USD") Object.assign(axis, { tickprefix: "$", tickformat: "~g", hoverformat: "~g" });
@@ -167,7 +174,7 @@ function drawSegment(view) {
   const events = windowTicks(layout(view.window_start, shared), view.window_start, view.window_seconds);
   const counts = [...view.events, ...(view.feedback_events || [])];
   events.yaxis = integerTicks(yaxis("events", counts), view.count_step);
-  Plotly.newPlot("chart-events", traffic, events, CONFIG);
+  Plotly.newPlot("chart-events", withRollbacks(traffic, events, view.rollbacks), events, CONFIG);
   const ids = ["chart-events"];
   view.detectors.forEach((d, i) => {
     const label = d.value_label || "statistic";
@@ -185,13 +192,7 @@ function drawSegment(view) {
       { x: d.window_start, y: values(d), mode: "lines+markers", name, line: { color: "#95a5a6" }, cliponaxis: false,
         marker: { color: d.verdict.map((v) => COLORS[v] || "#95a5a6"), size: 7 }, customdata: said,
         hovertemplate: "%{y} %{customdata}<extra></extra>" },
-      // Long dashes with gaps. A wide dash per window only when no two windows are joined by a line
-      // (a one-window segment's threshold is then a short segment, not a 1-px dash): drawn on every
-      // window of a line, those 40-px marks ran together and the dashed line looked solid.
-      { x: d.window_start, y: d.threshold, name: d.threshold_label || "threshold", line: THRESHOLD_LINE,
-        ...(d.threshold.every((t, k) => t === null || lone(d.threshold, k))
-          ? { mode: "lines+markers", marker: { symbol: "line-ew-open", size: 40, line: { width: 2, color: "#7f8c8d" } } }
-          : { mode: "lines" }) },
+      thresholdTrace(d, shared),
       marked(d, "warning"),
       marked(d, "drift"),
     ];
@@ -205,11 +206,8 @@ function drawSegment(view) {
     const plot = windowTicks(layout(d.window_start, shared), view.window_start, view.window_seconds);
     plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...d.threshold],
                        d.threshold_kind === "alpha");
-    if (d.slow && (d.skipped || []).length) {
-      traces.push(skippedTrace(d.skipped));
-      plot.yaxis2 = { overlaying: "y", range: [0, 1], visible: false, fixedrange: true };
-    }
-    Plotly.newPlot(`chart-${i}`, traces, plot, CONFIG);
+    if (d.slow && (d.skipped || []).length) traces.push(skippedTrace(d.skipped));
+    Plotly.newPlot(`chart-${i}`, withRollbacks(traces, plot, view.rollbacks), plot, CONFIG);
     ids.push(`chart-${i}`);
     // One chart per unit (shares, milliseconds, USD, tokens): a latency never flattens a share.
     // A bound (an SLO) is a dashed line, not a series.
@@ -232,13 +230,13 @@ function drawSegment(view) {
       const compared = byUnit[unit].some((n) => names[n]);
       const styles = d.styles || {};
       const traces = byUnit[unit].map((n) => (bound.has(n)
-        ? { x: d.window_start, y: d.measurements[n], mode: "lines", name: names[n] || `${n} (bound)`,
+        ? { ...spanned(d.window_start, d.measurements[n], shared), mode: "lines", name: names[n] || `${n} (bound)`,
             line: { ...THRESHOLD_LINE, dash: (styles[n] || THRESHOLD_LINE).dash } }
         : styled({ x: d.window_start, y: d.measurements[n], mode: "lines+markers", name: names[n] || n }, styles[n])));
       const plot = windowTicks(layout(d.window_start, shared), view.window_start, view.window_seconds);
       if (!compared) plot.legend = { ...plot.legend, title: { text: `on ${view.model_version}:` } };
       plot.yaxis = yaxis(unit, byUnit[unit].flatMap((n) => d.measurements[n]));
-      Plotly.newPlot(id, traces, plot, CONFIG);
+      Plotly.newPlot(id, withRollbacks(traces, plot, view.rollbacks), plot, CONFIG);
       ids.push(id);
     });
   });
@@ -249,6 +247,50 @@ function lone(ys, k) {
   // A point with no drawn neighbour: its line has no segment to show it.
   const near = (j) => j >= 0 && j < ys.length && ys[j] !== null && ys[j] !== undefined;
   return near(k) && !near(k - 1) && !near(k + 1);
+}
+
+function thresholdTrace(d, shared) {
+  // Long dashes with gaps. A wide dash per window only when no two windows are joined by a line
+  // (a one-window segment's threshold is then a short segment, not a 1-px dash): drawn on every
+  // window of a line, those 40-px marks ran together and the dashed line looked solid. A line's one
+  // threshold spans the whole axis, not only the judged windows.
+  const drawn = d.threshold.every((t, k) => t === null || lone(d.threshold, k))
+    ? { x: d.window_start, y: d.threshold, mode: "lines+markers",
+        marker: { symbol: "line-ew-open", size: 40, line: { width: 2, color: "#7f8c8d" } } }
+    : { ...spanned(d.window_start, d.threshold, shared), mode: "lines" };
+  return { ...drawn, name: d.threshold_label || "threshold", line: THRESHOLD_LINE };
+}
+
+function constant(ys) {
+  // One value for every window that has one (a detector's alpha, an SLO bound).
+  const known = (ys || []).filter((y) => y !== null && y !== undefined);
+  return known.length > 0 && known.every((y) => y === known[0]);
+}
+
+function spanned(xs, ys, shared) {
+  // A constant line from the axis's start to its end (the page's shared range); else point by point.
+  if (!constant(ys) || !shared || shared.length !== 2) return { x: xs, y: ys };
+  const v = ys.find((y) => y !== null && y !== undefined);
+  return { x: shared, y: [v, v] };
+}
+
+function withRollbacks(traces, plot, marks) {
+  // A rolled-back version's charts mark when its rollback was requested (the end of the window it was
+  // decided on, window time): a vertical line each, labelled in the chart (a layout shape: the charts'
+  // legends and traces stay those of its measures). The skipped lines' hidden 0..1 axis is set here too.
+  if (traces.some((t) => t.yaxis === "y2")) {
+    plot.yaxis2 = { overlaying: "y", range: [0, 1], visible: false, fixedrange: true };
+  }
+  (marks || []).forEach((m) => {
+    const color = "#8e44ad";
+    plot.shapes = [...(plot.shapes || []), { type: "line", xref: "x", yref: "paper", x0: m.at, x1: m.at,
+      y0: 0, y1: 1, line: { color, width: 2, dash: "dashdot" } }];
+    plot.annotations = [...(plot.annotations || []), { x: m.at, xref: "x", y: 1, yref: "paper",
+      xanchor: "left", yanchor: "top", showarrow: false, font: { size: 11, color },
+      text: `rollback requested${m.target_version ? ` (to ${m.target_version})` : ""}`,
+      hovertext: m.rollback_id }];
+  });
+  return traces;
 }
 
 function skippedTrace(starts) {
