@@ -522,6 +522,9 @@ def _alert_rows(table: pa.Table) -> list[AlertRow]:
 
 def _clock_of(row: dict[str, Any]) -> Literal["window time", "wall clock"]:
     """Which clock a row's changed_at is on (see AlertRow.changed_clock)."""
+    why = row.get("resolved_by")
+    if why is not None:  # the resolve timeout and a silence's end take the decision time; the rest a window's
+        return "wall clock" if why.startswith(("no detection for", "silence")) else "window time"
     ends, decided = row["ends_at"], row.get("decided_at")
     timeout = row["status"] == "resolved" and ends and decided and abs((decided - ends).total_seconds()) < 2
     return "wall clock" if timeout else "window time"
