@@ -29,6 +29,7 @@ from streams.ingest_stage import IngestStage
 from streams.kafka import broker_credentials, client_options, servers
 from streams.metrics import Metrics
 from streams.outbox import Outbox, OutputLimit
+from streams.recovery import LoopwatchTableManager
 from streams.runtime import Runtime, Stage
 
 log = logging.getLogger("loopwatch.streams")
@@ -113,6 +114,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         # TLS and SASL for faust's consumer, producer and admin requests.
         broker_credentials=broker_credentials(settings),
         store="memory://",
+        # faust's table recovery, minus its crash on a rebalance during a recovery (streams/recovery.py).
+        TableManager=LoopwatchTableManager,
         datadir=str(settings.data_dir),
         web_host=settings.web_host,
         web_port=settings.web_port,

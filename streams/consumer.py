@@ -52,6 +52,11 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
     #: consumer busy, bounded batches keep latency and memory in check.
     max_batch = 2_000
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The offset of the last message of each partition handed to a stage under this assignment.
+        self._delivered: dict[TP, int] = {}
+
     async def _drain_messages(self, fetcher: Any) -> None:
         callback = self.callback
         runtime = cast(Any, self.app).runtime
@@ -63,6 +68,7 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = self._commit_every
+        delivered = self._delivered
         since_yield = 0
         try:
             while not (consumer_stopped() or fetcher_stopped()):
@@ -89,6 +95,7 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
                     if message.topic in batch_routes:
                         if suspended():
                             continue  # a rebalance: faust seeks back to the committed offset
+                        delivered[tp] = offset
                         batch = batches.setdefault(message.topic, [])
                         batch.append(message)
                         if len(batch) >= self.max_batch:
@@ -145,10 +152,35 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
         runtime.revoked()
         await super().wait_empty()
 
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Forget what the stages took under the assignment given up (faust forgets its read offsets)."""
+        self._delivered.clear()
+        await super().on_partitions_revoked(revoked)
+
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         """A new assignment: what the stages take up from now on and was fetched under it is theirs."""
+        self._delivered.clear()
         cast(Any, self.app).runtime.assigned()
         await super().on_partitions_assigned(assigned, generation_id)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, without handing the stages again what this assignment handed them.
+
+        faust's recovery may resume the flow and the partitions before it seeks
+        (when no table needs recovering), so the stages can take records from
+        the committed offsets on before the seek. faust's seek then set each read
+        offset back to the committed one: those records were handed over twice,
+        and the rest of the fetch still being handed out, now far past the read
+        offset, was taken for a gap in the partition and counted as acked. Acked
+        twice (gap and stage), the offsets made each commit advance by one:
+        after a kill -9 the survivor took minutes to commit a few hundred
+        summaries (tests/test_kill_latency_stream.py).
+        """
+        await super().perform_seek()
+        read_offset = self._read_offset
+        for tp, offset in self._delivered.items():
+            if read_offset[tp] is None or offset > cast(int, read_offset[tp]):
+                read_offset[tp] = offset
 
     async def rejoin_group(self) -> None:
         """Refresh topic metadata and rejoin the consumer group (after topics were recreated).
