@@ -95,6 +95,8 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
                     if message.topic in batch_routes:
                         if suspended():
                             continue  # a rebalance: faust seeks back to the committed offset
+                        if offset <= delivered.get(tp, -1):
+                            continue  # handed to the stages under this assignment before a seek
                         delivered[tp] = offset
                         batch = batches.setdefault(message.topic, [])
                         batch.append(message)
@@ -177,6 +179,7 @@ class FastDrainConsumer(faust_aiokafka.Consumer):
         summaries (tests/test_kill_latency_stream.py).
         """
         await super().perform_seek()
+        # The last offset handed over, not the next one: a gap after it is still seen as one.
         read_offset = self._read_offset
         for tp, offset in self._delivered.items():
             if read_offset[tp] is None or offset > cast(int, read_offset[tp]):
