@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from faust.types import TP
 
@@ -32,8 +32,8 @@ def _seek(tmp_path: Path, delivered: dict[TP, int]) -> FastDrainConsumer:
     app = create_app(Settings(data_dir=tmp_path / "data", join_store="memory", curation=False, decide=False))
 
     async def run() -> FastDrainConsumer:
+        assert isinstance(app.consumer, FastDrainConsumer)
         consumer: Any = app.consumer
-        assert isinstance(consumer, FastDrainConsumer)
 
         async def seek_to_committed() -> dict[TP, int]:
             return {SUMMARIES: COMMITTED}
@@ -98,7 +98,7 @@ def test_records_fetched_around_the_seek_are_handed_over_once_each_with_no_gap(t
         consumer.seek_to_committed = seek_to_committed
         consumer.getmany = getmany
         consumer.assignment = lambda: {tp}
-        app.runtime.put_batch = put_batch  # type: ignore[method-assign]
+        cast(Any, app.runtime).put_batch = put_batch
         await consumer._drain_messages(fetcher)
         # No offset was taken for a gap: the commit covers what the stages ack, offset by offset.
         assert not consumer._gap.get(tp)
