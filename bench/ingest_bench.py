@@ -23,12 +23,16 @@ It prints events/s and MB/s for each, the worker CPU time per event for c and
 d, and the ratios c/a, c/b, d/c, c/e, d/e, c/f and e/f.
 With ``--workers N`` (N > 1) it also runs N loopwatch workers (detection off,
 as in (c)) in one consumer group and prints their combined rate against (c).
+With ``--baseline DIR`` (another checkout, e.g. ``git archive HEAD | tar -x -C DIR``)
+it runs (c) and (d) from there too, each just before this checkout's, and prints
+this checkout's rates and CPU per event against that baseline's: an A/B in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -260,7 +264,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def loopwatch_ingest(
-    bootstrap: str, settings: Settings, n: int, *, detection: bool, workers: int = 1, name: str = ""
+    bootstrap: str,
+    settings: Settings,
+    n: int,
+    *,
+    detection: bool,
+    workers: int = 1,
+    name: str = "",
+    root: Path = ROOT,
 ) -> float:
     """Seconds per n events, from the workers' counters (which move once per batch).
 
@@ -268,6 +279,7 @@ def loopwatch_ingest(
     them has counted a batch, so start-up and the first rebalances are not timed.
     The workers' CPU time over the same span goes to ``CPU_PER_EVENT[name]``: on a
     busy machine it says what the rate alone cannot (how much work an event took).
+    ``root`` is the checkout whose code the workers run.
     """
     group = f"bench-{time.time()}"
     ports = [free_port() for _ in range(workers)]
@@ -284,8 +296,10 @@ def loopwatch_ingest(
             "LOOPWATCH_DETECTION": str(detection).lower(),
             # Each run reads the pre-filled topic from the start, into its own summaries topic.
             "LOOPWATCH_TOPIC_SUMMARIES": f"{group}-summaries",
+            # Ahead of the installed (editable) package: the workers import root's code.
+            "PYTHONPATH": str(root),
         }
-        processes.append(spawn_worker(env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(spawn_worker(env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     urls = [f"http://127.0.0.1:{web_port}/metrics" for web_port in ports]
     try:
         started, counted_at_start, cpu_at_start = 0.0, 0.0, 0.0
@@ -338,6 +352,9 @@ def main() -> None:
     parser.add_argument(
         "--only", default="abcdef", help="run only these of a-f (e.g. c,e); a ratio needs both sides"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="also run (c) and (d) from this checkout, for an A/B in one run"
+    )
     args = parser.parse_args()
     only = set(args.only.replace(",", ""))
     load_at_start = _load()
@@ -368,6 +385,23 @@ def main() -> None:
             "e_quixstreams": lambda: quixstreams_app(bootstrap, topic, n),
             "f_aiokafka_forward": lambda: asyncio.run(aiokafka_forward(bootstrap, topic, n)),
         }
+        if args.baseline is not None:
+            root = args.baseline.resolve()
+            ordered: dict[str, Callable[[], float]] = {}
+            for name, run in runs.items():
+                if name in ("c_loopwatch_ingest", "d_with_detection"):  # each right after its baseline
+                    baseline, detection = f"{name[0]}_baseline", name[0] == "d"
+                    ordered[baseline] = functools.partial(
+                        loopwatch_ingest,
+                        bootstrap,
+                        settings,
+                        n,
+                        detection=detection,
+                        name=baseline,
+                        root=root,
+                    )
+                ordered[name] = run
+            runs = ordered
         results = {name: run() for name, run in runs.items() if name[0] in only}
         if args.workers > 1:
             name = f"c_{args.workers}_workers"
@@ -384,6 +418,14 @@ def main() -> None:
     for top, bottom, goal in _RATIOS:
         if f"{top}" in rate and f"{bottom}" in rate:
             print(f"ratio {top[0]}/{bottom[0]} = {rate[top] / rate[bottom]:.3f}{goal}")
+    for name in ("c_loopwatch_ingest", "d_with_detection"):
+        baseline = f"{name[0]}_baseline"
+        if name in rate and baseline in rate:
+            cpu_ratio = CPU_PER_EVENT[name] / CPU_PER_EVENT[baseline]
+            faster = rate[name] / rate[baseline]
+            print(f"ratio {name[0]}/{name[0]}(baseline) = {faster:.3f}, CPU per event x{cpu_ratio:.3f}")
+    if "c_baseline" in rate and "d_baseline" in rate:
+        print(f"ratio d/c (baseline) = {rate['d_baseline'] / rate['c_baseline']:.3f}")
     if args.workers > 1 and "c_loopwatch_ingest" in rate:
         scaled = rate[f"c_{args.workers}_workers"] / rate["c_loopwatch_ingest"]
         print(f"ratio {args.workers} workers / 1 worker = {scaled:.2f}  (goal for 2 on 2 cores >= 1.6)")

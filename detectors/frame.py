@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from schemas.events import Descriptors, EnrichedInference, InferenceLog, JoinedFeedback
@@ -56,8 +57,15 @@ def inference_row(enriched: EnrichedInference) -> dict[str, Any]:
     return log_row(enriched.inference, enriched.descriptors)
 
 
-def log_row(event: InferenceLog, descriptors: Descriptors, text_chars: int | None = None) -> dict[str, Any]:
-    """One window row for an inference log and its descriptors; texts cut to ``text_chars``."""
+def log_row(
+    event: InferenceLog, descriptors: Descriptors | Mapping[str, Any], text_chars: int | None = None
+) -> dict[str, Any]:
+    """One window row for an inference log and its descriptors; texts cut to ``text_chars``.
+
+    ``descriptors`` may be the model or its fields (:func:`descriptor_values`, what
+    ingest holds): building the model for each row kept cost twice what the row did.
+    """
+    values = descriptors if isinstance(descriptors, Mapping) else dict(descriptors)
     row: dict[str, Any] = {
         REQUEST_ID: event.request_id,
         TIMESTAMP: event.timestamp,
@@ -68,12 +76,12 @@ def log_row(event: InferenceLog, descriptors: Descriptors, text_chars: int | Non
         TENANT: event.tenant,
         PROMPT: event.prompt_text()[:text_chars],
         RESPONSE: (event.response or "")[:text_chars],
-        PROMPT_CHARS: descriptors.prompt_chars,
-        RESPONSE_CHARS: descriptors.response_chars,
-        PROMPT_TOKENS: descriptors.prompt_tokens,
-        COMPLETION_TOKENS: descriptors.completion_tokens,
-        EMPTY_RESPONSE: descriptors.empty_response,
-        REFUSAL: descriptors.refusal,
+        PROMPT_CHARS: values["prompt_chars"],
+        RESPONSE_CHARS: values["response_chars"],
+        PROMPT_TOKENS: values["prompt_tokens"],
+        COMPLETION_TOKENS: values["completion_tokens"],
+        EMPTY_RESPONSE: values["empty_response"],
+        REFUSAL: values["refusal"],
         LATENCY_MS: event.latency_ms,
         COST_USD: event.cost_usd,
         ERROR: event.status == "error",

@@ -467,6 +467,18 @@ class WindowClosed(_Event):
     )
     reference: str | None = Field(None, description="What it was compared with, when judged")
     closed_at: datetime
+    closed_by: Literal["watermark", "idle_timeout", "revision", "timer", "count"] | None = Field(
+        None,
+        description="What closed it: watermark (every input's event time passed its end plus the grace), "
+        "idle_timeout (an input that went quiet was left behind, or the segment went quiet), revision "
+        "(late events revised it or opened it, or its reference was revised), timer "
+        "(LOOPWATCH_WINDOW_CLOSE=timer) or count (a window of LOOPWATCH_WINDOW_EVENTS events)",
+    )
+    waited_for: str | None = Field(
+        None,
+        description="The input the window waited for last, e.g. 'llm.feedback.v1 partition 3 (event time "
+        "reached 03:31:05 at 03:31:21)'; null when no input lagged",
+    )
 
 
 class AlertValue(_Event):

@@ -5,7 +5,9 @@
 1. a reference file (``LOOPWATCH_REFERENCE_FILE``), when one is configured;
 2. otherwise, for a model version that is not its model's stable version,
    the latest window of the stable version on the same app/route/tenant
-   (a canary is judged against what it replaces). The stable versions come
+   (a canary is judged against what it replaces), or the stable version's
+   window of the same time while it is kept for revisions
+   (:meth:`References.stable_beside`). The stable versions come
    from settings and change with every stable mark on the control topic
    (:meth:`References.mark_stable`), at once for windows still open;
 3. otherwise the segment's own first ``reference_windows`` windows, pinned
@@ -122,7 +124,7 @@ class References:
         """The reference to judge ``window`` against, or None while it is still being pinned."""
         if self.reference_frame is not None:
             return Reference("file", self.reference_frame, len(self.reference_frame))
-        stable_key = self._stable_key_for(window)
+        stable_key = self._stable_key_for(window.segment, window.kind)
         if stable_key is not None:
             found = self.store.get(stable_key)
             if found is not None:
@@ -136,9 +138,11 @@ class References:
         """The stable version's window of the same time, while it is ``kept`` for revisions.
 
         A window judged after its stable version moved on (its events came late) is
-        compared with the stable traffic beside it, not with the stable version's latest window.
+        compared with the stable traffic beside it, not with the stable version's latest window;
+        so is a revision, with what late events the stable window got too. Named as the
+        stable version's latest window is, and ``/r<n>`` once that window was revised n times.
         """
-        stable_key = self._stable_key_for(window)
+        stable_key = self._stable_key_for(window.segment, window.kind)
         if stable_key is None or window.window_id is None:
             return None
         beside = kept.get((stable_key.split("|", 2)[2], window.kind, window.window_id))
@@ -146,13 +150,41 @@ class References:
             return None
         sample = beside.partial.sample
         name = f"{stable_key.removeprefix('stable|')}@1:{window.end.isoformat()}"  # as the latest one's
-        return Reference(f"stable:{name}", pd.DataFrame(sample.rows), sample.seen)
+        revised = f"/r{beside.revision}" if beside.revision else ""
+        return Reference(f"stable:{name}{revised}", pd.DataFrame(sample.rows), sample.seen)
+
+    def judged_before(self, revised: ClosedWindow, kept: Mapping[Slot, Done]) -> list[Slot]:
+        """The kept windows of other versions judged against ``revised``, a stable window, as it was before.
+
+        ``revised`` may also be its first closing (all its events came late). Those
+        judged (or skipped) against it with another count of events than it holds now,
+        against another window of the stable version (the latest one: this one had no
+        event yet), or against a reference not known here (a worker that restored them
+        after a rebalance): each is to be judged again, against the window as it is now.
+        """
+        model, version = revised.segment.get("model") or "", revised.segment.get("model_version")
+        if revised.window_id is None or not version or self.stable_versions.get(model) != version:
+            return []
+        stable = f"stable:{revised.kind}|{segment_key(revised.segment)}@"
+        name = f"{stable}1:{revised.end.isoformat()}"
+        stale = []
+        for slot, done in kept.items():
+            if slot[1:] != (revised.kind, revised.window_id) or done.outcome not in ("judged", "skipped"):
+                continue
+            key = self._stable_key_for(done.partial.segment, revised.kind)
+            if key is None or f"stable:{key.removeprefix('stable|')}@" != stable:
+                continue
+            known: Reference | None = done.reference
+            this = known is not None and known.name.startswith(name)  # this window, in some state
+            if known is None or (known.name.startswith(stable) and (not this or known.seen != revised.seen)):
+                stale.append(slot)
+        return stale
 
     def awaits_stable(self, window: ClosedWindow) -> bool:
         """A window of a non-stable version whose stable version has no window yet to compare with."""
         if self.reference_frame is not None:
             return False
-        stable_key = self._stable_key_for(window)
+        stable_key = self._stable_key_for(window.segment, window.kind)
         return stable_key is not None and self.store.get(stable_key) is None
 
     def observe(self, window: ClosedWindow) -> list[tuple[str, bytes]]:
@@ -202,12 +234,12 @@ class References:
     def _pinned_key(window: ClosedWindow) -> str:
         return f"{window.kind}|{segment_key(window.segment)}"
 
-    def _stable_key_for(self, window: ClosedWindow) -> str | None:
+    def _stable_key_for(self, segment: Mapping[str, str | None], kind: str) -> str | None:
         """Where the reference of a non-stable version's window is (None: no other version is stable)."""
-        stable = self.stable_versions.get(window.segment.get("model") or "")
-        if not stable or stable == window.segment.get("model_version"):
+        stable = self.stable_versions.get(segment.get("model") or "")
+        if not stable or stable == segment.get("model_version"):
             return None
-        return self._stable_key(window.segment, window.kind, stable)
+        return self._stable_key(segment, kind, stable)
 
     @staticmethod
     def _stable_key(segment: Mapping[str, str | None], kind: str, version: str) -> str:
@@ -253,7 +285,7 @@ class Judge:
         self.correction = correction
         self.on_failure = on_failure
         self.on_not_ready = on_not_ready
-        self._fitted: dict[tuple[int, str], Detector[Any]] = {}
+        self._fitted: dict[tuple[int, str, int], Detector[Any]] = {}
         self._told_not_ready: set[str] = set()
 
     def specs_for(self, kind: WindowKind, *, slow: bool) -> list[DetectorSpec]:
@@ -306,7 +338,8 @@ class Judge:
         )
 
     def _detector(self, spec: DetectorSpec, reference: Reference) -> Detector[Any]:
-        cache_key = (self.specs.index(spec), reference.name)
+        # With its size: the stable window beside a canary's may have merged late events, not revised yet.
+        cache_key = (self.specs.index(spec), reference.name, reference.seen)
         detector = self._fitted.get(cache_key)
         if detector is None:
             # A new reference replaces the old fit of this spec: drop stale entries.

@@ -23,8 +23,9 @@ The handlers never send or write themselves. Detections go into the unit's
 records; reference windows go into the ``references`` table
 (:class:`~streams.runtime.ChangelogTable`, so pinned references survive
 restarts and rebalances) as state writes. A unit reads its own writes before
-the runtime applies them (:class:`_Store`): two windows of one segment that
-close in one batch see each other, as they did when the table was written at once.
+the runtime applies them (:class:`~streams.detect_parts.ReferenceStore`): two
+windows of one segment that close in one batch see each other, as they did
+when the table was written at once.
 
 Summaries are keyed by model, so every version of a model (the stable one
 and its canaries) is merged and judged on one worker. A time window closes
@@ -34,9 +35,12 @@ summaries partition passed its end plus ``window_grace_seconds``
 wall-clock rule). Partials that come for a window after it closed, within
 ``window_revision_seconds``, are merged into it and the fast detectors judge
 it again: its Detections carry the same bounds and ``revision`` n (slow
-detectors do not run again). Each closing and each revision is one
-``WindowClosed`` on ``loopwatch.windows.v1`` (judged, reference, waiting or
-skipped).
+detectors do not run again). A canary's window is compared with its stable
+version's window of the same time as that is now, and judged again when that
+stable window is revised after it (or first closes, all its events late).
+Each closing and each revision is one ``WindowClosed`` on
+``loopwatch.windows.v1`` (judged, reference, waiting or skipped), saying what
+closed the window and the input it waited for last.
 
 Open windows are state too (:mod:`streams.window_table`): every merged partial
 is a write to the ``windows`` table, deleted when its window leaves the
@@ -56,18 +60,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from core.config_files import load_yaml_list
 from core.settings import Settings
 from detectors.files import read_frame
 from retrain_trigger.registry import RegistryError, registry_from_settings
 from retrain_trigger.stable import StableVersionMarked
-from schemas.events import Segment, WindowClosed
-from streams.detect import DEFAULT_SPECS, DetectorSpec, Judge, Judged, Reference, References, to_detection
+from streams.detect import DetectorSpec, Judge, Judged, Reference, References, to_detection
+from streams.detect_parts import ReferenceStore, RegistryStable, SlowResult, load_specs, window_closed
 from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
 from streams.report_names import report_file_name
@@ -81,44 +81,6 @@ if TYPE_CHECKING:
     from streams.app import LoopwatchApp
 
 log = logging.getLogger("loopwatch.detect")
-
-
-def load_specs(path: Path | None) -> list[DetectorSpec]:
-    """Detectors to run, from a YAML list of ``{detector_id, kind, config, slow}`` (or the defaults)."""
-    return list(DEFAULT_SPECS) if path is None else load_yaml_list(path, DetectorSpec, "detectors")
-
-
-@dataclass(frozen=True)
-class RegistryStable:
-    """The registry's stable (champion) version of each model read, back to the stage (None: not set)."""
-
-    versions: dict[str, str | None]
-
-
-@dataclass(frozen=True)
-class SlowResult:
-    """What the slow detectors found on one window, back to the stage (``crashed``: they raised)."""
-
-    window: ClosedWindow
-    reference: Reference
-    judged: list[Judged]
-    failed: list[str]
-    crashed: bool = False
-    #: The window's entry in the windows table, deleted once these Detections are out.
-    pending: str | None = None
-
-
-class _Store:
-    """The references table read with str keys: this unit's own writes first, then the table."""
-
-    def __init__(self, table: ChangelogTable) -> None:
-        self.table = table
-        self.written: dict[str, bytes] = {}
-
-    def get(self, key: str, /) -> bytes | None:
-        """The value under ``key`` as this unit left it, or None."""
-        written = self.written.get(key)
-        return written if written is not None else self.table.get(key.encode())
 
 
 class DetectStage(Stage):
@@ -143,7 +105,7 @@ class DetectStage(Stage):
             specs, alpha=settings.drift_alpha, log_level=settings.log_level, on_not_ready=not_ready
         )
         self.table = ChangelogTable(runtime.app, "references", settings.partitions)
-        self.store = _Store(self.table)
+        self.store = ReferenceStore(self.table)
         reference_frame = read_frame(settings.reference_file) if settings.reference_file else None
         self.references = References(
             self.store,
@@ -233,6 +195,7 @@ class DetectStage(Stage):
         self._write_marks(effects)
         for window in closed + revised:
             self._judge_or_count(effects, window, now)
+        revised += self._judge_beside_again(effects, closed + revised, now)
         # After judging: a closed window's entry in the table says what its closing came to.
         self.window_table.flush(effects, closed + revised, self.windows, self.partition_of)
         return effects
@@ -262,6 +225,7 @@ class DetectStage(Stage):
             closed = []
         for window in closed:
             self._judge_or_count(effects, window, now)
+        closed += self._judge_beside_again(effects, closed, now)
         self.window_table.flush(effects, closed, self.windows, self.partition_of)
         return effects
 
@@ -417,14 +381,45 @@ class DetectStage(Stage):
         if first is not None and first.outcome not in ("judged", "skipped"):
             self._window_closed(effects, window, first.outcome)
             return
-        # The first verdict's reference: the stable window by now may be too small to judge against.
-        reference = (first.reference if first is not None else None) or self.references.for_window(window)
+        # The stable window of the same time as it is now (late events may have revised it too), else
+        # the first verdict's reference: the stable version's newest window may be too small to judge against.
+        reference = self.references.stable_beside(window, self.windows.done)
+        reference = reference or (first.reference if first is not None else None)
+        reference = reference or self.references.for_window(window)
         if reference is None:
             self._window_closed(effects, window, "reference")
             return
         for item in self.judge.run(window, reference, self.judge.specs_for(window.kind, slow=False)):
             self._publish(effects, to_detection(item, window, reference))
         self._window_closed(effects, window, "judged", reference)
+        self._remember_reference(window, reference)
+
+    def _judge_beside_again(
+        self, effects: Effects, closed: list[ClosedWindow], now: float
+    ) -> list[ClosedWindow]:
+        """Other versions' windows judged against a stable window before this unit closed or revised it.
+
+        Each is judged again as its next revision (:meth:`Windows.again`), against the
+        stable window as it is now, whichever of the two late deliveries came first (one
+        judged before the stable window had any event was compared with its latest window).
+        """
+        try:
+            stale = [
+                slot for window in closed for slot in self.references.judged_before(window, self.windows.done)
+            ]
+        except Exception:
+            self._failed("finding the windows judged against a revised stable window")
+            return []
+        again = [self.windows.again(slot) for slot in dict.fromkeys(stale)]
+        for window in again:
+            log.info(
+                "%s window of %s from %s judged again: its stable window was revised",
+                window.kind,
+                segment_key(window.segment),
+                window.start,
+            )
+            self._judge_or_count(effects, window, now)
+        return again
 
     def _remember_reference(self, window: ClosedWindow, reference: Reference) -> None:
         done = self._done(window)
@@ -444,18 +439,7 @@ class DetectStage(Stage):
         done = self._done(window)
         if done is not None and window.revision == 0:
             done.outcome = outcome
-        event = WindowClosed(
-            segment=Segment.model_validate(window.segment),
-            kind=window.kind,
-            window_start=window.start,
-            window_end=window.end,
-            events=window.seen,
-            sample_size=len(window.rows),
-            revision=window.revision,
-            outcome=cast(Any, outcome),
-            reference=None if reference is None else reference.name,
-            closed_at=datetime.now(UTC),
-        )
+        event = window_closed(window, outcome, reference)
         key = (window.segment.get("model") or "").encode()
         effects.records.add(self.settings.topics.windows, key, event.model_dump_json().encode())
 

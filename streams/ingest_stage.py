@@ -28,7 +28,7 @@ from pydantic_core import to_json
 
 from core.settings import Settings
 from detectors.frame import descriptor_values, feedback_row, log_row
-from schemas.events import DeadLetterReason, Descriptors, Feedback, InferenceLog, JoinedFeedback
+from schemas.events import DeadLetterReason, Feedback, InferenceLog, JoinedFeedback
 from streams import join
 from streams.ingest import Accepted, ReadAt, Rejected, decode, enriched_json, out_of_range
 from streams.join_store import SWEEP_CHUNK, JoinStore, claim_directory, table_options
@@ -37,7 +37,9 @@ from streams.outbox import Outbox
 from streams.rekey import Origin, headers_for, origin_in
 from streams.runtime import Batch, Decoder, Effects, Runtime, Stage
 from streams.watermarks import Progress, source_of
-from streams.windows import BatchSummaries, window_spec
+from streams.window_batch import BatchSummaries
+from streams.window_sample import KeyCut
+from streams.windows import window_spec
 
 if TYPE_CHECKING:
     from streams.app import LoopwatchApp
@@ -96,7 +98,9 @@ class IngestStage(Stage):
         self._seconds = {t: metrics.processing_seconds.labels(t) for t in inputs}
         self.window_spec = window_spec(settings)
         self.rng = random.Random()
-        self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
+        # Across batches: a window's events beyond its sample size mostly need no row (KeyCut).
+        self.cut = KeyCut(self.window_spec.sample_size)
+        self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng, self.cut)
         # The event-time watermark of each input partition read (streams/watermarks.py).
         self.progress = Progress(self.window_spec.seconds, lateness=self.window_spec.grace_seconds)
         self._progress_generation = 0
@@ -134,15 +138,17 @@ class IngestStage(Stage):
         return dataclasses.replace(outcome, origin=origin) if isinstance(outcome, Rejected) else outcome
 
     def _timely(self, accepted: Accepted[Any], message: Any, now: float) -> Accepted[Any] | Rejected:
-        """The event, or its rejection when its timestamp is too far from its Kafka message's."""
+        """The event with its epoch time, or its rejection when that is too far from its Kafka message's."""
+        stamp = accepted.event.timestamp.timestamp()
         rejected = out_of_range(
             accepted.event.timestamp,
             message.timestamp,
             now,
             max_past=self.settings.max_timestamp_past_seconds,
             max_future=self.settings.max_timestamp_future_seconds,
+            stamp=stamp,
         )
-        return accepted if rejected is None else rejected
+        return Accepted(accepted.event, accepted.text, stamp) if rejected is None else rejected
 
     # -- a batch -------------------------------------------------------------------
 
@@ -161,7 +167,9 @@ class IngestStage(Stage):
             key = accepted.event.request_id.encode()
             if message.key != key and self._rekeyed(effects.records, message, key):
                 continue
-            stamp = accepted.event.timestamp.timestamp()
+            stamp = accepted.stamp
+            if stamp is None:  # a re-keyed copy (its time was checked on the producer's message)
+                stamp = accepted.event.timestamp.timestamp()
             latest[message.partition] = max(latest.get(message.partition, stamp), stamp)
             if isinstance(accepted.event, InferenceLog):
                 self._inference(effects, message, source, accepted, key, stamp, now)
@@ -311,7 +319,7 @@ class IngestStage(Stage):
         if isinstance(kept, JoinedFeedback):
             return feedback_row(kept)
         event, descriptors = kept
-        return log_row(event, Descriptors(**descriptors), self.settings.window_text_chars)
+        return log_row(event, descriptors, self.settings.window_text_chars)
 
     def _flush_summaries(self, effects: Effects, topic: str, latest: dict[int, float], now: float) -> None:
         """Publish this batch's window summaries with its other outputs (before the commit).
@@ -340,7 +348,8 @@ class IngestStage(Stage):
             value = to_json(partial.to_json(), inf_nan_mode="null")
             outbox.add(self.topics.summaries, (partial.segment.get("model") or "").encode(), value)
         if self.summaries.partials:
-            self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng)
+            self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng, self.cut)
+            self.cut.expire()
         self._broadcast_progress(outbox, now)
 
     def _passed(self, batch: int, topic: str, latest: dict[int, float]) -> None:

@@ -17,7 +17,9 @@ topics), has passed its end plus the allowed lateness; a source whose
 watermark has not moved for ``idle_seconds`` (an expected one not heard for
 that long since the partition's first progress) went quiet and no longer
 holds windows back. Without the expected ones, a window closed as soon as the
-partitions that reported first had passed it.
+partitions that reported first had passed it. :meth:`Marks.closing` also says
+what closed a window: every input passing it (``watermark``), or one that went
+quiet left behind (``idle_timeout``), and the input it waited for last.
 
 >>> marks = Marks(lateness=1.0, idle_seconds=30.0)
 >>> marks.observe(3, {"in|0": 59.0, "in|1": 75.0}, now=0.0)
@@ -33,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 #: A source's name: ``<topic>|<partition>``.
 Source = str
@@ -107,6 +110,10 @@ class _Mark:
     #: When (wall time) the watermark last moved: a source quiet for idle_seconds holds nothing back.
     #: None: an expected source whose topic has not been heard of on the partition (it holds windows).
     moved_at: float | None
+    #: The watermark before its last move: a source whose last move passed a window's end closed it.
+    before: float = -math.inf
+    #: The watermark before the unit of work (the moves at ``moved_at``) of its last move: heard before it.
+    start: float = -math.inf
 
 
 class Marks:
@@ -131,7 +138,9 @@ class Marks:
             if mark is None or watermark > mark.watermark:
                 if mark is None or mark.moved_at is None:
                     _start_quiet(marks, _topic(source), now)
-                marks[source] = _Mark(float(watermark), now)
+                before = -math.inf if mark is None else mark.watermark
+                start = before if mark is None or mark.moved_at != now else mark.start
+                marks[source] = _Mark(float(watermark), now, before, start)
                 moved = True
         if moved:
             self.dirty.add(partition)
@@ -150,12 +159,77 @@ class Marks:
         if not marks:
             return False
         due = end + self.lateness
-        return all(
-            mark.watermark >= due
+        return all(mark.watermark >= due for mark in self._feeding(marks, ignore, now, live=True).values())
+
+    def passed(
+        self, partition: int | None, end: float, now: float, ignore: Callable[[Source], bool] | None = None
+    ) -> bool:
+        """Whether :meth:`complete` held before this unit of work (the moves heard at ``now`` left out).
+
+        A window that opens when it had passed already opened for late events; one
+        that the same unit's watermarks pass (a batch with events of several windows) is in time.
+        """
+        marks = self.partitions.get(partition) if partition is not None else None
+        if not marks:
+            return False
+        due = end + self.lateness
+        feeding = self._feeding(marks, ignore, now, live=True).values()
+        return all((mark.start if mark.moved_at == now else mark.watermark) >= due for mark in feeding)
+
+    def closing(
+        self,
+        partition: int | None,
+        end: float,
+        now: float,
+        ignore: Callable[[Source], bool] | None = None,
+        *,
+        idle: bool = False,
+    ) -> tuple[str, str | None] | None:
+        """What closes a window ending at ``end`` now, and the input it waited for last (None: still open).
+
+        ``idle_timeout`` when an input that went quiet in the last ``idle_seconds`` is
+        left behind (it is the one named; one quiet longer held nothing back), or when
+        ``idle`` (the window's segment went quiet: the input furthest behind is named);
+        else ``watermark``, naming the input whose last move passed the end while
+        another had passed it before (None: no input lagged).
+        """
+        complete = self.complete(partition, end, now, ignore)
+        if not idle and not complete:
+            return None
+        idle = idle and not complete  # a segment gone quiet whose inputs all passed the end: the watermark
+        due = end + self.lateness
+        heard = self.partitions.get(partition) if partition is not None else None
+        marks = self._feeding(heard or {}, ignore, now, live=False)
+        recently = 2 * self.idle_seconds  # quiet for idle_seconds, and only since the last idle_seconds
+        behind = {
+            source: mark
             for source, mark in marks.items()
-            if (mark.moved_at is None or now - mark.moved_at < self.idle_seconds)
-            and not (ignore is not None and ignore(source))
-        )
+            if mark.watermark < due and (idle or mark.moved_at is None or now - mark.moved_at < recently)
+        }
+        if behind:
+            source, mark = min(behind.items(), key=lambda item: (item[1].watermark, item[0]))
+            return "idle_timeout", _waited(source, mark)
+        if idle:
+            return "idle_timeout", None
+        passed = {source: mark for source, mark in marks.items() if mark.watermark >= due}
+        crossed = [(mark.moved_at or 0.0, source) for source, mark in passed.items() if mark.before < due]
+        if not crossed:
+            return "watermark", None
+        at, source = max(crossed)
+        if all(mark.before < due and mark.moved_at == at for mark in passed.values()):
+            return "watermark", None  # every input passed it in the same move: none lagged
+        return "watermark", _waited(source, passed[source])
+
+    def _feeding(
+        self, marks: dict[Source, _Mark], ignore: Callable[[Source], bool] | None, now: float, *, live: bool
+    ) -> dict[Source, _Mark]:
+        """The sources that can feed the window (``live``: only those not quiet for ``idle_seconds``)."""
+        return {
+            source: mark
+            for source, mark in marks.items()
+            if not (ignore is not None and ignore(source))
+            and (not live or mark.moved_at is None or now - mark.moved_at < self.idle_seconds)
+        }
 
     def of(self, partition: int) -> dict[Source, float]:
         """The watermarks of ``partition`` (what its table entry keeps)."""
@@ -166,6 +240,10 @@ class Marks:
         """Watermarks kept in the table; they count as moved ``now`` (their idle period starts again)."""
         self.observe(partition, watermarks, now)
         self.dirty.discard(partition)
+        # Heard before the restart, not in this unit (:meth:`passed`).
+        for source, watermark in watermarks.items():
+            mark = self.partitions[partition][source]
+            mark.start = max(mark.start, float(watermark))
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what was heard on partitions another worker owns now."""
@@ -176,6 +254,17 @@ class Marks:
 
 def _topic(source: Source) -> str:
     return source.rsplit("|", 1)[0]
+
+
+def _waited(source: Source, mark: _Mark) -> str:
+    """``llm.feedback.v1 partition 3 (event time reached 03:31:05 at 03:31:21)``: wall and event time, UTC."""
+    topic, _, partition = source.rpartition("|")
+    if mark.watermark == -math.inf or mark.moved_at is None:
+        return f"{topic} partition {partition} (no event time heard)"
+    reached, at = (
+        datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S") for t in (mark.watermark, mark.moved_at)
+    )
+    return f"{topic} partition {partition} (event time reached {reached} at {at})"
 
 
 def _start_quiet(marks: dict[Source, _Mark], topic: str, now: float) -> None:

@@ -16,15 +16,14 @@ floor, is again one.
 
 from __future__ import annotations
 
-import math
-import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from core.settings import Settings
 from streams.watermarks import Marks, Source, source_of
-from streams.window_dedup import Coverage, Origin, add_offset, drop_counted
+from streams.window_dedup import Coverage, Origin, drop_counted
 from streams.window_gaps import Gaps
 from streams.window_sample import Sample
 
@@ -144,100 +143,6 @@ def segment_key(segment: dict[str, str | None]) -> str:
     return "|".join(segment.get(part) or "" for part in SEGMENT_PARTS)
 
 
-class BatchSummaries:
-    """Partials of one ingest batch: per (segment, kind, window), one for every ``rows_per_partial`` events.
-
-    A partial keeps the row of each of its events, up to ``rows_per_partial``
-    (which bounds a summary message). When that is below the window's
-    ``sample_size``, the slot's next events go to a fresh partial: one partial
-    of 600 events would keep a third of them, and a window merging it keeps
-    only rows above that partial's floor, a uniform sample but far smaller
-    than ``sample_size`` (trial 17c: 368 rows of a 1,051-event window after a
-    backlog).
-    """
-
-    def __init__(self, spec: WindowSpec, rows_per_partial: int, rng: random.Random) -> None:
-        self.spec = spec
-        self.capacity = min(rows_per_partial, spec.sample_size)
-        # A partial as large as the window's sample thins nothing the window would keep.
-        self._fills_at = self.capacity if self.capacity < spec.sample_size else math.inf
-        self.rng = rng
-        #: The partial each slot counts its next event into.
-        self.partials: dict[tuple[str, WindowKind, int], Partial] = {}
-        #: Partials that filled (``capacity`` events, below ``sample_size``), in the order they filled.
-        self.filled: list[Partial] = []
-        # keeps(): (segment values, kind, window, source) -> the partial and its runs of that source.
-        self._found: dict[
-            tuple[tuple[str | None, ...], str, int, Source], tuple[Partial, list[list[int]]]
-        ] = {}
-
-    def wants(
-        self, segment: dict[str, str | None], kind: WindowKind, timestamp: float, origin: Origin | None = None
-    ) -> tuple[Partial, float] | None:
-        """Count an event (read at ``origin``: source, offset); return where to keep its row if wanted."""
-        partial = self._partial(segment, kind, self.spec.window_id(timestamp), timestamp)
-        if origin is not None:
-            add_offset(partial.counted.setdefault(origin[0], []), origin[1])
-        key = partial.sample.wants(self.rng)
-        return None if key is None else (partial, key)
-
-    def keeps(
-        self,
-        segment: tuple[str | None, ...],
-        kind: WindowKind,
-        timestamp: float,
-        source: Source,
-        offset: int,
-        row: Any,
-    ) -> None:
-        """:meth:`wants` then :meth:`Sample.keep` in one call, for ingest: the same draws, the same partials.
-
-        ``segment`` holds the values of :data:`SEGMENT_PARTS`; the event was read at
-        ``offset`` of ``source``. ``row`` is kept as it is, if wanted: what ingest
-        turns into the row when it publishes (:meth:`Sample.build_rows`), so that
-        no row is built for the events the sample lets go. Per event this looks
-        up one dict instead of building the segment, its key and the slot.
-        """
-        window_id = self.spec.window_id(timestamp)
-        found = self._found.get((segment, kind, window_id, source))
-        if found is None or found[0].sample.seen >= self._fills_at:
-            partial = self._partial(
-                dict(zip(SEGMENT_PARTS, segment, strict=True)), kind, window_id, timestamp
-            )
-            found = self._found[segment, kind, window_id, source] = (
-                partial,
-                partial.counted.setdefault(source, []),
-            )
-        else:
-            partial = found[0]
-            partial.saw(timestamp)
-        add_offset(found[1], offset)
-        key = partial.sample.wants(self.rng)
-        if key is not None:
-            partial.sample.keep(row, key, (source, offset))
-
-    def all(self) -> list[Partial]:
-        """Every partial of the batch, to publish."""
-        return [*self.filled, *self.partials.values()]
-
-    def _partial(
-        self, segment: dict[str, str | None], kind: WindowKind, window_id: int, timestamp: float
-    ) -> Partial:
-        """The partial of a slot, made on its first event or when the last one filled; its times stretched."""
-        slot = (segment_key(segment), kind, window_id)
-        partial = self.partials.get(slot)
-        if partial is not None and partial.sample.seen >= self._fills_at:
-            self.filled.append(partial)
-            partial = None
-        if partial is None:
-            partial = self.partials[slot] = Partial(
-                segment, kind, window_id, timestamp, timestamp, Sample(self.capacity)
-            )
-        else:
-            partial.saw(timestamp)
-        return partial
-
-
 @dataclass(frozen=True)
 class ClosedWindow:
     """A finished window of one segment, ready for the detectors."""
@@ -254,6 +159,9 @@ class ClosedWindow:
     revision: int = 0
     #: Its time window's id (None: a count window).
     window_id: int | None = None
+    #: What closed it (watermark, idle_timeout, timer, count, revision), and the input it waited for last.
+    closed_by: str | None = None
+    waited_for: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (a window kept until its slow detectors are done)."""
@@ -311,7 +219,9 @@ class Windows:
     is merged in, and :meth:`revisions` gives it back once per unit with its
     revision number. A window that closed without ever opening (a later one
     closed first) opens for a late partial within that horizon too
-    (:mod:`streams.window_gaps`). Beyond it a partial for a closed window is
+    (:mod:`streams.window_gaps`); such a window, and one whose watermarks had
+    passed it before its first partial came, closes once no partial came for
+    it for ``revision_quiet_seconds`` (its first verdict). Beyond it a partial for a closed window is
     late: not judged, and ``late_events`` counts its events.
 
     Each merged partial may carry an ``entry`` id (where the caller keeps it:
@@ -339,7 +249,8 @@ class Windows:
         #: Closed windows late partials were merged into, and when the last one came.
         self.revised: dict[Slot, float] = {}
         self.gaps = Gaps(spec.revision_seconds)
-        #: Windows late partials opened (:mod:`streams.window_gaps`): they close once those went quiet.
+        #: Windows late partials opened (:mod:`streams.window_gaps`, or passed by the watermarks before
+        #: their first partial came): they close once those went quiet (``revision_quiet_seconds``).
         self.reopened: set[Slot] = set()
         #: The input offsets each open or kept window counted (:mod:`streams.window_dedup`).
         self.coverage: dict[Slot, dict[Source, Coverage]] = {}
@@ -390,7 +301,7 @@ class Windows:
         elif not self.merges(partial):
             self.late_events += partial.sample.seen
         else:
-            if self.is_late(partial):
+            if self.is_late(partial) or (slot not in self.open and self._passed(slot, now)):
                 self.reopened.add(slot)
             self.restore(partial, now, entry)
             if close and self.spec.events is not None and self.open[slot].sample.seen >= self.spec.events:
@@ -472,26 +383,36 @@ class Windows:
 
     def tick(self, now: float) -> list[ClosedWindow]:
         """Close the windows that are complete (see the class docstring)."""
-        done = [slot for slot, updated in self.last_update.items() if self._complete(slot, updated, now)]
+        why = {slot: by for slot, at in self.last_update.items() if (by := self._complete(slot, at, now))}
         # In order of time, then segment: a rollback watch takes a later window of the model as the
         # sign that every version's earlier windows are out (retrain_trigger.evidence).
-        return [self._close(slot, now) for slot in sorted(done, key=lambda s: (s[2], s[0], s[1]))]
+        return [self._close(slot, now, *why[slot]) for slot in sorted(why, key=lambda s: (s[2], s[0], s[1]))]
 
-    def _complete(self, slot: Slot, updated: float, now: float) -> bool:
-        if now - updated >= self.spec.idle_seconds:
-            return True
-        if slot in self.reopened:
-            return now - updated >= self.spec.revision_quiet_seconds
-        if self.spec.seconds is None:
-            return False
-        if self.spec.close == "timer":
-            return slot[2] < self.newest[slot[:2]] and now - updated >= self.spec.grace_seconds
+    def _complete(self, slot: Slot, updated: float, now: float) -> tuple[str, str | None] | None:
+        """What closes ``slot`` now and the input it waited for last (:meth:`Marks.closing`); None: open."""
+        idle = now - updated >= self.spec.idle_seconds
+        if slot in self.reopened and not idle:
+            return ("revision", None) if now - updated >= self.spec.revision_quiet_seconds else None
+        if self.spec.seconds is None or self.spec.close == "timer":
+            timer = self.spec.seconds is not None and slot[2] < self.newest[slot[:2]]
+            timer = timer and now - updated >= self.spec.grace_seconds
+            return ("idle_timeout", None) if idle else ("timer", None) if timer else None
         end = (slot[2] + 1) * self.spec.seconds
-        ignore = None
-        if slot[1] == "inference" and self.spec.feedback_topic is not None:
-            prefix = f"{self.spec.feedback_topic}|"
-            ignore = lambda source: source.startswith(prefix)  # noqa: E731 - feedback never feeds these
-        return self.marks.complete(self.partition.get(slot[:2]), end, now, ignore)
+        return self.marks.closing(self.partition.get(slot[:2]), end, now, self._ignore(slot), idle=idle)
+
+    def _passed(self, slot: Slot, now: float) -> bool:
+        """Whether the watermarks had passed ``slot`` before this unit: late partials open it (trial 17e)."""
+        if self.spec.seconds is None or self.spec.close != "watermark":
+            return False
+        end = (slot[2] + 1) * self.spec.seconds
+        return self.marks.passed(self.partition.get(slot[:2]), end, now, self._ignore(slot))
+
+    def _ignore(self, slot: Slot) -> Callable[[Source], bool] | None:
+        """The sources that cannot feed ``slot``: feedback for an inference window."""
+        if slot[1] != "inference" or self.spec.feedback_topic is None:
+            return None
+        prefix = f"{self.spec.feedback_topic}|"
+        return lambda source: source.startswith(prefix)
 
     def revisions(self, now: float | None = None) -> list[ClosedWindow]:
         """The closed windows late partials were merged into since the last call, each once.
@@ -500,13 +421,14 @@ class Windows:
         """
         quiet = self.spec.revision_quiet_seconds
         ready = [slot for slot, last in self.revised.items() if now is None or now - last >= quiet]
-        revised = []
-        for slot in sorted(ready):
-            del self.revised[slot]
-            done = self.done[slot]
-            done.revision += 1
-            revised.append(self._closed(done.partial, tuple(done.entries), done.revision))
-        return revised
+        return [self.again(slot) for slot in sorted(ready)]
+
+    def again(self, slot: Slot) -> ClosedWindow:
+        """A kept window's next revision: its late partials merged so far, or none (its reference moved)."""
+        self.revised.pop(slot, None)
+        done = self.done[slot]
+        done.revision += 1
+        return self._closed(done.partial, tuple(done.entries), done.revision, "revision")
 
     def expire(self, now: float) -> list[ClosedWindow]:
         """Closed windows past the revision horizon, forgotten (their entries can go)."""
@@ -520,7 +442,7 @@ class Windows:
             expired.append(self._closed(done.partial, tuple(done.entries), done.revision))
         return expired
 
-    def _close(self, slot: Slot, now: float) -> ClosedWindow:
+    def _close(self, slot: Slot, now: float, by: str = "count", waited: str | None = None) -> ClosedWindow:
         partial = self.open.pop(slot)
         del self.last_update[slot]
         self.reopened.discard(slot)
@@ -533,9 +455,11 @@ class Windows:
                 self.done[slot] = Done(partial, now, 0, list(entries))
         if slot not in self.done:  # later partials of it are late, or belong to the next count window
             self.coverage.pop(slot, None)
-        return self._closed(partial, entries, 0)
+        return self._closed(partial, entries, 0, by, waited)
 
-    def _closed(self, partial: Partial, entries: tuple[str, ...], revision: int) -> ClosedWindow:
+    def _closed(
+        self, partial: Partial, entries: tuple[str, ...], revision: int, *why: str | None
+    ) -> ClosedWindow:
         if self.spec.seconds is not None:
             start = partial.window_id * self.spec.seconds
             end = start + self.spec.seconds
@@ -552,6 +476,8 @@ class Windows:
             entries=entries,
             revision=revision,
             window_id=window_id,
+            closed_by=why[0] if why else None,
+            waited_for=why[1] if len(why) > 1 else None,
         )
 
 

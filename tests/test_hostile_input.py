@@ -34,7 +34,8 @@ from services import sample_data
 from streams import join
 from streams.detect import DEFAULT_SPECS, Judge, Reference, to_detection
 from streams.ingest import Accepted, Rejected, decode, enriched_json
-from streams.windows import BatchSummaries, ClosedWindow, Partial, Windows, WindowSpec
+from streams.window_batch import BatchSummaries
+from streams.windows import ClosedWindow, Partial, Windows, WindowSpec
 
 from .helpers import WorkerStack
 from .strict_json import strict_loads

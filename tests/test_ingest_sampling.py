@@ -32,7 +32,8 @@ from streams.ingest_stage import IngestStage
 from streams.metrics import Metrics
 from streams.runtime import Batch
 from streams.watermarks import source_of
-from streams.windows import BatchSummaries, window_spec
+from streams.window_batch import BatchSummaries
+from streams.windows import window_spec
 
 _SEED = 16
 _START = datetime(2026, 12, 1, 12, 0, 50, tzinfo=UTC).timestamp()  # 500 events in a first window

@@ -20,7 +20,8 @@ from retrain_trigger.pipeline import Decider
 from retrain_trigger.policy import Verify, load_policy
 from retrain_trigger.stable import StableVersionMarked
 from schemas.events import CloudEvent, Detection
-from streams.windows import BatchSummaries, Windows, WindowSpec
+from streams.window_batch import BatchSummaries
+from streams.windows import Windows, WindowSpec
 from tests.test_rollback_verify import (
     NEG,
     PROF,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import random
 
-from streams.windows import BatchSummaries, Partial, Windows
+from streams.window_batch import BatchSummaries
+from streams.windows import Partial, Windows
 from tests.test_window_dedup import SOURCE, SPEC
 
 SEGMENT = ("m", "v1", "a", None, None)

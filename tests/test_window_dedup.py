@@ -20,9 +20,10 @@ from schemas.events import DeadLetterReason
 from streams.ingest import Accepted, Rejected
 from streams.runtime import Batch, Effects
 from streams.summaries import decode_summary
+from streams.window_batch import BatchSummaries
 from streams.window_dedup import Coverage
 from streams.window_table import Restored, restore_windows
-from streams.windows import BatchSummaries, Partial, Sample, Windows, WindowSpec
+from streams.windows import Partial, Sample, Windows, WindowSpec
 from tests.test_runtime import App, Producer, Writer, message, runtime
 
 SPEC = WindowSpec(seconds=60, grace_seconds=1.0, idle_seconds=30, close="watermark", revision_seconds=300)

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from scipy import stats
 
-from streams.windows import BatchSummaries, Partial, Sample, Windows, WindowSpec, segment_key
+from streams.window_batch import BatchSummaries
+from streams.windows import Partial, Sample, Windows, WindowSpec, segment_key
 
 SEGMENT = {"model": "m", "model_version": "1", "app": None, "route": None, "tenant": None}
 
