@@ -52,6 +52,8 @@ WINDOWS = pa.schema(
         ("outcome", pa.string()),  # judged | reference | waiting | skipped (null: from detections only)
         ("reference", pa.string()),  # what it was compared with, when judged
         ("closed_at", _TIME),
+        ("closed_by", pa.string()),  # watermark | idle_timeout | revision (null: not said)
+        ("waited_for", pa.string()),  # the input it waited for last (null: none lagged, or not said)
     ]
 )
 
@@ -83,6 +85,8 @@ DETECTIONS = pa.schema(
         ("samples", pa.int64()),  # when not judged: the samples it had (the smaller side)
         ("min_samples", pa.int64()),  # when not judged: the samples it needed
         ("threshold_of", pa.string()),  # what `threshold` bounds: p_value | effect_size | statistic | score
+        # The Benjamini-Hochberg adjusted p its verdict used (null: not corrected, or written before).
+        ("p_value_adjusted", pa.float64()),
     ]
 )
 
@@ -220,6 +224,8 @@ def window_row(detection: Detection, counted: WindowInput = "inference") -> dict
         "outcome": None,
         "reference": None,
         "closed_at": None,
+        "closed_by": None,
+        "waited_for": None,
     }
 
 
@@ -239,6 +245,8 @@ def window_closed_row(closed: WindowClosed) -> dict[str, Any]:
         "outcome": closed.outcome,
         "reference": closed.reference,
         "closed_at": closed.closed_at,
+        "closed_by": closed.closed_by,
+        "waited_for": closed.waited_for,
     }
 
 
@@ -296,7 +304,13 @@ def detection_row(detection: Detection, threshold_of: str | None = None) -> dict
         "samples": None if unjudged is None else unjudged[0],
         "min_samples": None if unjudged is None else unjudged[1],
         "threshold_of": threshold_of,
+        "p_value_adjusted": _adjusted(detection.measurements),
     }
+
+
+def _adjusted(measurements: Mapping[str, float]) -> float | None:
+    value = measurements.get("p_value_adjusted")
+    return None if value is None else float(value)
 
 
 def alert_row(alert: Alert, decided_at: datetime | None = None) -> dict[str, Any]:
@@ -349,6 +363,8 @@ CLOSED_COLUMNS = (
     "outcome",
     "reference",
     "closed_at",
+    "closed_by",
+    "waited_for",
 )
 
 

@@ -48,8 +48,17 @@ def trial_events() -> dict[str, list[Any]]:
     """Window 1: a p of exactly 0 and a short reference; window 2: a short window."""
     specs = [*INFERENCE_SPECS, DetectorSpec("quality.cost.v1", "inference")]  # cost per request in USD
     judged = _judged(specs, _requests(40, 0), _requests(50, 40), 1)
+    # As the correction leaves it: the adjusted p of a p of 0 is 0 too (the chart draws the adjusted one).
     zero = [
-        d.model_copy(update={"p_value": 0.0, "verdict": "drift"}) if d.detector_id == PROFANITY else d
+        d.model_copy(
+            update={
+                "p_value": 0.0,
+                "verdict": "drift",
+                "measurements": {**d.measurements, "p_value_adjusted": 0.0},
+            }
+        )
+        if d.detector_id == PROFANITY
+        else d
         for d in judged
     ]
     short_reference = _judged(FEEDBACK_SPECS, _thumbs(4, 27, "ref"), _thumbs(20, 32, "w1"), 1)

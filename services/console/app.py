@@ -39,6 +39,7 @@ from services.console.views import (
     report_path,
     resolve_range,
 )
+from services.console.window_close import CLOSED_BY_MEANS
 
 _HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "loopwatch_console_token"
@@ -63,6 +64,8 @@ class Console:
     slow_detectors: frozenset[str] = frozenset()
     #: The window kind (inference) each slow detector reads, to count the windows it has not judged yet.
     slow_kinds: Mapping[str, str] = field(default_factory=dict)
+    #: The window kind every detector reads: a point's hover says when that kind of its window closed.
+    detector_kinds: Mapping[str, str] = field(default_factory=dict)
     #: The Kafka the replay commands name (``--bootstrap``); None: a placeholder the user must fill in.
     bootstrap: str | None = None
     #: Said next to the replay commands, e.g. that the demo's broker stopped with the demo.
@@ -97,6 +100,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
         redoc_url=None,
     )
     templates = Jinja2Templates(directory=_HERE / "templates")
+    templates.env.globals["closed_by_means"] = CLOSED_BY_MEANS  # the Segment page's table of closes
     templates.env.filters["segment_url"] = lambda key: "/segments/" + quote(key, safe="")
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
 
@@ -169,6 +173,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
             console.config_labels,
             console.slow_detectors,
             console.slow_kinds,
+            console.detector_kinds,
         )
 
     @app.get("/api/incidents", response_model=Incidents, tags=["pages"])

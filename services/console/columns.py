@@ -82,3 +82,29 @@ def _flat(column: Column) -> pa.Array:
 
 def _chunks(column: Column) -> list[pa.Array]:
     return list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def parse_objects(objects: pa.Array | pa.ChunkedArray) -> pa.Table | None:
+    """JSON objects of numbers as one table (a column per key, null where absent), or None.
+
+    The objects go to pyarrow's JSON reader as one newline-delimited buffer, never as Python strings.
+    """
+    import pyarrow.json as pa_json
+
+    lines = pc.binary_join_element_wise(pc.cast(objects, pa.string()), "", "\n")  # each, then a newline
+    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    size = int(pc.sum(pc.binary_length(lines)).as_py() or 0)
+    # A string array's bytes are its values back to back, from the offset of its first value.
+    first = int(np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset]) if len(lines) else 0
+    data = lines.buffers()[2].slice(first, size) if size else pa.py_buffer(b"")
+    try:
+        # One block: the columns' types are inferred from every row, not the first block's.
+        options = pa_json.ReadOptions(use_threads=False, block_size=size + 1)
+        parsed = pa_json.read_json(pa.BufferReader(data), read_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    numeric = all(any(kind(t) for kind in _PARSED_NUMBERS) for t in parsed.schema.types)
+    return parsed if parsed.num_rows == len(objects) and numeric else None
+
+
+_PARSED_NUMBERS = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)

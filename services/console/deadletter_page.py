@@ -46,6 +46,11 @@ class DeadLetterSample(BaseModel):
 
     reason: str
     error: str | None = None
+    errors: list[str] = Field(
+        default_factory=list,
+        description="Every per-field error kept with it (field: message), which its error may sum up as"
+        " '... (and 1 more)'",
+    )
     minute: datetime = Field(description="The minute (UTC, wall clock) its row counts it in")
     refused_at: datetime | None = Field(
         None, description="When loopwatch refused the message (the dead letter's received_at), when kept"
@@ -147,6 +152,7 @@ def _sample(row: dict[str, Any], letter: dict[str, Any]) -> DeadLetterSample:
     return DeadLetterSample(
         reason=str(letter.get("reason") or row["reason"]),
         error=letter.get("error"),
+        errors=[_field_error(d) for d in letter.get("detail") or [] if isinstance(d, dict)],
         minute=row["minute"],
         refused_at=_refused_at(letter.get("received_at")),
         source=where,
@@ -154,6 +160,14 @@ def _sample(row: dict[str, Any], letter: dict[str, Any]) -> DeadLetterSample:
         value_bytes=value_bytes,
         truncated=isinstance(value_bytes, int) and value_bytes > len(kept),
     )
+
+
+def _field_error(detail: dict[str, Any]) -> str:
+    """One per-field error of a dead letter (``user_id: ...``), as its ``detail`` entry says it."""
+    field, message = detail.get("field"), detail.get("message")
+    if message is None:
+        return json.dumps(detail, sort_keys=True, default=str)
+    return f"{field}: {message}" if field else str(message)
 
 
 def _refused_at(value: Any) -> datetime | None:

@@ -171,8 +171,17 @@ def count_of(n: int, what: str) -> str:
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> str:
-    seconds = max(int((end - start).total_seconds()), 0) if start and end else 0
-    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60} s"
+    return duration(max(int((end - start).total_seconds()), 0) if start and end else 0)
+
+
+def duration(seconds: float) -> str:
+    """``21 s``, ``2 min 0 s`` (from 2 minutes), ``3 h 20 min`` (from 2 hours)."""
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 7200:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
 class RollbackState(BaseModel):

@@ -9,7 +9,6 @@ named only as what the policy says of gates that were met while its source fired
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,6 +28,8 @@ from retrain_trigger.policy import Policy, Rule
 from retrain_trigger.silence import parse_matcher
 from schemas.events import Segment
 from services.console.incidents import count_of, hms
+from services.console.policy_gaps import no_retrain
+from services.console.series import verdict_p
 
 if TYPE_CHECKING:
     from services.console.reader import HistoryReader
@@ -48,6 +49,7 @@ _DETECTION_COLUMNS = [
     "p_value",
     "measurements",
     "revision",
+    "p_value_adjusted",
 ]
 
 
@@ -78,6 +80,11 @@ class PolicyReport(BaseModel):
         default_factory=list, description="Policy names the range's actions were published under"
     )
     rules: list[RuleReport] = Field(default_factory=list)
+    no_retrain: str | None = Field(
+        None,
+        description="Detectors its rollback rules act on that drifted in the range and that no retrain"
+        " rule matches: no retrain is asked for on them, in one line (null: none)",
+    )
 
 
 def policy_report(
@@ -102,6 +109,7 @@ def policy_report(
     detections = _matching_days(history, span, rules)
     for rule in rules:
         report.rules.append(_rule_report(rule, policy, detections, alerts, actions, silences))
+    report.no_retrain = no_retrain(policy, detections)
     return report
 
 
@@ -370,13 +378,8 @@ def _p_values(rows: pa.Table, wanted: np.ndarray) -> np.ndarray:
 
 
 def _parsed_p(rows: pa.Table) -> np.ndarray:
-    """Each row's adjusted p-value from its measurements, else its p-value (NaN: none)."""
-    out = np.full(rows.num_rows, np.nan)
-    for i, row in enumerate(rows.select(["p_value", "measurements"]).to_pylist()):
-        measured = json.loads(row["measurements"] or "{}")
-        value = measured.get("p_value_adjusted", row["p_value"]) if isinstance(measured, dict) else None
-        out[i] = np.nan if value is None else value
-    return out
+    """Each row's adjusted p-value (its column, else its measurements'), else its p-value (NaN: none)."""
+    return np.asarray(pc.fill_null(verdict_p(rows), np.nan).to_numpy(zero_copy_only=False), dtype=float)
 
 
 def _unmet(rule: Rule, matching: pa.Table) -> list[str]:

@@ -39,9 +39,20 @@ from services.console.views import (
     latest_revision_rows,
     parse_segment,
 )
+from services.console.window_close import closes_by_kind, kinds_said
 
 _WINDOW_COLUMNS = ["window_start", "window_end", "kind", "events", "feedback_events", "outcome", "revision"]
-_SERIES_COLUMNS = ["detector_id", "config_id", "window_start", "verdict", "statistic", "threshold"]
+_WINDOW_COLUMNS += ["closed_at", "closed_by", "waited_for"]
+# window_end: a history of detections only takes its windows' bounds from them.
+_SERIES_COLUMNS = [
+    "detector_id",
+    "config_id",
+    "window_start",
+    "window_end",
+    "verdict",
+    "statistic",
+    "threshold",
+]
 _SERIES_COLUMNS += ["p_value", "effect_size", "score", "measurements", "report_path", "detection_id"]
 _SERIES_COLUMNS += [
     "revision",
@@ -52,6 +63,7 @@ _SERIES_COLUMNS += [
     "reference_size",
     "current_size",
     "reference",
+    "p_value_adjusted",
 ]
 #: At most this many windows are listed in the page's table of windows without a plain verdict.
 MAX_NOTED = 500
@@ -81,6 +93,11 @@ class NotedWindow(BaseModel):
         description="A revision in words: revised 5 times as late events came in, +46 feedback events"
         " (3 → 49); one late delivery read over several seconds may take several revisions",
     )
+    closed: list[str] = Field(
+        default_factory=list,
+        description="When it closed (per kind when both): closed 21 s after its end by the watermark (...),"
+        " waited for llm.feedback.v1 partition 3 (...)",
+    )
 
 
 _NOTED_LIST = TypeAdapter(list[NotedWindow])
@@ -107,6 +124,12 @@ class SegmentView(BaseModel):
         default_factory=list, description="The time axis every chart of the page shares: [start, end]"
     )
     count_step: int = Field(1, description="The traffic chart's tick step: whole events")
+    closed: dict[str, list[str | None]] = Field(
+        default_factory=dict,
+        description="Per window kind (inference, feedback), per window: when it closed, how long after its"
+        " end (wall clock minus window end), what closed it and what it waited for last; null: not known"
+        " (known from detections only). Kinds with no close known are left out",
+    )
     window_seconds: float | None = Field(
         None, description="The shortest window's length: a lone window's bar is as wide as its window"
     )
@@ -137,11 +160,13 @@ def segment_view(
     labels: Mapping[str, str] | None = None,
     slow: frozenset[str] = frozenset(),
     slow_kinds: Mapping[str, str] | None = None,
+    kinds: Mapping[str, str] | None = None,
 ) -> SegmentView:
     """One segment's windows and, per detector config (``labels`` names them), its statistic and verdicts.
 
     ``slow`` names the detectors the slow queue runs (``slow_kinds``: the window kind each reads): only
     their charts mark the windows it skipped, and the page counts the windows each has not judged yet.
+    ``kinds``: the window kind every detector reads (its points' hovers say when that kind closed).
     """
     model, version = parse_segment(segment)
     days = span.days()
@@ -163,9 +188,16 @@ def segment_view(
     shown: list[WindowShown | None] = texts(shown_column)
     noted, noted_total = _noted(per_window, shown_column, times, detections)
     _say_revisions(noted, _revised_counts(detections, firsts), _revised_kinds(windows))
+    starts = times.of(per_window["window_start"])
+    closed = closes_by_kind(windows, per_window["window_start"]) if windows.num_rows else {}
+    if closed:
+        index = {start: i for i, start in enumerate(starts)}
+        for window in noted:
+            window.closed = kinds_said(closed, index[window.window_start])
     skipped = per_window.filter(per_window["skipped"])
     skipped_at = times.of(skipped["window_start"])
     for s in series:
+        s.kind = (kinds or {}).get(s.detector_id) or (slow_kinds or {}).get(s.detector_id)
         if s.detector_id in slow:
             drawn = set(s.window_start)
             s.slow, s.skipped = True, [t for t in skipped_at if t is not None and t not in drawn]
@@ -174,12 +206,13 @@ def segment_view(
         model=model,
         model_version=version,
         range=span,
-        window_start=times.of(per_window["window_start"]),
+        window_start=starts,
         events=boxed(per_window["events"]),
         feedback_events=boxed(per_window["feedback_events"]),
         shown=shown,
         x_range=x_range(span, per_window),
         count_step=count_step([*boxed(per_window["events"]), *boxed(per_window["feedback_events"])]),
+        closed=closed,
         window_seconds=_shortest_us(per_window["window_start"], per_window["window_end"]) / 1e6 or None,
         noted=noted,
         noted_total=noted_total,

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
@@ -35,7 +34,8 @@ from services.console.chart_labels import (
     revised_note,
     window_events,
 )
-from services.console.columns import Times, boxed, texts
+from services.console.columns import Times, boxed, parse_objects, texts
+from services.console.p_values import ADJUSTED_NOTE, adjusted_p, verdict_p
 
 Verdict = Literal["ok", "warning", "drift"]
 #: What a point or window shows: a verdict, or why there is none.
@@ -57,8 +57,9 @@ AXIS_TITLES: dict[ThresholdKind, str] = {
     "threshold": "statistic",
 }
 #: The history's ``threshold_of`` -> the column drawn against the threshold, its kind and its label.
+#: A p-value is drawn as the verdict used it: Benjamini-Hochberg adjusted when corrected (``p_verdict``).
 SCALES: dict[str, tuple[str, ThresholdKind, str]] = {
-    "p_value": ("p_value", "alpha", "p-value"),
+    "p_value": ("p_verdict", "alpha", "p-value"),
     "effect_size": ("effect_size", "min_effect_size", "effect size"),
     "statistic": ("statistic", "threshold", "statistic"),
     "score": ("score", "min_probability", "probability worse"),
@@ -86,6 +87,11 @@ class DetectorSeries(BaseModel):
         description="Per point: what the threshold bounds (value_label); null: not judged",
     )
     value_label: str = Field("statistic", description="What value is: p-value, effect size, statistic, ...")
+    value_note: str | None = Field(
+        None,
+        description="Said of value beside its label: on a p-value chart of corrected windows, that it is the"
+        " Benjamini-Hochberg adjusted p the verdict used (p_value keeps the raw one)",
+    )
     threshold: list[float | None]
     threshold_kind: ThresholdKind = Field(
         "threshold",
@@ -134,6 +140,9 @@ class DetectorSeries(BaseModel):
     reports: list[ReportLink] = Field(default_factory=list)
     axis_title: str = Field("statistic", description="The chart's y axis: what value is, in its unit")
     slow: bool = Field(False, description="Run by the slow detectors, which skip windows when busy")
+    kind: str | None = Field(
+        None, description="The window kind it reads (inference, feedback): its points' closes (null: unknown)"
+    )
     skipped: list[datetime] = Field(
         default_factory=list, description="Windows this (slow) detector skipped: its queue was full"
     )
@@ -366,9 +375,14 @@ def _filled(detections: pa.Table) -> pa.Table:
         "config_id": pc.fill_null(detections["config_id"], ""),
         "revision": pc.fill_null(detections["revision"], 0),
         "judged": judged_mask(detections),
+        "p_value_adjusted": adjusted_p(detections),
+        "p_verdict": verdict_p(detections),
     }
     for name, column in columns.items():
-        detections = detections.set_column(detections.schema.get_field_index(name), name, column)
+        at = detections.schema.get_field_index(name)
+        detections = (
+            detections.append_column(name, column) if at < 0 else detections.set_column(at, name, column)
+        )
     return detections
 
 
@@ -383,6 +397,7 @@ def _series(
     """One detector config's series from its rows, oldest first."""
     judged = group["judged"]
     kind, value_label, values = _scale(group)
+    rows = group.num_rows
     worst = (
         group.select(["window_start"])
         .append_column("rank", verdict_ranks(group))
@@ -401,6 +416,7 @@ def _series(
         statistic=_judged(_finite(group["statistic"]), judged),
         value=_judged(values, judged),
         value_label=value_label,
+        value_note=ADJUSTED_NOTE if kind == "alpha" and group["p_value_adjusted"].null_count < rows else None,
         threshold=boxed(_finite(group["threshold"])),
         threshold_kind=kind,
         threshold_label=THRESHOLD_LABELS[kind],
@@ -493,39 +509,13 @@ def _measurements(group: pa.Table, is_rate: Callable[[str], bool]) -> dict[str, 
     """The quality rates of judged windows, per name (null where a window has none)."""
     given = pc.fill_null(pc.greater(pc.utf8_length(group["measurements"]), 0), False)
     objects = pc.if_else(pc.and_(group["judged"], given), group["measurements"], "{}")
-    parsed = _parse_objects(objects)
+    parsed = parse_objects(objects)
     if parsed is None:  # not what pyarrow's reader takes (NaN, mixed types): one object at a time
         loaded = [json.loads(text) for text in objects.to_pylist()]
         names = sorted({k for m in loaded for k in m if is_rate(k)})
         return {k: [_num(m.get(k)) for m in loaded] for k in names}
     names = sorted(name for name in parsed.column_names if is_rate(name))
     return {name: boxed(_finite(parsed[name])) for name in names}
-
-
-def _parse_objects(objects: pa.Array | pa.ChunkedArray) -> pa.Table | None:
-    """JSON objects of numbers as one table (a column per key, null where absent), or None.
-
-    The objects go to pyarrow's JSON reader as one newline-delimited buffer, never as Python strings.
-    """
-    import pyarrow.json as pa_json
-
-    lines = pc.binary_join_element_wise(pc.cast(objects, pa.string()), "", "\n")  # each, then a newline
-    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
-    size = int(pc.sum(pc.binary_length(lines)).as_py() or 0)
-    # A string array's bytes are its values back to back, from the offset of its first value.
-    first = int(np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset]) if len(lines) else 0
-    data = lines.buffers()[2].slice(first, size) if size else pa.py_buffer(b"")
-    try:
-        # One block: the columns' types are inferred from every row, not the first block's.
-        options = pa_json.ReadOptions(use_threads=False, block_size=size + 1)
-        parsed = pa_json.read_json(pa.BufferReader(data), read_options=options)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    numeric = all(any(kind(t) for kind in _NUMERIC) for t in parsed.schema.types)
-    return parsed if parsed.num_rows == len(objects) and numeric else None
-
-
-_NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
 
 
 def _reports(group: pa.Table) -> list[ReportLink]:

@@ -81,6 +81,7 @@ def build_console(
         config_labels=config_labels((s.detector_id, s.config) for s in specs),
         slow_detectors=frozenset(s.detector_id for s in specs if s.slow),
         slow_kinds={s.detector_id: s.kind for s in specs if s.slow},
+        detector_kinds={s.detector_id: s.kind for s in specs},
         bootstrap=None
         if demo or "kafka_bootstrap" not in settings.model_fields_set
         else settings.kafka_bootstrap,

@@ -24,11 +24,27 @@ function floored(series) {
            hovertemplate: `${label} (p = 0): %{x}<extra></extra>` };
 }
 
-function marked(series, verdict) {
+function marked(series, verdict, said) {
   // The windows with this verdict, as markers on the value line: the verdict is what stands out.
-  const x = [], y = [], ys = values(series);
-  series.verdict.forEach((v, i) => { if (v === verdict) { x.push(series.window_start[i]); y.push(ys[i]); } });
-  return { x, y, mode: "markers", name: verdict, marker: { color: COLORS[verdict], size: 11 } };
+  // Drawn over the line's points, so they carry its hover too.
+  const x = [], y = [], text = [], ys = values(series);
+  series.verdict.forEach((v, i) => {
+    if (v === verdict) { x.push(series.window_start[i]); y.push(ys[i]); text.push(said[i]); }
+  });
+  return { x, y, mode: "markers", name: verdict, marker: { color: COLORS[verdict], size: 11 }, customdata: text,
+           hovertemplate: "%{y} %{customdata}<extra></extra>" };
+}
+
+function closesOf(view, kind) {
+  // Per window start: what the page says of when its windows (of `kind`, else of every kind) closed.
+  const closed = view.closed || {}, known = Object.keys(closed);
+  const kinds = kind && known.includes(kind) ? [kind] : known;
+  const at = new Map(view.window_start.map((t, i) => [t, i]));
+  return (t) => {
+    const i = at.get(t);
+    if (i === undefined) return [];
+    return kinds.filter((k) => closed[k][i]).map((k) => (kinds.length > 1 ? `${k}: ${closed[k][i]}` : closed[k][i]));
+  };
 }
 
 function revised(series) {
@@ -171,6 +187,12 @@ function drawSegment(view) {
     traffic[0].width = width / 2;
     traffic.push(bars(view.window_start, view.feedback_events, "feedback events", width / 2, width / 2));
   }
+  // Each bar's hover says when its window (of that input) closed and what it waited for.
+  traffic.forEach((trace, k) => {
+    const closes = closesOf(view, k === 0 ? "inference" : "feedback");
+    trace.customdata = view.window_start.map((t) => closes(t).join("<br>"));
+    trace.hovertemplate = "%{x}: %{y}<br>%{customdata}<extra>%{fullData.name}</extra>";
+  });
   const events = windowTicks(layout(view.window_start, shared), view.window_start, view.window_seconds);
   const counts = [...view.events, ...(view.feedback_events || [])];
   events.yaxis = integerTicks(yaxis("events", counts), view.count_step);
@@ -179,10 +201,13 @@ function drawSegment(view) {
   view.detectors.forEach((d, i) => {
     const label = d.value_label || "statistic";
     const name = d.config_label ? `${label} (${d.config_label})` : label;
-    // Hover says the verdict, or why there is none (not judged) and whether late events revised it.
+    // Hover says the verdict, or why there is none (not judged) and whether late events revised it; on a
+    // corrected window's p-value chart, that the p drawn is the adjusted one and the raw p; when it closed.
+    const closes = closesOf(view, d.kind);
     const said = d.verdict.map((v, k) => {
       const note = (d.revised_note && d.revised_note[k]) || (d.note && d.note[k]);
-      return note ? `${v}: ${note}` : v;
+      const raw = d.value_note && d.p_value[k] !== null ? [`BH-adjusted p (the verdict's); raw p ${Number(d.p_value[k]).toPrecision(3)}`] : [];
+      return [note ? `${v}: ${note}` : v, ...raw, ...closes(d.window_start[k])].join("<br>");
     });
     const traces = [
       // Lines with markers: a segment seen in one window still shows its point.
@@ -193,8 +218,8 @@ function drawSegment(view) {
         marker: { color: d.verdict.map((v) => COLORS[v] || "#95a5a6"), size: 7 }, customdata: said,
         hovertemplate: "%{y} %{customdata}<extra></extra>" },
       thresholdTrace(d, shared),
-      marked(d, "warning"),
-      marked(d, "drift"),
+      marked(d, "warning", said),
+      marked(d, "drift", said),
     ];
     if (d.floor) traces.push(floored(d));
     if ((d.revision || []).some((r) => r > 0)) traces.push(revised(d));
@@ -206,6 +231,8 @@ function drawSegment(view) {
     const plot = windowTicks(layout(d.window_start, shared), view.window_start, view.window_seconds);
     plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...d.threshold],
                        d.threshold_kind === "alpha");
+    // The p drawn is what the verdict used (Benjamini-Hochberg adjusted): a raw p below alpha read as "ok".
+    if (d.value_note) plot.legend = { ...plot.legend, title: { text: d.value_note } };
     if (d.slow && (d.skipped || []).length) traces.push(skippedTrace(d.skipped));
     Plotly.newPlot(`chart-${i}`, withRollbacks(traces, plot, view.rollbacks), plot, CONFIG);
     ids.push(`chart-${i}`);
@@ -325,6 +352,21 @@ function drawDeadLetters(view) {
 
 const DRAW = { segment: drawSegment, deadletters: drawDeadLetters };
 
+function foldable() {
+  // A folded detector section keeps its charts drawn; Plotly sized them while hidden, so they are resized
+  // when opened. A table-of-contents link opens the section it points to.
+  document.querySelectorAll("details.detector-body").forEach((details) => details.addEventListener("toggle", () => {
+    if (details.open) details.querySelectorAll(".js-plotly-plot").forEach((plot) => Plotly.Plots.resize(plot));
+  }));
+  const open = () => {
+    const target = location.hash && document.getElementById(location.hash.slice(1));
+    const details = target && target.querySelector("details");
+    if (details) details.open = true;
+  };
+  window.addEventListener("hashchange", open);
+  open();
+}
+
 document.addEventListener("DOMContentLoaded", async () => {
   const page = document.body.dataset.page;
   const charts = document.getElementById("charts");
@@ -335,5 +377,6 @@ document.addEventListener("DOMContentLoaded", async () => {
     return;
   }
   DRAW[page](await response.json());
+  if (page === "segment") foldable();
   charts.dataset.drawn = "true";  // what a test (or a person's script) can wait for
 });
