@@ -38,7 +38,8 @@ from streams.ingest import Rejected, dead_letter, decode
 from tests.console_fixture import serving
 from tests.console_verdicts_fixture import INFERENCE_SPECS, _judged, _requests, write_events
 from tests.test_console_browser import browser  # noqa: F401 - the module's headless Chromium
-from tests.test_console_incidents import MODEL, POLICY, START, at, detection, window, write
+from tests.test_console_incidents import MODEL, POLICY, START, at, detection, rollback_request, window, write
+from tests.test_console_incidents import alert as incident_alert
 
 from .test_console_incidents import _segment
 
@@ -308,3 +309,78 @@ def test_a_folded_detector_opens_from_the_table_of_contents_with_its_chart_drawn
     assert "raw p 0.0100" in hovers[1] and hovers[1].startswith("warning"), hovers
     page.close()
     assert errors == []
+
+
+def _wide_incidents(root: Path) -> None:
+    """Trial 12i's Incidents: a verified rollback with long ids and 64-hex fingerprints on long summaries."""
+    request = rollback_request("lw-rollback-" + "3a919da5f8b96d54c9027205ddfe42ba")
+    long = "Replies of this model version got worse; rolling back to the last stable version"
+    alerts = [
+        {
+            **incident_alert("bad-replies", "rollback", detector, "v2", status, at(n)),
+            "fingerprint": f"{n:x}" * 64,
+            "summary": f"{long} ({detector} on {MODEL}/v2)",
+            "resolved_by": f"rollback {request['id']} verified: v1 serves and is better",
+        }
+        for n, (detector, status) in enumerate([(FEEDBACK, "firing"), ("quality.canary.v1", "resolved")])
+    ]
+    windows = [window("v1", n) for n in range(8)] + [window("v2", n) for n in range(3, 7)]
+    # One judged window of the canary, p 1e-72 against alpha 0.01: a 10^9 tick and a short alpha line.
+    tiny = {
+        **detection("v2", 3, FEEDBACK, "drift", p=1e-72),
+        "statistic": 0.8,
+        "threshold": 0.01,
+        "threshold_of": "p_value",
+    }
+    write(root, windows=windows, actions=[request], alerts=alerts, detections=[tiny])
+
+
+def test_the_incidents_tables_fit_the_page_at_1280_and_1400_px(
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Trial 12i: the alert timeline ran 1420 px wide in a 1336 px box; at 1280 px the page scrolled.
+
+    And on a p-value chart: the rollback label sat on the alpha line, the axis ran past 1 (a 10^9 tick),
+    and a one-window chart's alpha was a short segment.
+    """
+    _wide_incidents(tmp_path / "history")
+    with serving(
+        Console(HistoryReader(str(tmp_path / "history")), DatasetStore(tmp_path / "datasets"))
+    ) as url:
+        for width in (1280, 1400):
+            page = browser.new_page(base_url=url, viewport={"width": width, "height": 900})
+            page.goto("/incidents?days=7")
+            widths = page.evaluate(
+                "[document.scrollingElement.scrollWidth, innerWidth,"
+                " ...[...document.querySelectorAll('table.alerts, table.actions')].map("
+                "t => t.getBoundingClientRect().right <= document.querySelector('main').clientWidth)]"
+            )
+            assert widths[0] <= widths[1] and all(widths[2:]) and len(widths) == 4, (width, widths)
+            short = page.locator("table.alerts td.fingerprint code").first
+            assert short.get_attribute("title") == "0" * 64 and len(short.text_content() or "") < 20
+            page.close()
+        page = browser.new_page(base_url=url, viewport={"width": 1280, "height": 900})
+        page.goto(f"/segments/{quote(KEY, safe='')}?days=7")
+        page.wait_for_selector('#charts[data-drawn="true"]', timeout=15_000)
+        chart = page.evaluate(
+            "(() => { const p = [...document.querySelectorAll('.statistic.js-plotly-plot')]"
+            ".find((c) => c.layout.yaxis.type === 'log');"
+            " const alpha = p.data.find((t) => t.name === p.data[1].name && t.mode === 'lines');"
+            " const label = [...p.querySelectorAll('.annotation')]"
+            ".find((a) => a.textContent.startsWith('rollback requested')).getBoundingClientRect();"
+            " const top = p.querySelector('.main-svg').getBoundingClientRect().top + p._fullLayout._size.t;"
+            " return [p._fullLayout.yaxis.range[1], alpha.x, p.layout.xaxis.range,"
+            " label.bottom <= top + 1, p.data.filter((t) => t.name.includes(' gate (')).map((t) => t.name)];"
+            " })()"
+        )
+        page.close()
+    top, alpha_x, x_range, label_above, gates = chart
+    # The default policy's bad-replies gates, drawn beside alpha (trial 12i's finding 6).
+    assert gates == [
+        "rollback gate (bad-replies): p < 0.001",
+        "rollback immediate gate (bad-replies): p < 1e-06",
+    ]
+    assert top <= 0.05 + 1e-9  # log10: the axis ends at about 1
+    assert [str(x)[:19] for x in alpha_x] == [str(x)[:19] for x in x_range]  # alpha spans the axis
+    assert label_above

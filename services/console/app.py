@@ -28,8 +28,10 @@ from curation.store import DatasetStore
 from retrain_trigger.policy import Policy, load_policy
 from services.console.datasets import Datasets, Preview, datasets_view, preview_view
 from services.console.deadletter_page import DeadLetters, deadletters_view
+from services.console.policy_gates import p_value_gates
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.segment import SegmentView, segment_view
+from services.console.slow_pending import no_worker
 from services.console.views import (
     DayRange,
     Incidents,
@@ -70,6 +72,8 @@ class Console:
     bootstrap: str | None = None
     #: Said next to the replay commands, e.g. that the demo's broker stopped with the demo.
     replay_note: str | None = None
+    #: Why slow verdicts stay pending when no worker runs (a demo's console); None: a worker may judge them.
+    pending_why: str | None = None
     #: The policy the workers decide with, which the Incidents page explains (None: the built-in default).
     policy: Policy | None = None
     #: Its file (None: the built-in default policy).
@@ -101,6 +105,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     )
     templates = Jinja2Templates(directory=_HERE / "templates")
     templates.env.globals["closed_by_means"] = CLOSED_BY_MEANS  # the Segment page's table of closes
+    templates.env.globals["pending_why"] = console.pending_why  # no worker runs: pending stays pending
     templates.env.filters["segment_url"] = lambda key: "/segments/" + quote(key, safe="")
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
 
@@ -166,7 +171,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/segments/{segment:path}", response_model=SegmentView, tags=["pages"])
     def api_segment(segment: str, day: Day = None, days: Days = 1) -> SegmentView:
         """One segment: each detector's statistic over windows with its threshold and verdicts."""
-        return segment_view(
+        view = segment_view(
             console.history,
             segment,
             span(day, days),
@@ -175,6 +180,11 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
             console.slow_kinds,
             console.detector_kinds,
         )
+        alpha = {d.detector_id for d in view.detectors if d.threshold_kind == "alpha"}
+        update: dict[str, Any] = {"gates": p_value_gates(console.decision_policy(), segment, alpha)}
+        if console.pending_why and view.pending:
+            update["pending"] = no_worker(view.pending, console.pending_why)
+        return view.model_copy(update=update)
 
     @app.get("/api/incidents", response_model=Incidents, tags=["pages"])
     def api_incidents(day: Day = None, days: Days = 7) -> Incidents:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from services.console.chart_labels import EventCounts, count_step, first_counts, revised_note, window_events
 from services.console.columns import Times, boxed, texts
+from services.console.policy_gates import PolicyGate
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.rollback_marks import RollbackMark, rollback_marks
 from services.console.series import (
@@ -39,7 +40,7 @@ from services.console.views import (
     latest_revision_rows,
     parse_segment,
 )
-from services.console.window_close import closes_by_kind, kinds_said
+from services.console.window_close import FIRST_ON_LATE_NOTE, closes_by_kind, first_on_late, kinds_said
 
 _WINDOW_COLUMNS = ["window_start", "window_end", "kind", "events", "feedback_events", "outcome", "revision"]
 _WINDOW_COLUMNS += ["closed_at", "closed_by", "waited_for"]
@@ -147,6 +148,15 @@ class SegmentView(BaseModel):
         default_factory=list,
         description="Per slow detector: the windows it has not judged yet (not skipped, no detection of it)",
     )
+    gates: list[PolicyGate] = Field(
+        default_factory=list,
+        description="The policy's rollback and retrain p-value gates on this segment's p-value charts",
+    )
+    unfed: list[str] = Field(
+        default_factory=list,
+        description="Detectors this segment never fed: no verdict, 0 samples in windows with events (no"
+        " ratings sent); not called not judged",
+    )
     rollbacks: list[RollbackMark] = Field(
         default_factory=list, description="Rollback requests from this version: its charts mark each"
     )
@@ -186,7 +196,7 @@ def segment_view(
     ranked = pc.take(pa.array([_SHOWN[r] for r in range(-1, 3)]), pc.add(per_window["rank"], 1))
     shown_column = pc.if_else(pc.is_valid(per_window["rank"]), ranked, per_window["outcome"])
     shown: list[WindowShown | None] = texts(shown_column)
-    noted, noted_total = _noted(per_window, shown_column, times, detections)
+    noted, noted_total = _noted(per_window, shown_column, times, detections, first_on_late(windows))
     _say_revisions(noted, _revised_counts(detections, firsts), _revised_kinds(windows))
     starts = times.of(per_window["window_start"])
     closed = closes_by_kind(windows, per_window["window_start"]) if windows.num_rows else {}
@@ -219,21 +229,30 @@ def segment_view(
         skipped=skipped_at,
         never_judged=never_judged(series, slow) if skipped_at else [],
         pending=slow_pending(windows, detections, slow, slow_kinds),
+        unfed=sorted(never_judged_ids(detections)) if detections.num_rows else [],
         rollbacks=rollback_marks(action_rows(history.read("actions", days, model=model)), model, version),
         detectors=series,
     )
 
 
 def _noted(
-    per_window: pa.Table, shown: pa.Array | pa.ChunkedArray, times: Times, detections: pa.Table
+    per_window: pa.Table,
+    shown: pa.Array | pa.ChunkedArray,
+    times: Times,
+    detections: pa.Table,
+    late_first: set[datetime],
 ) -> tuple[list[NotedWindow], int]:
     """The windows without a plain first verdict, newest first (at most MAX_NOTED), and how many.
 
-    Only the candidates (no verdict, revised or skipped) are looked at one by one: the rest have no note.
+    Only the candidates (no verdict, revised, skipped, or first judged on late events: ``late_first``)
+    are looked at one by one: the rest have no note.
     """
     plain = pc.fill_null(pc.is_in(shown, value_set=pa.array(["ok", "warning", "drift"])), False)
     revised = pc.fill_null(pc.greater(per_window["revision"], 0), False)
     flagged = pc.or_(pc.or_(pc.invert(plain), revised), per_window["skipped"])
+    if late_first:
+        at = pa.array(list(late_first), per_window["window_start"].type)
+        flagged = pc.or_(flagged, pc.is_in(per_window["window_start"], value_set=at))
     candidates = pc.indices_nonzero(flagged).to_pylist()
     candidates_at = pa.array(candidates, pa.int64())
     counts = per_window.select(["window_start", "revision", "skipped"]).take(candidates_at).to_pylist()
@@ -244,7 +263,15 @@ def _noted(
     notes = [
         (i, note, s, c["revision"] or 0)
         for i, s, c in zip(candidates, said, counts, strict=True)
-        if (note := _note(s, unjudged.get(c["window_start"]), c["revision"], c["skipped"]))
+        if (
+            note := _note(
+                s,
+                unjudged.get(c["window_start"]),
+                c["revision"],
+                c["skipped"],
+                c["window_start"] in late_first,
+            )
+        )
     ][::-1]
     listed = per_window.take(pa.array([i for i, *_ in notes[:MAX_NOTED]], pa.int64()))
     columns = {
@@ -383,9 +410,11 @@ def _unjudged(detections: pa.Table, starts: list[datetime]) -> dict[datetime, st
     }
 
 
-def _note(shown: str | None, unjudged: str | None, revision: int | None, skipped: bool) -> str | None:
+def _note(
+    shown: str | None, unjudged: str | None, revision: int | None, skipped: bool, late_first: bool = False
+) -> str | None:
     """The windows table's text for a window, None when it has a plain first verdict."""
-    parts = []
+    parts = [FIRST_ON_LATE_NOTE] if late_first else []
     if shown == "not judged":
         parts.append(unjudged or not_judged_note(None, None))
     elif shown in ("reference", "waiting"):

@@ -17,6 +17,7 @@ from retrain_trigger.policy import load_policy
 from services.console.app import Console, create_app
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.series import config_labels
+from services.console.slow_pending import DEMO_PENDING_WHY
 
 log = logging.getLogger("loopwatch.console")
 
@@ -86,6 +87,7 @@ def build_console(
         if demo or "kafka_bootstrap" not in settings.model_fields_set
         else settings.kafka_bootstrap,
         replay_note=DEMO_REPLAY_NOTE if demo else None,
+        pending_why=DEMO_PENDING_WHY if demo else None,
         policy=load_policy(policy_file),
         policy_file=policy_file,
     )

@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 DEFAULT_KIND = "inference"
 #: Why such windows have no verdict yet, said after their count.
 PENDING_WHY = "slow detectors run in the background, one window at a time; a restart re-queues them"
+#: Said instead on a demo's console, served after the demo's worker stopped (trial 12i: no verdict comes).
+DEMO_PENDING_WHY = "the demo's worker stopped with the demo: these stay unjudged"
 
 
 class SlowPending(BaseModel):
@@ -47,9 +49,14 @@ def slow_pending(
     return out
 
 
-def pending_note(detector_id: str, n: int) -> str:
+def pending_note(detector_id: str, n: int, why: str = PENDING_WHY) -> str:
     """``14 windows not judged yet by drift.embedding_mmd.v1 (slow detectors run ...)``."""
-    return f"{n} window{'s' if n != 1 else ''} not judged yet by {detector_id} ({PENDING_WHY})"
+    return f"{n} window{'s' if n != 1 else ''} not judged yet by {detector_id} ({why})"
+
+
+def no_worker(pending: list[SlowPending], why: str) -> list[SlowPending]:
+    """The notes said again with ``why`` (no worker runs: none of them will be judged)."""
+    return [p.model_copy(update={"note": pending_note(p.detector_id, p.windows, why)}) for p in pending]
 
 
 def _waiting_starts(windows: pa.Table, kind: str) -> set[object]:

@@ -113,6 +113,8 @@ function integerTicks(axis, step) {
 
 // A threshold or bound: long dashes with clear gaps, which read as dashed at any width.
 const THRESHOLD_LINE = { dash: "12px,8px", color: "#7f8c8d", width: 2 };
+// The policy's p-value gates (a rollback or retrain rule's), dotted, apart from the detector's alpha.
+const GATE_COLOR = "#c0392b";
 
 function styled(trace, style) {
   // Lines of one chart that can be equal (p95 and p99, a rate and its reference at 0) each have their
@@ -137,9 +139,13 @@ function yaxis(title, ys, log) {
     // then spans the decades around them, so at least two powers of ten are labelled.
     if (!positive.length) return log;
     const bottom = Math.log10(Math.min(...positive)), top = Math.log10(Math.max(...positive));
-    if (Math.floor(top) - Math.ceil(bottom) + 1 >= 2) return log;  // powers of ten within the values
+    // A p is at most 1: the axis ends just above it (trial 12i: autorange padded a 1e-72 axis past 10^9).
+    const ceiling = 0.05;
+    if (Math.floor(top) - Math.ceil(bottom) + 1 >= 2) {  // powers of ten within the values
+      return { ...log, range: [bottom - Math.max(0.05, (ceiling - bottom) * 0.05), ceiling] };
+    }
     const lo = Math.floor(bottom), hi = Math.ceil(top);
-    return { ...log, range: [lo - 0.05, Math.max(hi, lo + 1) + 0.05] };
+    return { ...log, range: [lo - 0.05, Math.min(Math.max(hi, lo + 1) + 0.05, ceiling)] };
   }
   // Dollars as plain decimals ($0.0006), never Plotly's SI suffixes (600µ).
   if (title === "USD") Object.assign(axis, { tickprefix: "$", tickformat: "~g", hoverformat: "~g" });
@@ -221,6 +227,13 @@ function drawSegment(view) {
       marked(d, "warning", said),
       marked(d, "drift", said),
     ];
+    traces.push(...thresholdSpan(d, shared));
+    // The policy's rollback and retrain gates on this p-value (trial 12i: what acted was not alpha).
+    const gates = d.threshold_kind === "alpha" ? (view.gates || []).filter((g) => g.detector_id === d.detector_id) : [];
+    // Labelled at the line's right end, not in the legend (whose entries are the detector's own).
+    gates.forEach((g) => traces.push({ x: shared, y: [g.p_value, g.p_value], mode: "lines", name: g.label,
+                                       line: { dash: "dot", color: GATE_COLOR, width: 2 }, hoverinfo: "name",
+                                       showlegend: false }));
     if (d.floor) traces.push(floored(d));
     if ((d.revision || []).some((r) => r > 0)) traces.push(revised(d));
     const ys = values(d);
@@ -229,10 +242,15 @@ function drawSegment(view) {
       return;
     }
     const plot = windowTicks(layout(d.window_start, shared), view.window_start, view.window_seconds);
-    plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...d.threshold],
+    plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...d.threshold, ...gates.map((g) => g.p_value)],
                        d.threshold_kind === "alpha");
     // The p drawn is what the verdict used (Benjamini-Hochberg adjusted): a raw p below alpha read as "ok".
     if (d.value_note) plot.legend = { ...plot.legend, title: { text: d.value_note } };
+    if (shared) {
+      // The first (max_p_value) labelled above its line, the next (immediate, lower) below: apart on a long axis.
+      plot.annotations = gates.map((g, k) => ({ x: shared[1], xref: "x", y: Math.log10(g.p_value), yref: "y",
+        xanchor: "right", yanchor: k % 2 ? "top" : "bottom", showarrow: false, text: g.label, font: { size: 10, color: GATE_COLOR } }));
+    }
     if (d.slow && (d.skipped || []).length) traces.push(skippedTrace(d.skipped));
     Plotly.newPlot(`chart-${i}`, withRollbacks(traces, plot, view.rollbacks), plot, CONFIG);
     ids.push(`chart-${i}`);
@@ -288,6 +306,15 @@ function thresholdTrace(d, shared) {
   return { ...drawn, name: d.threshold_label || "threshold", line: THRESHOLD_LINE };
 }
 
+function thresholdSpan(d, shared) {
+  // A lone window's one threshold (a detector's alpha) also spans the page's axis, without a legend entry
+  // of its own (trial 12i: only a short segment around the point was drawn).
+  const lonely = d.threshold.some((t) => t !== null) && d.threshold.every((t, k) => t === null || lone(d.threshold, k));
+  if (!lonely || !constant(d.threshold) || !shared || shared.length !== 2) return [];
+  return [{ ...spanned(d.window_start, d.threshold, shared), mode: "lines", line: THRESHOLD_LINE,
+            name: d.threshold_label || "threshold", showlegend: false, hoverinfo: "skip" }];
+}
+
 function constant(ys) {
   // One value for every window that has one (a detector's alpha, an SLO bound).
   const known = (ys || []).filter((y) => y !== null && y !== undefined);
@@ -312,8 +339,10 @@ function withRollbacks(traces, plot, marks) {
     const color = "#8e44ad";
     plot.shapes = [...(plot.shapes || []), { type: "line", xref: "x", yref: "paper", x0: m.at, x1: m.at,
       y0: 0, y1: 1, line: { color, width: 2, dash: "dashdot" } }];
+    // Labelled above the plot area, in the top margin: inside it the dashed alpha line struck it through.
+    plot.margin = { ...(plot.margin || LAYOUT.margin), t: 26 };
     plot.annotations = [...(plot.annotations || []), { x: m.at, xref: "x", y: 1, yref: "paper",
-      xanchor: "left", yanchor: "top", showarrow: false, font: { size: 11, color },
+      xanchor: "left", yanchor: "bottom", showarrow: false, font: { size: 11, color },
       text: `rollback requested${m.target_version ? ` (to ${m.target_version})` : ""}`,
       hovertext: m.rollback_id }];
   });
