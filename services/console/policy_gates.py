@@ -8,11 +8,11 @@ gates as lines of their own: ``rollback gate (bad-replies): p < 0.001``.
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 from pydantic import BaseModel, Field
 
 from retrain_trigger.policy import SEGMENT_FIELDS, Policy
+from retrain_trigger.route import segment_matches
+from schemas.events import Segment
 
 #: The gates drawn, and how each is named.
 _GATES = (("max_p_value", "gate"), ("immediate_p_value", "immediate gate"))
@@ -29,11 +29,16 @@ class PolicyGate(BaseModel):
 def p_value_gates(policy: Policy, segment: str, detector_ids: set[str]) -> list[PolicyGate]:
     """The rollback and retrain rules' p-value gates on ``detector_ids`` of ``segment`` (its key)."""
     fields = dict(zip(SEGMENT_FIELDS, segment.split("|"), strict=False))
+    where = Segment(
+        model=fields.get("model", ""),
+        model_version=fields.get("model_version", ""),
+        app=fields.get("app") or None,
+        route=fields.get("route") or None,
+        tenant=fields.get("tenant") or None,
+    )
     out = []
     for rule in policy.rules:
-        if rule.action not in ("rollback", "retrain"):
-            continue
-        if not all(fnmatchcase(fields.get(f, ""), pattern) for f, pattern in rule.match.segment.items()):
+        if rule.action not in ("rollback", "retrain") or not segment_matches(rule, where):
             continue
         for detector_id in sorted(d for d in detector_ids if rule.match.matches_detector(d)):
             for name, called in _GATES:
