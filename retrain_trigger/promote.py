@@ -123,6 +123,9 @@ class Trial(BaseModel):
         default_factory=dict, description="Window key -> what it added (a revision replaces it)"
     )
     alerts: list[str] = Field(default_factory=list, description="Alerts that fired for the challenger")
+    unmeasured: list[str] = Field(
+        default_factory=list, description="Margin detectors that judged none of its windows: too few samples"
+    )
     ready: bool = Field(False, description="Promotable when last judged (rechecked on ticks)")
 
     def add(self, seen: Observation, *, stable: bool) -> None:
@@ -180,10 +183,15 @@ def observe(
     """
     margin = promote.margins.get(detection.detector_id)
     seen = None if margin is None else Observation.of(detection, margin)
-    if seen is None:
+    # Too few samples in its window to measure (trial 12j: a canary at 100% thumbs-down had 23-29 thumbs a
+    # window, under the detectors' 30): the measure is still owed, or the promotion went by profanity alone.
+    unmeasured = margin is not None and seen is None and bool(detection.measurements.get("too_few_samples"))
+    if seen is None and not unmeasured:
         return None
     version = detection.segment.model_version
     if version == stable:
+        if seen is None:
+            return None
         if state.recent_of != stable:
             state.recent, state.recent_of = [], stable
         # A revision takes its window's place among the latest.
@@ -212,7 +220,11 @@ def observe(
         if state.recent_of == stable:
             for earlier in state.recent:
                 trial.add(earlier, stable=True)
-    trial.add(seen, stable=False)
+    if seen is None:
+        if detection.detector_id not in trial.unmeasured:
+            trial.unmeasured.append(detection.detector_id)
+    else:
+        trial.add(seen, stable=False)
     return trial
 
 
@@ -290,18 +302,22 @@ def assess(trial: Trial, promote: Promote) -> CandidateEvidence:
     name, stable = trial.candidate_version, trial.stable_version
     worse = [c for c in comparisons if c.judgement == "worse"]
     pending = [c for c in comparisons if c.judgement in ("inconclusive", "not_enough_data")]
+    owed = [
+        f"{d}: judged none of {trial.candidate_version}'s windows (too few samples in each)"
+        for d in _owed(trial)
+    ]
     conf = f"{promote.confidence:.0%}"
     if trial.alerts:
         status, reason = "worse", f"alerts fired for {name}: {', '.join(trial.alerts)}"
     elif worse:
         status = "worse"
         reason = f"{name} is worse than {stable} with {conf} confidence: {'; '.join(map(describe, worse))}"
-    elif not comparisons:
+    elif not comparisons and not owed:
         status, reason = "not_enough_data", f"no measure of {name} yet"
-    elif pending or trial.windows < promote.windows:
+    elif pending or owed or trial.windows < promote.windows:
         status = "not_enough_data"
         parts = [f"{trial.windows} of {promote.windows} windows"] if trial.windows < promote.windows else []
-        parts += [why_pending(c, promote, name, stable) for c in pending]
+        parts += [why_pending(c, promote, name, stable) for c in pending] + owed
         reason = f"{name} is not yet shown non-inferior to {stable}: {'; '.join(parts)}"
     else:
         status = "non_inferior"
@@ -411,12 +427,17 @@ def firing_alerts(labels_and_status: Iterable[tuple[dict[str, str], str, str]], 
 
 
 def _too_few(trial: Trial, promote: Promote) -> bool:
-    """Does a measure seen on the challenger lack ``min_samples`` on either version?"""
+    """Does a measure seen on the challenger lack ``min_samples`` on either version, or any measured value?"""
     empty = Tally(hits=0, samples=0)
-    return any(
+    return bool(_owed(trial)) or any(
         min(tally.samples, trial.stable.get(d, empty).samples) < promote.min_samples
         for d, tally in trial.candidate.items()
     )
+
+
+def _owed(trial: Trial) -> list[str]:
+    """Margin detectors that saw the challenger's windows but measured none of them (too few samples)."""
+    return [d for d in trial.unmeasured if d not in trial.candidate]
 
 
 class PromoteStage:

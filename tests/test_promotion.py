@@ -260,3 +260,30 @@ def test_a_profanity_measure_counts_too() -> None:
     evidence = judge_candidate(detections, [], PROMOTE, model="chat", candidate="v2", stable="v1")
     assert evidence.status == "worse"
     assert [c.judgement for c in evidence.comparisons] == ["non_inferior", "worse"]
+
+
+def too_few(minute: int, version: str, samples: int = 25) -> Detection:
+    """A negative-feedback detection of a window with too few thumbs to judge, as the detector writes it."""
+    measured = detection(minute, NEG, version, "ok", 0, samples)
+    counts = {"reference_samples": 150.0, "current_samples": float(samples)}
+    return measured.model_copy(
+        update={"p_value": None, "measurements": {"too_few_samples": 1.0, "min_samples": 30.0, **counts}}
+    )
+
+
+def test_a_challenger_whose_feedback_windows_were_all_too_small_is_not_promoted_on_profanity_alone() -> None:
+    """Trial 12j: a canary at 100% thumbs-down, 23-29 thumbs a window, got a promotion on profanity alone."""
+    detections = [
+        d
+        for m in range(6)
+        for d in (
+            window(m, "v1", 18),
+            detection(m, PROF, "v1", "ok", 0, 400),
+            detection(m, PROF, "v2", "ok", 0, 400),
+            too_few(m, "v2"),
+        )
+    ]
+    assert run(decider(), detections) == []
+    evidence = judge_candidate(detections, [], PROMOTE, model="chat", candidate="v2", stable="v1")
+    assert evidence.status == "not_enough_data"
+    assert f"{NEG}: judged none of v2's windows (too few samples in each)" in evidence.reason
