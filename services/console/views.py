@@ -37,12 +37,13 @@ from services.console.series import (
     window_note,
 )
 from services.console.series import is_rate as is_rate  # re-exported: the Segment page and tests use it
+from services.console.stable_refs import stable_from_references
 from services.console.unjudged import never_judged_ids, worth_naming
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
 _SEGMENT_COLUMNS = ["segment", "model", "model_version", "app", "route", "tenant"]
-_OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events", "outcome"]
+_OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events", "outcome", "reference"]
 _OVERVIEW_DETECTION_COLUMNS = ["segment", "window_start", "verdict", "judged", "samples", "min_samples"]
 _OVERVIEW_DETECTION_COLUMNS += [
     "revision",
@@ -239,7 +240,8 @@ def overview_view(
     detections = history.read("detections", days, columns=_OVERVIEW_DETECTION_COLUMNS)
     alerts = _alert_rows(history.read("alerts", days))
     open_alerts = [a for a in _latest_per_fingerprint(alerts) if a.status == "firing" and not _silence(a)]
-    stable = dict(stable_versions or {})
+    # The settings, then what the workers compared canaries with last (it follows marks on the control topic).
+    stable = {**(stable_versions or {}), **stable_from_references(windows)}
     actions = action_rows(history.read("actions", days))
     rolled_back = rollback_states(actions)
     for action in actions:
