@@ -9,8 +9,6 @@ so the newest such reference of a model says which version the workers compared 
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -21,15 +19,25 @@ def stable_from_references(windows: pa.Table) -> dict[str, str]:
     """Model -> the stable version its newest canary window was compared with (models with none: absent)."""
     if "reference" not in windows.column_names or not windows.num_rows:
         return {}
-    references = pc.cast(windows["reference"], pa.string())
-    compared = windows.filter(pc.fill_null(pc.starts_with(references, _PREFIX), False))
+    # Plain strings (a kept day's columns are dictionary-encoded); Arrow picks each model's newest
+    # reference: a page's range can hold tens of thousands of windows.
+    rows = pa.table(
+        {
+            "model": pc.cast(windows["model"], pa.string()),
+            "window_start": windows["window_start"],
+            "reference": pc.cast(windows["reference"], pa.string()),
+        }
+    )
+    compared = rows.filter(pc.fill_null(pc.starts_with(rows["reference"], _PREFIX), False))
+    newest = (
+        compared.sort_by([("window_start", "descending")])
+        .group_by("model", use_threads=False)
+        .aggregate([("reference", "first")])
+    )
     stable: dict[str, str] = {}
-    newest: dict[str, datetime] = {}
-    for row in compared.select(["model", "window_start", "reference"]).to_pylist():
-        parts = str(row["reference"])[len(_PREFIX) :].split("@", 1)[0].split("|")
-        if len(parts) < 3 or parts[1] != row["model"]:
-            continue  # not a reference this module can read
-        at = row["window_start"]
-        if row["model"] not in newest or at > newest[row["model"]]:
-            newest[row["model"]], stable[row["model"]] = at, parts[2]
+    for row in newest.to_pylist():
+        model, reference = row["model"], row["reference_first"]
+        parts = str(reference)[len(_PREFIX) :].split("@", 1)[0].split("|")
+        if len(parts) >= 3 and parts[1] == model:  # else not a reference this module can read
+            stable[model] = parts[2]
     return stable
