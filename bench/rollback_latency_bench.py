@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,10 +108,38 @@ def transit(bootstrap: str, topic: str, samples: int = 20) -> float:
     return statistics.median(times)
 
 
-def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: list[tuple]) -> float:
-    """Seconds from the first bad event to the readable rollback, minus the window."""
+@dataclass
+class Run:
+    """One incident's times, in seconds after the bad window's end (its wall-clock end)."""
+
+    latency: float  # the rollback readable, minus the window, from the first bad event
+    closed: float | None  # the canary's bad window closed (its WindowClosed's closed_at)
+    closed_by: str | None
+    waited_for: str | None
+    detected: float | None  # its first Detection readable (record timestamp)
+    rollback: float  # the rollback request readable
+
+    def line(self) -> str:
+        def at(value: float | None) -> str:
+            return "?" if value is None else f"{value:+.2f} s"
+
+        waited = f", waited for {self.waited_for}" if self.waited_for else ""
+        return (
+            f"{self.latency:.2f} s after the window (window end -> closed {at(self.closed)}"
+            f" by {self.closed_by}{waited}; detection readable {at(self.detected)};"
+            f" rollback readable {at(self.rollback)})"
+        )
+
+
+def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: list[tuple]) -> Run:
+    """The first bad event to the readable rollback, and where the time went."""
     consumer = KafkaConsumer(
-        topics.rollback_requests, bootstrap_servers=[bootstrap], auto_offset_reset="latest", group_id=None
+        topics.rollback_requests,
+        topics.windows,
+        topics.detections,
+        bootstrap_servers=[bootstrap],
+        auto_offset_reset="latest",
+        group_id=None,
     )
     consumer.poll(timeout_ms=500)
     replayer = Replayer(Settings(kafka_bootstrap=bootstrap))
@@ -123,6 +152,7 @@ def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: li
     )
     _sleep_to_boundary(window)
     first_bad = time.time()
+    bad_end = (first_bad // window + 1) * window  # the bad window's end, event time = wall time here
 
     def both(i: int) -> None:
         chosen, rejected = rng.choice(pairs)
@@ -133,18 +163,47 @@ def one_run(bootstrap: str, topics: Topics, model: str, window: float, pairs: li
         )
 
     _paced(window * 0.9, PER_WINDOW, both)
+    closes: dict[str, dict] = {}  # the canary's windows ending at bad_end, by kind
+    detected: list[float] = []  # when its Detections became readable
+    readable: float | None = None
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (readable is None or not closes):
         both(0)  # traffic goes on into the next window
         for records in consumer.poll(timeout_ms=100).values():
             for record in records:
-                if json.loads(record.value)["subject"] == model:
-                    consumer.close()
-                    replayer.close()
-                    # The record's broker-side timestamp: when it became readable, not when
-                    # this loop got round to polling (same clock, same machine).
-                    return record.timestamp / 1000 - first_bad - window
-    raise RuntimeError(f"no rollback for {model} within 60 s")
+                value = json.loads(record.value)
+                if record.topic == topics.rollback_requests:
+                    if value["subject"] == model and readable is None:
+                        # The record's broker-side timestamp: when it became readable, not when
+                        # this loop got round to polling (same clock, same machine).
+                        readable = record.timestamp / 1000
+                    continue
+                segment = value.get("segment", {})
+                if (segment.get("model"), segment.get("model_version")) != (model, "canary"):
+                    continue
+                if _seconds(value["window_end"]) != bad_end:
+                    continue
+                if record.topic == topics.windows:
+                    closes.setdefault(value["kind"], value)
+                else:
+                    detected.append(record.timestamp / 1000)
+    consumer.close()
+    replayer.close()
+    if readable is None:
+        raise RuntimeError(f"no rollback for {model} within 60 s")
+    first = min(closes.values(), key=lambda c: c["closed_at"], default=None)
+    return Run(
+        latency=readable - first_bad - window,
+        closed=None if first is None else _seconds(first["closed_at"]) - bad_end,
+        closed_by=None if first is None else first.get("closed_by"),
+        waited_for=None if first is None else first.get("waited_for"),
+        detected=min(detected) - bad_end if detected else None,
+        rollback=readable - bad_end,
+    )
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -175,8 +234,9 @@ def one_rule(
         wait_until_healthy(f"http://127.0.0.1:{web_port}/health", worker, 120)
         latencies = []
         for model in models:
-            latencies.append(one_run(bootstrap, settings.topics, model, args.window, pairs))
-            print(f"{model}: {latencies[-1]:.2f} s after the window", flush=True)
+            run = one_run(bootstrap, settings.topics, model, args.window, pairs)
+            latencies.append(run.latency)
+            print(f"{model}: {run.line()}", flush=True)
     finally:
         stop_process(worker)
     return latencies

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import random
 import time
 from itertools import islice
@@ -50,6 +51,10 @@ log = logging.getLogger("loopwatch.streams")
 # message size (rows hold prompts and replies cut to window_text_chars).
 _ROWS_PER_PARTIAL = 200
 
+# How often input partitions read to their end advance their watermarks with the wall clock
+# (streams/watermarks.py, Progress.caught_up): a window closes within this of its due time.
+CATCH_UP_SECONDS = 0.05
+
 
 class IngestStage(Stage):
     """Validates, enriches, joins and samples each batch; expires joins that waited past the TTL."""
@@ -69,7 +74,9 @@ class IngestStage(Stage):
         self.settings = settings
         self.topics = topics = settings.topics
         self.metrics = metrics
-        self.tick_seconds = settings.join_sweep_seconds
+        # Often: each tick tells the watermarks of the input partitions read to their end.
+        self.tick_seconds = min(settings.join_sweep_seconds, CATCH_UP_SECONDS)
+        self._swept_at = -math.inf
         self.inputs: dict[str, Decoder] = {
             topics.inference: self._decoder(InferenceLog),
             topics.feedback: self._decoder(Feedback),
@@ -102,11 +109,18 @@ class IngestStage(Stage):
         self.cut = KeyCut(self.window_spec.sample_size)
         self.summaries = BatchSummaries(self.window_spec, _ROWS_PER_PARTIAL, self.rng, self.cut)
         # The event-time watermark of each input partition read (streams/watermarks.py).
-        self.progress = Progress(self.window_spec.seconds, lateness=self.window_spec.grace_seconds)
+        self.progress = Progress(
+            self.window_spec.seconds,
+            lateness=self.window_spec.grace_seconds,
+            behind_seconds=settings.window_idle_seconds,
+        )
         self._progress_generation = 0
-        # Batches numbered as handled; their event times, once acknowledged, until every earlier one is.
+        # Batches numbered as handled; their event times and last offsets, once acknowledged,
+        # until every earlier one is.
         self._batches = self._passed_upto = 0
-        self._acknowledged: dict[int, tuple[str, dict[int, float]]] = {}
+        self._acknowledged: dict[int, tuple[str, dict[int, float], dict[int, int]]] = {}
+        #: The last offset of each input partition whose batch's outputs are acknowledged.
+        self._passed_offsets: dict[TP, int] = {}
 
     # -- decoding (called by the runtime for each message) -------------------------
 
@@ -159,6 +173,7 @@ class IngestStage(Stage):
         rekeyed = topic == self.topics.rekey
         self._written.clear()
         latest: dict[int, float] = {}  # per partition, the latest event time this batch passed
+        oldest: dict[int, float] = {}  # and the oldest
         for done, (message, accepted) in enumerate(batch.accepted, 1):
             if done % self.yield_every == 0:
                 await asyncio.sleep(0)
@@ -171,14 +186,18 @@ class IngestStage(Stage):
             if stamp is None:  # a re-keyed copy (its time was checked on the producer's message)
                 stamp = accepted.event.timestamp.timestamp()
             latest[message.partition] = max(latest.get(message.partition, stamp), stamp)
+            oldest[message.partition] = min(oldest.get(message.partition, stamp), stamp)
             if isinstance(accepted.event, InferenceLog):
                 self._inference(effects, message, source, accepted, key, stamp, now)
             else:
                 self._feedback(effects, message, source, accepted, key, now)
-        self._flush_summaries(effects, topic, latest, now)
         messages = batch.messages
-        for message in messages:
-            self.last_offset[message.tp] = message.offset
+        ends = {message.partition: message.offset for message in messages}  # the last of each
+        self._flush_summaries(effects, topic, latest, ends, now)
+        for partition, stamp in oldest.items():
+            self.progress.read(source_of(topic, partition), stamp, now)
+        for partition, offset in ends.items():
+            self.last_offset[TP(topic, partition)] = offset
         self._in[topic].inc(len(messages))
         self._valid[topic].inc(len(batch.accepted))
         self._seconds[topic].observe((time.perf_counter() - batch.started) / len(messages))
@@ -321,7 +340,9 @@ class IngestStage(Stage):
         event, descriptors = kept
         return log_row(event, descriptors, self.settings.window_text_chars)
 
-    def _flush_summaries(self, effects: Effects, topic: str, latest: dict[int, float], now: float) -> None:
+    def _flush_summaries(
+        self, effects: Effects, topic: str, latest: dict[int, float], ends: dict[int, int], now: float
+    ) -> None:
         """Publish this batch's window summaries with its other outputs (before the commit).
 
         Keyed by model: the stable version's windows and its canaries' are
@@ -338,7 +359,7 @@ class IngestStage(Stage):
             return
         self._follow_sources()
         self._batches += 1
-        effects.after.append(functools.partial(self._passed, self._batches, topic, latest))
+        effects.after.append(functools.partial(self._passed, self._batches, topic, latest, ends))
         outbox = effects.records
         progress = self.progress.of({source_of(topic, partition) for partition in latest})
         for partial in self.summaries.all():
@@ -352,14 +373,16 @@ class IngestStage(Stage):
             self.cut.expire()
         self._broadcast_progress(outbox, now)
 
-    def _passed(self, batch: int, topic: str, latest: dict[int, float]) -> None:
+    def _passed(self, batch: int, topic: str, latest: dict[int, float], ends: dict[int, int]) -> None:
         """Batch ``batch`` is acknowledged: every batch acknowledged without a gap before it is passed."""
-        self._acknowledged[batch] = (topic, latest)
+        self._acknowledged[batch] = (topic, latest, ends)
         while self._passed_upto + 1 in self._acknowledged:
             self._passed_upto += 1
-            passed_topic, passed = self._acknowledged.pop(self._passed_upto)
+            passed_topic, passed, passed_ends = self._acknowledged.pop(self._passed_upto)
             for partition, stamp in passed.items():
                 self.progress.advance(source_of(passed_topic, partition), stamp)
+            for partition, offset in passed_ends.items():
+                self._passed_offsets[TP(passed_topic, partition)] = offset
         if self.progress.is_due(time.time()):
             self.runtime.tick(self.name)  # the tick broadcasts it, should no batch come to do it
 
@@ -372,14 +395,24 @@ class IngestStage(Stage):
         for partition in range(self.settings.partitions):
             outbox.add(self.topics.summaries, None, value, partition=partition)
 
+    def _catch_up(self) -> None:
+        """The input partitions passed up to the end offset a fetch last saw: nothing older is pending."""
+        consumer = cast(Any, self.app).consumer
+        for tp, offset in self._passed_offsets.items():
+            fetched = consumer.fetched_end(tp)
+            if fetched is not None and offset + 1 >= fetched[1]:
+                self.progress.caught_up(source_of(tp.topic, tp.partition), fetched[0])
+
     def _follow_sources(self) -> None:
         """After a rebalance, forget the watermarks of input partitions another worker reads now."""
         generation = cast(Any, self.app).consumer_generation_id
         if generation == self._progress_generation:
             return
         self._progress_generation = generation
-        owned = {source_of(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()}
+        actives = self.app.assignor.assigned_actives()
+        owned = {source_of(tp.topic, tp.partition) for tp in actives}
         self.progress.drop(owned.__contains__)
+        self._passed_offsets = {tp: offset for tp, offset in self._passed_offsets.items() if tp in actives}
 
     # -- the expiry sweep (the stage's tick) -------------------------------------
 
@@ -392,9 +425,14 @@ class IngestStage(Stage):
         effects = self.effects()
         app = cast(Any, self.app)
         if self.settings.detection:
-            self._broadcast_progress(effects.records, now)  # progress held back by the throttle
+            self._follow_sources()
+            self._catch_up()
+            self._broadcast_progress(effects.records, now)  # and progress held back by the throttle
+        if now - self._swept_at < self.settings.join_sweep_seconds:
+            return effects
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return effects  # entries recovered from now on would be missing from the expiry index
+        self._swept_at = now
         if app.consumer_generation_id != self._indexed_generation:
             self.join_store.on_rebalance()
             self._indexed_generation = app.consumer_generation_id
@@ -415,6 +453,7 @@ class IngestStage(Stage):
         self.metrics.feedback_unmatched.inc(unmatched)
         self.metrics.join_entries.set(self.join_store.count(partitions) - len(expired))
         if len(expired) == SWEEP_CHUNK:
+            self._swept_at = -math.inf  # the next chunk at the next tick
             self.runtime.tick(self.name)
         return effects
 

@@ -10,6 +10,17 @@ source, also from those whose events all go elsewhere. On one summaries
 partition a source's progress comes after the partials it covers (one
 producer, in order).
 
+A source with no event past a window's end would hold that window open until
+its next event, however quiet it is: with a few events a second per partition
+that is up to a second more before the verdict. A source that ingest has read
+to its end has nothing older pending, so its watermark also advances with the
+wall clock (:meth:`Progress.caught_up`): to the time its end was fetched minus
+the most its events were behind the wall clock when read lately
+(:meth:`Progress.read`), the way Beam's Kafka reader advances an idle
+partition's watermark (``CustomTimestampPolicyWithLimitedDelay``). A backdated
+replay's events are minutes behind, so its watermarks still follow the events'
+times; a producer that holds events back a few seconds moves them back as far.
+
 The detect stage keeps the watermarks heard on each summaries partition it
 owns (:class:`Marks`). A time window is complete once every source heard
 there, and every *expected* one (each partition of the inference and feedback
@@ -56,7 +67,10 @@ class Progress:
     lateness: float = 0.0
     #: Otherwise at most this often.
     every_seconds: float = 0.2
+    #: How long the most a source's events were behind is remembered (the idle time).
+    behind_seconds: float = 30.0
     marks: dict[Source, float] = field(default_factory=dict)
+    _behind: dict[Source, _Behind] = field(default_factory=dict)
     _told: dict[Source, float] = field(default_factory=dict)
     _told_at: float = -math.inf
 
@@ -65,15 +79,39 @@ class Progress:
         if timestamp > self.marks.get(source, -math.inf):
             self.marks[source] = timestamp
 
+    def read(self, source: Source, oldest: float, now: float) -> None:
+        """A batch of ``source`` whose oldest event time was ``oldest`` was read at wall time ``now``."""
+        behind = self._behind.get(source)
+        if behind is None:
+            behind = self._behind[source] = _Behind(self.behind_seconds, now)
+        behind.add(now - oldest, now)
+
+    def caught_up(self, source: Source, at: float) -> None:
+        """Every event of ``source`` appended before wall time ``at`` was passed: nothing older is pending.
+
+        Its events to come are at most as far behind as those read lately, so
+        its watermark is at least ``at`` minus that. It moves only when that
+        passes another window's end plus the lateness (what closes windows):
+        an idle worker sends no progress between windows.
+        """
+        behind = self._behind.get(source)
+        if behind is None or self.window_seconds is None:
+            return  # none of its events read yet: how far behind they run is not known
+        mark = at - behind.most()
+        current = self.marks.get(source, -math.inf)
+        if mark > current and (current == -math.inf or self._window(mark) != self._window(current)):
+            self.marks[source] = mark
+
     def of(self, sources: set[Source]) -> dict[Source, float]:
         """The watermarks of ``sources`` (those of one batch: they go with its partials)."""
         return {source: self.marks[source] for source in sources if source in self.marks}
 
     def drop(self, keep: Callable[[Source], bool]) -> None:
         """Forget the sources ``keep`` refuses (partitions this worker does not read any more)."""
-        for source in [s for s in self.marks if not keep(s)]:
-            del self.marks[source]
+        for source in [s for s in {*self.marks, *self._behind} if not keep(s)]:
+            self.marks.pop(source, None)
             self._told.pop(source, None)
+            self._behind.pop(source, None)
 
     def due(self, now: float) -> dict[Source, float]:
         """The watermarks to broadcast now ({} when nothing is due).
@@ -102,6 +140,28 @@ class Progress:
     def _window(self, timestamp: float) -> int:
         assert self.window_seconds is not None
         return int((timestamp - self.lateness) // self.window_seconds)
+
+
+@dataclass
+class _Behind:
+    """The most a source's events were behind the wall clock when read, over the last one to two periods.
+
+    Forgotten only as newer reads replace it: a source quiet for long keeps the
+    last it knew (a producer that holds events back may be quiet in between).
+    """
+
+    period: float
+    started: float
+    latest: float = 0.0  # this period's most
+    earlier: float = 0.0  # the period before's
+
+    def add(self, behind: float, now: float) -> None:
+        if now - self.started >= self.period:
+            self.earlier, self.latest, self.started = self.latest, 0.0, now
+        self.latest = max(self.latest, behind)
+
+    def most(self) -> float:
+        return max(self.latest, self.earlier)
 
 
 @dataclass

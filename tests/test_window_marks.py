@@ -343,9 +343,10 @@ def test_ingest_counts_a_batch_passed_only_once_every_batch_before_it_is_acknowl
     ingest = create_app(Settings(data_dir=tmp_path / "data", curation=False, decide=False)).ingest  # type: ignore[attr-defined]
 
     async def acknowledge() -> None:
-        ingest._passed(2, "in", {0: 100.0})  # the later batch's effects finished first
-        assert ingest.progress.marks == {}
-        ingest._passed(1, "in", {0: 50.0, 1: 70.0})
+        ingest._passed(2, "in", {0: 100.0}, {0: 20})  # the later batch's effects finished first
+        assert ingest.progress.marks == {} and ingest._passed_offsets == {}
+        ingest._passed(1, "in", {0: 50.0, 1: 70.0}, {0: 10, 1: 4})
         assert ingest.progress.marks == {"in|0": 100.0, "in|1": 70.0}
+        assert ingest._passed_offsets == {TP("in", 0): 20, TP("in", 1): 4}
 
     asyncio.run(acknowledge())
