@@ -52,7 +52,7 @@ WINDOWS = pa.schema(
         ("outcome", pa.string()),  # judged | reference | waiting | skipped (null: from detections only)
         ("reference", pa.string()),  # what it was compared with, when judged
         ("closed_at", _TIME),
-        ("closed_by", pa.string()),  # watermark | idle_timeout | revision (null: not said)
+        ("closed_by", pa.string()),  # watermark|idle_timeout|revision|reference|timer|count (null: not said)
         ("waited_for", pa.string()),  # the input it waited for last (null: none lagged, or not said)
     ]
 )

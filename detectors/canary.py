@@ -79,7 +79,9 @@ def _canary_rate_check(
     config: CanaryConfig,
 ) -> Part:
     """One rate, canary vs stable: posterior probability, one-sided p-value, interval of the difference."""
-    skipped = too_few(detector_id, name, stable[1], canary[1], config.min_samples)
+    skipped = too_few(
+        detector_id, name, stable[1], canary[1], config.min_samples, hits=(stable[0], canary[0])
+    )
     if skipped is not None:
         return skipped
     c = compare_proportions(*stable, *canary, alternative="worse", confidence=config.confidence)

@@ -459,7 +459,10 @@ class WindowClosed(_Event):
     window_end: datetime
     events: Count = Field(description="Events the window counted (all of them, not only the sample)")
     sample_size: Count = Field(description="Rows of the window's sample the detectors read")
-    revision: Count = Field(0, description="0 when the window first closed; n after its n-th late correction")
+    revision: Count = Field(
+        0,
+        description="0 when the window first closed; n after its n-th revision (late events, its reference)",
+    )
     outcome: Literal["judged", "reference", "waiting", "skipped"] = Field(
         description="judged: Detections went out; reference: pinned as a reference, not judged; "
         "waiting: held for its stable version's window; skipped: judged too (the fast detectors' "
@@ -467,12 +470,14 @@ class WindowClosed(_Event):
     )
     reference: str | None = Field(None, description="What it was compared with, when judged")
     closed_at: datetime
-    closed_by: Literal["watermark", "idle_timeout", "revision", "timer", "count"] | None = Field(
+    closed_by: Literal["watermark", "idle_timeout", "revision", "reference", "timer", "count"] | None = Field(
         None,
         description="What closed it: watermark (every input's event time passed its end plus the grace), "
         "idle_timeout (an input that went quiet was left behind, or the segment went quiet), revision "
-        "(late events revised it or opened it, or its reference was revised), timer "
-        "(LOOPWATCH_WINDOW_CLOSE=timer) or count (a window of LOOPWATCH_WINDOW_EVENTS events)",
+        "(late events revised it or opened it; before 'reference' existed, also a re-judgement against its "
+        "reference), reference (judged again, none of its own events late: the stable version's window "
+        "of its time closed or was revised after it was judged), timer (LOOPWATCH_WINDOW_CLOSE=timer) or "
+        "count (a window of LOOPWATCH_WINDOW_EVENTS events)",
     )
     waited_for: str | None = Field(
         None,

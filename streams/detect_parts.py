@@ -4,11 +4,13 @@
 - :class:`RegistryStable` and :class:`SlowResult`: the results of its background
   work, back to :meth:`~streams.detect_stage.DetectStage.receive`;
 - :class:`ReferenceStore`: the references table as a unit reads it (its own writes first);
-- :func:`window_closed`: the ``WindowClosed`` of one closing or revision of a window.
+- :func:`window_closed`: the ``WindowClosed`` of one closing or revision of a window;
+- :func:`stable_slot`: where the stable version's window of a canary window's time is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ from core.config_files import load_yaml_list
 from schemas.events import Segment, WindowClosed
 from streams.detect import DEFAULT_SPECS, DetectorSpec, Judged, Reference
 from streams.runtime import ChangelogTable
-from streams.windows import ClosedWindow
+from streams.windows import ClosedWindow, Slot, segment_key
 
 
 def load_specs(path: Path | None) -> list[DetectorSpec]:
@@ -75,3 +77,16 @@ def window_closed(window: ClosedWindow, outcome: str, reference: Reference | Non
         closed_by=cast(Any, window.closed_by),
         waited_for=window.waited_for,
     )
+
+
+def stable_slot(window: ClosedWindow, stable_versions: Mapping[str, str]) -> Slot | None:
+    """The stable version's window of the same time as ``window``, a canary's (None: no such window).
+
+    Trial 12k: a canary window that closed while the stable window of its time was still open (its
+    own segment went quiet: the idle timeout) was judged against the stable version's previous window,
+    then judged again when that one closed: a revision of a window whose events all came on time.
+    """
+    stable = stable_versions.get(window.segment.get("model") or "")
+    if not stable or stable == window.segment.get("model_version") or window.window_id is None:
+        return None
+    return (segment_key(dict(window.segment, model_version=stable)), window.kind, window.window_id)

@@ -35,9 +35,9 @@ summaries partition passed its end plus ``window_grace_seconds``
 wall-clock rule). Partials that come for a window after it closed, within
 ``window_revision_seconds``, are merged into it and the fast detectors judge
 it again: its Detections carry the same bounds and ``revision`` n (slow
-detectors do not run again). A canary's window is compared with its stable
-version's window of the same time as that is now, and judged again when that
-stable window is revised after it (or first closes, all its events late).
+detectors do not run again). A canary's window waits (up to the idle time) for
+its stable version's window of the same time while that is open, is compared with
+it as it is now, and judged again (closed by ``reference``) when it changes after.
 Each closing and each revision is one ``WindowClosed`` on
 ``loopwatch.windows.v1`` (judged, reference, waiting or skipped), saying what
 closed the window and the input it waited for last.
@@ -67,7 +67,14 @@ from detectors.files import read_frame
 from retrain_trigger.registry import RegistryError, registry_from_settings
 from retrain_trigger.stable import StableVersionMarked
 from streams.detect import DetectorSpec, Judge, Judged, Reference, References, to_detection
-from streams.detect_parts import ReferenceStore, RegistryStable, SlowResult, load_specs, window_closed
+from streams.detect_parts import (
+    ReferenceStore,
+    RegistryStable,
+    SlowResult,
+    load_specs,
+    stable_slot,
+    window_closed,
+)
 from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
 from streams.report_names import report_file_name
@@ -258,10 +265,13 @@ class DetectStage(Stage):
     # -- the registry's stable version -------------------------------------------------
 
     def _awaits_stable(self, window: ClosedWindow) -> bool:
-        """Wait for the registry's first answer on the model, then for a window of its stable version."""
+        """Wait for the registry's first answer on the model, then for a window of its stable version,
+        and for the one of the same time while it is open (else judged again when it closes)."""
         if self.registry is not None and (window.segment.get("model") or "") not in self.stable_read:
             return True  # its champion may be the reference: judging now would pin the canary's own traffic
-        return self.references.awaits_stable(window)
+        beside = stable_slot(window, self.references.stable_versions)
+        open_beside = self.references.reference_frame is None and beside in self.windows.open
+        return open_beside or self.references.awaits_stable(window)
 
     def _refresh_stable(self, effects: Effects, now: float) -> None:
         """Read the models' champion in a thread: a new model at once, the others once per cache period."""
@@ -399,8 +409,8 @@ class DetectStage(Stage):
     ) -> list[ClosedWindow]:
         """Other versions' windows judged against a stable window before this unit closed or revised it.
 
-        Each is judged again as its next revision (:meth:`Windows.again`), against the
-        stable window as it is now, whichever of the two late deliveries came first (one
+        Each is judged again as its next revision (:meth:`Windows.again`, closed by ``reference``), against
+        the stable window as it is now, whichever of the two late deliveries came first (one
         judged before the stable window had any event was compared with its latest window).
         """
         try:
@@ -410,10 +420,10 @@ class DetectStage(Stage):
         except Exception:
             self._failed("finding the windows judged against a revised stable window")
             return []
-        again = [self.windows.again(slot) for slot in dict.fromkeys(stale)]
+        again = [self.windows.again(slot, "reference") for slot in dict.fromkeys(stale)]
         for window in again:
             log.info(
-                "%s window of %s from %s judged again: its stable window was revised",
+                "%s window of %s from %s judged again: its stable window closed or was revised since",
                 window.kind,
                 segment_key(window.segment),
                 window.start,

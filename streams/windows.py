@@ -155,11 +155,13 @@ class ClosedWindow:
     rows: list[dict[str, Any]]
     #: The ids of the partials merged into it (their entries in the open-windows table).
     entries: tuple[str, ...] = ()
-    #: 0 when it first closed; n once late partials revised it n times.
+    #: 0 when it first closed; n once late partials (or its reference: ``closed_by="reference"``) revised
+    #: it n times.
     revision: int = 0
     #: Its time window's id (None: a count window).
     window_id: int | None = None
-    #: What closed it (watermark, idle_timeout, timer, count, revision), and the input it waited for last.
+    #: What closed it (watermark, idle_timeout, timer, count; revision: late partials; reference: judged
+    #: again against its stable reference's newer window), and the input it waited for last.
     closed_by: str | None = None
     waited_for: str | None = None
 
@@ -423,12 +425,17 @@ class Windows:
         ready = [slot for slot, last in self.revised.items() if now is None or now - last >= quiet]
         return [self.again(slot) for slot in sorted(ready)]
 
-    def again(self, slot: Slot) -> ClosedWindow:
-        """A kept window's next revision: its late partials merged so far, or none (its reference moved)."""
-        self.revised.pop(slot, None)
+    def again(self, slot: Slot, by: str = "revision") -> ClosedWindow:
+        """A kept window's next revision: its late partials merged so far, or none (``by`` its reference).
+
+        One asked for by its reference (``by="reference"``) whose late partials are waiting too is a
+        revision by late events: the console tells the two apart (trial 12k: on-time windows read
+        "revised as late events came in").
+        """
+        late = self.revised.pop(slot, None) is not None
         done = self.done[slot]
         done.revision += 1
-        return self._closed(done.partial, tuple(done.entries), done.revision, "revision")
+        return self._closed(done.partial, tuple(done.entries), done.revision, "revision" if late else by)
 
     def expire(self, now: float) -> list[ClosedWindow]:
         """Closed windows past the revision horizon, forgotten (their entries can go)."""

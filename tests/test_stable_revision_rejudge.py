@@ -155,7 +155,7 @@ def test_a_stable_window_revised_after_the_canarys_revision_judges_the_canary_ag
     assert negative["reference"].endswith("/r1")  # the stable window's first revision
     canary_closed = [w for w in windows if w.segment.model_version == "t2"]
     assert [(w.revision, w.outcome, w.closed_by, w.events) for w in canary_closed] == [
-        (2, "judged", "revision", 63)
+        (2, "judged", "reference", 63)
     ]
     # One piece of evidence, corrected twice: one alert, one rollback.
     assert _decided([*detections, *revised, *again]) == (["bad-replies"], [ROLLBACK_REQUESTED])

@@ -164,8 +164,13 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/overview", response_model=Overview, tags=["pages"])
     def api_overview(day: Day = None, days: Days = 1) -> Overview:
         """Every segment with traffic: last window, worst verdict, open alerts; stable beside canary."""
+        # The detectors file's kinds: a detector outside the built-in set is not grouped as "other".
         return overview_view(
-            console.history, span(day, days), console.stable_versions, console.slow_detectors
+            console.history,
+            span(day, days),
+            console.stable_versions,
+            console.slow_detectors,
+            kinds=console.detector_kinds,
         )
 
     @app.get("/api/segments/{segment:path}", response_model=SegmentView, tags=["pages"])

@@ -40,10 +40,16 @@ from services.console.views import (
     latest_revision_rows,
     parse_segment,
 )
-from services.console.window_close import FIRST_ON_LATE_NOTE, closes_by_kind, first_on_late, kinds_said
+from services.console.window_close import (
+    FIRST_ON_LATE_NOTE,
+    closes_by_kind,
+    first_on_late,
+    kinds_said,
+    rejudged_by_reference,
+)
 
 _WINDOW_COLUMNS = ["window_start", "window_end", "kind", "events", "feedback_events", "outcome", "revision"]
-_WINDOW_COLUMNS += ["closed_at", "closed_by", "waited_for"]
+_WINDOW_COLUMNS += ["closed_at", "closed_by", "waited_for", "reference"]  # reference: names the stable one
 # window_end: a history of detections only takes its windows' bounds from them.
 _SERIES_COLUMNS = [
     "detector_id",
@@ -197,7 +203,9 @@ def segment_view(
     shown_column = pc.if_else(pc.is_valid(per_window["rank"]), ranked, per_window["outcome"])
     shown: list[WindowShown | None] = texts(shown_column)
     noted, noted_total = _noted(per_window, shown_column, times, detections, first_on_late(windows))
-    _say_revisions(noted, _revised_counts(detections, firsts), _revised_kinds(windows))
+    _say_revisions(
+        noted, _revised_counts(detections, firsts), _revised_kinds(windows), rejudged_by_reference(windows)
+    )
     starts = times.of(per_window["window_start"])
     closed = closes_by_kind(windows, per_window["window_start"]) if windows.num_rows else {}
     if closed:
@@ -206,6 +214,7 @@ def segment_view(
             window.closed = kinds_said(closed, index[window.window_start])
     skipped = per_window.filter(per_window["skipped"])
     skipped_at = times.of(skipped["window_start"])
+    never = never_judged(series, slow) if skipped_at else []
     for s in series:
         s.kind = (kinds or {}).get(s.detector_id) or (slow_kinds or {}).get(s.detector_id)
         if s.detector_id in slow:
@@ -227,9 +236,10 @@ def segment_view(
         noted=noted,
         noted_total=noted_total,
         skipped=skipped_at,
-        never_judged=never_judged(series, slow) if skipped_at else [],
+        never_judged=never,
         pending=slow_pending(windows, detections, slow, slow_kinds),
-        unfed=sorted(never_judged_ids(detections)) if detections.num_rows else [],
+        # A slow detector whose queue skipped its windows was fed, not run: its section says why no chart.
+        unfed=sorted(never_judged_ids(detections) - set(never)) if detections.num_rows else [],
         rollbacks=rollback_marks(action_rows(history.read("actions", days, model=model)), model, version),
         detectors=series,
     )
@@ -318,12 +328,15 @@ def _say_revisions(
     noted: list[NotedWindow],
     counts: Mapping[datetime, set[EventCounts]],
     late_kinds: Mapping[datetime, set[str]],
+    rejudged: Mapping[datetime, str],
 ) -> None:
     """Each revised window's revision in words, naming the input (feedback events) the late events went to.
 
     The windows table says which kind's row was revised; only when it does not (a history of detections
     only, or both kinds revised) is the input told by its count: 80 late-completed feedback events of a
     window of 80 inference events were said as plain "events", read as late inference traffic.
+    A window judged again only because its reference changed (``rejudged``) says that instead: none of
+    its events came late (trial 12k read "revised once as late events came in").
     """
     for window in noted:
         if window.revision:
@@ -334,6 +347,11 @@ def _say_revisions(
             else:
                 named = {n: "feedback events" for n in (window.feedback_events,) if n and n != window.events}
             window.late = revised_note(window.revision, pairs, named)
+            again = rejudged.get(window.window_start)
+            if again and not any(b is not None and a is not None and a > b for b, a in pairs):
+                window.late = again
+            elif again:
+                window.late += f"; {again}"
 
 
 def _per_window(windows: pa.Table, detections: pa.Table) -> pa.Table:

@@ -25,20 +25,25 @@ from services.console.incidents import (
     counted_windows,
     rollback_states,
 )
+from services.console.overview_judged import (
+    BUILT_IN_KINDS,
+    JudgedScope,
+    judged_per_segment,
+    judged_scope,
+    unjudged_rows,
+)
+from services.console.overview_verdicts import WindowShown as WindowShown  # re-exported: the Segment page's
+from services.console.overview_verdicts import (
+    last_judged,
+    last_outcomes,
+    segment_verdicts,
+)
+from services.console.overview_verdicts import latest_revision_rows as latest_revision_rows  # re-exported
 from services.console.policy_explain import PolicyReport, policy_report
 from services.console.reader import ConsoleError, HistoryReader, day_range
-from services.console.series import (
-    MEASURED,
-    SLOW_SKIPPED,
-    Verdict,
-    judged_mask,
-    slow_never_judged,
-    verdict_ranks,
-    window_note,
-)
+from services.console.series import MEASURED, SLOW_SKIPPED, Verdict, slow_never_judged
 from services.console.series import is_rate as is_rate  # re-exported: the Segment page and tests use it
 from services.console.stable_refs import stable_from_references
-from services.console.unjudged import never_judged_ids, worth_naming
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
@@ -53,8 +58,6 @@ _OVERVIEW_DETECTION_COLUMNS += [
     "current_size",
     *MEASURED,
 ]
-#: What a window shows when it has no verdict: why (a reference, waiting, skipped), or not judged.
-WindowShown = Literal["ok", "warning", "drift", "not judged", "reference", "waiting", "skipped"]
 
 
 class DayRange(BaseModel):
@@ -70,8 +73,8 @@ class DayRange(BaseModel):
         return day_range(self.end, (self.end - self.start).days + 1)
 
 
-class SegmentRow(BaseModel):
-    """One segment (model version and labels) on the Overview."""
+class SegmentRow(JudgedScope):
+    """One segment (model version and labels) on the Overview (what judged its verdicts: JudgedScope)."""
 
     segment: str
     model: str
@@ -96,7 +99,7 @@ class SegmentRow(BaseModel):
     worst_verdict: Verdict | None = Field(None, description="Worst verdict over the range (judged windows)")
     drift_windows: int = 0
     warning_windows: int = 0
-    not_judged_windows: int = Field(0, description="Windows whose detectors had too few samples, all of them")
+    not_judged_windows: int = Field(0, description="Windows no detector judged (each had too few samples)")
     never_judged: list[str] = Field(default_factory=list, description="Slow detectors that judged no window")
     open_alerts: int = 0
     rollback: RollbackState | None = Field(None, description="Its latest rollback request and how it went")
@@ -230,10 +233,13 @@ def overview_view(
     span: DayRange,
     stable_versions: Mapping[str, str] | None = None,
     slow: frozenset[str] = frozenset(),
+    kinds: Mapping[str, str] | None = None,
 ) -> Overview:
     """Every segment with traffic on the range, its last window and worst verdict; the open alerts.
 
     ``slow`` names the slow detectors: a segment with skipped windows says which of them judged none.
+    ``kinds``: the window kind each detector reads (default: the built-in detectors'), to say which
+    kinds judged none of a segment's windows.
     """
     days = span.days()
     windows = history.read("windows", days, columns=_OVERVIEW_WINDOW_COLUMNS)
@@ -253,19 +259,25 @@ def overview_view(
         + [("events", "sum"), ("window_start", "count_distinct"), ("window_start", "max")]
         + [("window_end", "max")]
     )
-    verdicts = _verdicts(detections, per_segment)
-    last_judged = _last_judged(detections)
-    outcomes = _last_outcomes(windows, per_segment)
+    latest = detections  # the latest revision of each window's verdict
+    if detections.num_rows and pc.max(detections["revision"]).as_py():
+        latest = latest_revision_rows(detections)
+    verdicts = segment_verdicts(latest, per_segment)
+    judged_at = last_judged(latest)
+    outcomes = last_outcomes(windows, per_segment)
+    counted = judged_per_segment(latest, kinds or BUILT_IN_KINDS)
+    unjudged_numbers = unjudged_rows(history, days, counted)
     unjudged_by = slow_never_judged(windows, detections, slow)
     rows: list[SegmentRow] = []
     for seg in per_segment.to_pylist():
         key = seg["segment"]
         worst, last, drift, warning, unjudged, note = verdicts.get(key, (None, None, 0, 0, 0, None))
-        judged_last = last_judged.get(key) if last not in ("ok", "warning", "drift") else None
+        judged_last = judged_at.get(key) if last not in ("ok", "warning", "drift") else None
         if last is None and outcomes.get(key):
             last = outcomes[key]  # a reference (or waiting, skipped) window: no detection says more
         model, version = seg["model_first"], seg["model_version_first"]
         known = stable.get(model)
+        scope = judged_scope(counted.get(key), worst, unjudged_numbers.get(key))
         rows.append(
             SegmentRow(
                 segment=key,
@@ -292,6 +304,7 @@ def overview_view(
                 never_judged=unjudged_by.get(key, []),
                 open_alerts=sum(1 for a in open_alerts if (a.model, a.model_version) == (model, version)),
                 rollback=rolled_back.get((model, version)),
+                **dict(scope),
             )
         )
     models: dict[str, list[SegmentRow]] = {}
@@ -307,111 +320,6 @@ def overview_view(
         history_root=history.root,
         missing_tables=history.missing(),
     )
-
-
-_VERDICTS: dict[int, Verdict] = {0: "ok", 1: "warning", 2: "drift"}
-
-
-def _verdicts(
-    detections: pa.Table, per_segment: pa.Table
-) -> dict[str, tuple[Verdict | None, WindowShown | None, int, int, int, str | None]]:
-    """Per segment: worst verdict, the last window's, windows drifted, warned and not judged, the last's note.
-
-    Only the latest revision of each window's verdict counts, and a detection
-    with too few samples (``judged`` false) is no verdict: a window with only
-    those is not judged, never ok.
-    """
-    if pc.max(detections["revision"]).as_py():
-        detections = latest_revision_rows(detections)
-    rank = verdict_ranks(detections)
-    per_window = (
-        detections.select(["segment", "window_start", "samples", "min_samples"])
-        .append_column("rank", rank)
-        .group_by(["segment", "window_start"])
-        .aggregate([("rank", "max"), ("samples", "min"), ("min_samples", "max")])
-    )
-    worst = (
-        per_window.append_column("drift", pc.cast(pc.equal(per_window["rank_max"], 2), pa.int64()))
-        .append_column("warning", pc.cast(pc.equal(per_window["rank_max"], 1), pa.int64()))
-        .append_column("unjudged", pc.cast(pc.equal(per_window["rank_max"], -1), pa.int64()))
-    )
-    totals = worst.group_by("segment").aggregate(
-        [("rank_max", "max"), ("drift", "sum"), ("warning", "sum"), ("unjudged", "sum")]
-    )
-    lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
-    joined = per_window.join(lasts, ["segment", "window_start"], join_type="inner").to_pylist()
-    last = {r["segment"]: r for r in joined}
-    out: dict[str, tuple[Verdict | None, WindowShown | None, int, int, int, str | None]] = {}
-    for r in totals.to_pylist():
-        key = r["segment"]
-        at = last.get(key)
-        shown: WindowShown | None = None
-        note = None
-        if at is not None:
-            shown = "not judged" if at["rank_max"] == -1 else _VERDICTS[at["rank_max"]]
-            note = _last_note(detections, key, at["window_start"]) if shown == "not judged" else None
-        top = r["rank_max_max"]
-        out[key] = (_VERDICTS.get(top), shown, r["drift_sum"], r["warning_sum"], r["unjudged_sum"], note)
-    return out
-
-
-def _last_note(detections: pa.Table, segment: str, start: datetime) -> str:
-    """A not-judged window's note, as the Segment page's table and charts say it (and as it, without the
-    detectors never judged on any of the segment's windows)."""
-    mine = detections.filter(pc.equal(detections["segment"], segment))
-    rows = mine.filter(pc.equal(mine["window_start"], start))
-    return window_note(worth_naming(rows.filter(pc.invert(judged_mask(rows))), never_judged_ids(mine)))
-
-
-def _last_judged(detections: pa.Table) -> dict[str, tuple[datetime, Verdict]]:
-    """Per segment: its newest window with a verdict, and that window's worst one (latest revisions).
-
-    A canary's last window often holds trailing feedback only, too little to judge: its headline then
-    said "not judged" while seven windows before it drifted.
-    """
-    if detections.num_rows == 0:
-        return {}
-    if pc.max(detections["revision"]).as_py():
-        detections = latest_revision_rows(detections)
-    ranked = detections.select(["segment", "window_start"]).append_column("rank", verdict_ranks(detections))
-    judged = ranked.filter(pc.greater_equal(ranked["rank"], 0))
-    per_window = judged.group_by(["segment", "window_start"], use_threads=False).aggregate([("rank", "max")])
-    newest = per_window.group_by("segment", use_threads=False).aggregate([("window_start", "max")])
-    rows = per_window.join(
-        newest.rename_columns(["segment", "window_start"]),
-        ["segment", "window_start"],
-        join_type="inner",
-        use_threads=False,
-    )
-    return {r["segment"]: (r["window_start"], _VERDICTS[r["rank_max"]]) for r in rows.to_pylist()}
-
-
-def latest_revision_rows(
-    detections: pa.Table, keys: tuple[str, ...] = ("segment", "window_start", "detector_id", "config_id")
-) -> pa.Table:
-    """The rows of the latest revision of each window's verdict (per detector config: ``keys``)."""
-    names = list(keys)
-    detections = detections.set_column(
-        detections.schema.get_field_index("config_id"), "config_id", pc.fill_null(detections["config_id"], "")
-    )
-    revision = pc.fill_null(detections["revision"], 0)
-    # Revisions are rare: the latest per key of the revised rows only, joined back (hash built on those).
-    top = detections.filter(pc.greater(revision, 0)).group_by(names, use_threads=False)
-    joined = detections.join(
-        top.aggregate([("revision", "max")]), names, join_type="left outer", use_threads=False
-    )
-    latest = pc.fill_null(pc.equal(pc.fill_null(joined["revision"], 0), joined["revision_max"]), True)
-    return joined.filter(latest).drop_columns(["revision_max"])
-
-
-def _last_outcomes(windows: pa.Table, per_segment: pa.Table) -> dict[str, WindowShown]:
-    """Per segment: its last window's outcome when the detect stage did not judge it (reference, ...)."""
-    unjudged = windows.filter(pc.is_in(windows["outcome"], pa.array(["reference", "waiting", "skipped"])))
-    if unjudged.num_rows == 0:
-        return {}
-    lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
-    rows = unjudged.select(["segment", "window_start", "outcome"]).join(lasts, ["segment", "window_start"])
-    return {r["segment"]: r["outcome"] for r in rows.to_pylist()}
 
 
 def parse_segment(segment: str) -> tuple[str, str]:

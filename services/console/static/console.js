@@ -204,7 +204,11 @@ function drawSegment(view) {
   events.yaxis = integerTicks(yaxis("events", counts), view.count_step);
   Plotly.newPlot("chart-events", withRollbacks(traffic, events, view.rollbacks), events, CONFIG);
   const ids = ["chart-events"];
+  const unfed = new Set(view.unfed || []);
+  const labelled = [];
   view.detectors.forEach((d, i) => {
+    // A detector the segment never fed (no ratings sent) has no chart: its section says "no input sent" only.
+    if (unfed.has(d.detector_id)) return;
     const label = d.value_label || "statistic";
     const name = d.config_label ? `${label} (${d.config_label})` : label;
     // Hover says the verdict, or why there is none (not judged) and whether late events revised it; on a
@@ -246,13 +250,10 @@ function drawSegment(view) {
                        d.threshold_kind === "alpha");
     // The p drawn is what the verdict used (Benjamini-Hochberg adjusted): a raw p below alpha read as "ok".
     if (d.value_note) plot.legend = { ...plot.legend, title: { text: d.value_note } };
-    if (shared) {
-      // The first (max_p_value) labelled above its line, the next (immediate, lower) below: apart on a long axis.
-      plot.annotations = gates.map((g, k) => ({ x: shared[1], xref: "x", y: Math.log10(g.p_value), yref: "y",
-        xanchor: "right", yanchor: k % 2 ? "top" : "bottom", showarrow: false, text: g.label, font: { size: 10, color: GATE_COLOR } }));
-    }
     if (d.slow && (d.skipped || []).length) traces.push(skippedTrace(d.skipped));
-    Plotly.newPlot(`chart-${i}`, withRollbacks(traces, plot, view.rollbacks), plot, CONFIG);
+    const drawn = Plotly.newPlot(`chart-${i}`, withRollbacks(traces, plot, view.rollbacks), plot, CONFIG);
+    // The gates' labels are placed once the chart is drawn: where they fit depends on its axis and height.
+    if (gates.length) labelled.push(drawn.then((chart) => labelGates(chart, gates, d.threshold)));
     ids.push(`chart-${i}`);
     // One chart per unit (shares, milliseconds, USD, tokens): a latency never flattens a share.
     // A bound (an SLO) is a dashed line, not a series.
@@ -286,6 +287,55 @@ function drawSegment(view) {
     });
   });
   linkZoom(ids);
+  return Promise.all(labelled);
+}
+
+// A gate's label: its height (font 10 in its box) and the room kept between it and a line, in px.
+const LABEL_PX = 16, LABEL_GAP = 2;
+
+function labelTops(lines, labelled, height) {
+  // Where each label goes: the top of its box, in px from the plot area's top (y grows down), given the
+  // px of every horizontal line (alpha, the gates) and of each label's own line. Each takes the free spot
+  // nearest its line that crosses no line and no label placed before it, inside the plot area; lines close
+  // on a long log axis get their labels stacked beside them. Trial 12k: the gate's label, drawn above its
+  // line, sat on the alpha line a decade above it.
+  const boxes = [];
+  const free = (top) => top >= 0 && top + LABEL_PX <= height
+    && lines.every((y) => y <= top - LABEL_GAP + 0.01 || y >= top + LABEL_PX + LABEL_GAP - 0.01)
+    && boxes.every((b) => top >= b + LABEL_PX + LABEL_GAP - 0.01 || top + LABEL_PX <= b - LABEL_GAP + 0.01);
+  const order = labelled.map((y, k) => k).sort((a, b) => labelled[a] - labelled[b]);  // the top line first
+  const tops = [];
+  order.forEach((k) => {
+    const y = labelled[k];
+    // Just above or below a line or a placed label, or at the plot's top or bottom edge.
+    const edges = [...lines, ...boxes.flatMap((b) => [b - LABEL_GAP, b + LABEL_PX + LABEL_GAP])];
+    const candidates = [0, height - LABEL_PX, ...edges.flatMap((e) => [e - LABEL_GAP - LABEL_PX, e + LABEL_GAP])];
+    const near = (top) => Math.abs(top + LABEL_PX / 2 - y);
+    const fits = candidates.filter(free).sort((a, b) => near(a) - near(b) || a - b);
+    tops[k] = fits.length ? fits[0] : Math.min(y + LABEL_GAP, height - LABEL_PX);  // no room: below its line
+    boxes.push(tops[k]);
+  });
+  return tops;
+}
+
+function labelGates(chart, gates, thresholds) {
+  // The policy's gates labelled at the plot's right edge, each by labelTops, again whenever the y axis
+  // changes (a zoom): a label's offset from its line is in px.
+  const place = () => {
+    const [lo, hi] = chart._fullLayout.yaxis.range, height = chart._fullLayout._size.h;
+    const px = (p) => (height * (hi - Math.log10(p))) / (hi - lo);
+    const lines = [...new Set([...thresholds.filter((t) => t > 0), ...gates.map((g) => g.p_value)])].map(px);
+    const tops = labelTops(lines, gates.map((g) => px(g.p_value)), height);
+    const labels = gates.map((g, k) => ({ name: "gate", x: 1, xref: "paper", y: Math.log10(g.p_value), yref: "y",
+      xanchor: "right", yanchor: "top", yshift: px(g.p_value) - tops[k], showarrow: false, text: g.label,
+      font: { size: 10, color: GATE_COLOR } }));
+    const others = (chart.layout.annotations || []).filter((a) => a.name !== "gate");
+    return Plotly.relayout(chart, { annotations: [...others, ...labels] });
+  };
+  chart.on("plotly_relayout", (change) => {
+    if (Object.keys(change).some((key) => key.startsWith("yaxis.range") || key === "yaxis.autorange")) place();
+  });
+  return place();
 }
 
 function lone(ys, k) {
@@ -405,7 +455,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     charts.insertAdjacentText("afterbegin", `could not load the chart data: ${response.status}`);
     return;
   }
-  DRAW[page](await response.json());
+  await DRAW[page](await response.json());
   if (page === "segment") foldable();
   charts.dataset.drawn = "true";  // what a test (or a person's script) can wait for
 });

@@ -1,0 +1,121 @@
+"""The Overview's verdicts per segment: its worst, its last window's, and the windows drifted or warned.
+
+Only the latest revision of each window's verdict counts, and a detection with too few samples
+(``judged`` false) is no verdict: a window with only those is not judged, never ok.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from services.console.series import Verdict, judged_mask, verdict_ranks, window_note
+from services.console.unjudged import never_judged_ids, worth_naming
+
+#: What a window shows when it has no verdict: why (a reference, waiting, skipped), or not judged.
+WindowShown = Literal["ok", "warning", "drift", "not judged", "reference", "waiting", "skipped"]
+
+
+_VERDICTS: dict[int, Verdict] = {0: "ok", 1: "warning", 2: "drift"}
+
+
+def segment_verdicts(
+    detections: pa.Table, per_segment: pa.Table
+) -> dict[str, tuple[Verdict | None, WindowShown | None, int, int, int, str | None]]:
+    """Per segment: worst verdict, the last window's, windows drifted, warned and not judged, the last's note.
+
+    ``detections`` holds the latest revision of each window's verdict (:func:`latest_revision_rows`);
+    a detection with too few samples (``judged`` false) is no verdict: a window with only those is not
+    judged, never ok.
+    """
+    rank = verdict_ranks(detections)
+    per_window = (
+        detections.select(["segment", "window_start", "samples", "min_samples"])
+        .append_column("rank", rank)
+        .group_by(["segment", "window_start"])
+        .aggregate([("rank", "max"), ("samples", "min"), ("min_samples", "max")])
+    )
+    worst = (
+        per_window.append_column("drift", pc.cast(pc.equal(per_window["rank_max"], 2), pa.int64()))
+        .append_column("warning", pc.cast(pc.equal(per_window["rank_max"], 1), pa.int64()))
+        .append_column("unjudged", pc.cast(pc.equal(per_window["rank_max"], -1), pa.int64()))
+    )
+    totals = worst.group_by("segment").aggregate(
+        [("rank_max", "max"), ("drift", "sum"), ("warning", "sum"), ("unjudged", "sum")]
+    )
+    lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
+    joined = per_window.join(lasts, ["segment", "window_start"], join_type="inner").to_pylist()
+    last = {r["segment"]: r for r in joined}
+    out: dict[str, tuple[Verdict | None, WindowShown | None, int, int, int, str | None]] = {}
+    for r in totals.to_pylist():
+        key = r["segment"]
+        at = last.get(key)
+        shown: WindowShown | None = None
+        note = None
+        if at is not None:
+            shown = "not judged" if at["rank_max"] == -1 else _VERDICTS[at["rank_max"]]
+            note = last_note(detections, key, at["window_start"]) if shown == "not judged" else None
+        top = r["rank_max_max"]
+        out[key] = (_VERDICTS.get(top), shown, r["drift_sum"], r["warning_sum"], r["unjudged_sum"], note)
+    return out
+
+
+def last_note(detections: pa.Table, segment: str, start: datetime) -> str:
+    """A not-judged window's note, as the Segment page's table and charts say it (and as it, without the
+    detectors never judged on any of the segment's windows)."""
+    mine = detections.filter(pc.equal(detections["segment"], segment))
+    rows = mine.filter(pc.equal(mine["window_start"], start))
+    return window_note(worth_naming(rows.filter(pc.invert(judged_mask(rows))), never_judged_ids(mine)))
+
+
+def last_judged(detections: pa.Table) -> dict[str, tuple[datetime, Verdict]]:
+    """Per segment: its newest window with a verdict, and that window's worst one (``detections``: the
+    latest revisions).
+
+    A canary's last window often holds trailing feedback only, too little to judge: its headline then
+    said "not judged" while seven windows before it drifted.
+    """
+    if detections.num_rows == 0:
+        return {}
+    ranked = detections.select(["segment", "window_start"]).append_column("rank", verdict_ranks(detections))
+    judged = ranked.filter(pc.greater_equal(ranked["rank"], 0))
+    per_window = judged.group_by(["segment", "window_start"], use_threads=False).aggregate([("rank", "max")])
+    newest = per_window.group_by("segment", use_threads=False).aggregate([("window_start", "max")])
+    rows = per_window.join(
+        newest.rename_columns(["segment", "window_start"]),
+        ["segment", "window_start"],
+        join_type="inner",
+        use_threads=False,
+    )
+    return {r["segment"]: (r["window_start"], _VERDICTS[r["rank_max"]]) for r in rows.to_pylist()}
+
+
+def latest_revision_rows(
+    detections: pa.Table, keys: tuple[str, ...] = ("segment", "window_start", "detector_id", "config_id")
+) -> pa.Table:
+    """The rows of the latest revision of each window's verdict (per detector config: ``keys``)."""
+    names = list(keys)
+    detections = detections.set_column(
+        detections.schema.get_field_index("config_id"), "config_id", pc.fill_null(detections["config_id"], "")
+    )
+    revision = pc.fill_null(detections["revision"], 0)
+    # Revisions are rare: the latest per key of the revised rows only, joined back (hash built on those).
+    top = detections.filter(pc.greater(revision, 0)).group_by(names, use_threads=False)
+    joined = detections.join(
+        top.aggregate([("revision", "max")]), names, join_type="left outer", use_threads=False
+    )
+    latest = pc.fill_null(pc.equal(pc.fill_null(joined["revision"], 0), joined["revision_max"]), True)
+    return joined.filter(latest).drop_columns(["revision_max"])
+
+
+def last_outcomes(windows: pa.Table, per_segment: pa.Table) -> dict[str, WindowShown]:
+    """Per segment: its last window's outcome when the detect stage did not judge it (reference, ...)."""
+    unjudged = windows.filter(pc.is_in(windows["outcome"], pa.array(["reference", "waiting", "skipped"])))
+    if unjudged.num_rows == 0:
+        return {}
+    lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
+    rows = unjudged.select(["segment", "window_start", "outcome"]).join(lasts, ["segment", "window_start"])
+    return {r["segment"]: r["outcome"] for r in rows.to_pylist()}
