@@ -235,6 +235,20 @@ class _ToxicityRateDetector(Detector[C]):
             for j, label in enumerate(config.labels)
         ]
 
+    def _too_few_hits(self, current: pd.DataFrame) -> dict[str, float]:
+        """A too-small window's toxic texts, as the rate checks keep theirs (``current_hits``, and
+        ``reference_hits`` against a reference window), so windows too small alone can be pooled.
+
+        Counted for the first watched label (Detoxify's ``toxicity``, profanity-check's ``profanity``),
+        named by ``hits_label.<label>``: one label, so the windows' counts add up.
+        """
+        label = self.config.labels[0]
+        toxic = self._flags(self.score(current))[:, 0].sum() if len(current) else 0
+        hits = {f"hits_label.{label}": 1.0, "current_hits": float(toxic)}
+        if self.config.baseline == "reference" and self._reference is not None:
+            hits["reference_hits"] = float(self._reference[0][0])
+        return hits
+
     def _flagged_ids(self, scored: pd.DataFrame, label: str) -> list[str]:
         if frame.REQUEST_ID not in scored.columns or self.config.max_request_ids == 0:
             return []
@@ -262,6 +276,7 @@ class _ToxicityRateDetector(Detector[C]):
                     "min_samples": float(self.config.min_samples),
                     "reference_samples": float(reference_size),
                     "current_samples": float(len(current)),
+                    **self._too_few_hits(current),
                 },
             )
         scored = self.score(current)

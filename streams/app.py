@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import faust
 from faust.web import Request, Response, View
@@ -31,6 +32,11 @@ from streams.metrics import Metrics
 from streams.outbox import Outbox, OutputLimit
 from streams.recovery import LoopwatchTableManager
 from streams.runtime import Runtime, Stage
+
+if TYPE_CHECKING:
+    from faust.types import TP
+
+    from streams.detect_stage import DetectStage
 
 log = logging.getLogger("loopwatch.streams")
 
@@ -50,9 +56,12 @@ class LoopwatchApp(faust.App):
         output_limit: OutputLimit,
         runtime: Runtime,
         kafka_options: dict[str, Any],
+        summaries_topic: str,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        #: Whose partitions decide which models this worker judges: listed first in /health and the log.
+        self.summaries_topic = summaries_topic
         self.output_limit = output_limit
         #: What the worker's own aiokafka clients connect with (streams.kafka.client_options).
         self.kafka_options = kafka_options
@@ -60,11 +69,20 @@ class LoopwatchApp(faust.App):
         runtime.app = self
         #: When the last rebalance ended (``time.monotonic()``; None: not yet), for ``/health``.
         self.settled_since: float | None = None
+        self.on_partitions_assigned.connect(cast(Any, self._log_assignment))  # faust's types are loose
+
+    async def _log_assignment(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        """One line per rebalance naming what this worker owns: which worker judges a model (issue 17)."""
+        log.info("worker assigned: %s", assignment_line(self.assigned_partitions()))
 
     def on_rebalance_end(self) -> None:
         """faust's end of a rebalance (partitions assigned and recovered), and when it was."""
         super().on_rebalance_end()
         self.settled_since = time.monotonic()
+
+    def assigned_partitions(self) -> dict[str, list[int]]:
+        """This worker's active partitions per topic, the summaries topic first."""
+        return partitions_by_topic(self.assignor.assigned_actives(), first=self.summaries_topic)
 
     def outbox(self) -> Outbox:
         """An empty outbox whose records are held to the output limit."""
@@ -101,6 +119,58 @@ class LoopwatchApp(faust.App):
         return cast(Any, self.producer)._ensure_producer()
 
 
+def partitions_by_topic(assigned: Iterable[TP], first: str | None = None) -> dict[str, list[int]]:
+    """Partitions per topic, both sorted, topic ``first`` first: what ``/health`` and the log line show.
+
+    The summaries topic goes first: its partitions say which models this worker judges.
+
+    >>> from faust.types import TP
+    >>> partitions_by_topic([TP("b", 3), TP("a", 1), TP("b", 0), TP("c", 2)], first="b")
+    {'b': [0, 3], 'a': [1], 'c': [2]}
+    """
+    owned: dict[str, list[int]] = {}
+    for tp in sorted(assigned, key=lambda tp: (tp.topic != first, tp)):
+        owned.setdefault(tp.topic, []).append(tp.partition)
+    return owned
+
+
+def assignment_line(owned: dict[str, list[int]]) -> str:
+    """The log's account of ``owned``: topics with the same partitions together, changelogs counted.
+
+    faust gives every topic (changelogs too) the same partitions: one list per topic ran to 900 characters.
+
+    >>> assignment_line({"s": [0, 2], "a": [0, 2], "a-changelog": [0, 2], "b": [1]})
+    's, a [0, 2] (and 1 changelog); b [1]'
+    """
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for topic, listed in owned.items():
+        groups.setdefault(tuple(listed), []).append(topic)
+    said = []
+    for partitions, topics in groups.items():
+        changelogs = sum(topic.endswith("-changelog") for topic in topics)
+        named = ", ".join(topic for topic in topics if not topic.endswith("-changelog")) or "changelogs"
+        more = f" (and {changelogs} changelog{'s' if changelogs > 1 else ''})" if changelogs else ""
+        more = "" if named == "changelogs" else more
+        said.append(f"{named} {list(partitions)}{more}")
+    return "; ".join(said) or "no partitions"
+
+
+def judged_models(detect: DetectStage | None) -> list[str]:
+    """The models whose windows this worker's detect stage holds: open, waiting, or judged and kept.
+
+    Summaries are keyed by model, so these are the models this worker judges; a
+    closed window is kept for ``window_revision_seconds``, so a model that went
+    quiet drops out after that. Read on the event loop, between the stage's units
+    of work, so the stage's dicts do not change while this reads them.
+    """
+    if detect is None:
+        return []
+    windows = detect.windows
+    partials = [*windows.open.values(), *(done.partial for done in windows.done.values())]
+    segments = [p.segment for p in partials] + [window.segment for window, _ in detect.waiting]
+    return sorted({segment.get("model") or "" for segment in segments})
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchApp:
     """Build the loopwatch faust app (batch handlers, table, timers, web pages) from settings."""
     metrics = metrics or Metrics()
@@ -110,6 +180,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         output_limit=limit,
         runtime=Runtime(limit, metrics, settings.topics.deadletter),
         kafka_options=client_options(settings),
+        summaries_topic=settings.topics.summaries,
         broker=[f"kafka://{server}" for server in servers(settings)],
         # TLS and SASL for faust's consumer, producer and admin requests.
         broker_credentials=broker_credentials(settings),
@@ -145,6 +216,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
         value_serializer="raw",
     )
     runtime = app.runtime
+    detect: DetectStage | None = None
     ingest = IngestStage(runtime, settings, metrics)
     app.add_stage(ingest)
     if settings.otlp:
@@ -219,6 +291,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> LoopwatchA
             "status": "unhealthy" if problem else "ok" if ready else "starting",
             "app_id": settings.app_id,
             "assigned_partitions": len(app.assignor.assigned_actives()),
+            "partitions": app.assigned_partitions(),
+            "models": judged_models(detect),
         }
         if problem:
             body["reason"] = problem

@@ -60,7 +60,9 @@ FEEDBACK_NOTE = (
 OLD_NOTE_TAIL = ": 95 samples in all; no rate (a window too small to judge keeps its sample counts only)"
 #: A feedback detector outside the built-in set, named in the console's detectors file.
 CUSTOM = "acme.thumbs_down.v1"
-SCOPE = "inference detectors only; feedback not judged"
+SCOPE = "inference detectors only"
+#: What leads the worst verdict (trial 12m): the kind not judged, with its pooled rate.
+LEAD = f"feedback not judged: 89 of 95 thumbs down (94%) vs 10% on the reference ({REFERENCE})"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,8 @@ def test_the_history_is_the_trial_s_a_canary_judged_by_its_drift_detectors_only(
 def test_the_overview_says_feedback_was_never_judged_with_the_history_s_numbers(client: TestClient) -> None:
     row = _row(client)
     assert row["verdict_scope"] == SCOPE
-    assert row["worst_shown"] == f"ok ({SCOPE})"
+    assert row["worst_shown"] == f"{LEAD}; ok ({SCOPE})"
+    assert (row["worst_lead"], row["worst_judged"]) == (LEAD, f"ok ({SCOPE})")
     [unjudged] = row["unjudged_inputs"]
     assert unjudged["detector_id"] == FEEDBACK and unjudged["kind"] == "feedback"
     assert (unjudged["windows"], unjudged["most_samples"], unjudged["min_samples"]) == (9, 28, 30)
@@ -117,7 +120,9 @@ def test_the_overview_says_feedback_was_never_judged_with_the_history_s_numbers(
     assert (unjudged["hits"], unjudged["reference_hits"], unjudged["reference_samples"]) == (sum(DOWN), 4, 40)
     assert unjudged["note"] == FEEDBACK_NOTE
     html = client.get("/overview").text
-    assert f'<dd class="worst-verdict">ok ({SCOPE}) (windows: 0 drift, 0 warning' in html
+    lead = f'<dd class="worst-verdict"><span class="worst-lead">{escape(LEAD)}</span> '
+    lead += '<span class="worst-judged">'
+    assert f"{lead}ok ({SCOPE}) (windows: 0 drift, 0 warning" in html
     assert f'<dd class="unjudged-input" data-detector="{FEEDBACK}">{escape(FEEDBACK_NOTE)}</dd>' in html
     assert f"ok (window 12:01:00; {SCOPE})" in html  # the last verdict is scoped too
     assert "worst verdict</dt><dd>ok (" not in html and RATING not in html  # never fed: not named

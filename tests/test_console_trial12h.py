@@ -93,7 +93,8 @@ def test_the_detections_row_carries_the_adjusted_p_and_the_page_says_it_is_adjus
     judged = _judged(INFERENCE_SPECS[:1], _requests(30, 0), _requests(30, 30), 1)  # profanity: a p-value
     [row] = [detection_row(d, "p_value") for d in judged]
     assert row["p_value_adjusted"] == judged[0].measurements["p_value_adjusted"]
-    root = write(tmp_path, detections=P_ROWS)
+    # With its windows: a history of detections only would be shown for today's date, not the rows' day.
+    root = write(tmp_path, windows=[window("v2", n) for n in range(1, 4)], detections=P_ROWS)
     console = Console(HistoryReader(root), DatasetStore(tmp_path / "datasets"))
     with TestClient(create_app(console)) as client:
         page = client.get("/segments/" + quote(KEY, safe="")).text

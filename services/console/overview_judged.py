@@ -44,10 +44,16 @@ NO_RATE = "a window too small to judge keeps its sample counts only"
 #: What a rate detector's hits are, said after ``89 of 95`` (a detector not named here: ``hits``).
 HITS_SAID = {
     "quality.negative_feedback.v1": "thumbs down",
+    "quality.canary.v1": "thumbs down",
     "quality.correction_rate.v1": "feedback events were corrections",
     "quality.error_rate.v1": "requests failed",
     "quality.empty_refusal.v1": "replies empty or a refusal",
+    "toxicity.profanity.v1": "texts profane",
+    "toxicity.detoxify.v1": "texts toxic",
 }
+#: The check whose counts a detector of several checks keeps for the Overview (its measurements are
+#: prefixed by check name: ``negative_feedback.current_hits``); others: the check that decided.
+HITS_PART = {"quality.canary.v1": "negative_feedback"}
 #: The columns read again, for one segment's detectors that judged nothing, to say their numbers.
 DETAIL_COLUMNS = [
     "window_start",
@@ -78,6 +84,7 @@ class UnjudgedInput(BaseModel):
 
     detector_id: str
     kind: str
+    kind_unjudged: bool = Field(False, description="No fed detector of its kind judged a window either")
     windows: int
     most_samples: int | None = Field(None, description="The most samples a window had, on the short side")
     min_samples: int | None = Field(None, description="The samples it needs to judge a window")
@@ -92,6 +99,14 @@ class UnjudgedInput(BaseModel):
         None, description="The hits of the references those windows were compared with (each counted once)"
     )
     reference_samples: int | None = Field(None, description="The samples of those references")
+    shortfall: str = Field(
+        description="Why no window was judged: too few samples in each window, at most 28 < 30"
+    )
+    rate_said: str | None = Field(
+        None,
+        description="The pooled rate in words, when the hits were kept: 89 of 95 thumbs down (94%) vs 10%"
+        " on the reference (v2's first window)",
+    )
     note: str = Field(description="What the Overview says: feedback not judged in any of 9 windows (...)")
 
 
@@ -100,13 +115,23 @@ class JudgedScope(BaseModel):
 
     worst_shown: str | None = Field(
         None,
-        description="The worst verdict as the page says it: ok (inference detectors only; feedback not"
-        " judged)",
+        description="The worst verdict as the page says it, led by what was not judged: feedback not"
+        " judged: 89 of 95 thumbs down (94%) vs 10% on the reference (v2's first window); ok (inference"
+        " detectors only)",
+    )
+    worst_lead: str | None = Field(
+        None,
+        description="What leads the worst verdict when a detector with input judged no window: the most"
+        " telling of ``unjudged_inputs``, its pooled rate when the history kept its hits",
+    )
+    worst_judged: str | None = Field(
+        None,
+        description="The worst verdict of the windows judged, after the lead: ok (inference detectors only)",
     )
     verdict_scope: str | None = Field(
         None,
-        description="What judged the verdicts, when a detector with input judged no window in view:"
-        " inference detectors only; feedback not judged",
+        description="What judged the verdicts, when a detector with input judged no window in view, short:"
+        " inference detectors only; 2 of 8 inference detectors judged no window (their ids: unjudged_inputs)",
     )
     not_judged: list[NotJudged] = Field(
         default_factory=list,
@@ -154,19 +179,30 @@ class SegmentJudged:
         """``7 of 8 windows by the 2 inference detectors; 9 of 9 windows by the feedback detector``."""
         return "; ".join(f"{r.not_judged} of {r.windows} windows by {_who(r)}" for r in self.counts) or None
 
-    def scope(self) -> str | None:
-        """What the verdicts were judged by, when a fed detector judged no window:
-        ``inference detectors only; feedback not judged``."""
+    def scope(self, led: bool = False) -> str | None:
+        """What the verdicts were judged by, when a fed detector judged no window, short enough to follow
+        a verdict: ``inference detectors only; 2 of 8 inference detectors judged no window``.
+
+        Several detectors of a kind are counted, not named (trial 12m: seven ids made the verdict
+        unreadable; the Overview's lines below name them); the kinds not judged are said unless ``led``,
+        when the verdict's lead already says them.
+        """
         none, whole = self.judged_none(), self.unjudged_kinds()
         judged = {kind for detector, kind in self.fed.items() if detector not in none}
-        lone = sorted(d for d, kind in none.items() if kind not in whole)
+        lone: dict[str, list[str]] = {}
+        for detector, kind in sorted(none.items()):
+            if kind not in whole:
+                lone.setdefault(kind, []).append(detector)
         if not judged or not (whole or lone):
             return None
         parts = []
         if whole:
-            parts.append(f"{_kinds(judged - whole)} detectors only; {_kinds(whole)} not judged")
-        if lone:
-            parts.append(f"{', '.join(lone)} judged no window")
+            only = f"{_kinds(judged - whole)} detectors only"
+            parts.append(only if led else f"{only}; {_kinds(whole)} not judged")
+        for kind in sorted(lone, key=_kind_order):
+            ids, of = lone[kind], sum(1 for k in self.fed.values() if k == kind)
+            who = ids[0] if len(ids) == 1 else f"{len(ids)} of {of} {kind} detectors"
+            parts.append(f"{who} judged no window")
         return "; ".join(parts)
 
 
@@ -248,7 +284,15 @@ def unjudged_rows(
 ) -> dict[str, pa.Table]:
     """Per segment with a fed detector that judged no window: those detectors' latest detections, with
     their measurements (read again, one read per model: the Overview reads no measurements otherwise)."""
-    wanted = {segment: set(j.judged_none()) for segment, j in judged.items() if j.judged_none()}
+    return detector_rows(history, days, {s: set(j.judged_none()) for s, j in judged.items()})
+
+
+def detector_rows(
+    history: HistoryReader, days: Sequence[date], wanted: Mapping[str, set[str]]
+) -> dict[str, pa.Table]:
+    """Per segment of ``wanted``: the latest detections of its detectors there, with their measurements
+    (what :func:`unjudged_input` reads; the Incidents page's rules read them too)."""
+    wanted = {segment: ids for segment, ids in wanted.items() if ids}
     per_model: dict[str, list[str]] = {}
     for segment in wanted:
         per_model.setdefault(segment.split("|", 1)[0], []).append(segment)  # model|version|app|route|tenant
@@ -268,8 +312,7 @@ def judged_scope(judged: SegmentJudged | None, worst: str | None, rows: pa.Table
     """A segment's row fields: its not-judged counts and, for each fed detector that judged no window,
     its numbers from ``rows`` (:func:`unjudged_rows`)."""
     if judged is None:
-        return JudgedScope(worst_shown=worst)
-    scope = judged.scope()
+        return JudgedScope(worst_shown=worst, worst_judged=worst)
     whole = judged.unjudged_kinds()
     inputs = [
         unjudged_input(
@@ -278,13 +321,96 @@ def judged_scope(judged: SegmentJudged | None, worst: str | None, rows: pa.Table
         for detector_id, kind in sorted(judged.judged_none().items())
         if rows is not None
     ]
+    first = lead_input(inputs)
+    # A lone detector without a rate leads nothing: the scope after the verdict counts it already.
+    lead = _lead(first) if first is not None and (first.kind_unjudged or first.rate_said) else None
+    scope = judged.scope(led=lead is not None)
+    shown = f"{worst} ({scope})" if worst and scope else worst
     return JudgedScope(
-        worst_shown=f"{worst} ({scope})" if worst and scope else worst,
+        worst_shown=f"{lead}; {shown}" if lead and shown else lead or shown,
+        worst_lead=lead,
+        worst_judged=shown,
         verdict_scope=scope,
         not_judged=judged.counts,
         not_judged_said=judged.said(),
         unjudged_inputs=inputs,
     )
+
+
+def judged_none_said(
+    history: HistoryReader,
+    days: Sequence[date],
+    wanted: Mapping[str, set[str]],
+    names: Mapping[str, str],
+    kinds: Mapping[str, str] = BUILT_IN_KINDS,
+) -> list[str]:
+    """Per segment of ``wanted`` (its detectors that judged none of its windows), in words with the
+    pooled numbers the Overview gives (``names``: how to call each segment, e.g. its version):
+    ``quality.negative_feedback.v1 judged none of r3's 6 windows (too few samples in each window, at
+    most 25 < 30); r3 had 105 of 119 thumbs down (88%) vs 13% on the reference (r1, stable)``.
+
+    Segments said alike are said once (``r1's and r2's 6 windows``); those with a rate come first.
+    """
+    rows = detector_rows(history, days, wanted)
+    alike: dict[tuple[tuple[tuple[int, str, str], ...], str | None], list[str]] = {}
+    for segment in sorted(rows):
+        mine = rows[segment]
+        inputs = [
+            unjudged_input(mine.filter(pc.equal(mine["detector_id"], d)), d, kinds.get(d, OTHER), False)
+            for d in sorted(wanted[segment])
+        ]
+        groups: dict[tuple[int, str], list[str]] = {}
+        for u in inputs:
+            if u.windows:
+                groups.setdefault((u.windows, u.shortfall), []).append(u.detector_id)
+        if groups:
+            lead = lead_input(inputs)
+            said = tuple((n, why, " and ".join(ids)) for (n, why), ids in groups.items())
+            rate = lead.rate_said if lead is not None else None
+            alike.setdefault((said, rate), []).append(names.get(segment, segment))
+    out = []
+    for (said, rate), who in sorted(alike.items(), key=lambda item: item[0][1] is None):
+        whose = _listed([f"{name}'s" for name in who])
+        clauses = [
+            f"{ids} judged none of {whose} {n} windows ({why})"
+            if n > 1
+            else f"{ids} did not judge {whose} one window ({why})"
+            for n, why, ids in said
+        ]
+        if rate:
+            clauses.append(
+                f"{_listed(who)} had {rate}" if len(who) == 1 else f"{_listed(who)} each had {rate}"
+            )
+        out.append("; ".join(clauses))
+    return out
+
+
+def _listed(items: Sequence[str]) -> str:
+    """``r1, r2 and r3``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def lead_input(inputs: Sequence[UnjudgedInput]) -> UnjudgedInput | None:
+    """The input that leads what the page says: of a kind nothing judged first, then one with a pooled
+    rate, then the detectors in :data:`HITS_SAID`'s order (thumbs down before errors), then by id."""
+    order = {detector_id: n for n, detector_id in enumerate(HITS_SAID)}
+    ranked = sorted(
+        inputs,
+        key=lambda u: (
+            not u.kind_unjudged,
+            u.rate_said is None,
+            order.get(u.detector_id, len(order)),
+            u.detector_id,
+        ),
+    )
+    return ranked[0] if ranked else None
+
+
+def _lead(unjudged: UnjudgedInput) -> str:
+    """``feedback not judged: 105 of 119 thumbs down (88%) vs 13% on the reference (r1, stable)``."""
+    kind, detector = unjudged.kind, unjudged.detector_id
+    who = f"{kind} not judged" if unjudged.kind_unjudged else f"{detector} judged no window"
+    return f"{who}: {unjudged.rate_said}" if unjudged.rate_said else f"{who} ({unjudged.shortfall})"
 
 
 def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool) -> UnjudgedInput:
@@ -293,7 +419,7 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
     per_window: dict[object, _Window] = {}
     needs = []
     for row in rows.to_pylist():
-        counted = _Window.of(row)
+        counted = _Window.of(row, HITS_PART.get(detector_id))
         known = per_window.get(row["window_start"])
         per_window[row["window_start"]] = counted if known is None else known.merged(counted)
         needs.append(row["min_samples"] or 0)
@@ -310,15 +436,19 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
     )
     hits = _pooled_hits(windows)
     reference = _pooled_reference(windows) if hits is not None else None
+    rate_said = None
     if hits is None or not total:
         said = f"{total} samples in all; no rate ({NO_RATE})"
     else:
-        said = f"{hits} of {total} {HITS_SAID.get(detector_id, 'hits')} ({_percent(hits, total)}) in all"
+        rate_said = f"{hits} of {total} {HITS_SAID.get(detector_id, 'hits')} ({_percent(hits, total)})"
+        said = f"{rate_said} in all"
         if reference is not None and reference[1]:
-            said += f", vs {_percent(reference[0], reference[1])} on the {reference_label(reference[2])}"
+            versus = f"vs {_percent(reference[0], reference[1])} on the {reference_label(reference[2])}"
+            said, rate_said = f"{said}, {versus}", f"{rate_said} {versus}"
     return UnjudgedInput(
         detector_id=detector_id,
         kind=kind,
+        kind_unjudged=whole_kind,
         windows=len(windows),
         most_samples=most,
         min_samples=need,
@@ -327,6 +457,8 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
         hits=hits,
         reference_hits=reference[0] if reference else None,
         reference_samples=reference[1] if reference else None,
+        shortfall=shortfall,
+        rate_said=rate_said,
         note=f"{lead}: {said}",
     )
 
@@ -342,14 +474,20 @@ class _Window:
     reference_id: str | None
 
     @classmethod
-    def of(cls, row: Mapping[str, object]) -> _Window:
-        """A detection row's counts: the detector's own, else the window's rows for the samples."""
+    def of(cls, row: Mapping[str, object], part: str | None = None) -> _Window:
+        """A detection row's counts: the detector's own, else the window's rows for the samples.
+
+        A detector of several checks keeps each check's counts under its name (``negative_feedback.``):
+        those of ``part``, else of the check that decided (``decided_by.<check>``), are read.
+        """
         measured = json.loads(str(row["measurements"] or "{}"))
+        decided = next((k.removeprefix("decided_by.") for k in measured if k.startswith("decided_by.")), None)
+        prefix = f"{part or decided}." if part or decided else ""
         return cls(
-            current=_count(measured.get("current_samples"), row["current_size"]),
-            reference=_count(measured.get("reference_samples"), row["reference_size"]),
-            hits=_known(measured.get("current_hits")),
-            reference_hits=_known(measured.get("reference_hits")),
+            current=_count(measured.get(f"{prefix}current_samples"), row["current_size"]),
+            reference=_count(measured.get(f"{prefix}reference_samples"), row["reference_size"]),
+            hits=_known(measured.get(f"{prefix}current_hits")),
+            reference_hits=_known(measured.get(f"{prefix}reference_hits")),
             reference_id=str(row["reference"]) if row.get("reference") else None,
         )
 

@@ -9,9 +9,10 @@ named only as what the policy says of gates that were met while its source fired
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,7 @@ from retrain_trigger.policy import Policy, Rule
 from retrain_trigger.silence import parse_matcher
 from schemas.events import Segment
 from services.console.incidents import count_of, hms
+from services.console.overview_judged import judged_none_said
 from services.console.policy_gaps import no_retrain
 from services.console.series import verdict_p
 
@@ -50,7 +52,12 @@ _DETECTION_COLUMNS = [
     "measurements",
     "revision",
     "p_value_adjusted",
+    "judged",
+    "samples",
 ]
+#: Says the detectors of segments that judged none of their windows, with their pooled numbers:
+#: :func:`services.console.overview_judged.judged_none_said` on the range's days.
+NoneJudgedSaid = Callable[[Mapping[str, set[str]], Mapping[str, str]], list[str]]
 
 
 RuleState = Literal["fired", "fired, no request", "not fired"]
@@ -107,8 +114,9 @@ def policy_report(
     if not rules:
         return report
     detections = _matching_days(history, span, rules)
+    said = functools.partial(judged_none_said, history, span.days())
     for rule in rules:
-        report.rules.append(_rule_report(rule, policy, detections, alerts, actions, silences))
+        report.rules.append(_rule_report(rule, policy, detections, alerts, actions, silences, said))
     report.no_retrain = no_retrain(policy, detections)
     return report
 
@@ -150,6 +158,8 @@ _KEPT_COLUMNS = [
     "effect_size",
     "p",
     "alert",
+    "judged",
+    "samples",
 ]
 _KEPT: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
 _KEPT_LOCK = threading.Lock()  # pages are served from a thread pool
@@ -181,7 +191,11 @@ def _day_rows(table: pa.Table, rules: Sequence[Rule]) -> pa.Table:
     judged = np.flatnonzero(np.asarray(pc.is_in(table["verdict"], verdicts)))
     p = np.full(table.num_rows, np.nan)
     p[judged] = _parsed_p(table.take(pa.array(judged, pa.int64())))
-    table = table.append_column("p", pa.array(p)).select(_KEPT_COLUMNS)
+    table = table.append_column("p", pa.array(p))
+    table = table.set_column(
+        table.schema.get_field_index("judged"), "judged", pc.fill_null(table["judged"], True)
+    )
+    table = table.select(_KEPT_COLUMNS)
     # Dictionary-encoded (a few distinct values each): small to keep, and a rule picks its rows by lookup.
     for name in ("segment", "detector_id", "verdict", *_SEGMENT_FIELDS):
         table = table.set_column(table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]))
@@ -201,6 +215,7 @@ def _rule_report(
     alerts: Sequence[AlertRow],
     actions: Sequence[ActionRow],
     silences: Sequence[SilenceRow],
+    said: NoneJudgedSaid,
 ) -> RuleReport:
     action: Literal["retrain", "rollback"] = "retrain" if rule.action == "retrain" else "rollback"
     common = {"rule": rule.name, "action": action, "detectors": list(rule.match.detectors)}
@@ -221,7 +236,8 @@ def _rule_report(
         if ids:
             why += f" ({action} requested for its other alerts: {', '.join(ids)})"
         return RuleReport(**common, state="fired, no request", models=models, requests=ids, why=why)
-    return RuleReport(**common, state="not fired", why=_not_fired(rule, policy, detections, alerts, silences))
+    why = _not_fired(rule, policy, detections, alerts, silences, said)
+    return RuleReport(**common, state="not fired", why=why)
 
 
 def _while_firing(alert: AlertRow, mine: Sequence[AlertRow], request: ActionRow) -> bool:
@@ -270,6 +286,7 @@ def _not_fired(
     detections: Sequence[pa.Table],
     alerts: Sequence[AlertRow],
     silences: Sequence[SilenceRow],
+    said: NoneJudgedSaid,
 ) -> str:
     """Why a rule raised no alert in the range: no detection, none past its gates, too few in a row, muted."""
     patterns = ", ".join(rule.match.detectors)
@@ -282,9 +299,13 @@ def _not_fired(
     if matching.num_rows == 0:
         largest = max(pc.max(d["current_size"]).as_py() or 0 for d in days)
         short = f"; and min_samples {gates.min_samples}: the largest window had {largest}"
-        return f"{_windows(days)} judged by {patterns}, none {verdicts}" + (
-            short if largest < gates.min_samples else ""
-        )
+        short = short if largest < gates.min_samples else ""
+        none = _judged_none(days)
+        unjudged = said(none, _names(none)) if none else []
+        if unjudged:
+            # Trial 12m: a canary's thumbs too few in every window read "16 windows judged, none drift".
+            return "; ".join(unjudged) + f"; in all {_windows(days)} of {patterns}, none {verdicts}" + short
+        return f"{_windows(days)} judged by {patterns}, none {verdicts}" + short
     outcomes = [_outcomes(rule, d) for d in days]
     breaches = sum(int((o > 0).sum()) for o in outcomes)
     if breaches == 0:
@@ -303,6 +324,39 @@ def _not_fired(
             )
         )
     return _muted(rule, policy, met, alerts, silences)
+
+
+def _judged_none(days: Sequence[pa.Table]) -> dict[str, set[str]]:
+    """Per segment: the rule's detectors that judged none of its windows though fed (samples in some).
+
+    A window's verdict counts here as the history's ``judged`` says; a detector never fed (0 samples
+    everywhere) is left out, as the Overview leaves it out.
+    """
+    rows = pa.concat_tables([d.select(["segment", "detector_id", "judged", "samples"]) for d in days])
+    for name in ("segment", "detector_id"):
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.cast(rows[name], pa.string()))
+    rows = rows.set_column(2, "judged", pc.cast(rows["judged"], pa.int8()))
+    per = rows.group_by(["segment", "detector_id"], use_threads=False).aggregate(
+        [("judged", "max"), ("samples", "max")]
+    )
+    out: dict[str, set[str]] = {}
+    for row in per.to_pylist():
+        if not row["judged_max"] and row["samples_max"]:
+            out.setdefault(row["segment"], set()).add(row["detector_id"])
+    return out
+
+
+def _names(segments: Mapping[str, set[str]]) -> dict[str, str]:
+    """How the page calls each segment: its version (``r3``), with its model and labels when needed."""
+    parts = {key: key.split("|") for key in segments}  # model|version|app|route|tenant
+    models = {p[0] for p in parts.values()}
+    names = {}
+    for key, (model, version, *labels) in parts.items():
+        name = version if len(models) == 1 else f"{model}/{version}"
+        twins = [k for k, p in parts.items() if p[:2] == [model, version]]
+        shown = " · ".join(v for v in labels if v)
+        names[key] = f"{name} ({shown})" if len(twins) > 1 and shown else name
+    return names
 
 
 def _rule_rows(rule: Rule, day: pa.Table) -> pa.Table:
