@@ -351,6 +351,25 @@ class Judge:
         return detector
 
 
+#: The namespace of Detection ids (uuid5 of what was judged).
+DETECTION_IDS = uuid.UUID("5f0b7d0e-3c1a-4d55-9a5e-6c7a4e1d2b90")
+
+
+def detection_id(detector_id: str, config: Mapping[str, Any], window: ClosedWindow, reference: str) -> str:
+    """The id of one detector config's verdict on one revision of a window, with its events and reference.
+
+    Derived, not random: a worker killed by ``kill -9`` just after publishing a verdict
+    leaves its input uncommitted, and the worker that takes the partition over judges
+    the same window again (trial 17i: 11 verdicts published twice, 30 s apart). The
+    repeat has the same id, so a consumer can drop it; a verdict on
+    other events or another reference gets another id.
+    """
+    what = [segment_key(window.segment), window.kind, window.start.isoformat(), window.end.isoformat()]
+    what += [window.revision, window.seen]
+    what += [detector_id, dict(config), reference]
+    return str(uuid.uuid5(DETECTION_IDS, json.dumps(what, sort_keys=True, default=str)))
+
+
 def to_detection(
     judged: Judged, window: ClosedWindow, reference: Reference, report_path: str | None = None
 ) -> Detection:
@@ -358,7 +377,7 @@ def to_detection(
     finding = judged.finding
     detector_id = finding.detector_id
     return Detection(
-        detection_id=str(uuid.uuid4()),
+        detection_id=detection_id(detector_id, judged.config, window, reference.name),
         detector_id=detector_id,
         detector_version=detector_id.rsplit(".", 1)[-1],
         config=judged.config,

@@ -189,3 +189,29 @@ def test_a_bad_detectors_file_is_refused_with_its_name(tmp_path: Any) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("- {detector_id: drift.ks.v1, kind: inference, config: {column: latency_ms}}\n")
     assert load_specs(good) == [DetectorSpec("drift.ks.v1", "inference", {"column": "latency_ms"})]
+
+
+def test_a_window_judged_again_with_the_same_events_gets_the_same_detection_id() -> None:
+    # Trial 17i: a worker killed by kill -9 just after publishing left its input uncommitted; the
+    # worker taking over judged the same windows again and the repeats carried new random ids.
+    spec = DetectorSpec("drift.ks.v1", "inference", {"column": "response_chars"})
+    store = _Store()
+    references = References(store)
+    judge = Judge([spec])
+    _observe(references, store, _window("1", 500, 500, 0))
+    window = _window("1", 500, 800, 1, seed=1)
+    reference = references.for_window(window)
+    assert reference is not None
+
+    def ids(judged_window: ClosedWindow) -> list[str]:
+        judged = judge.run(judged_window, reference, judge.specs_for("inference", slow=False))
+        return [to_detection(j, judged_window, reference).detection_id for j in judged]
+
+    first = ids(window)
+    assert ids(dataclasses.replace(window)) == first  # the successor's judgement of the same window
+    # Another revision, other events, another config: another verdict, another id.
+    assert ids(dataclasses.replace(window, revision=1)) != first
+    assert ids(dataclasses.replace(window, seen=501)) != first
+    other = Judge([DetectorSpec("drift.ks.v1", "inference", {"column": "response_chars", "alpha": 0.01})])
+    judged = other.run(window, reference, other.specs_for("inference", slow=False))
+    assert to_detection(judged[0], window, reference).detection_id not in first
