@@ -364,9 +364,8 @@ def detection_id(detector_id: str, config: Mapping[str, Any], window: ClosedWind
     repeat has the same id, so a consumer can drop it; a verdict on
     other events or another reference gets another id.
     """
-    what = [segment_key(window.segment), window.kind, window.start.isoformat(), window.end.isoformat()]
-    what += [window.revision, window.seen]
-    what += [detector_id, dict(config), reference]
+    what: list[Any] = [segment_key(window.segment), window.kind, window.start.isoformat()]
+    what += [window.end.isoformat(), window.revision, window.seen, detector_id, dict(config), reference]
     return str(uuid.uuid5(DETECTION_IDS, json.dumps(what, sort_keys=True, default=str)))
 
 
