@@ -36,6 +36,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -284,7 +285,9 @@ def loopwatch_ingest(
     group = f"bench-{time.time()}"
     ports = [free_port() for _ in range(workers)]
     processes = []
-    for web_port in ports:
+    # Each worker's data directory (its join states on disk), removed with the worker.
+    data_dirs = [tempfile.mkdtemp(prefix="ingest-bench-") for _ in ports]
+    for web_port, data_dir in zip(ports, data_dirs, strict=True):
         env = {
             **os.environ,
             "LOOPWATCH_KAFKA_BOOTSTRAP": bootstrap,
@@ -292,7 +295,7 @@ def loopwatch_ingest(
             "LOOPWATCH_APP_ID": group,
             "LOOPWATCH_LOG_LEVEL": "warning",
             "LOOPWATCH_TOPIC_INFERENCE": settings.topics.inference,
-            "LOOPWATCH_DATA_DIR": tempfile.mkdtemp(),
+            "LOOPWATCH_DATA_DIR": data_dir,
             "LOOPWATCH_DETECTION": str(detection).lower(),
             # Each run reads the pre-filled topic from the start, into its own summaries topic.
             "LOOPWATCH_TOPIC_SUMMARIES": f"{group}-summaries",
@@ -332,6 +335,8 @@ def loopwatch_ingest(
     finally:
         for process in processes:
             stop_process(process)
+        for data_dir in data_dirs:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 _RATIOS = [

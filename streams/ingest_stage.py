@@ -74,8 +74,14 @@ class IngestStage(Stage):
         self.settings = settings
         self.topics = topics = settings.topics
         self.metrics = metrics
-        # Often: each tick tells the watermarks of the input partitions read to their end.
-        self.tick_seconds = min(settings.join_sweep_seconds, CATCH_UP_SECONDS)
+        # With detection, often: each tick tells the watermarks of the input partitions read to their end.
+        # Without, the tick only sweeps expired joins: twenty ticks a second that find no sweep due
+        # are twenty units of work a second in the stage's queue, between its batches.
+        self.tick_seconds = (
+            min(settings.join_sweep_seconds, CATCH_UP_SECONDS)
+            if settings.detection
+            else settings.join_sweep_seconds
+        )
         self._swept_at = -math.inf
         self.inputs: dict[str, Decoder] = {
             topics.inference: self._decoder(InferenceLog),
@@ -223,8 +229,17 @@ class IngestStage(Stage):
         )
         if self.settings.detection:
             self._sample_inference(event, descriptors, stamp, message)
-        previous = self._state(key, message.partition)
-        result = join.on_inference(previous, accepted.text, event, source, now, partition=message.partition)
+        partition = message.partition
+        stored = self._written.get(key)
+        if stored is None:
+            stored = self.join_store.get(partition, key)
+        if stored is None:  # the request's first event (nearly always): its state straight from the bytes
+            stored = self._written[key] = join.encode_first_inference(message.value, source, partition, now)
+            effects.put(self.join_store, key, stored, partition)
+            return
+        result = join.on_inference(
+            join.decode(stored), accepted.text, event, source, now, partition=partition
+        )
         self._store(effects, key, result, message)
 
     def _feedback(

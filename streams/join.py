@@ -184,6 +184,24 @@ def encode(state: JoinState) -> bytes:
     return header + lz4.block.compress(_LENGTH.pack(length) + body + to_json(rest))
 
 
+def encode_first_inference(raw: bytes, source: ReadAt, partition: int, now: float) -> bytes:
+    """``encode(on_inference(None, raw.decode(), log, source, now, partition=partition).state)``, directly.
+
+    Nearly every inference is the first event of its request_id: its state is
+    the log and where it was read, nothing pending, nothing seen. Built from the
+    message's own bytes (``raw``, the log's UTF-8 JSON), without the state dict,
+    the JoinResult and a second UTF-8 encoding of the log; a test checks that the
+    bytes are :func:`encode`'s.
+    """
+    rest = b'{"inference_source":[%s,%d,%d],"pending":[],"seen":[]}' % (
+        to_json(source.topic),
+        source.partition,
+        source.offset,
+    )
+    header = _HEADER.pack(_FORMAT, now, partition)
+    return header + lz4.block.compress(_LENGTH.pack(len(raw)) + raw + rest)
+
+
 def decode(stored: bytes) -> JoinState:
     """The state in stored bytes (also formats that earlier versions wrote)."""
     if stored[:1] == b"{":
