@@ -44,7 +44,8 @@ def correct(findings: Sequence[Finding], method: Method = "bh", alpha: float = 0
     ``ok``; one still below keeps the verdict its detector gave, so each
     detector's effect-size gate (``drift`` only for a large enough shift)
     stands. The correction never raises a verdict. The adjusted p-value is
-    in ``measurements["p_value_adjusted"]``; ``p_value`` stays the raw one.
+    in ``measurements["p_value_adjusted"]`` (and ``alpha`` in ``correction_alpha``);
+    ``p_value`` stays the raw one.
     Findings without a p-value (too few samples, threshold-only detectors)
     pass through unchanged and do not count towards the number of tests.
     """
@@ -57,7 +58,12 @@ def correct(findings: Sequence[Finding], method: Method = "bh", alpha: float = 0
         result[index] = finding.model_copy(
             update={
                 "verdict": level,
-                "measurements": {**finding.measurements, "p_value_adjusted": p_adjusted},
+                # With the level it had to beat: the console draws it (trial 12n read the detector's alpha).
+                "measurements": {
+                    **finding.measurements,
+                    "p_value_adjusted": p_adjusted,
+                    "correction_alpha": alpha,
+                },
             }
         )
     return result

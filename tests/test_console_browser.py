@@ -224,7 +224,12 @@ def test_not_judged_scales_and_revisions_read_right_in_the_browser(browser, verd
     # Item 4: the negative-feedback rate's threshold is alpha: its p-value is drawn against it, on a log axis.
     feedback = page.locator('.detector[data-detector="quality.negative_feedback.v1"]')
     legend = feedback.locator(".statistic .legendtext").all_text_contents()
-    assert legend == ["p-value", "alpha (drift needs a p-value below it)"]
+    assert legend == [
+        "BH-adjusted p",
+        "correction alpha 0.05 (adjusted p below it)",
+        "raw p",
+        "detector alpha (raw p below it)",
+    ]
     assert feedback.locator(".statistic .ytitle").text_content() == "p-value (log)"
     # Item 6: revision 1 (ok) is shown, not revision 0 (drift), and marked revised.
     assert "0 drift and 0 warning windows of 2" in feedback.locator(".counts").inner_text()

@@ -299,7 +299,8 @@ def _drift(version: str, ns: range, **kw: Any) -> list[dict[str, Any]]:
         ),
         (
             [*_drift("v2", range(0, 4, 2)), detection("v2", 1, TEXT, "ok"), detection("v2", 3, TEXT, "ok")],
-            "not fired: 2 breaching windows of drift.*, at most 1 in a row: for_windows 3",
+            "not fired: 2 breaching windows (drift.text_length.v1 on 2 windows of v2, from 00:41:40),"
+            " at most 1 in a row: for_windows 3",
         ),
     ],
     ids=["no-detection", "none-drift", "min-samples", "effect-and-samples", "not-in-a-row"],

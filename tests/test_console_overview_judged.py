@@ -51,7 +51,7 @@ DOWN = [26, 11, 10, 9, 8, 8, 8, 5, 4]
 #: Requests per inference window (1 to 8): only the first reaches the drift detectors' 30.
 REQUESTS = [50, 20, 20, 20, 20, 20, 20, 20]
 #: The canary's first window, pinned as the reference of the others: 4 thumbs down of 40.
-REFERENCE = "v2's first window"
+REFERENCE = "v2's first feedback window"  # the feedback reference: its own kind's windows
 FEEDBACK_NOTE = (
     f"feedback not judged in any of 9 windows ({FEEDBACK}: too few samples in each window, at most 28 < 30):"
     f" 89 of 95 thumbs down (94%) in all, vs 10% on the reference ({REFERENCE})"
@@ -135,7 +135,7 @@ def test_the_overview_counts_windows_not_judged_as_the_segment_page_does(client:
     assert (counts["inference"]["not_judged"], counts["inference"]["windows"]) == (7, 8)
     assert (counts["feedback"]["not_judged"], counts["feedback"]["windows"]) == (9, 9)
     assert counts["feedback"]["detectors"] == [FEEDBACK] and counts["feedback"]["of"] == 1  # not rating
-    said = "7 of 8 windows by the 2 inference detectors; 9 of 9 windows by the feedback detector"
+    said = "7 of 8 windows by the 2 inference detectors; 9 of 9 windows by quality.negative_feedback.v1"
     assert row["not_judged_said"] == said
     assert escape(said) in client.get("/overview").text
     segment = client.get("/api/segments/" + quote(KEY, safe="")).json()
@@ -180,10 +180,7 @@ def test_a_detector_that_judged_nothing_beside_others_of_its_kind_is_named_alone
     rows += [(FEEDBACK, n, n == 0, 5, 40) for n in range(3)] + [(RATING, n, False, 0, 40) for n in range(3)]
     [judged] = judged_per_segment(_detections(rows), kinds).values()
     assert judged.fed == {"a.v1": "inference", "b.v1": "inference", FEEDBACK: "feedback"}  # not RATING
-    assert (
-        judged.said()
-        == "3 of 3 windows by 1 of 2 inference detectors; 2 of 3 windows by the feedback detector"
-    )
+    assert judged.said() == "3 of 3 windows by b.v1; 2 of 3 windows by quality.negative_feedback.v1"
     assert judged.scope() == "b.v1 judged no window"
 
 

@@ -81,12 +81,17 @@ def test_a_p_value_chart_draws_the_adjusted_p_its_verdict_used(tmp_path: Path, w
     old = pa.schema([f for f in DETECTIONS if f.name != "p_value_adjusted"])
     schemas = {"detections": old} if written == "before the column" else None
     series = _mmd(write(tmp_path, schemas, detections=P_ROWS))
-    assert series["value"] == [0.06, 0.04, 0.5]  # what the verdict used; the raw p where none was adjusted
-    assert series["p_value"] == [0.03, 0.01, 0.5]  # the hover's raw p
+    # Trial 12n changed the design: the adjusted p against the correction's alpha, the raw p against the
+    # detector's; a window not corrected has its raw p only.
+    assert series["value"] == [0.06, 0.04, None]
+    assert series["p_value"] == [0.03, 0.01, 0.5]
+    assert series["correction_alpha"] == [0.05, 0.05, None]
     assert series["value_note"] == ADJUSTED_NOTE
-    # The point the on-call reads: below the alpha line exactly when its verdict is not ok.
-    drawn = zip(series["value"], series["threshold"], series["verdict"], strict=True)
-    assert [(v < t) == (verdict != "ok") for v, t, verdict in drawn] == [True, True, True]
+    # The point the on-call reads: below both its lines exactly when its verdict is not ok.
+    lines = ("p_value", "threshold", "value", "correction_alpha", "verdict")
+    drawn = zip(*(series[k] for k in lines), strict=True)
+    below = [(raw < t and (adj is None or adj < a)) == (v != "ok") for raw, t, adj, a, v in drawn]
+    assert below == [True, True, True]
 
 
 def test_the_detections_row_carries_the_adjusted_p_and_the_page_says_it_is_adjusted(tmp_path: Path) -> None:
@@ -98,7 +103,7 @@ def test_the_detections_row_carries_the_adjusted_p_and_the_page_says_it_is_adjus
     console = Console(HistoryReader(root), DatasetStore(tmp_path / "datasets"))
     with TestClient(create_app(console)) as client:
         page = client.get("/segments/" + quote(KEY, safe="")).text
-    assert "the Benjamini-Hochberg adjusted p-value, what the verdict used" in page
+    assert "the Benjamini-Hochberg adjusted p (filled dots: the window's p-values are corrected" in page
 
 
 def _closed(kind: str, n: int, late: float, by: str | None, waited: str | None, revision: int = 0):
@@ -307,7 +312,8 @@ def test_a_folded_detector_opens_from_the_table_of_contents_with_its_chart_drawn
     mmd = page.locator("#detector-0 .statistic")
     assert ADJUSTED_NOTE in (mmd.locator(".legendtitletext").text_content() or "")
     hovers = page.evaluate("document.querySelector('#detector-0 .statistic').data[0].customdata")
-    assert "raw p 0.0100" in hovers[1] and hovers[1].startswith("warning"), hovers
+    assert "raw p 0.0100 vs detector alpha 0.05" in hovers[1] and hovers[1].startswith("warning"), hovers
+    assert "BH-adjusted p 0.0400 vs correction alpha 0.05 (the default: not in the history)" in hovers[1]
     page.close()
     assert errors == []
 

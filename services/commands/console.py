@@ -29,6 +29,12 @@ from services.commands.common import settings_from_flags
     help="The decision policy the Incidents page explains [LOOPWATCH_POLICY_FILE, as the workers read it;"
     " unset: the built-in default]",
 )
+@click.option(
+    "--this-run",
+    is_flag=True,
+    hidden=True,
+    help="Started by `loopwatch up`, whose history stage writes the history: none yet is no mistake",
+)
 def console(
     history: str | None,
     datasets: str | None,
@@ -36,6 +42,7 @@ def console(
     host: str | None,
     bootstrap: str | None,
     policy: str | None,
+    this_run: bool,
 ) -> None:
     """Serve the read-only web console: Overview, Segment, Incidents, Dead letters, Datasets.
 
@@ -53,4 +60,5 @@ def console(
         port=settings.console_port,
         token=settings.console_token,
         on_ready=lambda url: click.echo(f"loopwatch console on {url} (read-only; Ctrl-C stops it)"),
+        this_run=this_run,
     )

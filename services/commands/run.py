@@ -143,6 +143,7 @@ def demo(
             port=settings.console_port,
             token=settings.console_token,
             on_ready=lambda url: click.echo(f"console of this run on {url} (Ctrl-C stops it)"),
+            this_run=True,
         )
     if not summary["counts_add_up"]:
         sys.exit(1)

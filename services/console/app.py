@@ -20,9 +20,11 @@ from urllib.parse import quote, urlencode
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from curation.store import DatasetStore
 from retrain_trigger.policy import Policy, load_policy
@@ -119,6 +121,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
 
     if token is not None:
         _require_token(app, token, error)
+    _refuse_odd_parameters(app, error)  # added last, so it runs first: before the token's redirect
 
     @app.exception_handler(ConsoleError)
     async def _console_error(request: Request, exc: ConsoleError) -> Response:
@@ -252,6 +255,41 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
         return page(request, "datasets", view=view, previews=previews, latest_versions=LATEST_VERSIONS)
 
     return app
+
+
+def _refuse_odd_parameters(app: FastAPI, error: Callable[[Request, str, int], Response]) -> None:
+    """An /api/ request with an unknown or repeated query parameter gets a 400 naming it.
+
+    FastAPI ignores a parameter a route does not take and keeps the last of a repeated one: a script
+    asking ``?day=A&day=B`` or ``?limit=x`` of a route without a limit would get an answer it did not ask for.
+    """
+
+    @app.middleware("http")
+    async def _check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith("/api/"):
+            problem = _parameter_problem(app, request)
+            if problem is not None:
+                return error(request, problem, 400)
+        return await call_next(request)
+
+
+def _parameter_problem(app: FastAPI, request: Request) -> str | None:
+    """What is wrong with the request's query parameters for the route it matches (None: nothing)."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.matches(request.scope)[0] != Match.FULL:
+            continue
+        # Its routes take no Depends: their own query parameters are all there is (and the token's).
+        taken = {p.alias for p in route.dependant.query_params} | {"token"}
+        names = [name for name, _ in request.query_params.multi_items()]
+        unknown = sorted({n for n in names if n not in taken})
+        if unknown:
+            takes = ", ".join(sorted(taken - {"token"})) or "no query parameter"
+            return f"unknown query parameter {', '.join(unknown)}: {request.url.path} takes {takes}"
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            return f"query parameter {', '.join(repeated)} given more than once: give it once"
+        return None
+    return None
 
 
 def _require_token(app: FastAPI, token: str, error: Callable[[Request, str, int], Response]) -> None:

@@ -215,6 +215,20 @@ def line_styles(names: Iterable[str], bounds: Iterable[str] = ()) -> dict[str, L
     return styles
 
 
+#: How ``combine`` (``detectors.quality_checks``) names the check that decided a detector of several.
+_DECIDED = r'"decided_by\.(?P<check>[^"]+)": 1'
+
+
+def decided_by(measurements: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """Per detection of a detector of several checks: the check that decided it (``tokens``), else None.
+
+    Trial 12n: ``quality.cost.v1`` read "1 drift" beside two identical flat cost lines; its tokens had
+    drifted, and its p-value chart draws the deciding check's p.
+    """
+    found = pc.extract_regex(pc.fill_null(measurements, ""), _DECIDED)
+    return [None if c is None else str(c) for c in pc.struct_field(found, [0]).to_pylist()]
+
+
 def count_step(counts: Iterable[int | None]) -> int:
     """The tick step of a count axis: whole numbers only, about six ticks (never 0.5 for 1 letter).
 

@@ -8,7 +8,7 @@ it counted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -209,3 +209,33 @@ def rollback_states(actions: Sequence[ActionRow]) -> dict[tuple[str, str], Rollb
             rollback_id=action.id, state=state
         )
     return states
+
+
+def breached_by(
+    breaching: Sequence[pa.Table], named: Callable[[Mapping[str, set[str]]], Mapping[str, str]]
+) -> str:
+    """Which detectors breached, where: ``toxicity.profanity.v1 on v2's window 12:47:40`` (one window),
+    ``drift.text_length.v1 on 3 windows of v2, from 12:47:40`` (several); ``named`` calls the segments."""
+    rows = pa.concat_tables([d.select(["segment", "detector_id", "window_start"]) for d in breaching])
+    per: dict[str, dict[str, set[Any]]] = {}
+    for row in rows.to_pylist():
+        per.setdefault(str(row["detector_id"]), {}).setdefault(str(row["segment"]), set()).add(
+            row["window_start"]
+        )
+    names = named({segment: set() for found in per.values() for segment in found})
+    said = []
+    for detector, segments in sorted(per.items()):
+        for segment, starts in sorted(segments.items()):
+            first = min(starts)
+            at = (
+                first.strftime("%Y-%m-%d %H:%M:%S")
+                if len({s.date() for s in starts}) > 1
+                else f"{first:%H:%M:%S}"
+            )
+            where = (
+                f"{names[segment]}'s window {at}"
+                if len(starts) == 1
+                else f"{len(starts)} windows of {names[segment]}, from {at}"
+            )
+            said.append(f"{detector} on {where}")
+    return "; ".join(said)

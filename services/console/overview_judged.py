@@ -19,6 +19,7 @@ no rate is said then.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -31,6 +32,7 @@ from services.console.chart_labels import reference_label
 from services.console.overview_verdicts import latest_revision_rows
 from services.console.reader import HistoryReader
 from services.console.series import judged_mask
+from services.console.unjudged import worse_rate
 from streams.detect import DEFAULT_SPECS
 
 #: The window kind each built-in detector reads (the console's detectors file may say otherwise).
@@ -175,9 +177,14 @@ class SegmentJudged:
             kind for kind in set(self.fed.values()) if {d for d, k in self.fed.items() if k == kind} <= none
         }
 
-    def said(self) -> str | None:
-        """``7 of 8 windows by the 2 inference detectors; 9 of 9 windows by the feedback detector``."""
-        return "; ".join(f"{r.not_judged} of {r.windows} windows by {_who(r)}" for r in self.counts) or None
+    def said(self, slow: frozenset[str] = frozenset()) -> str | None:
+        """``7 of 8 windows by the 2 inference detectors; 9 of 9 windows by quality.canary.v1``
+        (``slow``: the slow detectors, whose windows not judged yet are not counted)."""
+        said = []
+        for r in self.counts:
+            fed = [d for d, kind in self.fed.items() if kind == r.kind]
+            said.append(f"{r.not_judged} of {r.windows} windows by {_who(r, fed, slow)}")
+        return "; ".join(said) or None
 
     def scope(self, led: bool = False) -> str | None:
         """What the verdicts were judged by, when a fed detector judged no window, short enough to follow
@@ -271,12 +278,23 @@ def _kinds(kinds: set[str]) -> str:
     return " and ".join(sorted(kinds, key=_kind_order))
 
 
-def _who(row: NotJudged) -> str:
-    """``the feedback detector``, ``the 6 inference detectors``, ``2 of 3 inference detectors``."""
+def _who(row: NotJudged, fed: Sequence[str] = (), slow: frozenset[str] = frozenset()) -> str:
+    """``drift.embedding_mmd.v1``, ``the 6 inference detectors``, ``7 of 8 inference detectors (all but
+    drift.embedding_mmd.v1)``: one detector is named, and so is the one left out (``fed``: the detectors
+    of the row's kind). Trial 12n read ``1 of 9 windows by 1 of 8 inference detectors`` as a riddle."""
     kind = f"{row.kind} "
-    if len(row.detectors) == row.of:
-        return f"the {kind}detector" if row.of == 1 else f"the {row.of} {kind}detectors"
-    return f"{len(row.detectors)} of {row.of} {kind}detectors"
+    others = sorted(set(fed) - set(row.detectors))
+    if len(row.detectors) == 1:
+        who = row.detectors[0]
+    elif len(row.detectors) == row.of:
+        who = f"the {row.of} {kind}detectors"
+    else:
+        who = f"{len(row.detectors)} of {row.of} {kind}detectors"
+        who += f" (all but {others[0]})" if len(others) == 1 else ""
+    if set(row.detectors) <= slow:
+        # Its count is of the windows it reached: the rest wait in the slow queue, not judged yet.
+        who += f" (slow: the {row.windows} windows it reached so far; the rest still queued)"
+    return who
 
 
 def unjudged_rows(
@@ -308,9 +326,14 @@ def detector_rows(
     return out
 
 
-def judged_scope(judged: SegmentJudged | None, worst: str | None, rows: pa.Table | None) -> JudgedScope:
+def judged_scope(
+    judged: SegmentJudged | None,
+    worst: str | None,
+    rows: pa.Table | None,
+    slow: frozenset[str] = frozenset(),
+) -> JudgedScope:
     """A segment's row fields: its not-judged counts and, for each fed detector that judged no window,
-    its numbers from ``rows`` (:func:`unjudged_rows`)."""
+    its numbers from ``rows`` (:func:`unjudged_rows`); ``slow``: the slow detectors, said as such."""
     if judged is None:
         return JudgedScope(worst_shown=worst, worst_judged=worst)
     whole = judged.unjudged_kinds()
@@ -321,9 +344,10 @@ def judged_scope(judged: SegmentJudged | None, worst: str | None, rows: pa.Table
         for detector_id, kind in sorted(judged.judged_none().items())
         if rows is not None
     ]
-    first = lead_input(inputs)
-    # A lone detector without a rate leads nothing: the scope after the verdict counts it already.
-    lead = _lead(first) if first is not None and (first.kind_unjudged or first.rate_said) else None
+    # Only a rate worse than its reference's leads (bold): a healthy stable's 0 of 174 thumbs down led
+    # like the bad canary's 172 of 172 (trial 12n). The rest is said by the scope and the lines below.
+    first = lead_input([u for u in inputs if worse_than_reference(u)])
+    lead = _lead(first) if first is not None else None
     scope = judged.scope(led=lead is not None)
     shown = f"{worst} ({scope})" if worst and scope else worst
     return JudgedScope(
@@ -332,7 +356,7 @@ def judged_scope(judged: SegmentJudged | None, worst: str | None, rows: pa.Table
         worst_judged=shown,
         verdict_scope=scope,
         not_judged=judged.counts,
-        not_judged_said=judged.said(),
+        not_judged_said=judged.said(slow),
         unjudged_inputs=inputs,
     )
 
@@ -349,10 +373,11 @@ def judged_none_said(
     ``quality.negative_feedback.v1 judged none of r3's 6 windows (too few samples in each window, at
     most 25 < 30); r3 had 105 of 119 thumbs down (88%) vs 13% on the reference (r1, stable)``.
 
-    Segments said alike are said once (``r1's and r2's 6 windows``); those with a rate come first.
+    Segments said alike are said once (``r1's and r2's 6 windows``); a worse rate, then any rate first.
     """
     rows = detector_rows(history, days, wanted)
     alike: dict[tuple[tuple[tuple[int, str, str], ...], str | None], list[str]] = {}
+    worse: dict[tuple[tuple[tuple[int, str, str], ...], str | None], bool] = {}
     for segment in sorted(rows):
         mine = rows[segment]
         inputs = [
@@ -368,8 +393,10 @@ def judged_none_said(
             said = tuple((n, why, " and ".join(ids)) for (n, why), ids in groups.items())
             rate = lead.rate_said if lead is not None else None
             alike.setdefault((said, rate), []).append(names.get(segment, segment))
+            worse[(said, rate)] = worse.get((said, rate), False) or any(map(worse_than_reference, inputs))
     out = []
-    for (said, rate), who in sorted(alike.items(), key=lambda item: item[0][1] is None):
+    # A rate worse than its reference's first (trial 12n: the healthy stable's 0% came before 100%).
+    for (said, rate), who in sorted(alike.items(), key=lambda item: (not worse[item[0]], item[0][1] is None)):
         whose = _listed([f"{name}'s" for name in who])
         clauses = [
             f"{ids} judged none of {whose} {n} windows ({why})"
@@ -404,6 +431,12 @@ def lead_input(inputs: Sequence[UnjudgedInput]) -> UnjudgedInput | None:
         ),
     )
     return ranked[0] if ranked else None
+
+
+def worse_than_reference(unjudged: UnjudgedInput) -> bool:
+    """Whether its pooled rate is worse than its reference's (no reference rate: any hit at all)."""
+    u = unjudged
+    return worse_rate(u.hits, u.samples, u.reference_hits, u.reference_samples)
 
 
 def _lead(unjudged: UnjudgedInput) -> str:
@@ -443,7 +476,7 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
         rate_said = f"{hits} of {total} {HITS_SAID.get(detector_id, 'hits')} ({_percent(hits, total)})"
         said = f"{rate_said} in all"
         if reference is not None and reference[1]:
-            versus = f"vs {_percent(reference[0], reference[1])} on the {reference_label(reference[2])}"
+            versus = f"vs {_percent(reference[0], reference[1])} on the {_of_kind(reference[2], kind)}"
             said, rate_said = f"{said}, {versus}", f"{rate_said} {versus}"
     return UnjudgedInput(
         detector_id=detector_id,
@@ -461,6 +494,13 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
         rate_said=rate_said,
         note=f"{lead}: {said}",
     )
+
+
+def _of_kind(references: list[str | None], kind: str) -> str:
+    """``reference (v1's first 3 feedback windows)``: the Segment page lists a window a kind pinned but
+    another judged with that verdict (trial 12n: 3 windows said, 2 listed)."""
+    label = reference_label(references)
+    return re.sub(r"first (\d+ )?window", lambda m: f"first {m.group(1) or ''}{kind} window", label)
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,44 @@ def last_outcomes(windows: pa.Table, per_segment: pa.Table) -> dict[str, WindowS
     lasts = per_segment.select(["segment", "window_start_max"]).rename_columns(["segment", "window_start"])
     rows = unjudged.select(["segment", "window_start", "outcome"]).join(lasts, ["segment", "window_start"])
     return {r["segment"]: r["outcome"] for r in rows.to_pylist()}
+
+
+#: The Overview names at most this many detectors after a worst verdict; the rest are counted.
+NAMED_AT_MOST = 3
+
+
+def worst_named(detections: pa.Table, worst: dict[str, Verdict | None]) -> dict[str, str]:
+    """Per segment whose worst is drift or warning, that verdict with what gave it:
+    ``drift: toxicity.profanity.v1 on 8 windows, drift.embedding_mmd.v1 on 3``.
+
+    The on-call reads what drifted off the Overview, not only that something did (trial 12n).
+    ``detections`` holds the latest revision of each window's verdict.
+    """
+    wanted = {key: verdict for key, verdict in worst.items() if verdict in ("drift", "warning")}
+    if not wanted or not detections.num_rows:
+        return {}
+    rows = detections.select(["segment", "detector_id", "window_start", "verdict"]).filter(
+        pc.and_(judged_mask(detections), pc.is_in(detections["segment"], pa.array(sorted(wanted))))
+    )
+    counts = (
+        rows.group_by(["segment", "detector_id", "verdict"], use_threads=False)
+        .aggregate([("window_start", "count_distinct")])
+        .to_pylist()
+    )
+    per_segment: dict[str, list[tuple[int, str]]] = {}
+    for r in counts:
+        if r["verdict"] == wanted[r["segment"]]:
+            per_segment.setdefault(r["segment"], []).append(
+                (-r["window_start_count_distinct"], r["detector_id"])
+            )
+    out = {}
+    for key, found in per_segment.items():
+        ranked = sorted(found)
+        said = [
+            f"{detector} on {-n} window{'s' if n != -1 else ''}" if i == 0 else f"{detector} on {-n}"
+            for i, (n, detector) in enumerate(ranked[:NAMED_AT_MOST])
+        ]
+        if len(ranked) > NAMED_AT_MOST:
+            said.append(f"{len(ranked) - NAMED_AT_MOST} more")
+        out[key] = f"{wanted[key]}: {', '.join(said)}"
+    return out

@@ -28,7 +28,7 @@ from retrain_trigger.inhibit import labels_match
 from retrain_trigger.policy import Policy, Rule
 from retrain_trigger.silence import parse_matcher
 from schemas.events import Segment
-from services.console.incidents import count_of, hms
+from services.console.incidents import breached_by, count_of, hms
 from services.console.overview_judged import judged_none_said
 from services.console.policy_gaps import no_retrain
 from services.console.series import verdict_p
@@ -314,14 +314,19 @@ def _not_fired(
     longest, met = _runs(rule, days, outcomes)
     breaching = [d.filter(pa.array(o > 0)) for d, o in zip(days, outcomes, strict=True)]
     if met is None:
+        none = _judged_none(days)
+        unjudged = said(none, _names(none)) if none else []
+        # Trial 12n: "1 breaching window of <four ids>" read as if all four breached; the canary's
+        # feedback, judged in no window, was the real reason nothing rolled back: said after it.
         return (
-            f"{_distinct_windows(breaching, 'breaching window')} of {patterns},"
+            f"{_distinct_windows(breaching, 'breaching window')} ({breached_by(breaching, _names)}),"
             f" at most {longest} in a row: for_windows {gates.for_windows}"
             + (
                 f" (none with p < immediate_p_value {gates.immediate_p_value:g})"
                 if gates.immediate_p_value
                 else ""
             )
+            + "".join(f"; {clause}" for clause in unjudged)
         )
     return _muted(rule, policy, met, alerts, silences)
 

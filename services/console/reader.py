@@ -218,5 +218,13 @@ def _fragments(files: _Files, days: Sequence[date], model: str | None) -> list[d
 
 
 def day_range(end: date, days: int) -> list[date]:
-    """The ``days`` days ending on ``end``, oldest first."""
+    """The ``days`` days ending on ``end``, oldest first.
+
+    A range reaching before 0001-01-01 is the request's mistake (a 400 saying so), not an OverflowError's 500.
+    """
+    if (end - date.min).days < days - 1:
+        raise ConsoleError(
+            f"day={end.isoformat()} with days={days} starts before 0001-01-01:"
+            f" ask for at most days={(end - date.min).days + 1} or a later day"
+        )
     return [end - timedelta(days=n) for n in range(days - 1, -1, -1)]

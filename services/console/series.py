@@ -29,13 +29,25 @@ from services.console.chart_labels import (
     LineStyle,
     WindowKey,
     compared_labels,
+    decided_by,
     line_styles,
     reference_label,
     revised_note,
     window_events,
 )
 from services.console.columns import Times, boxed, parse_objects, texts
-from services.console.p_values import ADJUSTED_NOTE, adjusted_p, verdict_p
+from services.console.p_values import (
+    ADJUSTED_NOTE,
+    ASSUMED_NOTE,
+    RAW_ALPHA_LABEL,
+    adjusted_p,
+    correction_alphas,
+    correction_label,
+    log_floor,
+    verdict_p,
+)
+
+__all__ = ["ADJUSTED_NOTE", "verdict_p"]  # re-exported: policy_explain and the tests read them here
 
 Verdict = Literal["ok", "warning", "drift"]
 #: What a point or window shows: a verdict, or why there is none.
@@ -57,7 +69,8 @@ AXIS_TITLES: dict[ThresholdKind, str] = {
     "threshold": "statistic",
 }
 #: The history's ``threshold_of`` -> the column drawn against the threshold, its kind and its label.
-#: A p-value is drawn as the verdict used it: Benjamini-Hochberg adjusted when corrected (``p_verdict``).
+#: A p-value is drawn as the verdict used it: Benjamini-Hochberg adjusted when corrected (``p_verdict``),
+#: then against the correction's alpha, its raw p (``p_value``) against the detector's.
 SCALES: dict[str, tuple[str, ThresholdKind, str]] = {
     "p_value": ("p_verdict", "alpha", "p-value"),
     "effect_size": ("effect_size", "min_effect_size", "effect size"),
@@ -89,9 +102,23 @@ class DetectorSeries(BaseModel):
     value_label: str = Field("statistic", description="What value is: p-value, effect size, statistic, ...")
     value_note: str | None = Field(
         None,
-        description="Said of value beside its label: on a p-value chart of corrected windows, that it is the"
-        " Benjamini-Hochberg adjusted p the verdict used (p_value keeps the raw one)",
+        description="On a p-value chart of corrected windows, the legend's title (the rule): value is then"
+        " the Benjamini-Hochberg adjusted p (null: not corrected) against correction_alpha, p_value the raw p"
+        " against threshold (the detector's alpha)",
     )
+    correction_alpha: list[float | None] = Field(
+        default_factory=list,
+        description="Per point: the alpha its adjusted p had to beat (null: not corrected)",
+    )
+    correction_label: str = Field("", description="The correction's line in the legend (empty: none)")
+    correction_note: str | None = Field(
+        None, description="Why correction_alpha is assumed (not in the history)"
+    )
+    decided_by: list[str | None] = Field(
+        default_factory=list,
+        description="Per point of a detector of several checks (tokens and cost): the check that decided it",
+    )
+    drift_by: dict[str, int] = Field(default_factory=dict, description="Drift windows per deciding check")
     threshold: list[float | None]
     threshold_kind: ThresholdKind = Field(
         "threshold",
@@ -404,7 +431,17 @@ def _series(
         .group_by("window_start", use_threads=False)
         .aggregate([("rank", "max")])["rank_max"]
     )
-    floor, floored = log_floor(kind, values, judged, group["threshold"])
+    corrected = kind == "alpha" and group["p_value_adjusted"].null_count < rows
+    alphas, recorded = correction_alphas(group) if corrected else (pa.nulls(rows, pa.float64()), False)
+    raw = _finite(group["p_value"])
+    if corrected:  # the adjusted p on the p-value scale (against the correction's alpha); raw p apart
+        on_p = pc.fill_null(pc.equal(group["threshold_of"], "p_value"), False)
+        values = pc.if_else(on_p, _finite(group["p_value_adjusted"]), values)
+    # A raw p is never above its adjusted one: the floor sits under both.
+    lowest = pc.min_element_wise(values, raw) if corrected else values
+    floor, floored = log_floor(kind, lowest, judged, group["threshold"])
+    deciders = decided_by(group["measurements"])
+    verdicts = texts(pc.if_else(judged, group["verdict"], "not judged"))
     revised = group.filter(pc.greater(group["revision"], 0))
     measurements = _measurements(group, is_rate) if detector_id.startswith("quality.") else {}
     return DetectorSeries(
@@ -416,13 +453,18 @@ def _series(
         statistic=_judged(_finite(group["statistic"]), judged),
         value=_judged(values, judged),
         value_label=value_label,
-        value_note=ADJUSTED_NOTE if kind == "alpha" and group["p_value_adjusted"].null_count < rows else None,
+        value_note=ADJUSTED_NOTE if corrected else None,
+        correction_alpha=boxed(alphas),
+        correction_label=correction_label(pc.max(alphas).as_py(), recorded) if corrected else "",
+        correction_note=ASSUMED_NOTE if corrected and not recorded else None,
+        decided_by=deciders,
+        drift_by=dict(Counter(c for c, v in zip(deciders, verdicts, strict=True) if c and v == "drift")),
         threshold=boxed(_finite(group["threshold"])),
         threshold_kind=kind,
-        threshold_label=THRESHOLD_LABELS[kind],
-        p_value=boxed(_finite(group["p_value"])),
+        threshold_label=RAW_ALPHA_LABEL if corrected else THRESHOLD_LABELS[kind],
+        p_value=boxed(raw),
         effect_size=boxed(_finite(group["effect_size"])),
-        verdict=texts(pc.if_else(judged, group["verdict"], "not judged")),
+        verdict=verdicts,
         note=_notes(group),
         revision=boxed(group["revision"]),
         windows=len(worst),
@@ -438,29 +480,6 @@ def _series(
         floor=floor,
         floored_windows=floored,
     )
-
-
-def log_floor(
-    kind: ThresholdKind,
-    values: pa.Array | pa.ChunkedArray,
-    judged: pa.Array | pa.ChunkedArray,
-    threshold: pa.Array | pa.ChunkedArray,
-) -> tuple[float | None, int]:
-    """Where a log axis draws p = 0, and how many judged windows have it (none: no floor).
-
-    The power of ten a decade below the smallest positive p-value or alpha: the floor sits under every
-    point, so a point there reads as "smaller than anything drawn" (its label says p < floor).
-    """
-    if kind != "alpha":
-        return None, 0
-    zero = pc.fill_null(pc.and_(judged, pc.less_equal(values, 0.0)), False)
-    floored = _count(zero)
-    if not floored:
-        return None, 0
-    positive = [v for v in (pc.min(values.filter(pc.greater(values, 0.0))).as_py(),) if v]
-    positive += [v for v in (pc.min(_finite(threshold).filter(pc.greater(threshold, 0.0))).as_py(),) if v]
-    smallest = min(positive, default=0.05)
-    return 10.0 ** (math.floor(math.log10(smallest)) - 1), floored
 
 
 def axis_title(kind: ThresholdKind, bound_units: list[str]) -> str:

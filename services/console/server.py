@@ -97,15 +97,24 @@ def build_console(
 _RECORDED = {"alerts": "alerts", "actions": "actions", "deadletters": "dead letters"}
 
 
-def warn_if_missing(history: HistoryReader) -> list[str]:
+def warn_if_missing(history: HistoryReader, *, this_run: bool = False) -> list[str]:
     """Log what of the history is not under the root: a warning when none of it is (wrong --history?).
+
+    ``this_run``: the history is written by the run that started the console (``loopwatch up``,
+    ``demo --console``), so none of it yet is its normal start (trial 12n), said at INFO.
 
     The history stage writes each table with its first batch: a young or healthy run has no alerts,
     actions or dead letters yet, and said as a warning that read as a fault (trial 12m), so some
     tables missing is said at INFO. The console serves either way: they may appear.
     """
     missing = history.missing()
-    if len(missing) == len(SCHEMAS):
+    if len(missing) == len(SCHEMAS) and this_run:
+        log.info(
+            "console: nothing written yet under %s: this run's history stage writes there with its"
+            " first batch (pages fill in as it does)",
+            history.root,
+        )
+    elif len(missing) == len(SCHEMAS):
         log.warning(
             "console: no history at all under %s (wrong --history? pages stay empty until the history"
             " stage writes there)",
@@ -146,12 +155,16 @@ def serve(
     token: SecretStr | None,
     on_ready: Callable[[str], None] | None = None,
     log_level: str = "warning",
+    this_run: bool = False,
 ) -> None:
-    """Listen on ``host:port`` until Ctrl-C; ``on_ready`` gets the address once it listens."""
+    """Listen on ``host:port`` until Ctrl-C; ``on_ready`` gets the address once it listens.
+
+    ``this_run``: the run that started it writes the history (see ``warn_if_missing``).
+    """
     import uvicorn
 
     check_bind(host, token)
-    warn_if_missing(console.history)
+    warn_if_missing(console.history, this_run=this_run)
     app = create_app(console, token=token_value(token))
     sock = listen(host, port)
     if on_ready is not None:

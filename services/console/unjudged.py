@@ -36,3 +36,13 @@ def worth_naming(unjudged: pa.Table, never: set[str]) -> pa.Table:
         return unjudged
     kept = unjudged.filter(pc.invert(pc.is_in(unjudged["detector_id"], pa.array(sorted(never), pa.string()))))
     return kept if kept.num_rows else unjudged
+
+
+def worse_rate(hits: int | None, samples: int | None, ref_hits: int | None, ref_samples: int | None) -> bool:
+    """Whether ``hits`` of ``samples`` is a worse rate than the reference's (none: any hit at all).
+
+    Cross-multiplied: 3 of 10 vs 30 of 100 is no worse, whatever the floating point says.
+    """
+    if not hits or not samples:
+        return False
+    return not ref_samples or hits * ref_samples > (ref_hits or 0) * samples

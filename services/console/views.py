@@ -37,6 +37,7 @@ from services.console.overview_verdicts import (
     last_judged,
     last_outcomes,
     segment_verdicts,
+    worst_named,
 )
 from services.console.overview_verdicts import latest_revision_rows as latest_revision_rows  # re-exported
 from services.console.policy_explain import PolicyReport, policy_report
@@ -263,6 +264,7 @@ def overview_view(
     if detections.num_rows and pc.max(detections["revision"]).as_py():
         latest = latest_revision_rows(detections)
     verdicts = segment_verdicts(latest, per_segment)
+    named = worst_named(latest, {key: v[0] for key, v in verdicts.items()})
     judged_at = last_judged(latest)
     outcomes = last_outcomes(windows, per_segment)
     counted = judged_per_segment(latest, kinds or BUILT_IN_KINDS)
@@ -277,7 +279,7 @@ def overview_view(
             last = outcomes[key]  # a reference (or waiting, skipped) window: no detection says more
         model, version = seg["model_first"], seg["model_version_first"]
         known = stable.get(model)
-        scope = judged_scope(counted.get(key), worst, unjudged_numbers.get(key))
+        scope = judged_scope(counted.get(key), named.get(key, worst), unjudged_numbers.get(key), slow)
         rows.append(
             SegmentRow(
                 segment=key,

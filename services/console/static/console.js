@@ -14,6 +14,43 @@ function values(series) {
   return series.floor ? ys.map((y) => (y !== null && y <= 0 ? series.floor : y)) : ys;
 }
 
+function rawValues(series) {
+  // A corrected chart's raw p per judged window (null where not judged), at the floor when 0.
+  return series.p_value.map((p, i) => {
+    if (p === null || series.verdict[i] === "not judged") return null;
+    return series.floor && p <= 0 ? series.floor : p;
+  });
+}
+
+function pLines(d, k) {
+  // A corrected window's two p-values, each with the line it had to beat: what its colour can be checked by.
+  const fmt = (p) => (p === null || p === undefined ? "-" : Number(p).toPrecision(3));
+  const raw = `raw p ${fmt(d.p_value[k])} vs detector alpha ${d.threshold[k]}`;
+  const alpha = (d.correction_alpha || [])[k];
+  if (alpha === null || alpha === undefined) return [raw, "not corrected: the verdict used the raw p"];
+  const assumed = d.correction_note ? " (the default: not in the history)" : "";
+  return [raw, `BH-adjusted p ${fmt(d.value[k])} vs correction alpha ${alpha}${assumed}`];
+}
+
+function rawTrace(d, said, name) {
+  // The raw p of each window, open diamonds in its verdict's colour on a dotted line, against the detector's
+  // alpha; the filled points (the adjusted p) are read against the correction's alpha.
+  const colors = d.verdict.map((v) => COLORS[v] || "#95a5a6");
+  return { x: d.window_start, y: rawValues(d), mode: "lines+markers", name, legendrank: 3, cliponaxis: false,
+           line: { color: "#bdc3c7", dash: "dot", width: 1 }, customdata: said,
+           marker: { symbol: "diamond-open", size: 10, color: colors, line: { width: 2, color: colors } },
+           hovertemplate: "%{y} %{customdata}<extra>raw p</extra>" };
+}
+
+// The correction's alpha: shorter dashes, darker, apart from the detector's alpha.
+const CORRECTION_LINE = { dash: "4px,5px", color: "#2c3e50", width: 2 };
+
+function correctionTrace(d, shared) {
+  // The line a corrected window's adjusted p must be below (the stream's correction alpha), across the axis.
+  return { ...spanned(d.window_start, d.correction_alpha, shared), mode: "lines", name: d.correction_label,
+           legendrank: 2, line: CORRECTION_LINE, hoverinfo: "name" };
+}
+
 function floored(series) {
   // The windows whose p is 0, at the floor: a triangle pointing down, labelled and hovered p < floor.
   const x = [], y = [], ys = series.value || [], label = `p < ${series.floor}`;
@@ -209,15 +246,19 @@ function drawSegment(view) {
   view.detectors.forEach((d, i) => {
     // A detector the segment never fed (no ratings sent) has no chart: its section says "no input sent" only.
     if (unfed.has(d.detector_id)) return;
-    const label = d.value_label || "statistic";
-    const name = d.config_label ? `${label} (${d.config_label})` : label;
+    // A corrected p-value chart (value_note) draws two p's, each against its own line (trial 12n).
+    const corrected = d.threshold_kind === "alpha" && Boolean(d.value_note);
+    const label = corrected ? "BH-adjusted p" : d.value_label || "statistic";
+    const of = (what) => (d.config_label ? `${what} (${d.config_label})` : what);
+    const name = of(label);
     // Hover says the verdict, or why there is none (not judged) and whether late events revised it; on a
-    // corrected window's p-value chart, that the p drawn is the adjusted one and the raw p; when it closed.
+    // corrected chart both p's and both alphas; the check that decided (tokens, cost); when it closed.
     const closes = closesOf(view, d.kind);
     const said = d.verdict.map((v, k) => {
       const note = (d.revised_note && d.revised_note[k]) || (d.note && d.note[k]);
-      const raw = d.value_note && d.p_value[k] !== null ? [`BH-adjusted p (the verdict's); raw p ${Number(d.p_value[k]).toPrecision(3)}`] : [];
-      return [note ? `${v}: ${note}` : v, ...raw, ...closes(d.window_start[k])].join("<br>");
+      const ps = corrected && v !== "not judged" ? pLines(d, k) : [];
+      const by = (d.decided_by || [])[k] ? [`decided by its ${d.decided_by[k]} check`] : [];
+      return [note ? `${v}: ${note}` : v, ...ps, ...by, ...closes(d.window_start[k])].join("<br>");
     });
     const traces = [
       // Lines with markers: a segment seen in one window still shows its point.
@@ -226,11 +267,13 @@ function drawSegment(view) {
       // Not clipped at the axis: a value of 0 sits on its floor and half its marker was cut off.
       { x: d.window_start, y: values(d), mode: "lines+markers", name, line: { color: "#95a5a6" }, cliponaxis: false,
         marker: { color: d.verdict.map((v) => COLORS[v] || "#95a5a6"), size: 7 }, customdata: said,
-        hovertemplate: "%{y} %{customdata}<extra></extra>" },
-      thresholdTrace(d, shared),
-      marked(d, "warning", said),
-      marked(d, "drift", said),
+        hovertemplate: "%{y} %{customdata}<extra></extra>", legendrank: 1 },
+      { ...thresholdTrace(d, shared), legendrank: 4 },
+      { ...marked(d, "warning", said), legendrank: 5 },
+      { ...marked(d, "drift", said), legendrank: 6 },
     ];
+    // Legend order pairs each p with its line; trace order keeps the detector's alpha second.
+    if (corrected) traces.push(rawTrace(d, said, of("raw p")), correctionTrace(d, shared));
     traces.push(...thresholdSpan(d, shared));
     // The policy's rollback and retrain gates on this p-value (trial 12i: what acted was not alpha).
     const gates = d.threshold_kind === "alpha" ? (view.gates || []).filter((g) => g.detector_id === d.detector_id) : [];
@@ -240,20 +283,25 @@ function drawSegment(view) {
                                        showlegend: false }));
     if (d.floor) traces.push(floored(d));
     if ((d.revision || []).some((r) => r > 0)) traces.push(revised(d));
-    const ys = values(d);
+    const ys = corrected ? [...values(d), ...rawValues(d)] : values(d);
     if (!ys.some((y) => y !== null)) {
       unjudged(document.getElementById(`chart-${i}`), d);
       return;
     }
     const plot = windowTicks(layout(d.window_start, shared), view.window_start, view.window_seconds);
-    plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...d.threshold, ...gates.map((g) => g.p_value)],
+    const lines = [...d.threshold, ...(corrected ? d.correction_alpha : [])];
+    plot.yaxis = yaxis(d.axis_title || d.value_label || "statistic", [...ys, ...lines, ...gates.map((g) => g.p_value)],
                        d.threshold_kind === "alpha");
-    // The p drawn is what the verdict used (Benjamini-Hochberg adjusted): a raw p below alpha read as "ok".
-    if (d.value_note) plot.legend = { ...plot.legend, title: { text: d.value_note } };
+    // The rule a point's colour follows: both p's below their lines (and a large enough effect).
+    // On its own line above the entries: beside them it pushed the last ones past the chart's right edge.
+    if (corrected) {
+      plot.legend = { ...plot.legend, title: { text: d.value_note, side: "top" } };
+      plot.height = LAYOUT.height + 40;
+    }
     if (d.slow && (d.skipped || []).length) traces.push(skippedTrace(d.skipped));
     const drawn = Plotly.newPlot(`chart-${i}`, withRollbacks(traces, plot, view.rollbacks), plot, CONFIG);
     // The gates' labels are placed once the chart is drawn: where they fit depends on its axis and height.
-    if (gates.length) labelled.push(drawn.then((chart) => labelGates(chart, gates, d.threshold)));
+    if (gates.length) labelled.push(drawn.then((chart) => labelGates(chart, gates, lines)));
     ids.push(`chart-${i}`);
     // One chart per unit (shares, milliseconds, USD, tokens): a latency never flattens a share.
     // A bound (an SLO) is a dashed line, not a series.
