@@ -39,6 +39,7 @@ from detectors.correction import Correction, Method
 from detectors.registry import all_detectors, create
 from detectors.run import Judged, run_detectors
 from schemas.events import Detection, Evidence, Segment
+from streams.no_text import split_textless
 from streams.windows import ClosedWindow, Done, Slot, WindowKind, segment_key
 
 log = logging.getLogger("loopwatch.detect")
@@ -315,6 +316,7 @@ class Judge:
             # stable version itself, or a model with no stable version) would page for nothing.
             known = all_detectors()
             specs = [s for s in specs if not getattr(known.get(s.detector_id), "compares_versions", False)]
+        specs, textless = split_textless(specs, reference.frame, window.rows)
         return run_detectors(
             specs,
             reference.frame,
@@ -322,6 +324,7 @@ class Judge:
             Correction(self.correction, self.alpha),
             fit=lambda spec, _: self._detector(spec, reference),
             on_error=failed,
+            computed=textless,
         )
 
     def _not_ready(self, detector_id: str, window: ClosedWindow, error: DetectorNotReady) -> None:
