@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -109,6 +110,32 @@ def latest_revision_rows(
     )
     latest = pc.fill_null(pc.equal(pc.fill_null(joined["revision"], 0), joined["revision_max"]), True)
     return joined.filter(latest).drop_columns(["revision_max"])
+
+
+def one_per_detection(detections: pa.Table) -> pa.Table:
+    """The rows with each ``detection_id`` once (its first row kept); rows without an id all kept.
+
+    A worker killed by ``kill -9`` just after publishing verdicts leaves its input uncommitted, and
+    the worker taking over publishes them again under the same id (trial 17j: 11 repeats). The
+    history's merge on (day, model, detection_id, revision) keeps one of them, but a table that
+    holds both (copied, appended by hand, or merged by a writer without that key) must not draw
+    each point twice. Costs one hash aggregation when nothing repeats.
+    """
+    if "detection_id" not in detections.column_names or detections.num_rows < 2:
+        return detections
+    ids = detections["detection_id"]
+    rows = pa.array(np.arange(detections.num_rows, dtype=np.int64))
+    # One hash pass: fewer groups than rows is the (rare) repeat; Arrow's count_distinct costs more.
+    firsts = (
+        pa.table({"detection_id": ids, "row": rows})
+        .group_by("detection_id", use_threads=False)
+        .aggregate([("row", "min")])
+    )
+    if firsts.num_rows == detections.num_rows:
+        return detections
+    named = firsts.filter(pc.is_valid(firsts["detection_id"]))["row_min"]
+    kept = pa.chunked_array([named, pc.filter(rows, pc.is_null(ids))], pa.int64())
+    return detections.take(pc.take(kept, pc.sort_indices(kept)))  # in the table's order
 
 
 def last_outcomes(windows: pa.Table, per_segment: pa.Table) -> dict[str, WindowShown]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from services.console.chart_labels import EventCounts, count_step, first_counts, revised_note, window_events
 from services.console.columns import Times, boxed, texts
+from services.console.overview_verdicts import one_per_detection
 from services.console.policy_gates import PolicyGate
 from services.console.reader import ConsoleError, HistoryReader
 from services.console.rollback_marks import RollbackMark, rollback_marks
@@ -188,7 +189,8 @@ def segment_view(
     days = span.days()
     only = {"segment": segment}
     windows = history.read("windows", days, model=model, columns=_WINDOW_COLUMNS, match=only)
-    detections = history.read("detections", days, model=model, columns=_SERIES_COLUMNS, match=only)
+    read = history.read("detections", days, model=model, columns=_SERIES_COLUMNS, match=only)
+    detections = one_per_detection(read)  # a verdict repeated after a kill -9 is one point
     if windows.num_rows == 0 and detections.num_rows == 0:
         raise ConsoleError(f"segment {segment!r} has no windows from {span.start} to {span.end}", 404)
     firsts: dict[tuple[datetime, str, str], int | None] = {}
@@ -202,7 +204,9 @@ def segment_view(
     ranked = pc.take(pa.array([_SHOWN[r] for r in range(-1, 3)]), pc.add(per_window["rank"], 1))
     shown_column = pc.if_else(pc.is_valid(per_window["rank"]), ranked, per_window["outcome"])
     shown: list[WindowShown | None] = texts(shown_column)
-    noted, noted_total = _noted(per_window, shown_column, times, detections, first_on_late(windows))
+    noted, noted_total = _noted(
+        per_window, shown_column, times, detections, first_on_late(windows), held_in_one_kind(windows)
+    )
     _say_revisions(
         noted, _revised_counts(detections, firsts), _revised_kinds(windows), rejudged_by_reference(windows)
     )
@@ -251,18 +255,22 @@ def _noted(
     times: Times,
     detections: pa.Table,
     late_first: set[datetime],
+    held: Mapping[datetime, dict[str, str | None]] | None = None,
 ) -> tuple[list[NotedWindow], int]:
     """The windows without a plain first verdict, newest first (at most MAX_NOTED), and how many.
 
-    Only the candidates (no verdict, revised, skipped, or first judged on late events: ``late_first``)
-    are looked at one by one: the rest have no note.
+    Only the candidates (no verdict, revised, skipped, first judged on late events: ``late_first``, or
+    pinned as the reference in one kind and judged in the other: ``held``) are looked at one by one:
+    the rest have no note.
     """
+    held = held or {}
     plain = pc.fill_null(pc.is_in(shown, value_set=pa.array(["ok", "warning", "drift"])), False)
     revised = pc.fill_null(pc.greater(per_window["revision"], 0), False)
     flagged = pc.or_(pc.or_(pc.invert(plain), revised), per_window["skipped"])
-    if late_first:
-        at = pa.array(list(late_first), per_window["window_start"].type)
-        flagged = pc.or_(flagged, pc.is_in(per_window["window_start"], value_set=at))
+    for starts in (late_first, held):
+        if starts:
+            at = pa.array(list(starts), per_window["window_start"].type)
+            flagged = pc.or_(flagged, pc.is_in(per_window["window_start"], value_set=at))
     candidates = pc.indices_nonzero(flagged).to_pylist()
     candidates_at = pa.array(candidates, pa.int64())
     counts = per_window.select(["window_start", "revision", "skipped"]).take(candidates_at).to_pylist()
@@ -280,6 +288,7 @@ def _noted(
                 c["revision"],
                 c["skipped"],
                 c["window_start"] in late_first,
+                held.get(c["window_start"]),
             )
         )
     ][::-1]
@@ -429,12 +438,24 @@ def _unjudged(detections: pa.Table, starts: list[datetime]) -> dict[datetime, st
 
 
 def _note(
-    shown: str | None, unjudged: str | None, revision: int | None, skipped: bool, late_first: bool = False
+    shown: str | None,
+    unjudged: str | None,
+    revision: int | None,
+    skipped: bool,
+    late_first: bool = False,
+    kinds: Mapping[str, str | None] | None = None,
 ) -> str | None:
-    """The windows table's text for a window, None when it has a plain first verdict."""
+    """The windows table's text for a window, None when it has a plain first verdict.
+
+    ``kinds``: a window pinned as the reference (or waiting) in one kind and judged in the other says
+    each (``inference: ok; feedback: reference``), its verdict being the judged kind's only.
+    """
     parts = [FIRST_ON_LATE_NOTE] if late_first else []
-    if shown == "not judged":
-        parts.append(unjudged or not_judged_note(None, None))
+    verdict = (unjudged or not_judged_note(None, None)) if shown == "not judged" else shown
+    if kinds and shown in ("ok", "warning", "drift", "not judged"):  # judged in a kind: it has detections
+        parts.append("; ".join(f"{kind}: {held or verdict}" for kind, held in kinds.items()))
+    elif shown == "not judged":
+        parts.append(str(verdict))
     elif shown in ("reference", "waiting"):
         parts.append(str(shown))
     if shown == "skipped" or skipped:
@@ -442,6 +463,35 @@ def _note(
     if revision:
         parts.append(f"revised {revision}x")
     return ", ".join(parts) or None
+
+
+#: The outcomes of a window's row that say why that kind has no verdict (skipped ones are said apart).
+_HELD = ("reference", "waiting")
+
+
+def held_in_one_kind(windows: pa.Table) -> dict[datetime, dict[str, str | None]]:
+    """Per window pinned as the reference (or waiting) in one kind and judged in another: each kind, in
+    the order inference, feedback, and why it has no verdict (None: judged).
+
+    Trial 12n: v1's third feedback window was the reference while its inference was judged ok; the
+    Segment page listed it as ok only, 2 reference windows where the Overview said "first 3 windows".
+    Only the held windows' rows are read one by one (a few per segment).
+    """
+    if windows.num_rows == 0:
+        return {}
+    held = windows.filter(pc.is_in(windows["outcome"], pa.array(_HELD)))
+    if held.num_rows == 0:
+        return {}
+    rows = windows.filter(pc.is_in(windows["window_start"], value_set=pc.unique(held["window_start"])))
+    per_window: dict[datetime, dict[str, str | None]] = {}
+    for row in rows.select(["window_start", "kind", "outcome"]).to_pylist():
+        outcome = row["outcome"] if row["outcome"] in _HELD else None
+        per_window.setdefault(row["window_start"], {})[str(row["kind"])] = outcome
+    return {
+        start: dict(sorted(kinds.items(), key=lambda item: (item[0] != "inference", item[0])))
+        for start, kinds in per_window.items()
+        if None in kinds.values() and len(kinds) > 1
+    }
 
 
 def never_judged(series: list[DetectorSeries], slow: frozenset[str]) -> list[str]:
