@@ -98,7 +98,7 @@ def test_skipped_windows_mark_the_slow_chart_only_and_axes_say_units(browser: An
     assert (
         feedback.locator(".not-judged-chart")
         .inner_text()
-        .startswith("Not judged in any of its 1 windows (0 < 30 samples)")
+        .startswith("Not judged in any of its 1 window (0 < 30 samples)")
     )
     page.close()
     assert errors == []

@@ -46,7 +46,7 @@ def test_units_get_their_own_charts_and_skipped_windows_are_marked(browser: Any,
     assert embedding.locator(".js-plotly-plot").count() == 0
     said = embedding.locator(".not-judged-chart").inner_text()
     assert (
-        said.startswith("Not judged in any of its 1 windows (too few samples)")
+        said.startswith("Not judged in any of its 1 window (too few samples)")
         and "1 more windows: skipped" in said
     )
     page.close()

@@ -204,7 +204,7 @@ def test_the_reference_is_said_as_the_feedback_windows_it_spans(client: TestClie
     assert note.endswith("vs 0% on the reference (v1's first feedback window)")
 
 
-def test_the_not_judged_counts_name_a_lone_detector_and_say_a_slow_one_is_still_queued() -> None:
+def test_the_not_judged_counts_name_a_lone_detector_and_say_a_slow_one_s_reach() -> None:
     """12n: ``1 of 9 windows by 1 of 8 inference detectors; 1 of 16 windows by 7 of 8 ...`` was a riddle."""
     mmd, fast = "drift.embedding_mmd.v1", ["drift.text_length.v1", "quality.error_rate.v1"]
     judged = SegmentJudged(
@@ -216,7 +216,7 @@ def test_the_not_judged_counts_name_a_lone_detector_and_say_a_slow_one_is_still_
         ],
     )
     assert judged.said(frozenset({mmd})) == (
-        f"1 of 9 windows by {mmd} (slow: the 9 windows it reached so far; the rest still queued);"
+        f"1 of 9 windows by {mmd} (slow: the 9 windows it reached so far);"
         f" 1 of 16 windows by 2 of 3 inference detectors (all but {mmd}); 16 of 16 windows by {FEEDBACK}"
     )
 
@@ -295,7 +295,7 @@ def test_a_run_s_own_console_says_at_info_that_nothing_is_written_yet(tmp_path: 
 def test_the_quiet_line_no_longer_calls_the_run_healthy(client: TestClient) -> None:
     page = client.get("/overview", params={"day": DAY}).text
     assert "healthy run" not in page
-    assert "No alerts, actions, dead letters recorded so far" in page
+    assert "No alerts, actions or dead letters recorded yet" in page
 
 
 def test_chromium_leads_only_the_canary_and_names_the_breach_on_incidents(

@@ -54,7 +54,12 @@ def worker(bootstrap: str | None, web_port: int | None) -> None:
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes to run")
 @click.option("--bootstrap", default=None, help="Use this Kafka instead of starting the embedded broker")
 def up(port: int | None, workers: int, bootstrap: str | None) -> None:
-    """Broker + workers + metrics endpoint on this machine; Ctrl-C stops everything."""
+    """Broker + workers + console on this machine; Ctrl-C stops everything.
+
+    Starts the embedded broker (unless --bootstrap), the workers (their /metrics and /health on
+    LOOPWATCH_WEB_PORT [6066], plus the worker's index) and the console on LOOPWATCH_CONSOLE_PORT
+    [8050] and LOOPWATCH_CONSOLE_HOST [127.0.0.1]; the console reads the history the workers write.
+    """
     from services.worker import run_up
 
     settings = settings_from_flags(broker_port=port, kafka_bootstrap=bootstrap)

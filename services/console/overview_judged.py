@@ -18,7 +18,6 @@ no rate is said then.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,9 @@ from services.console.chart_labels import reference_label
 from services.console.overview_verdicts import latest_revision_rows
 from services.console.reader import HistoryReader
 from services.console.series import judged_mask
+from services.console.slow_reach import SlowReach, reach_said, windows_said
 from services.console.unjudged import worse_rate
+from services.console.window_counts import WindowCounts, pooled_hits, pooled_reference
 from streams.detect import DEFAULT_SPECS
 
 #: The window kind each built-in detector reads (the console's detectors file may say otherwise).
@@ -177,13 +178,15 @@ class SegmentJudged:
             kind for kind in set(self.fed.values()) if {d for d, k in self.fed.items() if k == kind} <= none
         }
 
-    def said(self, slow: frozenset[str] = frozenset()) -> str | None:
+    def said(
+        self, slow: frozenset[str] = frozenset(), reach: Mapping[str, SlowReach] | None = None
+    ) -> str | None:
         """``7 of 8 windows by the 2 inference detectors; 9 of 9 windows by quality.canary.v1``
-        (``slow``: the slow detectors, whose windows not judged yet are not counted)."""
+        (``slow``: the slow detectors, whose windows not reached are not counted; ``reach``: why not)."""
         said = []
         for r in self.counts:
             fed = [d for d, kind in self.fed.items() if kind == r.kind]
-            said.append(f"{r.not_judged} of {r.windows} windows by {_who(r, fed, slow)}")
+            said.append(f"{r.not_judged} of {windows_said(r.windows)} by {_who(r, fed, slow, reach)}")
         return "; ".join(said) or None
 
     def scope(self, led: bool = False) -> str | None:
@@ -278,7 +281,12 @@ def _kinds(kinds: set[str]) -> str:
     return " and ".join(sorted(kinds, key=_kind_order))
 
 
-def _who(row: NotJudged, fed: Sequence[str] = (), slow: frozenset[str] = frozenset()) -> str:
+def _who(
+    row: NotJudged,
+    fed: Sequence[str] = (),
+    slow: frozenset[str] = frozenset(),
+    reach: Mapping[str, SlowReach] | None = None,
+) -> str:
     """``drift.embedding_mmd.v1``, ``the 6 inference detectors``, ``7 of 8 inference detectors (all but
     drift.embedding_mmd.v1)``: one detector is named, and so is the one left out (``fed``: the detectors
     of the row's kind). Trial 12n read ``1 of 9 windows by 1 of 8 inference detectors`` as a riddle."""
@@ -292,8 +300,10 @@ def _who(row: NotJudged, fed: Sequence[str] = (), slow: frozenset[str] = frozens
         who = f"{len(row.detectors)} of {row.of} {kind}detectors"
         who += f" (all but {others[0]})" if len(others) == 1 else ""
     if set(row.detectors) <= slow:
-        # Its count is of the windows it reached: the rest wait in the slow queue, not judged yet.
-        who += f" (slow: the {row.windows} windows it reached so far; the rest still queued)"
+        # Its count is of the windows it reached: the rest were skipped or wait in the slow queue.
+        who += reach_said(
+            row.windows, (reach or {}).get(row.detectors[0]) if len(row.detectors) == 1 else None
+        )
     return who
 
 
@@ -331,9 +341,11 @@ def judged_scope(
     worst: str | None,
     rows: pa.Table | None,
     slow: frozenset[str] = frozenset(),
+    reach: Mapping[str, SlowReach] | None = None,
 ) -> JudgedScope:
     """A segment's row fields: its not-judged counts and, for each fed detector that judged no window,
-    its numbers from ``rows`` (:func:`unjudged_rows`); ``slow``: the slow detectors, said as such."""
+    its numbers from ``rows`` (:func:`unjudged_rows`); ``slow``: the slow detectors, said as such
+    (``reach``: the windows each has not reached, skipped or still queued)."""
     if judged is None:
         return JudgedScope(worst_shown=worst, worst_judged=worst)
     whole = judged.unjudged_kinds()
@@ -356,7 +368,7 @@ def judged_scope(
         worst_judged=shown,
         verdict_scope=scope,
         not_judged=judged.counts,
-        not_judged_said=judged.said(slow),
+        not_judged_said=judged.said(slow, reach),
         unjudged_inputs=inputs,
     )
 
@@ -449,10 +461,10 @@ def _lead(unjudged: UnjudgedInput) -> str:
 def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool) -> UnjudgedInput:
     """What the Overview says of ``detector_id``, which judged none of its windows (``rows``: its latest
     detections on the segment): its samples and, when every window kept them, its hits pooled."""
-    per_window: dict[object, _Window] = {}
+    per_window: dict[object, WindowCounts] = {}
     needs = []
     for row in rows.to_pylist():
-        counted = _Window.of(row, HITS_PART.get(detector_id))
+        counted = WindowCounts.of(row, HITS_PART.get(detector_id))
         known = per_window.get(row["window_start"])
         per_window[row["window_start"]] = counted if known is None else known.merged(counted)
         needs.append(row["min_samples"] or 0)
@@ -462,13 +474,15 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
     side, most = _short_side(currents, [w.reference for w in windows], need)
     total = sum(currents) if windows else None
     shortfall = _shortfall(side, most, need)
+    plural = "" if len(windows) == 1 else "s"
     lead = (
-        f"{kind} not judged in any of {len(windows)} windows ({detector_id}: {shortfall})"
+        f"{kind} not judged in {'any of ' if len(windows) != 1 else ''}{windows_said(len(windows))}"
+        f" ({detector_id}: {shortfall})"
         if whole_kind
-        else f"{detector_id} judged none of its {len(windows)} {kind} windows ({shortfall})"
+        else f"{detector_id} judged none of its {len(windows)} {kind} window{plural} ({shortfall})"
     )
-    hits = _pooled_hits(windows)
-    reference = _pooled_reference(windows) if hits is not None else None
+    hits = pooled_hits(windows)
+    reference = pooled_reference(windows) if hits is not None else None
     rate_said = None
     if hits is None or not total:
         said = f"{total} samples in all; no rate ({NO_RATE})"
@@ -503,60 +517,6 @@ def _of_kind(references: list[str | None], kind: str) -> str:
     return re.sub(r"first (\d+ )?window", lambda m: f"first {m.group(1) or ''}{kind} window", label)
 
 
-@dataclass(frozen=True)
-class _Window:
-    """One window's counts for a detector: each side's samples and hits (None: not in the history)."""
-
-    current: int
-    reference: int
-    hits: int | None
-    reference_hits: int | None
-    reference_id: str | None
-
-    @classmethod
-    def of(cls, row: Mapping[str, object], part: str | None = None) -> _Window:
-        """A detection row's counts: the detector's own, else the window's rows for the samples.
-
-        A detector of several checks keeps each check's counts under its name (``negative_feedback.``):
-        those of ``part``, else of the check that decided (``decided_by.<check>``), are read.
-        """
-        measured = json.loads(str(row["measurements"] or "{}"))
-        decided = next((k.removeprefix("decided_by.") for k in measured if k.startswith("decided_by.")), None)
-        prefix = f"{part or decided}." if part or decided else ""
-        return cls(
-            current=_count(measured.get(f"{prefix}current_samples"), row["current_size"]),
-            reference=_count(measured.get(f"{prefix}reference_samples"), row["reference_size"]),
-            hits=_known(measured.get(f"{prefix}current_hits")),
-            reference_hits=_known(measured.get(f"{prefix}reference_hits")),
-            reference_id=str(row["reference"]) if row.get("reference") else None,
-        )
-
-    def merged(self, other: _Window) -> _Window:
-        """Two configs of the detector on one window: each side's counts from the one with more samples."""
-        current = other if other.current > self.current else self
-        ref = other if other.reference > self.reference else self
-        return _Window(current.current, ref.reference, current.hits, ref.reference_hits, ref.reference_id)
-
-
-def _pooled_hits(windows: list[_Window]) -> int | None:
-    """This version's hits over all its windows, or None when a window has none written."""
-    hits = [w.hits for w in windows]
-    return None if not hits or None in hits else sum(h or 0 for h in hits)
-
-
-def _pooled_reference(windows: list[_Window]) -> tuple[int, int, list[str | None]] | None:
-    """(hits, samples, ids) of the references the windows were compared with, each counted once (one id
-    with the same counts is one reference), or None when a window has no reference hits written."""
-    seen: dict[tuple[str | None, int, int], None] = {}
-    for w in windows:
-        if w.reference_hits is None:
-            return None
-        seen[(w.reference_id, w.reference_hits, w.reference)] = None
-    if not seen:
-        return None
-    return sum(k[1] for k in seen), sum(k[2] for k in seen), [k[0] for k in seen]
-
-
 def _percent(hits: int, samples: int) -> str:
     """``94%``; ``<1%`` and ``>99%`` where rounding would say none or all."""
     share = hits / samples
@@ -565,17 +525,6 @@ def _percent(hits: int, samples: int) -> str:
     if 0.995 <= share < 1:
         return ">99%"
     return f"{share:.0%}"
-
-
-def _known(value: object) -> int | None:
-    """A count the detector wrote, or None when it wrote none."""
-    return int(value) if isinstance(value, int | float) else None
-
-
-def _count(measured: object, size: object) -> int:
-    """A side's samples: the detector's own count of them, else the window's rows."""
-    value = measured if measured is not None else size
-    return int(value) if isinstance(value, int | float) else 0
 
 
 def _shortfall(side: str, most: int | None, need: int | None) -> str:

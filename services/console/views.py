@@ -44,12 +44,14 @@ from services.console.policy_explain import PolicyReport, policy_report
 from services.console.reader import ConsoleError, HistoryReader, day_range
 from services.console.series import MEASURED, SLOW_SKIPPED, Verdict, slow_never_judged
 from services.console.series import is_rate as is_rate  # re-exported: the Segment page and tests use it
+from services.console.slow_reach import slow_reach
 from services.console.stable_refs import stable_from_references
 
 _RANK = {"ok": 0, "warning": 1, "drift": 2}
 ROLLBACK_REQUESTED = "io.loopwatch.rollback.requested"
 _SEGMENT_COLUMNS = ["segment", "model", "model_version", "app", "route", "tenant"]
 _OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events", "outcome", "reference"]
+_OVERVIEW_WINDOW_COLUMNS += ["kind"]  # the slow detectors' windows skipped, per the kind each reads
 _OVERVIEW_DETECTION_COLUMNS = ["segment", "window_start", "verdict", "judged", "samples", "min_samples"]
 _OVERVIEW_DETECTION_COLUMNS += [
     "revision",
@@ -279,7 +281,10 @@ def overview_view(
             last = outcomes[key]  # a reference (or waiting, skipped) window: no detection says more
         model, version = seg["model_first"], seg["model_version_first"]
         known = stable.get(model)
-        scope = judged_scope(counted.get(key), named.get(key, worst), unjudged_numbers.get(key), slow)
+        # Only a segment whose counts name a slow detector alone reads how far it got (50 segments a page).
+        said_slow = any(set(r.detectors) <= slow for r in getattr(counted.get(key), "counts", []))
+        reach = slow_reach(windows, detections, key, slow, kinds or BUILT_IN_KINDS) if said_slow else None
+        scope = judged_scope(counted.get(key), named.get(key, worst), unjudged_numbers.get(key), slow, reach)
         rows.append(
             SegmentRow(
                 segment=key,

@@ -202,7 +202,7 @@ function unjudged(holder, d) {
   text.className = "not-judged-chart";
   const skipped = d.slow && (d.skipped || []).length
     ? ` The slow detectors' queue was full for ${d.skipped.length} more windows: skipped.` : "";
-  text.textContent = `Not judged in any of its ${d.windows} windows (${why}): nothing to draw.${skipped}`;
+  text.textContent = `Not judged in any of its ${d.windows} window${d.windows === 1 ? "" : "s"} (${why}): nothing to draw.${skipped}`;
   holder.replaceWith(text);
 }
 
