@@ -58,7 +58,7 @@ def test_the_readme_example_inference_shows_features_and_prediction() -> None:
 def test_the_readme_tabular_detectors_file_judges_the_features(tmp_path: Path, data_dir: Path) -> None:
     # Trial 17j: a tabular model's features were judged by no default detector, and the README gave no
     # detectors file for them. The README's example, run on Elec2 rows as the windows' features.
-    block = re.search(r"for a price-direction classifier:\n\n```yaml\n(.*?)```", README.read_text(), re.S)
+    block = re.search(r"for a\s+price-direction classifier:\n\n```yaml\n(.*?)```", README.read_text(), re.S)
     assert block is not None, "the README's tabular detectors file is gone"
     path = tmp_path / "detectors.yaml"
     path.write_text(block.group(1))
