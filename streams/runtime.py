@@ -58,7 +58,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
 
 from streams.ingest import Accepted, Rejected
 from streams.metrics import Metrics
@@ -120,9 +120,13 @@ class ChangelogTable:
             self.table.data[key] = value
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One state write: a local store write plus its changelog record (same key, value and partition)."""
+class Write(NamedTuple):
+    """One state write: a local store write plus its changelog record (same key, value and partition).
+
+    A named tuple, not a frozen dataclass: ingest builds one per event, and a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (about
+    530 ns per write against 240 ns, issue 16). Immutable and compared by value as before.
+    """
 
     table: StateTable
     key: bytes

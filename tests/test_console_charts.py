@@ -138,8 +138,10 @@ def test_rates_drawn_beside_a_reference_name_the_version_each_was_measured_on(vi
         "reference_rate": "reference (v1, stable) empty or refusal rate",
         "refusal_rate": "v2 refusal rate",
     }
-    # Latency has no reference's measure on its charts: its names stay (the legend's title names v2).
-    assert _series(view, "quality.latency.v1").labels == {}
+    # Latency has no reference's measure on its charts: its legend still names the version in words.
+    latency_labels = _series(view, "quality.latency.v1").labels
+    assert latency_labels["p95.observed_ms"] == "v2 p95 latency"
+    assert latency_labels["p95.slo_ms"] == "p95 latency SLO (bound)"
     assert reference_label(["pinned:inference|hh|v1|trial|chat|@3:"]) == "reference (v1's first 3 windows)"
     assert reference_label(["file"]) == "reference (file)"
     assert reference_label([None]) == "reference"

@@ -31,7 +31,7 @@ def test_units_get_their_own_charts_and_skipped_windows_are_marked(browser: Any,
     units = latency.locator(".measurements").evaluate_all("charts => charts.map(c => c.dataset.unit)")
     assert units == ["milliseconds", "share"]
     legend = latency.locator('.measurements[data-unit="milliseconds"] .legendtext').all_text_contents()
-    assert "p95.slo_ms (bound)" in legend and "p95.observed_ms" in legend
+    assert "p95 latency SLO (bound)" in legend and "v2 p95 latency" in legend
     shares = latency.locator('.measurements[data-unit="share"] .legendtext').all_text_contents()
     assert shares and all("share" in name for name in shares)
     # Trial 12b: the skipped window is marked only for the slow detector it skipped, not on every chart

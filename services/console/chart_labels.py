@@ -1,11 +1,9 @@
-"""What the Segment page's charts call things: whose each rate is, and what a revision added.
+"""What the Segment page's charts call things: what a series was compared with, and what a revision added.
 
-A quality detector reports this version's measures next to its reference's
-(``current_rate`` and ``reference_rate``, a canary's ``canary_rate`` and
-``stable_rate``): drawn on one chart, each legend entry names the version it
-was measured on (``v2 refusal rate``, ``reference (v1, stable) rate``). A window
-late events revised is said as what happened: ``revised 5 times as late events
-came in, +46 events (3 -> 49)``, not ``5x``, which reads as five late arrivals.
+A series names its reference in words (``reference (v1, stable)``; each measure's own words are
+:mod:`services.console.measures`'). A window late events revised is said as what happened:
+``revised 5 times as late events came in, +46 events (3 -> 49)``, not ``5x``, which reads as five
+late arrivals.
 """
 
 from __future__ import annotations
@@ -21,16 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
-#: A detector's measure in words, where its id says it badly (``empty_refusal``).
-MEASURES: dict[str, str] = {"quality.empty_refusal.v1": "empty or refusal"}
 #: Per point or window: (revision 0's events, the latest revision's events) the detections counted.
 EventCounts = tuple[int | None, int | None]
 WindowKey = tuple[datetime, str, str]
 
-_VERSIONED = re.compile(r"^(current|canary|reference|stable)_(.+)$")
 _STABLE = re.compile(r"^stable:(?:inference|feedback)\|([^@]*)@")
-_OTHERS = ("reference", "stable")
-_SLO = re.compile(r"\bslo\b")
 _PINNED = re.compile(r"^pinned[:|](?:inference|feedback)\|([^@]*)(?:@(\d+))?")
 
 
@@ -65,69 +58,6 @@ def _version(segment_key: str) -> str:
     # Segment.key(): model|version|app|route|tenant.
     parts = segment_key.split("|")
     return parts[1] if len(parts) > 1 and parts[1] else segment_key
-
-
-def measurement_labels(
-    detector_id: str, names: Iterable[str], version: str, reference: str, bounds: Iterable[str] = ()
-) -> dict[str, str]:
-    """Per measurement: its legend entry, naming whose it is (``v2 refusal rate``, ``reference (v1,
-    stable) rate``); a bound (an SLO) is the configured line (``p95 SLO (bound)``).
-
-    >>> measurement_labels("quality.error_rate.v1", ["current_rate", "reference_rate"], "v2",
-    ...                    "reference (v1, stable)")
-    {'current_rate': 'v2 error rate', 'reference_rate': 'reference (v1, stable) error rate'}
-    """
-    bound = set(bounds)
-    measure = MEASURES.get(detector_id) or _words(detector_id.split(".")[1] if "." in detector_id else "")
-    labels: dict[str, str] = {}
-    for name in names:
-        check, _, field = name.rpartition(".")
-        subject = _words(check) if check else measure
-        if name in bound:
-            labels[name] = f"{_join(subject, _words(field))} (bound)"
-            continue
-        whose, what = version, field
-        if versioned := _VERSIONED.match(field):
-            side, what = versioned.groups()
-            whose = reference if side in _OTHERS else version
-        elif check:
-            what = field
-        else:
-            subject = ""  # a measure of its own (refusal_rate): its name says what it is
-        labels[name] = _join(whose, subject, _words(what))
-    return labels
-
-
-def compared_labels(
-    detector_id: str, units: Mapping[str, str], version: str, reference: str, bounds: Iterable[str] = ()
-) -> dict[str, str]:
-    """The legend entries of the charts (one per unit) that draw a reference's measure next to this
-    version's: there each entry names whose it is. A chart of this version's measures only keeps
-    their names (the page says which version it is)."""
-    by_unit: dict[str, list[str]] = {}
-    for name, unit in units.items():
-        by_unit.setdefault(unit, []).append(name)
-    compared = [
-        name
-        for names in by_unit.values()
-        if any((m := _VERSIONED.match(n.rpartition(".")[2])) and m.group(1) in _OTHERS for n in names)
-        for name in names
-    ]
-    return measurement_labels(detector_id, compared, version, reference, bounds)
-
-
-def _words(name: str) -> str:
-    return _SLO.sub("SLO", name.removesuffix("_ms").replace("_", " ").strip())
-
-
-def _join(*parts: str) -> str:
-    """The parts as one phrase, a word the previous part ends with not said twice (error rate rate)."""
-    words: list[str] = []
-    for part in parts:
-        for word in part.split():
-            if not words or words[-1] != word:
-                words.append(word)
-    return " ".join(words)
 
 
 def revised_note(

@@ -18,7 +18,6 @@ no rate is said then.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -27,13 +26,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
-from services.console.chart_labels import reference_label
-from services.console.overview_verdicts import latest_revision_rows
+from services.console.overview_rates import (
+    QUALITY_IDS,
+    QualityRate,
+    quality_rates,
+    split_own,
+    stable_of,
+    version_of,
+)
+from services.console.overview_verdicts import latest_revision_rows, one_per_detection, reading_order
 from services.console.reader import HistoryReader
 from services.console.series import judged_mask
 from services.console.slow_reach import SlowReach, reach_said, windows_said
 from services.console.unjudged import worse_rate
-from services.console.window_counts import WindowCounts, pooled_hits, pooled_reference
+from services.console.window_counts import (
+    WindowCounts,
+    of_kind,
+    percent,
+    pooled_hits,
+    pooled_mean,
+    pooled_reference,
+    short_side,
+    shortfall_said,
+)
 from streams.detect import DEFAULT_SPECS
 
 #: The window kind each built-in detector reads (the console's detectors file may say otherwise).
@@ -54,6 +69,13 @@ HITS_SAID = {
     "toxicity.profanity.v1": "texts profane",
     "toxicity.detoxify.v1": "texts toxic",
 }
+#: A mean detector's measure, said instead of a rate: ``mean rating 3.1 of 290 vs 4.2 on the reference``.
+MEAN_SAID = {"quality.rating.v1": "ratings"}
+#: Why no mean rating is given: what the history lacks, and what the detector should write.
+NO_MEAN = (
+    "no mean: a window too small to judge keeps its rating count, not the ratings' sum"
+    " (current_sum and reference_sum are not in its measurements)"
+)
 #: The check whose counts a detector of several checks keeps for the Overview (its measurements are
 #: prefixed by check name: ``negative_feedback.current_hits``); others: the check that decided.
 HITS_PART = {"quality.canary.v1": "negative_feedback"}
@@ -147,6 +169,14 @@ class JudgedScope(BaseModel):
     unjudged_inputs: list[UnjudgedInput] = Field(
         default_factory=list, description="Detectors with input that judged none of the windows in view"
     )
+    quality: list[QualityRate] = Field(
+        default_factory=list,
+        description="Pooled quality rates (errors, empty or refusal replies, latency p95) beside the"
+        " stable version's",
+    )
+    quality_said: str | None = Field(
+        None, description="What the page says of them: errors 5% (12 of 240) vs 0% on v1 (stable); ..."
+    )
 
 
 @dataclass(frozen=True)
@@ -234,7 +264,8 @@ def judged_per_segment(detections: pa.Table, kinds: Mapping[str, str]) -> dict[s
             NotJudged(kind=kind, not_judged=n, windows=w, detectors=sorted(ids), of=of[kind])
             for (kind, n, w), ids in groups.items()
         ]
-        rows.sort(key=lambda r: (_kind_order(r.kind), -r.not_judged, r.detectors))
+        # One order on every version, to scan across them: kind, then the detectors' reading order.
+        rows.sort(key=lambda r: (_kind_order(r.kind), [reading_order(d) for d in r.detectors]))
         out[segment] = SegmentJudged({c.detector_id: c.kind for c in fed}, rows)
     return out
 
@@ -310,9 +341,23 @@ def _who(
 def unjudged_rows(
     history: HistoryReader, days: Sequence[date], judged: Mapping[str, SegmentJudged]
 ) -> dict[str, pa.Table]:
-    """Per segment with a fed detector that judged no window: those detectors' latest detections, with
-    their measurements (read again, one read per model: the Overview reads no measurements otherwise)."""
-    return detector_rows(history, days, {s: set(j.judged_none()) for s, j in judged.items()})
+    """Per segment: its latest detections of the fed detectors that judged no window and of the quality
+    rate detectors, with their measurements (read again, one read per model: the Overview reads no
+    measurements otherwise), and the quality rows of the stable segment it was compared with; the
+    table's ``segment`` metadata names whose it is (:func:`judged_scope` splits it)."""
+    wanted = {s: {*j.judged_none(), *(QUALITY_IDS & set(j.fed))} for s, j in judged.items()}
+    rows = detector_rows(history, days, wanted)
+    out = {}
+    for segment, mine in rows.items():
+        stable = stable_of(rows, segment)
+        if stable in rows:
+            theirs = rows[stable]
+            mine = pa.concat_tables([mine, theirs.filter(pc.is_in(theirs["detector_id"], _QUALITY))])
+        out[segment] = mine.replace_schema_metadata({"segment": segment})
+    return out
+
+
+_QUALITY = pa.array(sorted(QUALITY_IDS), pa.string())
 
 
 def detector_rows(
@@ -326,7 +371,10 @@ def detector_rows(
         per_model.setdefault(segment.split("|", 1)[0], []).append(segment)  # model|version|app|route|tenant
     out: dict[str, pa.Table] = {}
     for model, segments in per_model.items():
-        rows = history.read("detections", days, model=model, columns=["segment", *DETAIL_COLUMNS])
+        rows = history.read(
+            "detections", days, model=model, columns=["segment", "detection_id", *DETAIL_COLUMNS]
+        )
+        rows = one_per_detection(rows)  # a verdict published twice (kill -9) pooled once
         rows = rows.filter(pc.is_in(rows["segment"], pa.array(segments, pa.string())))
         if rows.num_rows and pc.max(rows["revision"]).as_py():
             rows = latest_revision_rows(rows)
@@ -349,13 +397,18 @@ def judged_scope(
     if judged is None:
         return JudgedScope(worst_shown=worst, worst_judged=worst)
     whole = judged.unjudged_kinds()
+    own, stable = split_own(rows)
+    nones = sorted(
+        judged.judged_none().items(), key=lambda item: (_kind_order(item[1]), reading_order(item[0]))
+    )
     inputs = [
         unjudged_input(
-            rows.filter(pc.equal(rows["detector_id"], detector_id)), detector_id, kind, kind in whole
+            own.filter(pc.equal(own["detector_id"], detector_id)), detector_id, kind, kind in whole
         )
-        for detector_id, kind in sorted(judged.judged_none().items())
-        if rows is not None
+        for detector_id, kind in nones
+        if own is not None
     ]
+    rates = quality_rates(own, stable, version_of(stable)) if own is not None else []
     # Only a rate worse than its reference's leads (bold): a healthy stable's 0 of 174 thumbs down led
     # like the bad canary's 172 of 172 (trial 12n). The rest is said by the scope and the lines below.
     first = lead_input([u for u in inputs if worse_than_reference(u)])
@@ -370,6 +423,8 @@ def judged_scope(
         not_judged=judged.counts,
         not_judged_said=judged.said(slow, reach),
         unjudged_inputs=inputs,
+        quality=rates,
+        quality_said="; ".join(r.said for r in rates) or None,
     )
 
 
@@ -458,6 +513,19 @@ def _lead(unjudged: UnjudgedInput) -> str:
     return f"{who}: {unjudged.rate_said}" if unjudged.rate_said else f"{who} ({unjudged.shortfall})"
 
 
+def _mean_said(windows: list[WindowCounts], detector_id: str, total: int, kind: str) -> str:
+    """``mean 3.1 over 290 ratings in all, vs 4.2 on the reference (...)``, or what the history lacks."""
+    what = MEAN_SAID[detector_id]
+    pooled = pooled_mean(windows)
+    if pooled is None:
+        return f"{total} {what} in all; {NO_MEAN}"
+    said = f"mean {pooled[0]:.2f} over {total} {what} in all"
+    if pooled[1] is None:
+        return f"{said}; no reference mean (its reference's ratings' sum is not in the history)"
+    references = [w.reference_id for w in windows]
+    return f"{said}, vs {pooled[1]:.2f} on the {of_kind(list(dict.fromkeys(references)), kind)}"
+
+
 def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool) -> UnjudgedInput:
     """What the Overview says of ``detector_id``, which judged none of its windows (``rows``: its latest
     detections on the segment): its samples and, when every window kept them, its hits pooled."""
@@ -471,9 +539,9 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
     need = max(needs, default=0) or None
     windows = list(per_window.values())
     currents = [w.current for w in windows]
-    side, most = _short_side(currents, [w.reference for w in windows], need)
+    side, most = short_side(currents, [w.reference for w in windows], need)
     total = sum(currents) if windows else None
-    shortfall = _shortfall(side, most, need)
+    shortfall = shortfall_said(side, most, need)
     plural = "" if len(windows) == 1 else "s"
     lead = (
         f"{kind} not judged in {'any of ' if len(windows) != 1 else ''}{windows_said(len(windows))}"
@@ -484,13 +552,15 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
     hits = pooled_hits(windows)
     reference = pooled_reference(windows) if hits is not None else None
     rate_said = None
-    if hits is None or not total:
+    if detector_id in MEAN_SAID:
+        said = _mean_said(windows, detector_id, total or 0, kind)
+    elif hits is None or not total:
         said = f"{total} samples in all; no rate ({NO_RATE})"
     else:
-        rate_said = f"{hits} of {total} {HITS_SAID.get(detector_id, 'hits')} ({_percent(hits, total)})"
+        rate_said = f"{hits} of {total} {HITS_SAID.get(detector_id, 'hits')} ({percent(hits, total)})"
         said = f"{rate_said} in all"
         if reference is not None and reference[1]:
-            versus = f"vs {_percent(reference[0], reference[1])} on the {_of_kind(reference[2], kind)}"
+            versus = f"vs {percent(reference[0], reference[1])} on the {of_kind(reference[2], kind)}"
             said, rate_said = f"{said}, {versus}", f"{rate_said} {versus}"
     return UnjudgedInput(
         detector_id=detector_id,
@@ -508,39 +578,3 @@ def unjudged_input(rows: pa.Table, detector_id: str, kind: str, whole_kind: bool
         rate_said=rate_said,
         note=f"{lead}: {said}",
     )
-
-
-def _of_kind(references: list[str | None], kind: str) -> str:
-    """``reference (v1's first 3 feedback windows)``: the Segment page lists a window a kind pinned but
-    another judged with that verdict (trial 12n: 3 windows said, 2 listed)."""
-    label = reference_label(references)
-    return re.sub(r"first (\d+ )?window", lambda m: f"first {m.group(1) or ''}{kind} window", label)
-
-
-def _percent(hits: int, samples: int) -> str:
-    """``94%``; ``<1%`` and ``>99%`` where rounding would say none or all."""
-    share = hits / samples
-    if 0 < share < 0.005:
-        return "<1%"
-    if 0.995 <= share < 1:
-        return ">99%"
-    return f"{share:.0%}"
-
-
-def _shortfall(side: str, most: int | None, need: int | None) -> str:
-    """``too few samples in each window, at most 28 < 30``; the reference's count when it was short."""
-    if need is None or most is None:
-        return "too few samples in each window"
-    said = {"this version": "too few samples in each window", "its reference": "its reference too small"}
-    return f"{said.get(side, 'too few samples, its own or its reference')}, at most {most} < {need}"
-
-
-def _short_side(currents: list[int], references: list[int], need: int | None) -> tuple[str, int | None]:
-    """Which side fell short in every window, and its most samples: this version's, the reference's."""
-    if not currents or need is None:
-        return "this version", max(currents, default=None)
-    if all(c < need for c in currents):
-        return "this version", max(currents)
-    if all(r < need for r in references):
-        return "its reference", max(references)
-    return "this version or its reference", max(min(c, r) for c, r in zip(currents, references, strict=True))

@@ -148,15 +148,35 @@ def last_outcomes(windows: pa.Table, per_segment: pa.Table) -> dict[str, WindowS
     return {r["segment"]: r["outcome"] for r in rows.to_pylist()}
 
 
-#: The Overview names at most this many detectors after a worst verdict; the rest are counted.
-NAMED_AT_MOST = 3
+#: The detectors a paged engineer reads first, in this order: the quality rates of what users got
+#: (errors, empty or refusal replies, latency, thumbs down...), then the statistical drift tests.
+READ_FIRST = (
+    "quality.error_rate.v1",
+    "quality.empty_refusal.v1",
+    "quality.latency.v1",
+    "quality.negative_feedback.v1",
+    "quality.canary.v1",
+    "quality.rating.v1",
+    "quality.correction_rate.v1",
+    "quality.cost.v1",
+    "toxicity.profanity.v1",
+    "toxicity.detoxify.v1",
+)
+
+
+def reading_order(detector_id: str) -> tuple[int, str]:
+    """Where a detector comes in what the Overview lists: :data:`READ_FIRST`'s order, then the rest by
+    id (trial s18: the empty/refusal drift hid behind ``1 more`` after three drift tests)."""
+    order = {d: n for n, d in enumerate(READ_FIRST)}
+    return order.get(detector_id, len(order)), detector_id
 
 
 def worst_named(detections: pa.Table, worst: dict[str, Verdict | None]) -> dict[str, str]:
     """Per segment whose worst is drift or warning, that verdict with what gave it:
     ``drift: toxicity.profanity.v1 on 8 windows, drift.embedding_mmd.v1 on 3``.
 
-    The on-call reads what drifted off the Overview, not only that something did (trial 12n).
+    The on-call reads what drifted off the Overview, not only that something did (trial 12n): every
+    detector is named (none hidden behind ``1 more``), the quality rates first (:func:`reading_order`).
     ``detections`` holds the latest revision of each window's verdict.
     """
     wanted = {key: verdict for key, verdict in worst.items() if verdict in ("drift", "warning")}
@@ -174,16 +194,14 @@ def worst_named(detections: pa.Table, worst: dict[str, Verdict | None]) -> dict[
     for r in counts:
         if r["verdict"] == wanted[r["segment"]]:
             per_segment.setdefault(r["segment"], []).append(
-                (-r["window_start_count_distinct"], r["detector_id"])
+                (r["window_start_count_distinct"], r["detector_id"])
             )
     out = {}
     for key, found in per_segment.items():
-        ranked = sorted(found)
+        ranked = sorted(found, key=lambda item: reading_order(item[1]))
         said = [
-            f"{detector} on {-n} window{'s' if n != -1 else ''}" if i == 0 else f"{detector} on {-n}"
-            for i, (n, detector) in enumerate(ranked[:NAMED_AT_MOST])
+            f"{detector} on {n} window{'s' if n != 1 else ''}" if i == 0 else f"{detector} on {n}"
+            for i, (n, detector) in enumerate(ranked)
         ]
-        if len(ranked) > NAMED_AT_MOST:
-            said.append(f"{len(ranked) - NAMED_AT_MOST} more")
         out[key] = f"{wanted[key]}: {', '.join(said)}"
     return out

@@ -1,10 +1,16 @@
-"""What the policy's retrain and rollback rules did in the range the Incidents page shows, and why not.
+"""What the policy's rules did in the range the Incidents page shows, and why not.
 
-For each rule of the policy that asks for a retrain or a rollback: whether it
-fired and what it requested or, if not, why, as far as the history's detections
-and alerts show it (the gates as :mod:`retrain_trigger.gates` judges and counts
-them). Muted alerts are not written to the history: an inhibit or silence is
-named only as what the policy says of gates that were met while its source fired.
+For each rule of the policy that asks for a retrain or a rollback, and each
+alert-only rule that saw drift (or looked at a segment that drifted where no
+rule watches): whether it fired and what it requested or, if not, why, as far
+as the history's detections and alerts show it (the gates as
+:mod:`services.console.policy_gates` judges and counts them, column-wise). Muted
+alerts are not written to the history: an inhibit or silence is named only as
+what the policy says of gates that were met while its source fired.
+
+Trial 12o: v2 drifted on latency and empty replies, which only the alert rule
+serving-errors watches, held back by its min_samples; the page listed only the
+retrain and rollback rules, so nothing said why no alert fired.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -25,21 +30,32 @@ from pydantic import BaseModel, Field
 from retrain_trigger.actions import EVENT_TYPES
 from retrain_trigger.alerts import alert_labels
 from retrain_trigger.inhibit import labels_match
-from retrain_trigger.policy import Policy, Rule
+from retrain_trigger.policy import SEGMENT_FIELDS, Policy, Rule
 from retrain_trigger.silence import parse_matcher
-from schemas.events import Segment
 from services.console.incidents import breached_by, count_of, hms
 from services.console.overview_judged import judged_none_said
-from services.console.policy_gaps import no_retrain
-from services.console.series import verdict_p
+from services.console.policy_gaps import (
+    detectors_said,
+    no_retrain,
+    ran_by,
+    unwatched_drift,
+    unwatched_said,
+)
+from services.console.policy_gates import (
+    breach_runs,
+    gate_outcomes,
+    parsed_p,
+    segment_mask,
+    segment_of,
+    unmet_gates,
+)
 
 if TYPE_CHECKING:
     from services.console.reader import HistoryReader
     from services.console.views import ActionRow, AlertRow, DayRange, SilenceRow
 
-_SEGMENT_FIELDS = ("model", "model_version", "app", "route", "tenant")
 _DETECTION_COLUMNS = [
-    *_SEGMENT_FIELDS,
+    *SEGMENT_FIELDS,
     "segment",
     "window_start",
     "window_end",
@@ -64,11 +80,18 @@ RuleState = Literal["fired", "fired, no request", "not fired"]
 
 
 class RuleReport(BaseModel):
-    """One retrain or rollback rule of the policy: did it fire in the range, and if not, why."""
+    """One rule of the policy: did it fire in the range, and if not, why."""
 
     rule: str
-    action: Literal["retrain", "rollback"]
+    action: Literal["retrain", "rollback", "alert"]
     detectors: list[str] = Field(description="The detector patterns it matches")
+    ran: list[str] = Field(
+        default_factory=list, description="The detectors its patterns matched in the range's detections"
+    )
+    unmatched: list[str] = Field(
+        default_factory=list,
+        description="Its patterns that matched no detection in the range (the detector did not run)",
+    )
     state: RuleState
     models: list[str] = Field(default_factory=list, description="Models it fired for")
     requests: list[str] = Field(
@@ -86,11 +109,20 @@ class PolicyReport(BaseModel):
     decided_under: list[str] = Field(
         default_factory=list, description="Policy names the range's actions were published under"
     )
-    rules: list[RuleReport] = Field(default_factory=list)
+    rules: list[RuleReport] = Field(
+        default_factory=list,
+        description="Its retrain and rollback rules, then the alert rules that saw drift or looked at a"
+        " segment that drifted where no rule watches",
+    )
     no_retrain: str | None = Field(
         None,
         description="Detectors its rollback rules act on that drifted in the range and that no retrain"
         " rule matches: no retrain is asked for on them, in one line (null: none)",
+    )
+    unwatched: str | None = Field(
+        None,
+        description="Detectors that drifted in the range where no rule of the policy watches them (no"
+        " alert can follow), and the rules that looked at those segments, in one line (null: none)",
     )
 
 
@@ -103,52 +135,79 @@ def policy_report(
     actions: Sequence[ActionRow],
     silences: Sequence[SilenceRow],
 ) -> PolicyReport:
-    """Each retrain and rollback rule of ``policy``: fired in the range (with its requests), or why not."""
-    rules = [r for r in policy.rules if r.action in ("retrain", "rollback")]
+    """Each retrain and rollback rule of ``policy``, and each alert rule that saw drift: fired in the
+    range (with its requests), or why not; and the drift no rule watches."""
     report = PolicyReport(
         name=policy.name,
         file=policy_file,
         mode=policy.mode,
         decided_under=sorted({a.policy for a in actions if a.policy}),
     )
-    if not rules:
+    if not policy.rules:
         return report
-    detections = _matching_days(history, span, rules)
+    detections, others = _matching_days(history, span, policy.rules)
+    unwatched = unwatched_drift(policy, detections, others)
+    looked = {s for s in pc.unique(unwatched["segment"]).to_pylist()} if unwatched is not None else set()
     said = functools.partial(judged_none_said, history, span.days())
-    for rule in rules:
+    for rule in policy.rules:
+        if rule.action == "alert" and not _saw(rule, detections, alerts, looked):
+            continue
         report.rules.append(_rule_report(rule, policy, detections, alerts, actions, silences, said))
+    report.rules.sort(key=lambda r: r.action == "alert")  # as before: retrain and rollback rules first
     report.no_retrain = no_retrain(policy, detections)
+    if unwatched is not None:
+        states = {r.rule: r.state for r in report.rules}
+        report.unwatched = unwatched_said(policy, unwatched, detections, states, _names)
     return report
 
 
-def _matching_days(history: HistoryReader, span: DayRange, rules: Sequence[Rule]) -> list[pa.Table]:
-    """Per day of the range, oldest first, its detections of the detectors any of ``rules`` matches.
+def _saw(rule: Rule, days: Sequence[pa.Table], alerts: Sequence[AlertRow], looked: set[str]) -> bool:
+    """Did an alert-only rule fire, see a verdict it counts, or look at a segment with unwatched drift?"""
+    if any(a.labels.get("alertname") == rule.name for a in alerts):
+        return True
+    verdicts, segments = pa.array(list(rule.match.verdicts)), pa.array(sorted(looked), pa.string())
+    for day in (d for d in (_rule_rows(rule, d) for d in days) if d.num_rows):
+        if pc.any(pc.is_in(day["verdict"], verdicts)).as_py():
+            return True
+        if looked and pc.any(pc.is_in(pc.cast(day["segment"], pa.string()), segments)).as_py():
+            return True
+    return False
 
-    Each day's table is read once per set of files (a past day's files do not change, so a page
+
+def _matching_days(
+    history: HistoryReader, span: DayRange, rules: Sequence[Rule]
+) -> tuple[list[pa.Table], list[pa.Table]]:
+    """Per day of the range, oldest first, its detections of the detectors any of ``rules`` matches,
+    and its drift of the detectors none matches (:func:`_unmatched_drift`).
+
+    Each day's tables are read once per set of files (a past day's files do not change, so a page
     load reads only the days written since), keeping the latest revision of each window's verdict
-    per detector config, sorted by alert (segment, detector) and window start: what :func:`_runs` walks.
+    per detector config, sorted by alert (segment, detector) and window start: what
+    :func:`~services.console.policy_gates.breach_runs` walks.
     """
     patterns = tuple(sorted({p for r in rules for p in (*r.match.detectors, *r.match.verdicts)}))
-    days = []
+    days, others = [], []
     for day in span.days():
         key = (history.root, day, history.day_files("detections", day), patterns)
         with _KEPT_LOCK:
-            table = _KEPT.get(key)
-        if table is None:
-            table = _day_rows(history.read("detections", [day], columns=_DETECTION_COLUMNS), rules)
+            kept = _KEPT.get(key)
+        if kept is None:
+            read = history.read("detections", [day], columns=_DETECTION_COLUMNS)
+            kept = (_day_rows(read, rules), _unmatched_drift(read, rules))
             with _KEPT_LOCK:
-                _KEPT[key] = table
+                _KEPT[key] = kept
                 while len(_KEPT) > _DAYS_KEPT:
                     _KEPT.popitem(last=False)
-        days.append(table)
-    return days
+        days.append(kept[0])
+        others.append(kept[1])
+    return days, others
 
 
 #: Days of matching detections kept: two weeks of one history (about 5 MB a day of 50 segments).
 _DAYS_KEPT = 14
 #: What a kept day holds (its p-values parsed, the measurements dropped).
 _KEPT_COLUMNS = [
-    *_SEGMENT_FIELDS,
+    *SEGMENT_FIELDS,
     "segment",
     "window_start",
     "window_end",
@@ -161,17 +220,22 @@ _KEPT_COLUMNS = [
     "judged",
     "samples",
 ]
-_KEPT: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
+_KEPT: OrderedDict[tuple[Any, ...], tuple[pa.Table, pa.Table]] = OrderedDict()
 _KEPT_LOCK = threading.Lock()  # pages are served from a thread pool
+#: The name tests/test_console_incidents.py imports the column-wise gates by (they live in policy_gates).
+_outcomes = gate_outcomes
 
 
-def _day_rows(table: pa.Table, rules: Sequence[Rule]) -> pa.Table:
-    """One day's detections of the rules' detectors: latest revisions only, in alert and window order."""
+def _matched(table: pa.Table, rules: Sequence[Rule]) -> pa.Array:
+    """Which rows' detectors a detector pattern of ``rules`` matches (asked once per distinct id)."""
     ids = pc.unique(table["detector_id"]).to_pylist()
     wanted = [d for d in ids if d and any(r.match.matches_detector(d) for r in rules)]
-    table = table.filter(pc.is_in(table["detector_id"], pa.array(wanted, pa.string())))
-    if table.num_rows == 0:
-        return table
+    return pc.is_in(table["detector_id"], pa.array(wanted, pa.string()))
+
+
+def _latest(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows holding each window's latest revision per detector config, in (segment, detector,
+    window) order, with their segment and detector codes."""
     seg, det, cfg = (_codes(table[c]) for c in ("segment", "detector_id", "config_id"))
     start = np.asarray(pc.cast(table["window_start"], pa.int64()).combine_chunks())
     revision = np.asarray(pc.fill_null(table["revision"], 0).combine_chunks())
@@ -180,8 +244,26 @@ def _day_rows(table: pa.Table, rules: Sequence[Rule]) -> pa.Table:
     last = np.ones(len(order), dtype=bool)  # the highest revision is the last of its window's rows
     last[:-1] = np.any([k[1:] != k[:-1] for k in keys], axis=0)
     kept = order[last]
+    return kept, seg[kept], det[kept]
+
+
+def _unmatched_drift(table: pa.Table, rules: Sequence[Rule]) -> pa.Table:
+    """One day's drift (latest revisions) of the detectors no rule's patterns match, in plain strings."""
+    table = table.filter(pc.invert(_matched(table, rules)))
+    columns = ["segment", "detector_id", "window_start", "model", "model_version"]
+    if table.num_rows:
+        table = table.take(pa.array(_latest(table)[0]))
+        table = table.filter(pc.fill_null(pc.equal(table["verdict"], "drift"), False))
+    return table.select(columns)
+
+
+def _day_rows(table: pa.Table, rules: Sequence[Rule]) -> pa.Table:
+    """One day's detections of the rules' detectors: latest revisions only, in alert and window order."""
+    table = table.filter(_matched(table, rules))
+    if table.num_rows == 0:
+        return table
+    kept, seg, det = _latest(table)
     # Each alert's number (segment, detector) within the day, so its runs need no string comparisons.
-    seg, det = seg[kept], det[kept]
     new_alert = np.ones(len(kept), dtype=bool)
     new_alert[1:] = (seg[1:] != seg[:-1]) | (det[1:] != det[:-1])
     alert = pa.array(np.cumsum(new_alert) - 1)
@@ -190,14 +272,14 @@ def _day_rows(table: pa.Table, rules: Sequence[Rule]) -> pa.Table:
     verdicts = pa.array(sorted({v for r in rules for v in r.match.verdicts}))
     judged = np.flatnonzero(np.asarray(pc.is_in(table["verdict"], verdicts)))
     p = np.full(table.num_rows, np.nan)
-    p[judged] = _parsed_p(table.take(pa.array(judged, pa.int64())))
+    p[judged] = parsed_p(table.take(pa.array(judged, pa.int64())))
     table = table.append_column("p", pa.array(p))
     table = table.set_column(
         table.schema.get_field_index("judged"), "judged", pc.fill_null(table["judged"], True)
     )
     table = table.select(_KEPT_COLUMNS)
     # Dictionary-encoded (a few distinct values each): small to keep, and a rule picks its rows by lookup.
-    for name in ("segment", "detector_id", "verdict", *_SEGMENT_FIELDS):
+    for name in ("segment", "detector_id", "verdict", *SEGMENT_FIELDS):
         table = table.set_column(table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]))
     return table
 
@@ -217,15 +299,26 @@ def _rule_report(
     silences: Sequence[SilenceRow],
     said: NoneJudgedSaid,
 ) -> RuleReport:
-    action: Literal["retrain", "rollback"] = "retrain" if rule.action == "retrain" else "rollback"
-    common = {"rule": rule.name, "action": action, "detectors": list(rule.match.detectors)}
+    action = rule.action
+    ran, unmatched = ran_by(rule, detections)
+    common = {
+        "rule": rule.name,
+        "action": action,
+        "detectors": list(rule.match.detectors),
+        "ran": ran,
+        "unmatched": unmatched,
+    }
     mine = [a for a in alerts if a.labels.get("alertname") == rule.name]
     fired = [a for a in mine if a.status == "firing"]
-    requests = [a for a in actions if a.type == EVENT_TYPES[action] and a.rule == rule.name]
     if fired:
         models = sorted({a.model for a in fired if a.model})
         first = min((a.changed_at for a in fired if a.changed_at), default=None)
         since = f"firing since {hms(first)} (window time)" if first else "fired"
+        if action == "alert":
+            return RuleReport(
+                **common, state="fired", models=models, why=f"{since}; it pages, asks no action"
+            )
+        requests = [a for a in actions if a.type == EVENT_TYPES[action] and a.rule == rule.name]
         # A request answers the alerts firing when it was made (one per incident, whatever its detectors).
         bare = [a for a in fired if not any(_while_firing(a, mine, r) for r in requests)]
         ids = [r.id for r in requests if any(_while_firing(a, mine, r) for a in fired)]
@@ -289,10 +382,10 @@ def _not_fired(
     said: NoneJudgedSaid,
 ) -> str:
     """Why a rule raised no alert in the range: no detection, none past its gates, too few in a row, muted."""
-    patterns = ", ".join(rule.match.detectors)
     days = [d for d in (_rule_rows(rule, day) for day in detections) if d.num_rows]
     if not days:
-        return f"no detection of {patterns} in the range"
+        return f"no detection of {', '.join(rule.match.detectors)} in the range"
+    patterns = detectors_said(rule, days)
     gates, verdicts = rule.gates, "/".join(rule.match.verdicts)
     wanted = pa.array(list(rule.match.verdicts))
     matching = pa.concat_tables([d.filter(pc.is_in(d["verdict"], wanted)) for d in days])
@@ -306,12 +399,12 @@ def _not_fired(
             # Trial 12m: a canary's thumbs too few in every window read "16 windows judged, none drift".
             return "; ".join(unjudged) + f"; in all {_windows(days)} of {patterns}, none {verdicts}" + short
         return f"{_windows(days)} judged by {patterns}, none {verdicts}" + short
-    outcomes = [_outcomes(rule, d) for d in days]
+    outcomes = [gate_outcomes(rule, d) for d in days]
     breaches = sum(int((o > 0).sum()) for o in outcomes)
     if breaches == 0:
         head = f"{_distinct_windows([matching], verdicts + ' window')} of {patterns}, none met the gates: "
-        return head + "; ".join(_unmet(rule, matching))
-    longest, met = _runs(rule, days, outcomes)
+        return head + "; ".join(unmet_gates(rule, matching))
+    longest, met = breach_runs(rule, days, outcomes)
     breaching = [d.filter(pa.array(o > 0)) for d, o in zip(days, outcomes, strict=True)]
     if met is None:
         none = _judged_none(days)
@@ -326,9 +419,27 @@ def _not_fired(
                 if gates.immediate_p_value
                 else ""
             )
+            + _skipped(rule, days, outcomes)
             + "".join(f"; {clause}" for clause in unjudged)
         )
     return _muted(rule, policy, met, alerts, silences)
+
+
+def _skipped(rule: Rule, days: Sequence[pa.Table], outcomes: Sequence[np.ndarray]) -> str:
+    """``; min_samples 50 skipped 4 drift windows (at most 39 samples)``: windows of the rule's
+    verdicts too small to count, which the run of breaches then lacked (empty when none)."""
+    wanted = pa.array(list(rule.match.verdicts))
+    small = [
+        d.filter(pa.array((o == -1) & np.asarray(pc.is_in(d["verdict"], wanted))))
+        for d, o in zip(days, outcomes, strict=True)
+    ]
+    small = [d for d in small if d.num_rows]
+    if not small:
+        return ""
+    most = max(pc.max(d["current_size"]).as_py() or 0 for d in small)
+    what = "/".join(rule.match.verdicts) + " window"
+    skipped = _distinct_windows(small, what)
+    return f"; min_samples {rule.gates.min_samples} skipped {skipped} (at most {most} samples)"
 
 
 def _judged_none(days: Sequence[pa.Table]) -> dict[str, set[str]]:
@@ -371,7 +482,7 @@ def _rule_rows(rule: Rule, day: pa.Table) -> pa.Table:
     ids = day["detector_id"].combine_chunks()
     chosen = np.array([rule.match.matches_detector(d) for d in ids.dictionary.to_pylist()], dtype=bool)
     rows = day if chosen.all() else day.filter(pa.array(chosen[np.asarray(ids.indices)]))
-    return rows.filter(_segment_mask(rows, rule)) if rule.match.segment and rows.num_rows else rows
+    return rows.filter(segment_mask(rows, rule)) if rule.match.segment and rows.num_rows else rows
 
 
 def _windows(days: Sequence[pa.Table]) -> str:
@@ -391,137 +502,6 @@ def _distinct_windows(days: Sequence[pa.Table], what: str) -> str:
     return count_of(n, what) + (f" ({count_of(rows, 'detection')})" if rows != n else "")
 
 
-def _segment_mask(rows: pa.Table, rule: Rule) -> pa.Array:
-    """The rows whose segment fields match the rule's patterns (a missing label is the empty string)."""
-    mask = np.ones(rows.num_rows, dtype=bool)
-    for name, pattern in rule.match.segment.items():
-        column = rows[name].combine_chunks()
-        hit = np.array([fnmatchcase(v or "", pattern) for v in column.dictionary.to_pylist()], dtype=bool)
-        mask &= np.where(
-            np.asarray(column.is_null()),
-            fnmatchcase("", pattern),
-            hit[np.asarray(column.indices.fill_null(0))],
-        )
-    return pa.array(mask)
-
-
-def _outcomes(rule: Rule, rows: pa.Table) -> np.ndarray:
-    """Per row what the rule's gates make of it: -1 skip (too few samples), 0 clear, 1 breach, 2 immediate.
-
-    :func:`retrain_trigger.gates.judge`'s checks in its order, over whole columns (a week of one-minute
-    windows is 10,080 rows per alert); ``tests/test_console_incidents.py`` holds the two to the same answers.
-    """
-    gates = rule.gates
-    skip = np.asarray(pc.less(pc.fill_null(rows["current_size"], 0), gates.min_samples))
-    breach = np.asarray(pc.is_in(rows["verdict"], pa.array(list(rule.match.verdicts)))) & ~skip
-    if gates.min_effect_size is not None:
-        breach &= ~np.asarray(
-            pc.fill_null(pc.less(pc.abs(rows["effect_size"]), gates.min_effect_size), False)
-        )
-    immediate = np.zeros(len(skip), dtype=bool)
-    if gates.max_p_value is not None or gates.immediate_p_value is not None:
-        p = _p_values(rows, breach)
-        if gates.max_p_value is not None:
-            breach &= p < gates.max_p_value  # NaN (no p-value) is no breach
-        if gates.immediate_p_value is not None:
-            immediate = breach & (p < gates.immediate_p_value)
-    return np.where(skip, -1, np.where(immediate, 2, breach.astype(int)))
-
-
-def _p_values(rows: pa.Table, wanted: np.ndarray) -> np.ndarray:
-    """The p-value each ``wanted`` row's verdict rests on (as ``gates.p_value_of``); NaN for the others.
-
-    A kept day has it (``p``, from :func:`_day_rows`, for every row of the rules' verdicts).
-    """
-    return np.where(wanted, np.asarray(rows["p"]), np.nan)
-
-
-def _parsed_p(rows: pa.Table) -> np.ndarray:
-    """Each row's adjusted p-value (its column, else its measurements'), else its p-value (NaN: none)."""
-    return np.asarray(pc.fill_null(verdict_p(rows), np.nan).to_numpy(zero_copy_only=False), dtype=float)
-
-
-def _unmet(rule: Rule, matching: pa.Table) -> list[str]:
-    """Each gate that kept the matching windows from breaching, with the numbers (in the gates' order)."""
-    gates, n, parts = rule.gates, matching.num_rows, []
-    size = pc.fill_null(matching["current_size"], 0)
-    small = matching.filter(pc.less(size, gates.min_samples))
-    if small.num_rows:
-        most = "the largest had" if small.num_rows == n else f"{small.num_rows} of them had at most"
-        parts.append(f"min_samples {gates.min_samples}: {most} {pc.max(small['current_size']).as_py()}")
-    rest = matching.filter(pc.greater_equal(size, gates.min_samples))
-    if rest.num_rows and gates.min_effect_size is not None:
-        weak = rest.filter(pc.fill_null(pc.less(pc.abs(rest["effect_size"]), gates.min_effect_size), False))
-        if weak.num_rows:
-            top = pc.max(pc.abs(weak["effect_size"])).as_py()
-            parts.append(
-                f"min_effect_size {gates.min_effect_size:g}:"
-                f" {_of(weak.num_rows, n)} had |effect| at most {top:.3g}"
-            )
-            rest = rest.filter(
-                pc.invert(pc.fill_null(pc.less(pc.abs(rest["effect_size"]), gates.min_effect_size), False))
-            )
-    if rest.num_rows and gates.max_p_value is not None:
-        p = _p_values(rest, np.ones(rest.num_rows, dtype=bool))
-        low = f"p at least {np.nanmin(p):.2g}" if not np.isnan(p).all() else "no p-value"
-        parts.append(f"max_p_value {gates.max_p_value:g}: {_of(rest.num_rows, n)} had {low}")
-    return parts or ["each was judged clear by the rule's gates"]
-
-
-def _of(some: int, n: int) -> str:
-    return "the window" if n == 1 else "all of them" if some == n else f"{some} of them"
-
-
-def _runs(
-    rule: Rule, days: Sequence[pa.Table], outcomes: Sequence[np.ndarray]
-) -> tuple[int, dict[str, Any] | None]:
-    """The most breaches in a row of any of the rule's alerts, and the first row it would have fired on.
-
-    As :func:`retrain_trigger.gates.step` counts them (a skipped window changes nothing, a clear one
-    resets), a day at a time in window order; an alert's run at the end of a day carries into the next.
-    """
-    carry: dict[tuple[str, str], int] = {}
-    longest, first = 0, None
-    for rows, outcome in zip(days, outcomes, strict=True):
-        at = np.flatnonzero(outcome >= 0)  # the rows that count: skipped ones change nothing
-        if not len(at):
-            continue
-        codes, alert = outcome[at], np.asarray(rows["alert"])[at]
-        index = np.arange(len(codes))
-        breach = codes > 0
-        new_alert = np.ones(len(codes), dtype=bool)
-        new_alert[1:] = alert[1:] != alert[:-1]
-        starts = np.flatnonzero(new_alert)
-        group = np.cumsum(new_alert) - 1
-        # The run of breaches ending at each row: from the last clear (or the alert's first row) to it.
-        reset = np.maximum.accumulate(np.where(~breach, index, np.where(new_alert, index - 1, -1)))
-        run = (index - reset) * breach
-        firsts = rows.select(["segment", "detector_id"]).take(pa.array(at[starts]))
-        alerts = list(zip(firsts["segment"].to_pylist(), firsts["detector_id"].to_pylist(), strict=True))
-        before = np.array([carry.get(a, 0) for a in alerts])
-        leading = breach & (reset == starts[group] - 1)  # no clear yet today: yesterday's run goes on
-        run = run + np.where(leading, before[group], 0)
-        longest = max(longest, int(run.max()))
-        fires = at[(run >= rule.gates.for_windows) | (codes == 2)]
-        if first is None and len(fires):
-            candidates = rows.take(pa.array(fires))
-            earliest = int(np.argmin(np.asarray(pc.cast(candidates["window_start"], pa.int64()))))
-            first = candidates.slice(earliest, 1).to_pylist()[0]
-        ends = np.append(starts[1:], len(codes)) - 1
-        carry.update(zip(alerts, run[ends].tolist(), strict=True))
-    return longest, first
-
-
-def _segment_of(row: dict[str, Any]) -> Segment:
-    return Segment(
-        model=row.get("model") or "",
-        model_version=row.get("model_version") or "",
-        app=row.get("app"),
-        route=row.get("route"),
-        tenant=row.get("tenant"),
-    )
-
-
 def _muted(
     rule: Rule,
     policy: Policy,
@@ -530,7 +510,7 @@ def _muted(
     silences: Sequence[SilenceRow],
 ) -> str:
     """Gates met but no alert: an inhibit source firing then, or a silence matching it, else unknown."""
-    labels = alert_labels(rule, row["detector_id"], _segment_of(row))
+    labels = alert_labels(rule, row["detector_id"], segment_of(row["segment"]))
     at = row["window_start"]
     met = f"its gates were met on {row['detector_id']} of {row['model']}/{row['model_version']} at {hms(at)}"
     for inhibit in policy.inhibit:

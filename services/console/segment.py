@@ -21,6 +21,7 @@ from services.console.columns import Times, boxed, texts
 from services.console.overview_verdicts import one_per_detection
 from services.console.policy_gates import PolicyGate
 from services.console.reader import ConsoleError, HistoryReader
+from services.console.report_links import WindowReport, window_reports
 from services.console.rollback_marks import RollbackMark, rollback_marks
 from services.console.series import (
     SLOW_SKIPPED,
@@ -167,6 +168,10 @@ class SegmentView(BaseModel):
     rollbacks: list[RollbackMark] = Field(
         default_factory=list, description="Rollback requests from this version: its charts mark each"
     )
+    reports: list[WindowReport] = Field(
+        default_factory=list,
+        description="Each window's Evidently report once, newest first, with what drifted or warned in it",
+    )
     detectors: list[DetectorSeries]
 
 
@@ -245,6 +250,7 @@ def segment_view(
         # A slow detector whose queue skipped its windows was fed, not run: its section says why no chart.
         unfed=sorted(never_judged_ids(detections) - set(never)) if detections.num_rows else [],
         rollbacks=rollback_marks(action_rows(history.read("actions", days, model=model)), model, version),
+        reports=window_reports(series),
         detectors=series,
     )
 

@@ -11,10 +11,7 @@ effect size against the minimum effect, the statistic against an SLO.
 
 from __future__ import annotations
 
-import functools
 import json
-import math
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -28,14 +25,29 @@ from curation.history import config_id
 from services.console.chart_labels import (
     LineStyle,
     WindowKey,
-    compared_labels,
     decided_by,
     line_styles,
     reference_label,
     revised_note,
     window_events,
 )
-from services.console.columns import Times, boxed, parse_objects, texts
+from services.console.columns import Times, boxed, texts
+from services.console.judged import (
+    MEASURED,
+    judged_mask,
+    not_judged_note,
+    short_side,
+    slow_never_judged,
+    verdict_ranks,
+    window_note,
+)
+from services.console.measures import (
+    is_bound,
+    is_rate,
+    measure_labels,
+    measurement_unit,
+    quality_measurements,
+)
 from services.console.p_values import (
     ADJUSTED_NOTE,
     ASSUMED_NOTE,
@@ -46,37 +58,29 @@ from services.console.p_values import (
     log_floor,
     verdict_p,
 )
+from services.console.scales import THRESHOLD_LABELS, Shown, ThresholdKind, axis_title, scale
 
-__all__ = ["ADJUSTED_NOTE", "verdict_p"]  # re-exported: policy_explain and the tests read them here
+# Re-exported: the pages and the tests read them here.
+__all__ = [
+    "ADJUSTED_NOTE",
+    "MEASURED",
+    "axis_title",
+    "is_bound",
+    "is_rate",
+    "judged_mask",
+    "measurement_unit",
+    "not_judged_note",
+    "short_side",
+    "slow_never_judged",
+    "verdict_p",
+    "verdict_ranks",
+    "window_note",
+]
+_measurements = quality_measurements  # the name tests/test_console_columns.py reads
 
 Verdict = Literal["ok", "warning", "drift"]
-#: What a point or window shows: a verdict, or why there is none.
-Shown = Literal["ok", "warning", "drift", "not judged"]
-ThresholdKind = Literal["min_effect_size", "threshold", "alpha", "min_probability"]
-THRESHOLD_LABELS: dict[ThresholdKind, str] = {
-    "min_effect_size": "min effect size (drift needs a significant p too)",
-    "threshold": "threshold",
-    "alpha": "alpha (drift needs a p-value below it)",
-    "min_probability": "min probability worse",
-}
 #: What a window's slow detectors (embeddings) did when their queue was full: the fast ones still judged it.
 SLOW_SKIPPED = "slow detectors skipped (queue full)"
-#: The y axis of a detector's chart, per threshold kind (a statistic's unit is its bound's).
-AXIS_TITLES: dict[ThresholdKind, str] = {
-    "alpha": "p-value (log)",
-    "min_effect_size": "effect size",
-    "min_probability": "probability worse (0-1)",
-    "threshold": "statistic",
-}
-#: The history's ``threshold_of`` -> the column drawn against the threshold, its kind and its label.
-#: A p-value is drawn as the verdict used it: Benjamini-Hochberg adjusted when corrected (``p_verdict``),
-#: then against the correction's alpha, its raw p (``p_value``) against the detector's.
-SCALES: dict[str, tuple[str, ThresholdKind, str]] = {
-    "p_value": ("p_verdict", "alpha", "p-value"),
-    "effect_size": ("effect_size", "min_effect_size", "effect size"),
-    "statistic": ("statistic", "threshold", "statistic"),
-    "score": ("score", "min_probability", "probability worse"),
-}
 
 
 class ReportLink(BaseModel):
@@ -158,13 +162,17 @@ class DetectorSeries(BaseModel):
     reference_label: str = Field("reference", description="What the windows were compared with, in words")
     labels: dict[str, str] = Field(
         default_factory=dict,
-        description="Per measurement drawn beside a reference's: its legend entry naming whose it is"
-        " (v2 refusal rate, reference (v1, stable) rate); others keep their names",
+        description="Per measurement: its legend entry in words, naming whose it is (v2 refusal rate,"
+        " reference (v1, stable) rate, v2 share of requests above the p95 latency SLO), a bound as"
+        " p95 latency SLO (bound)",
     )
     styles: dict[str, LineStyle] = Field(
         default_factory=dict, description="Per measurement: its marker and dash, none shared on its chart"
     )
-    reports: list[ReportLink] = Field(default_factory=list)
+    reports: list[ReportLink] = Field(
+        default_factory=list,
+        description="The Evidently reports of its drift and warning windows (the page lists each once)",
+    )
     axis_title: str = Field("statistic", description="The chart's y axis: what value is, in its unit")
     slow: bool = Field(False, description="Run by the slow detectors, which skip windows when busy")
     kind: str | None = Field(
@@ -179,39 +187,6 @@ class DetectorSeries(BaseModel):
         " axis cannot draw 0: a permutation test's p = 0 left the chart empty)",
     )
     floored_windows: int = Field(0, description="Judged windows whose p is 0, drawn at the floor")
-
-
-def measurement_unit(name: str) -> str:
-    """What a quality measurement counts in: ``p95.observed_ms`` milliseconds, ``cost.current_mean`` USD."""
-    check, _, field = name.rpartition(".")
-    if field.endswith("_ms"):
-        return "milliseconds"
-    if "token" in check or "token" in field:
-        return "tokens"
-    if "cost" in check or "usd" in field:
-        return "USD"
-    return "share"
-
-
-_RATE = re.compile(r"(^|_)rate$|_ms$|_mean$|^share_above_slo$")
-_NOT_RATE = re.compile(r"samples$|^p_value|^decided_by$")
-
-
-@functools.lru_cache(maxsize=4096)
-def is_rate(name: str) -> bool:
-    """Whether a quality measurement is a rate, latency or cost to chart (``p95.observed_ms``).
-
-    Not sample counts (``error_rate.min_samples``: a check named ``error_rate``), p-values or which
-    check decided.
-    """
-    parts = name.split(".")
-    return any(_RATE.search(part) for part in parts) and not any(_NOT_RATE.search(part) for part in parts)
-
-
-def is_bound(name: str) -> bool:
-    """Whether a measurement is a configured bound (``p95.slo_ms``), not something observed."""
-    field = name.rpartition(".")[2]
-    return field in ("slo", "slo_ms") or field.startswith("slo_")
 
 
 def config_labels(specs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
@@ -235,93 +210,6 @@ def config_labels(specs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, s
             shown = differing or [k for k in ("column",) if k in config]
             labels[config_id(config)] = ", ".join(f"{k}={config.get(k)}" for k in shown)
     return labels
-
-
-def not_judged_note(
-    samples: Any, min_samples: Any, reference_size: Any = None, current_size: Any = None
-) -> str:
-    """Why a window has no verdict, and which side is short: ``not judged (reference 24 < 30 samples)``."""
-    if _missing(samples) or _missing(min_samples):
-        return "not judged (too few samples)"
-    side = short_side(samples, reference_size, current_size)
-    return f"not judged ({side}{int(samples)} < {int(min_samples)} samples)"
-
-
-def short_side(samples: Any, reference_size: Any, current_size: Any) -> str:
-    """``reference `` when the reference's size (not this window's) is the count that fell short, else ``""``.
-
-    A window compared with a reference (the stable version's window) is short on either side: a bare
-    count reads as this window's own, so the reference's is named (27 < 30 while the window held 32).
-    """
-    if not _missing(current_size) and int(current_size) == int(samples):
-        return ""
-    if not _missing(reference_size) and int(reference_size) == int(samples):
-        return "reference "
-    return ""
-
-
-def window_note(unjudged: pa.Table) -> str:
-    """One window's note from its not-judged detections, each shortfall as its detector's series says it.
-
-    The most common ``samples < min_samples`` leads (``not judged (13 < 30 samples)``); the others
-    follow with their detectors (``0 < 30 for quality.rating.v1``), so table and charts agree.
-    """
-    groups: dict[str, list[str]] = {}
-    sizes = [c for c in ("reference_size", "current_size") if c in unjudged.column_names]
-    for row in unjudged.select(["detector_id", "samples", "min_samples", *sizes]).to_pylist():
-        note = not_judged_note(
-            row["samples"], row["min_samples"], row.get("reference_size"), row.get("current_size")
-        )
-        groups.setdefault(note, []).append(row["detector_id"])
-    if not groups:
-        return not_judged_note(None, None)
-    ordered = sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))
-    lead, *rest = ordered
-    others = [
-        f"{n.removeprefix('not judged (').removesuffix(')')} for {', '.join(sorted(set(d)))}" for n, d in rest
-    ]
-    return lead[0] if not others else f"{lead[0]}; {'; '.join(others)}"
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-#: The numbers a judged detection shows; an ``ok`` with none of them measured nothing.
-MEASURED = ("p_value", "statistic", "effect_size", "score")
-
-
-def judged_mask(detections: pa.Table) -> pa.Array | pa.ChunkedArray:
-    """Per detection: did it judge its window (enough samples, and an ``ok`` with a number to show)?"""
-    judged = pc.fill_null(detections["judged"], True)  # null: written before, judged
-    present = [c for c in MEASURED if c in detections.column_names]
-    if not present:
-        return judged
-    # A detector that tested nothing but did not say so (older rows) must not make its window read "ok".
-    measured = functools.reduce(pc.or_, [pc.is_valid(_finite(detections[c])) for c in present])
-    return pc.and_(judged, pc.or_(measured, pc.fill_null(pc.not_equal(detections["verdict"], "ok"), True)))
-
-
-def slow_never_judged(windows: pa.Table, detections: pa.Table, slow: frozenset[str]) -> dict[str, list[str]]:
-    """Per segment with windows the slow queue skipped: the slow detectors with no judged window."""
-    skipped = windows.filter(pc.equal(windows["outcome"], "skipped"))
-    if not slow or skipped.num_rows == 0:
-        return {}
-    judged = detections.filter(
-        pc.and_(judged_mask(detections), pc.is_in(detections["detector_id"], pa.array(sorted(slow))))
-    )
-    seen: dict[str, set[str]] = {}
-    for row in judged.group_by(["segment", "detector_id"]).aggregate([]).to_pylist():
-        seen.setdefault(row["segment"], set()).add(row["detector_id"])
-    segments = pc.unique(skipped["segment"]).to_pylist()
-    return {key: sorted(slow - seen.get(key, set())) for key in segments if slow - seen.get(key, set())}
-
-
-def verdict_ranks(detections: pa.Table) -> pa.Array:
-    """Each detection's verdict as a rank: 2 drift, 1 warning, 0 ok, -1 not judged (too few samples)."""
-    verdict = detections["verdict"]
-    rank = pc.if_else(pc.equal(verdict, "drift"), 2, pc.if_else(pc.equal(verdict, "warning"), 1, 0))
-    return pc.if_else(judged_mask(detections), rank, -1)
 
 
 def detector_series(
@@ -371,8 +259,9 @@ def _name_versions(series: DetectorSeries, group: pa.Table, version: str) -> Non
     its measures' lines is drawn (on its unit's chart, in the order the page draws them)."""
     if "reference" in group.column_names:
         series.reference_label = reference_label(pc.unique(group["reference"]).to_pylist())
-    series.labels = compared_labels(
-        series.detector_id, series.units, version, series.reference_label, series.bounds
+    # Every measure drawn has its words: a raw key (p95.share_above_slo) reached the legend (trial 18).
+    series.labels = measure_labels(
+        series.detector_id, series.measurements, version, series.reference_label, series.bounds
     )
     by_unit: dict[str, list[str]] = {}
     for name in series.measurements:
@@ -423,7 +312,7 @@ def _series(
 ) -> DetectorSeries:
     """One detector config's series from its rows, oldest first."""
     judged = group["judged"]
-    kind, value_label, values = _scale(group)
+    kind, value_label, values = scale(group)
     rows = group.num_rows
     worst = (
         group.select(["window_start"])
@@ -443,7 +332,7 @@ def _series(
     deciders = decided_by(group["measurements"])
     verdicts = texts(pc.if_else(judged, group["verdict"], "not judged"))
     revised = group.filter(pc.greater(group["revision"], 0))
-    measurements = _measurements(group, is_rate) if detector_id.startswith("quality.") else {}
+    measurements = quality_measurements(group, is_rate) if detector_id.startswith("quality.") else {}
     return DetectorSeries(
         detector_id=detector_id,
         config_ids=[config] if config else [],
@@ -473,20 +362,13 @@ def _series(
         not_judged_windows=_count(pc.equal(worst, -1)),
         revised_windows=pc.count_distinct(revised["window_start"]).as_py() if revised.num_rows else 0,
         measurements=measurements,
-        units={name: measurement_unit(name) for name in measurements},
+        units={name: measurement_unit(name, detector_id) for name in measurements},
         bounds=[name for name in measurements if is_bound(name)],
         reports=_reports(group),
-        axis_title=axis_title(kind, [measurement_unit(n) for n in measurements if is_bound(n)]),
+        axis_title=axis_title(kind, [measurement_unit(n, detector_id) for n in measurements if is_bound(n)]),
         floor=floor,
         floored_windows=floored,
     )
-
-
-def axis_title(kind: ThresholdKind, bound_units: list[str]) -> str:
-    """A detector chart's y axis: ``p-value (log)``, or a statistic in its SLO's unit (``statistic (ms)``)."""
-    title = AXIS_TITLES[kind]
-    units = set(bound_units)
-    return f"{title} ({units.pop()})" if kind == "threshold" and len(units) == 1 else title
 
 
 def _count(mask: pa.Array | pa.ChunkedArray) -> int:
@@ -524,66 +406,14 @@ def _notes(group: pa.Table) -> list[str | None]:
     return notes
 
 
-def _measurements(group: pa.Table, is_rate: Callable[[str], bool]) -> dict[str, list[float | None]]:
-    """The quality rates of judged windows, per name (null where a window has none)."""
-    given = pc.fill_null(pc.greater(pc.utf8_length(group["measurements"]), 0), False)
-    objects = pc.if_else(pc.and_(group["judged"], given), group["measurements"], "{}")
-    parsed = parse_objects(objects)
-    if parsed is None:  # not what pyarrow's reader takes (NaN, mixed types): one object at a time
-        loaded = [json.loads(text) for text in objects.to_pylist()]
-        names = sorted({k for m in loaded for k in m if is_rate(k)})
-        return {k: [_num(m.get(k)) for m in loaded] for k in names}
-    names = sorted(name for name in parsed.column_names if is_rate(name))
-    return {name: boxed(_finite(parsed[name])) for name in names}
-
-
 def _reports(group: pa.Table) -> list[ReportLink]:
+    """The reports of this series' drift and warning windows: where they help (trial 18: every series
+    listed every report of the segment's windows, under detectors whose windows were all ok)."""
     # Only the few windows with a report: boxing every window's timestamp costs more than the page.
-    linked = group.filter(pc.fill_null(pc.greater(pc.utf8_length(group["report_path"]), 0), False))
+    flagged = pc.and_(group["judged"], pc.is_in(group["verdict"], pa.array(["drift", "warning"])))
+    has_report = pc.greater(pc.utf8_length(group["report_path"]), 0)
+    linked = group.filter(pc.fill_null(pc.and_(flagged, has_report), False))
     return [
         ReportLink(window_start=row["window_start"], detection_id=str(row["detection_id"]))
         for row in linked.select(["window_start", "detection_id"]).to_pylist()
     ]
-
-
-def _scale(group: pa.Table) -> tuple[ThresholdKind, str, pa.Array | pa.ChunkedArray]:
-    """The threshold's kind, what is drawn against it and its values, per point on that point's scale."""
-    scales = group["threshold_of"]
-    known = scales.filter(pc.fill_null(pc.is_in(scales, value_set=pa.array(list(SCALES))), False))
-    if len(known) == 0:
-        # Rows written before threshold_of: as before.
-        return _threshold_kind(group), "statistic", _finite(group["statistic"])
-    # One detector can bound different fields per window (cost: alpha, or an SLO on its statistic).
-    counted = pc.value_counts(known).to_pylist()  # in order of first appearance: the first of a tie wins
-    names = [str(c["values"]) for c in sorted(counted, key=lambda c: -int(c["counts"]))]
-    picked = pc.cast(group[SCALES[names[0]][0]], pa.float64())  # the main field, for unknown rows too
-    for name in names[1:]:
-        on_it = pc.fill_null(pc.equal(scales, name), False)
-        picked = pc.if_else(on_it, pc.cast(group[SCALES[name][0]], pa.float64()), picked)
-    labels = sorted(SCALES[name][2] for name in names)
-    return SCALES[names[0]][1], " / ".join(labels), _finite(picked)
-
-
-def _threshold_kind(group: pa.Table) -> ThresholdKind:
-    # Detectors that judge an effect against a minimum report the effect as their statistic and the
-    # minimum as their threshold; the verdict also needs a significant p, so the line is no breach line.
-    statistic = pc.cast(group["statistic"], pa.float64())
-    effect = pc.cast(group["effect_size"], pa.float64())
-    both = pc.and_(_present(statistic), _present(effect))
-    if not _count(both):
-        return "threshold"
-    close = pc.less_equal(pc.abs(pc.subtract(statistic.filter(both), effect.filter(both))), 1e-12)
-    return "min_effect_size" if _count(close) == _count(both) else "threshold"
-
-
-def _present(numbers: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    # What pandas' dropna keeps: neither null nor NaN (infinities stay).
-    return pc.fill_null(pc.invert(pc.is_nan(numbers)), False)
-
-
-def _num(value: Any) -> float | None:
-    # Strict JSON out: NaN and infinities (a detector that could not decide) become null.
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None

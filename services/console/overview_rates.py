@@ -1,0 +1,140 @@
+"""The pooled quality rates the Overview says per version, next to the stable version's (trial s18).
+
+A canary serving 5% errors and 20% empty or refusal replies drew no line on any summary page: only
+the Segment page's charts showed them. Here each version's detections of the quality-rate detectors
+are pooled over the windows in view, as the history holds them: a rate detector's window keeps its
+rate and sample counts (``current_rate``, ``reference_rate`` and the sizes, or ``current_hits`` and
+``reference_hits`` when too small to judge), the latency detector each judged window's p95
+(``p95.observed_ms``: a p95 of several windows cannot be pooled exactly, so their median is said).
+The stable version's rows come from the same model partitions the Overview reads already.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+#: The rate detectors pooled, and what their rate is called.
+RATES = {"quality.error_rate.v1": "errors", "quality.empty_refusal.v1": "empty or refusal replies"}
+LATENCY = "quality.latency.v1"
+#: The detectors whose rows the Overview reads for these rates.
+QUALITY_IDS = frozenset({*RATES, LATENCY})
+
+
+class QualityRate(BaseModel):
+    """One pooled quality measure of a version and of its stable version's (None: not in the history)."""
+
+    detector_id: str
+    name: str = Field(description="errors, empty or refusal replies, latency p95")
+    value: float | None = Field(None, description="This version's: a share (0-1), or milliseconds")
+    stable: float | None = Field(None, description="The stable version's, pooled the same way")
+    samples: int = Field(0, description="This version's samples (requests) it pools")
+    said: str = Field(description="In words: errors 5% (12 of 240) vs 0% on v1 (stable)")
+
+
+def quality_rates(own: pa.Table, stable: pa.Table | None, stable_name: str | None) -> list[QualityRate]:
+    """This version's pooled quality rates (``own``: its quality detections, latest revisions) next to
+    the stable version's (``stable``, named ``stable_name``; None for the stable version itself)."""
+    out = []
+    for detector_id, name in [*RATES.items(), (LATENCY, "latency p95")]:
+        mine = _of(own, detector_id)
+        if mine.num_rows == 0:
+            continue
+        theirs = _of(stable, detector_id) if stable is not None else None
+        if detector_id == LATENCY:
+            value, n = _median_p95(mine)
+            other = _median_p95(theirs)[0] if theirs is not None else None
+            said = f"{name} {_ms(value)}" + (f" (median of {n} windows' p95)" if n > 1 else "")
+        else:
+            hits, n = _pooled(mine)
+            value = hits / n if n else None
+            other = _share(*_pooled(theirs)) if theirs is not None else None
+            said = f"{name} {_pct(value)}" + (f" ({hits} of {n})" if n else "")
+        if stable_name is not None:
+            said += f" vs {_ms(other) if detector_id == LATENCY else _pct(other)} on {stable_name} (stable)"
+        out.append(
+            QualityRate(detector_id=detector_id, name=name, value=value, stable=other, samples=n, said=said)
+        )
+    return out
+
+
+def _of(rows: pa.Table | None, detector_id: str) -> pa.Table:
+    if rows is None or rows.num_rows == 0:
+        return pa.table({"detector_id": pa.array([], pa.string())})
+    return rows.filter(pc.equal(rows["detector_id"], detector_id))
+
+
+def _pooled(rows: pa.Table) -> tuple[int, int]:
+    """(hits, samples) over the windows: each window's hits, else its rate times its samples."""
+    hits = samples = 0
+    for row in rows.to_pylist():
+        measured = json.loads(str(row.get("measurements") or "{}"))
+        n = int(measured.get("current_samples", row.get("current_size") or 0) or 0)
+        if "current_hits" in measured:
+            hits, samples = hits + round(measured["current_hits"]), samples + n
+        elif measured.get("current_rate") is not None:
+            hits, samples = hits + round(measured["current_rate"] * n), samples + n
+    return hits, samples
+
+
+def _median_p95(rows: pa.Table) -> tuple[float | None, int]:
+    """The median of the judged windows' p95 (ms), and how many windows had one."""
+    found = [
+        float(value)
+        for row in rows.to_pylist()
+        if (value := json.loads(str(row.get("measurements") or "{}")).get("p95.observed_ms")) is not None
+    ]
+    return (statistics.median(found) if found else None), len(found)
+
+
+def _share(hits: int, samples: int) -> float | None:
+    return hits / samples if samples else None
+
+
+def _pct(share: float | None) -> str:
+    if share is None:
+        return "none measured"
+    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "none measured"
+    return f"{value / 1000:.1f} s" if value >= 1000 else f"{value:.0f} ms"
+
+
+def stable_of(rows: Mapping[str, pa.Table], segment: str) -> str | None:
+    """The stable segment this one's rate windows were compared with (``stable:<kind>|<key>|@...``)."""
+    mine = rows.get(segment)
+    if mine is None or "reference" not in mine.column_names:
+        return None
+    for reference in mine["reference"].to_pylist():
+        if reference and str(reference).startswith("stable:"):
+            key = str(reference).split(":", 1)[1].split("|", 1)[1].rsplit("@", 1)[0]
+            return key if key != segment else None
+    return None
+
+
+def split_own(rows: pa.Table | None) -> tuple[pa.Table | None, pa.Table | None]:
+    """A segment's rows (``unjudged_rows`` of :mod:`services.console.overview_judged`, its ``segment``
+    metadata naming whose they are) split into its own and its stable segment's."""
+    if rows is None:
+        return None, None
+    key = (rows.schema.metadata or {}).get(b"segment")
+    if key is None:
+        return rows, None
+    mine = pc.equal(rows["segment"], key.decode())
+    theirs = rows.filter(pc.invert(mine))
+    return rows.filter(mine), theirs if theirs.num_rows else None
+
+
+def version_of(rows: pa.Table | None) -> str | None:
+    """The version of the stable segment's rows (``model|version|...``), or None."""
+    if rows is None or rows.num_rows == 0:
+        return None
+    return str(rows["segment"][0].as_py()).split("|")[1]
