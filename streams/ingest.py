@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -447,8 +448,28 @@ def _reason_for(error: Any) -> DeadLetterReason:
     return DeadLetterReason.INVALID_VALUE
 
 
+#: How pydantic names the member of a union a value failed as (``value.constrained-float``): a
+#: dead letter's field is the event's path only, ``value``, with one error per member it tried.
+_UNION_MEMBER = re.compile(r"bool|str|int|float|constrained-\w+|\w+\[.*\]")
+#: The event's mapping fields: the part after them is a key the producer chose, never a union member.
+_MAPPINGS = frozenset(
+    name
+    for model in (InferenceLog, Feedback)
+    for name, f in model.model_fields.items()
+    if "dict[" in str(f.annotation)
+)
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(message)"
+    """``prompt.0.content`` for pydantic's ``('prompt', 'list[ChatMessage]', 0, 'content')``."""
+    path = [
+        str(part)
+        for at, part in enumerate(loc)
+        if not (
+            isinstance(part, str) and _UNION_MEMBER.fullmatch(part) and not (at == 1 and loc[0] in _MAPPINGS)
+        )
+    ]
+    return ".".join(path) or "(message)"
 
 
 # Bounds of a dead letter's parts besides the value prefix, chosen so that together

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -149,7 +149,13 @@ def test_datasets_list_versions_with_row_counts_tags_preview_and_export_command(
     )
     rows = client.get("/api/datasets/golden/rows", params={"version": 0}).json()["rows"]
     assert [r["request_id"] for r in rows] == ["r-0", "r-1", "r-2"]
-    assert "r-4" in client.get("/datasets").text
+    html = client.get("/datasets").text
+    assert "r-4" in html
+    # Times to the second, as the Incidents page shows them (trial 12q: 12:44:47.594000+00:00).
+    for version in golden["versions"]:
+        written = datetime.fromisoformat(version["written_at"].replace("Z", "+00:00"))
+        assert str(written.replace(microsecond=0)) in html
+    assert not re.search(r":\d\d\.\d{6}\+00:00", html)
 
 
 @pytest.mark.parametrize(

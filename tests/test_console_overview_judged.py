@@ -182,6 +182,9 @@ def test_a_detector_that_judged_nothing_beside_others_of_its_kind_is_named_alone
     assert judged.fed == {"a.v1": "inference", "b.v1": "inference", FEEDBACK: "feedback"}  # not RATING
     assert judged.said() == "3 of 3 windows by b.v1; 2 of 3 windows by quality.negative_feedback.v1"
     assert judged.scope() == "b.v1 judged no window"
+    # A lead that names b.v1 already (its pooled rate, in bold): the scope does not say it again.
+    assert judged.scope(led="b.v1") is None
+    assert judged.scope(led=FEEDBACK) == "b.v1 judged no window"
 
 
 def test_a_reference_too_small_is_named_as_the_side_that_fell_short() -> None:

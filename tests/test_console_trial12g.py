@@ -61,8 +61,9 @@ def test_windows_a_slow_detector_has_not_judged_yet_are_counted_and_said(tmp_pat
     [pending] = view.pending
     assert (pending.detector_id, pending.windows) == (EMBEDDING, 3)
     assert pending.note == (
-        "3 windows not judged yet by drift.embedding_mmd.v1 (slow detectors run in the background,"
-        " one window at a time; a restart re-queues them)"
+        "3 windows not judged yet by drift.embedding_mmd.v1 (slow detectors run in the background of a"
+        " running worker, one window at a time, and a restarted worker re-queues them; with no worker"
+        " running they stay unjudged)"
     )
     assert _segment_view(history).pending == []  # a fast detector's windows are never "pending"
     console = Console(history, DatasetStore(tmp_path / "datasets"), slow_detectors=frozenset({EMBEDDING}))

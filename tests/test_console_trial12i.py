@@ -114,7 +114,7 @@ def test_the_demo_console_says_its_pending_slow_verdicts_stay_unjudged(tmp_path:
         said = DEMO_PENDING_WHY if demo else PENDING_WHY
         assert pending["note"] == f"3 windows not judged yet by {pending['detector_id']} ({said})"
         assert f"{escape(pending['note'])}." in page
-        assert ("stay unjudged" in page) is demo
+        assert ("stopped with the demo" in page) is demo
 
 
 def test_a_rolled_back_canary_says_so_and_a_detector_never_fed_is_not_called_not_judged(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 from pathlib import Path
 from urllib.parse import quote
 
@@ -91,6 +92,8 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
         incidents = client.get("/api/incidents").json()
         assert rollback["id"] in [a["id"] for a in incidents["actions"]]
         assert rollback["id"] in client.get("/incidents").text
+        # Without --policy it explains the default policy, and says that is not what decided.
+        assert "not under this policy" in client.get("/incidents").text
         reasons = {r["reason"]: r["count"] for r in client.get("/api/deadletters").json()["reasons"]}
         assert reasons == summary["dead_lettered"]["by_reason"]
         versions = [v for m in client.get("/api/overview").json()["models"] for v in m["versions"]]
@@ -100,3 +103,21 @@ def test_demo_end_to_end(tmp_path, monkeypatch):
         assert "quality.negative_feedback.v1" in [d["detector_id"] for d in segment["detectors"]]
         datasets = {t["table"]: t["rows"] for t in client.get("/api/datasets").json()["tables"]}
         assert datasets == {t["table"]: t["rows"] for t in summary["datasets"]}
+    # The summary says how to open this run again, with the policy that decided its actions: under it
+    # the Incidents page explains those actions (trial 12q: without it, the default policy's rules did).
+    [again] = [line for line in out.getvalue().splitlines() if line.startswith("  console:   ")]
+    args = shlex.split(again.removeprefix("  console:   loopwatch console "))
+    opened = dict(zip(args[::2], args[1::2], strict=True))
+    assert opened == {
+        "--history": summary["history_uri"],
+        "--datasets": summary["datasets_uri"],
+        "--policy": summary["policy_file"],
+    }
+    console = build_console(
+        Settings(), history=opened["--history"], datasets=opened["--datasets"], policy=opened["--policy"]
+    )
+    with TestClient(create_app(console)) as client:
+        policy = client.get("/api/incidents").json()["policy"]
+        page = client.get("/incidents").text
+    assert policy["decided_under"] == [policy["name"]] != ["default"]
+    assert "fired" in [r["state"] for r in policy["rules"]] and "not under this policy" not in page

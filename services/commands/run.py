@@ -99,6 +99,12 @@ def replay(file: Path, topic: str, rate: float | None, limit: int | None, bootst
     "--console", "console", is_flag=True, help="Then serve `loopwatch console` on this run until Ctrl-C"
 )
 @click.option(
+    "--port", type=int, default=None, help="The console's port with --console [LOOPWATCH_CONSOLE_PORT: 8050]"
+)
+@click.option(
+    "--host", default=None, help="The console's address with --console [LOOPWATCH_CONSOLE_HOST: 127.0.0.1]"
+)
+@click.option(
     "--otlp", is_flag=True, help="The inference logs arrive as OpenTelemetry GenAI spans from a Collector"
 )
 @click.option(
@@ -112,6 +118,8 @@ def demo(
     oasst: int,
     summary_json: Path | None,
     console: bool,
+    port: int | None,
+    host: str | None,
     otlp: bool,
     mlflow: bool,
 ) -> None:
@@ -123,7 +131,9 @@ def demo(
     """
     from services.demo import run_demo
 
-    settings = settings_from_flags()
+    if (port is not None or host is not None) and not console:
+        raise click.UsageError("--port and --host are the console's: give them with --console")
+    settings = settings_from_flags(console_port=port, console_host=host)
     summary = run_demo(
         settings,
         bootstrap=bootstrap,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -95,6 +95,11 @@ def plotly_js() -> Path:
     return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
 
+def instant(at: datetime | None) -> str:
+    """``2026-12-01 12:09:00+00:00``: a time as the pages show it, to the second (no ``.594000``)."""
+    return "" if at is None else str(at.replace(microsecond=0))
+
+
 def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     """The console app over ``console``; with ``token``, every request must carry it."""
     app = FastAPI(
@@ -109,6 +114,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     templates.env.globals["closed_by_means"] = CLOSED_BY_MEANS  # the Segment page's table of closes
     templates.env.globals["pending_why"] = console.pending_why  # no worker runs: pending stays pending
     templates.env.filters["segment_url"] = lambda key: "/segments/" + quote(key, safe="")
+    templates.env.filters["instant"] = instant
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
 
     def error(request: Request, message: str, status: int) -> Response:

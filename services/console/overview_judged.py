@@ -219,26 +219,27 @@ class SegmentJudged:
             said.append(f"{r.not_judged} of {windows_said(r.windows)} by {_who(r, fed, slow, reach)}")
         return "; ".join(said) or None
 
-    def scope(self, led: bool = False) -> str | None:
+    def scope(self, led: str | None = None) -> str | None:
         """What the verdicts were judged by, when a fed detector judged no window, short enough to follow
         a verdict: ``inference detectors only; 2 of 8 inference detectors judged no window``.
 
         Several detectors of a kind are counted, not named (trial 12m: seven ids made the verdict
-        unreadable; the Overview's lines below name them); the kinds not judged are said unless ``led``,
-        when the verdict's lead already says them.
+        unreadable; the Overview's lines below name them). ``led`` is the detector the verdict's lead
+        names: neither it nor the kinds not judged are said again (trial 12q: ``drift: quality.latency.v1
+        on 1 window (quality.negative_feedback.v1 judged no window)`` followed a lead that said it).
         """
         none, whole = self.judged_none(), self.unjudged_kinds()
         judged = {kind for detector, kind in self.fed.items() if detector not in none}
         lone: dict[str, list[str]] = {}
         for detector, kind in sorted(none.items()):
-            if kind not in whole:
+            if kind not in whole and detector != led:
                 lone.setdefault(kind, []).append(detector)
         if not judged or not (whole or lone):
             return None
         parts = []
         if whole:
             only = f"{_kinds(judged - whole)} detectors only"
-            parts.append(only if led else f"{only}; {_kinds(whole)} not judged")
+            parts.append(only if led is not None else f"{only}; {_kinds(whole)} not judged")
         for kind in sorted(lone, key=_kind_order):
             ids, of = lone[kind], sum(1 for k in self.fed.values() if k == kind)
             who = ids[0] if len(ids) == 1 else f"{len(ids)} of {of} {kind} detectors"
@@ -413,7 +414,7 @@ def judged_scope(
     # like the bad canary's 172 of 172 (trial 12n). The rest is said by the scope and the lines below.
     first = lead_input([u for u in inputs if worse_than_reference(u)])
     lead = _lead(first) if first is not None else None
-    scope = judged.scope(led=lead is not None)
+    scope = judged.scope(led=first.detector_id if first is not None else None)
     shown = f"{worst} ({scope})" if worst and scope else worst
     return JudgedScope(
         worst_shown=f"{lead}; {shown}" if lead and shown else lead or shown,

@@ -18,7 +18,10 @@ from pydantic import BaseModel, Field
 #: The window kind a slow detector reads when the console was not told (the embedding ones: inference).
 DEFAULT_KIND = "inference"
 #: Why such windows have no verdict yet, said after their count.
-PENDING_WHY = "slow detectors run in the background, one window at a time; a restart re-queues them"
+PENDING_WHY = (
+    "slow detectors run in the background of a running worker, one window at a time, and a restarted"
+    " worker re-queues them; with no worker running they stay unjudged"
+)
 #: Said instead on a demo's console, served after the demo's worker stopped (trial 12i: no verdict comes).
 DEMO_PENDING_WHY = "the demo's worker stopped with the demo: these stay unjudged"
 

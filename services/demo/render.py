@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -239,5 +240,9 @@ def render(summary: dict[str, Any]) -> str:
     if s["timeline"]:
         lines.append("  timeline (seconds after the replay began):")
         lines += [f"     {line}" for line in s["timeline"]]
+    if "history_uri" in s:
+        # The same run again, decided-by policy included (without it the Incidents page explains the default).
+        again = ("--history", s["history_uri"], "--datasets", s["datasets_uri"], "--policy", s["policy_file"])
+        lines.append(f"  console:   loopwatch console {shlex.join(again)}")
     lines.append(f"  took {s['elapsed_seconds']}s")
     return "\n".join(lines)
