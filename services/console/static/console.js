@@ -34,11 +34,12 @@ function pLines(d, k) {
 
 function rawTrace(d, said, name) {
   // The raw p of each window, open diamonds in its verdict's colour on a dotted line, against the detector's
-  // alpha; the filled points (the adjusted p) are read against the correction's alpha.
+  // alpha; the filled points (the adjusted p) are read against the correction's alpha. Large enough that a
+  // point at the same p (a lone test: adjusted = raw) shows inside it (trial 12q saw one filled diamond).
   const colors = d.verdict.map((v) => COLORS[v] || "#95a5a6");
   return { x: d.window_start, y: rawValues(d), mode: "lines+markers", name, legendrank: 3, cliponaxis: false,
            line: { color: "#bdc3c7", dash: "dot", width: 1 }, customdata: said,
-           marker: { symbol: "diamond-open", size: 10, color: colors, line: { width: 2, color: colors } },
+           marker: { symbol: "diamond-open", size: 18, color: colors, line: { width: 2, color: colors } },
            hovertemplate: "%{y} %{customdata}<extra>raw p</extra>" };
 }
 
