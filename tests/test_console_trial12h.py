@@ -194,9 +194,9 @@ def test_the_policy_says_when_no_rule_asks_for_a_retrain_on_the_bad_replies_it_r
     bad = [detection("v2", n, FEEDBACK, "drift", p=1e-9) for n in range(3, 6)]
     view = _policy_view(tmp_path / "trial", bad, parse_policy(POLICY))
     assert view.policy.no_retrain == (
-        "no rule of policy trial asks for a retrain on quality.negative_feedback.v1, though they drifted"
-        " on 3 windows of hh-concierge/v2 in this range: only bad-replies (rollback) acts on them. To"
-        " retrain on them too, add a rule with action: retrain that matches them, as the demo's policy"
+        "no rule of policy trial asks for a retrain on quality.negative_feedback.v1, though it drifted"
+        " on 3 windows of hh-concierge/v2 in this range: only bad-replies (rollback) acts on it. To"
+        " retrain on it too, add a rule with action: retrain that matches it, as the demo's policy"
         " does (retrain-on-rejected-replies; see the README's Decide and act)"
     )
     # The built-in policy: the canary check and the feedback rate, named from its own rules.

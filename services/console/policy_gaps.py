@@ -55,11 +55,12 @@ def no_retrain(policy: Policy, days: Sequence[pa.Table]) -> str | None:
         {f"{r['model']}/{r['model_version']}" for r in mine.select(["model", "model_version"]).to_pylist()}
     )
     acting = sorted({r.name for r in rollback if any(r.match.matches_detector(d) for d in left)})
+    they, them = ("they", "them") if len(left) > 1 else ("it", "it")
     said = (
-        f"no rule of policy {policy.name} asks for a retrain on {', '.join(left)}, though they drifted on"
+        f"no rule of policy {policy.name} asks for a retrain on {', '.join(left)}, though {they} drifted on"
         f" {count_of(windows, 'window')} of {', '.join(versions)} in this range: only"
-        f" {', '.join(acting)} (rollback) acts on them. To retrain on them too, add a rule with"
-        " action: retrain that matches them"
+        f" {', '.join(acting)} (rollback) acts on {them}. To retrain on {them} too, add a rule with"
+        f" action: retrain that matches {them}"
     )
     if not any(r.name == DEMO_RETRAIN_RULE for r in policy.rules):
         said += f", as the demo's policy does ({DEMO_RETRAIN_RULE}; see the README's Decide and act)"
