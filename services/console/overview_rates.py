@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
+from services.console.incidents import count_of
+
 #: The rate detectors pooled, and what their rate is called.
 RATES = {"quality.error_rate.v1": "errors", "quality.empty_refusal.v1": "empty or refusal replies"}
 LATENCY = "quality.latency.v1"
@@ -56,8 +58,9 @@ def quality_rates(own: pa.Table, stable: pa.Table | None, stable_name: str | Non
             other = _share(*_pooled(theirs)[:2]) if theirs is not None else None
             # In how many windows: a pinned reference window has no quality detection, so these
             # requests can be fewer than the version's events (trial 12r: 0 of 180 beside 235 events).
-            in_windows = f"{windows} window{'s' if windows != 1 else ''}"
-            said = f"{name} {_pct(value)}" + (f" ({hits} of {n} in {in_windows})" if n else "")
+            said = f"{name} {_pct(value)}" + (
+                f" ({hits} of {n} in {count_of(windows, 'window')})" if n else ""
+            )
         if stable_name is not None:
             said += f" vs {_ms(other) if detector_id == LATENCY else _pct(other)} on {stable_name} (stable)"
         out.append(
