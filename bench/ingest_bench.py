@@ -256,6 +256,9 @@ def _events_in(url: str) -> float:
 
 #: Per loopwatch run, the CPU seconds its worker processes used per event while timed.
 CPU_PER_EVENT: dict[str, float] = {}
+#: The broker's CPU time per event over the same span: with the workers', it says whether
+#: two workers on two cores can scale at all (the broker shares the cores).
+BROKER_CPU_PER_EVENT: dict[str, float] = {}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -273,6 +276,7 @@ def loopwatch_ingest(
     workers: int = 1,
     name: str = "",
     root: Path = ROOT,
+    broker: int | None = None,
 ) -> float:
     """Seconds per n events, from the workers' counters (which move once per batch).
 
@@ -280,7 +284,8 @@ def loopwatch_ingest(
     them has counted a batch, so start-up and the first rebalances are not timed.
     The workers' CPU time over the same span goes to ``CPU_PER_EVENT[name]``: on a
     busy machine it says what the rate alone cannot (how much work an event took).
-    ``root`` is the checkout whose code the workers run.
+    ``root`` is the checkout whose code the workers run; ``broker`` the broker's pid, whose CPU
+    time goes to ``BROKER_CPU_PER_EVENT[name]``.
     """
     group = f"bench-{time.time()}"
     ports = [free_port() for _ in range(workers)]
@@ -305,7 +310,7 @@ def loopwatch_ingest(
         processes.append(spawn_worker(env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     urls = [f"http://127.0.0.1:{web_port}/metrics" for web_port in ports]
     try:
-        started, counted_at_start, cpu_at_start = 0.0, 0.0, 0.0
+        started, counted_at_start, cpu_at_start, broker_at_start = 0.0, 0.0, 0.0, 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             seen = []
@@ -320,6 +325,7 @@ def loopwatch_ingest(
                 # events counted after that moment are timed; scale them up to n.
                 started, counted_at_start = time.perf_counter(), total
                 cpu_at_start = sum(_cpu_seconds(p.pid) for p in processes)
+                broker_at_start = 0.0 if broker is None else _cpu_seconds(broker)
             if total >= n and not started:
                 # A worker that joined the group late found nothing left to read.
                 raise RuntimeError(f"the workers counted {seen} events: one had none, use more --events")
@@ -328,6 +334,10 @@ def loopwatch_ingest(
                     raise RuntimeError("all events were ingested before the first poll: use more --events")
                 cpu = sum(_cpu_seconds(p.pid) for p in processes) - cpu_at_start
                 CPU_PER_EVENT[name] = cpu / (total - counted_at_start)
+                if broker is not None:
+                    BROKER_CPU_PER_EVENT[name] = (_cpu_seconds(broker) - broker_at_start) / (
+                        total - counted_at_start
+                    )
                 return (time.perf_counter() - started) * n / (n - counted_at_start)
             # Each poll renders the workers' /metrics, which costs them CPU: 10 a second is enough.
             time.sleep(0.1)
@@ -378,15 +388,12 @@ def main() -> None:
             flush=True,
         )
         asyncio.run(fill(bootstrap, topic, events))
+        ingest = functools.partial(loopwatch_ingest, bootstrap, settings, n, broker=broker.pid)
         runs: dict[str, Callable[[], float]] = {
             "a_raw_aiokafka": lambda: asyncio.run(raw_aiokafka(bootstrap, topic, n)),
             "b_plain_faust": lambda: plain_faust(bootstrap, topic, n),
-            "c_loopwatch_ingest": lambda: loopwatch_ingest(
-                bootstrap, settings, n, detection=False, name="c_loopwatch_ingest"
-            ),
-            "d_with_detection": lambda: loopwatch_ingest(
-                bootstrap, settings, n, detection=True, name="d_with_detection"
-            ),
+            "c_loopwatch_ingest": lambda: ingest(detection=False, name="c_loopwatch_ingest"),
+            "d_with_detection": lambda: ingest(detection=True, name="d_with_detection"),
             "e_quixstreams": lambda: quixstreams_app(bootstrap, topic, n),
             "f_aiokafka_forward": lambda: asyncio.run(aiokafka_forward(bootstrap, topic, n)),
         }
@@ -397,27 +404,21 @@ def main() -> None:
                 if name in ("c_loopwatch_ingest", "d_with_detection"):  # each right after its baseline
                     baseline, detection = f"{name[0]}_baseline", name[0] == "d"
                     ordered[baseline] = functools.partial(
-                        loopwatch_ingest,
-                        bootstrap,
-                        settings,
-                        n,
-                        detection=detection,
-                        name=baseline,
-                        root=root,
+                        ingest, detection=detection, name=baseline, root=root
                     )
                 ordered[name] = run
             runs = ordered
         results = {name: run() for name, run in runs.items() if name[0] in only}
         if args.workers > 1:
             name = f"c_{args.workers}_workers"
-            results[name] = loopwatch_ingest(
-                bootstrap, settings, n, detection=False, workers=args.workers, name=name
-            )
+            results[name] = ingest(detection=False, workers=args.workers, name=name)
     finally:
         stop_process(broker)
     rate = {name: n / seconds for name, seconds in results.items()}
     for name, seconds in results.items():
         cpu = f"  worker CPU {CPU_PER_EVENT[name] * 1e6:.0f} us/event" if name in CPU_PER_EVENT else ""
+        if name in BROKER_CPU_PER_EVENT:
+            cpu += f", broker {BROKER_CPU_PER_EVENT[name] * 1e6:.0f}"
         speed = f"{rate[name]:>10,.0f} events/s {megabytes / seconds:>8.1f} MB/s"
         print(f"{name:<20} {speed} ({seconds:.2f} s){cpu}")
     for top, bottom, goal in _RATIOS:

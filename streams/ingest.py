@@ -411,10 +411,33 @@ def _classify(exc: ValidationError, model_name: str) -> Rejected:
         )
 
     reasons = [_reason_for(e) for e in errors]
+    detail, reasons = _most_specific_per_field(detail, reasons)
     reason = min(reasons, key=_PRIORITY.index)
     examples = [f"{d['field']}: {d['message']}" for d, r in zip(detail, reasons, strict=True) if r is reason]
     more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
     return Rejected(reason, f"invalid {model_name}: {examples[0]}{more}", detail)
+
+
+def _most_specific_per_field(
+    detail: list[dict[str, Any]], reasons: list[DeadLetterReason]
+) -> tuple[list[dict[str, Any]], list[DeadLetterReason]]:
+    """Each field's errors of its most specific reason only.
+
+    A union field fails once per member it was tried as: a NaN rating is not
+    finite, not a boolean and not a string. Only ``non_finite_number`` says
+    what is wrong with it. Members that fail for the same reason are all kept
+    (``prediction: [1]`` is neither a number nor a string).
+    """
+    best: dict[str, int] = {}
+    for entry, reason in zip(detail, reasons, strict=True):
+        rank = _PRIORITY.index(reason)
+        best[entry["field"]] = min(best.get(entry["field"], rank), rank)
+    kept = [
+        (entry, reason)
+        for entry, reason in zip(detail, reasons, strict=True)
+        if _PRIORITY.index(reason) == best[entry["field"]]
+    ]
+    return [entry for entry, _ in kept], [reason for _, reason in kept]
 
 
 def _naive_timestamp(error: Any) -> Any:

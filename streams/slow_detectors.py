@@ -38,11 +38,14 @@ import ctypes.util
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from core.logs import configure_logging
 from core.processes import die_with_parent
@@ -71,6 +74,10 @@ def _start_child(worker: int, specs: list[DetectorSpec], alpha: float, log_level
         os._exit(0)  # the worker died before the signal was asked for: it will never come
     os.nice(NICENESS)
     configure_logging(log_level)
+    # The embedding models' progress bars take tqdm's lock, by default one shared between
+    # processes: a named semaphore that, when stop() ends this child, the worker's resource
+    # tracker reported as leaked at exit. Only this process draws them: a thread lock will do.
+    tqdm.set_lock(threading.RLock())
     _return_freed_memory_to_the_system()
     _judge = Judge(specs, alpha=alpha, on_failure=_failed.append, on_not_ready=_not_ready.append)
 

@@ -103,6 +103,17 @@ def test_the_overview_says_the_pooled_serving_rates_next_to_the_stable_version_s
     assert "errors 8% (6 of 80 in 2 windows) vs 1% on v1 (stable)" in html
 
 
+def test_a_latency_no_window_could_judge_is_unknown_not_unmeasured(tmp_path: Path) -> None:
+    # Trial 12t: every request had a latency, yet the Overview said "latency p95 none measured".
+    too_few = {"too_few_samples": 1.0, "min_samples": 30.0, "current_samples": 27.0}
+    unjudged = {**detection("v2", 1, LATENCY), "judged": False, "samples": 27, "min_samples": 30}
+    detections = [*_latency_rows("v1", [1400.0]), _measured(unjudged, None, too_few)]
+    windows = [window(v, n) for v in ("v1", "v2") for n in range(2)]
+    rows, html = _overview(tmp_path, windows=windows, detections=detections)
+    assert rows["v2"]["quality_said"] == "latency p95 unknown (no window judged)"
+    assert "none measured" not in html
+
+
 def _oasst_ratings() -> list[int]:
     """Real ratings: each OpenAssistant reply's rank as 1-5 stars (rank 0, the best, is 5)."""
     ratings: list[int] = []

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
+import subprocess
+import sys
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from tqdm import tqdm
 
 from streams.detect import DetectorSpec, Judge, Reference
 from streams.slow_detectors import NICENESS, SlowDetectors
 
-from .helpers import process_alive, wait_until
+from .helpers import ROOT, process_alive, wait_until
 from .test_detect import _window
 
 SPECS = [
@@ -83,3 +87,27 @@ def test_a_report_is_rendered_in_the_child_and_errors_come_back(tmp_path: Path) 
         slow._pool.shutdown(wait=True)  # let both jobs finish
     assert "response_chars" in path.read_text()
     assert len(errors) == 1
+
+
+def progress_bar() -> None:
+    """What an embedding model does in the child: a tqdm bar, which takes tqdm's lock."""
+    list(tqdm(range(3), file=io.StringIO()))
+
+
+_STOP_WITH_A_BAR = """
+from streams.slow_detectors import SlowDetectors
+from tests.test_slow_detectors import SPECS, progress_bar
+slow = SlowDetectors(SPECS, alpha=0.05, log_level="warning")
+slow._pool.submit(progress_bar).result()
+slow.stop()
+"""
+
+
+def test_stopping_a_child_that_drew_a_progress_bar_leaks_no_semaphore() -> None:
+    # Trial 12t: Ctrl-C on `loopwatch up` ended with "resource_tracker: There appear to be 1
+    # leaked semaphore objects": tqdm's process-shared lock, taken in the child stop() ends.
+    done = subprocess.run(
+        [sys.executable, "-c", _STOP_WITH_A_BAR], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "leaked semaphore" not in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
 from curation.errors import DatasetError
 from curation.rows import DATASET_KINDS
@@ -25,6 +25,11 @@ class TableVersion(BaseModel):
     operation: str | None = None
     rows: int | None = Field(None, description="Rows in the table at this version")
     inserted: int = 0
+
+    @field_serializer("written_at", when_used="json")
+    def _to_the_millisecond(self, at: datetime | None) -> str | None:
+        """Delta's commit times are whole milliseconds: ``16:55:49.166Z``, not ``16:55:49.166000Z``."""
+        return None if at is None else at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class DatasetTable(BaseModel):

@@ -102,15 +102,20 @@ def _share(hits: int, samples: int) -> float | None:
     return hits / samples if samples else None
 
 
+#: A rate with no window to pool: its windows held too few requests to judge (trial 12t: every
+#: request had a latency, yet "latency p95 none measured" read as if none had).
+NOT_JUDGED = "unknown (no window judged)"
+
+
 def _pct(share: float | None) -> str:
     if share is None:
-        return "none measured"
+        return NOT_JUDGED
     return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
 
 
 def _ms(value: float | None) -> str:
     if value is None:
-        return "none measured"
+        return NOT_JUDGED
     return f"{value / 1000:.1f} s" if value >= 1000 else f"{value:.0f} ms"
 
 
