@@ -20,7 +20,8 @@ process each, as in production), on the same embedded broker:
     topic: the ceiling for a worker on aiokafka (faust's client) in one process.
 
 It prints events/s and MB/s for each, the worker CPU time per event for c and
-d, and the ratios c/a, c/b, d/c, c/e, d/e, c/f and e/f.
+d (and the broker's over the same span: it shares the cores), and the ratios
+c/a, c/b, d/c, c/e, d/e, c/f and e/f.
 With ``--workers N`` (N > 1) it also runs N loopwatch workers (detection off,
 as in (c)) in one consumer group and prints their combined rate against (c).
 With ``--baseline DIR`` (another checkout, e.g. ``git archive HEAD | tar -x -C DIR``)
