@@ -333,12 +333,11 @@ def loopwatch_ingest(
             if started and total >= n:
                 if counted_at_start >= n:
                     raise RuntimeError("all events were ingested before the first poll: use more --events")
+                timed = total - counted_at_start
                 cpu = sum(_cpu_seconds(p.pid) for p in processes) - cpu_at_start
-                CPU_PER_EVENT[name] = cpu / (total - counted_at_start)
+                CPU_PER_EVENT[name] = cpu / timed
                 if broker is not None:
-                    BROKER_CPU_PER_EVENT[name] = (_cpu_seconds(broker) - broker_at_start) / (
-                        total - counted_at_start
-                    )
+                    BROKER_CPU_PER_EVENT[name] = (_cpu_seconds(broker) - broker_at_start) / timed
                 return (time.perf_counter() - started) * n / (n - counted_at_start)
             # Each poll renders the workers' /metrics, which costs them CPU: 10 a second is enough.
             time.sleep(0.1)
