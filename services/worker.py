@@ -305,3 +305,5 @@ def run_up(settings: Settings, *, workers: int = 1, embedded_broker: bool = True
         stop_process(console)
         if broker is not None:
             stop_process(broker)
+        codes = ", ".join(f"worker {i} exited with {child.returncode}" for i, child in enumerate(children))
+        log.info("stopped: %s; the console%s too", codes, " and the broker" if broker else "")

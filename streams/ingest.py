@@ -399,7 +399,7 @@ def _duration(seconds: float) -> str:
 def _classify(exc: ValidationError, model_name: str) -> Rejected:
     # The inputs only tell a date-time that lacks its offset apart; no detail carries them.
     errors = [_naive_timestamp(e) for e in exc.errors(include_url=False, include_context=False)]
-    detail = [{"field": _dotted(e["loc"]), "type": e["type"], "message": e["msg"]} for e in errors]
+    detail = [{"field": _dotted(e["loc"]), "type": e["type"], "message": _message(e)} for e in errors]
     first = errors[0]
     if first["type"] == "json_invalid":
         return Rejected(DeadLetterReason.MALFORMED_JSON, f"not valid JSON: {first['msg']}", detail)
@@ -416,6 +416,12 @@ def _classify(exc: ValidationError, model_name: str) -> Rejected:
     examples = [f"{d['field']}: {d['message']}" for d, r in zip(detail, reasons, strict=True) if r is reason]
     more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
     return Rejected(reason, f"invalid {model_name}: {examples[0]}{more}", detail)
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, without the "Value error, " it puts before our validators' own words."""
+    message: str = error["msg"]
+    return message.removeprefix("Value error, ") if error["type"] == "value_error" else message
 
 
 def _most_specific_per_field(

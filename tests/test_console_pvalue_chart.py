@@ -165,6 +165,10 @@ def test_a_detector_of_several_checks_says_which_one_drifted(history: Path) -> N
     assert f'{COST}</a> <span class="quiet">1 drift (tokens)</span>' in page
     section = page.split(f'data-detector="{COST}"')[1].split("</section>")[0]
     assert '<span class="drift-by">Drift decided by its tokens check:' in section
+    # Its tokens and cost checks are judged by their p: a p-value chart (trial 12u: a latency
+    # detector, drawn as a statistic against its SLO, was said to draw a p).
+    assert cost["value_label"] == "p-value"
+    assert "its p-value chart draws the deciding check's p" in section
 
 
 def test_a_correction_alpha_the_history_records_is_drawn_and_not_called_the_default(tmp_path: Path) -> None:

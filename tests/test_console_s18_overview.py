@@ -25,6 +25,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STABLE_KEY = _segment("v1")["segment"]
 ERRORS, EMPTY, LATENCY = "quality.error_rate.v1", "quality.empty_refusal.v1", "quality.latency.v1"
 RATING = "quality.rating.v1"
+NEGATIVE = "quality.negative_feedback.v1"
 
 
 def _overview(tmp_path: Path, **tables: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], str]:
@@ -112,6 +113,24 @@ def test_a_latency_no_window_could_judge_is_unknown_not_unmeasured(tmp_path: Pat
     rows, html = _overview(tmp_path, windows=windows, detections=detections)
     assert rows["v2"]["quality_said"] == "latency p95 unknown (no window judged)"
     assert "none measured" not in html
+
+
+def test_the_thumbs_down_rate_leads_the_pooled_rates(tmp_path: Path) -> None:
+    # Trial 12u: rh-2 was rolled back for ~68% thumbs down vs 2%, and the Overview gave only its
+    # errors and latency beside rh-1's.
+    detections = [
+        *_rate_rows("v1", [(1, 50), (1, 50)], NEGATIVE),
+        *_rate_rows("v2", [(34, 50), (35, 50)], NEGATIVE),
+        *_rate_rows("v1", [(0, 60), (1, 60)], ERRORS),
+        *_rate_rows("v2", [(2, 40), (4, 40)], ERRORS),
+    ]
+    windows = [window(v, n) for v in ("v1", "v2") for n in range(2)]
+    rows, html = _overview(tmp_path, windows=windows, detections=detections)
+    assert rows["v2"]["quality_said"] == (
+        "thumbs down 69% (69 of 100 in 2 windows) vs 2% on v1 (stable); errors 8% (6 of 80 in 2 windows)"
+        " vs 1% on v1 (stable)"
+    )
+    assert "thumbs down 69% (69 of 100 in 2 windows) vs 2% on v1 (stable)" in html
 
 
 def _oasst_ratings() -> list[int]:

@@ -73,3 +73,13 @@ def test_union_fields_are_named_by_the_events_path(fields: dict[str, object], pa
     outcome = rejected(json.dumps({**EVENT, **fields}).encode(), InferenceLog)
     assert [d["field"] for d in outcome.detail] == paths
     assert not any(tag in outcome.error for tag in ("constrained-", "list[", ".str", ".bool"))
+
+
+def test_a_validator_s_own_words_come_without_pydantic_s_value_error_prefix() -> None:
+    # Trial 12u: "user_id: Value error, user_id must be a hashed id ...".
+    raw = b'{"schema_version":"1","event_id":"e","request_id":"r","timestamp":"2026-11-01T10:00:00Z",'
+    outcome = rejected(raw + b'"kind":"thumbs","value":true,"user_id":"alice@example.com"}', Feedback)
+    assert outcome.reason.value == "invalid_value"
+    assert outcome.error.startswith("invalid Feedback: user_id: user_id must be a hashed id")
+    assert "Value error" not in outcome.error
+    assert [d["message"] for d in outcome.detail if "Value error" in d["message"]] == []

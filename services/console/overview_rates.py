@@ -22,7 +22,13 @@ from pydantic import BaseModel, Field
 from services.console.incidents import count_of
 
 #: The rate detectors pooled, and what their rate is called.
-RATES = {"quality.error_rate.v1": "errors", "quality.empty_refusal.v1": "empty or refusal replies"}
+RATES = {
+    # The feedback first: what users said is what a rollback on bad replies rests on (trial 12u:
+    # the Overview gave the errors and the latency of a canary rolled back for 68% thumbs down).
+    "quality.negative_feedback.v1": "thumbs down",
+    "quality.error_rate.v1": "errors",
+    "quality.empty_refusal.v1": "empty or refusal replies",
+}
 LATENCY = "quality.latency.v1"
 #: The detectors whose rows the Overview reads for these rates.
 QUALITY_IDS = frozenset({*RATES, LATENCY})
@@ -32,7 +38,7 @@ class QualityRate(BaseModel):
     """One pooled quality measure of a version and of its stable version's (None: not in the history)."""
 
     detector_id: str
-    name: str = Field(description="errors, empty or refusal replies, latency p95")
+    name: str = Field(description="thumbs down, errors, empty or refusal replies, latency p95")
     value: float | None = Field(None, description="This version's: a share (0-1), or milliseconds")
     stable: float | None = Field(None, description="The stable version's, pooled the same way")
     samples: int = Field(0, description="This version's samples (requests) it pools")
