@@ -28,6 +28,8 @@ _JUDGED_PAIRS = (
     ("slo_ms", "observed_ms"),
     ("slo", "current_mean"),
 )
+#: The pairs whose "reference" is an SLO the current value is held to, not a reference window's value.
+_SLO_PAIRS = {("slo_ms", "observed_ms"), ("slo", "current_mean")}
 
 
 def fingerprint(labels: dict[str, str]) -> str:
@@ -111,17 +113,20 @@ class AlertRecord(BaseModel):
         )
 
 
-def _judged(detection: Detection) -> tuple[str, float | None, float | None] | None:
-    """(measurement, reference value, current value) of what the detector judged, when it says."""
+def _judged(detection: Detection) -> tuple[str, float | None, float | None, bool] | None:
+    """(measurement, reference value or SLO, current value, whether it is an SLO) of what the detector
+    judged, when it says."""
     m = detection.measurements
     # Several checks in one detector: the deciding one's measurements carry its name as a prefix.
     prefix = next((k.removeprefix("decided_by.") + "." for k in m if k.startswith("decided_by.")), "")
-    for reference, current in _JUDGED_PAIRS:
-        if prefix + current in m:
-            return prefix + current, m.get(prefix + reference), m[prefix + current]
+    found = [(reference, current) for reference, current in _JUDGED_PAIRS if prefix + current in m]
+    if found:
+        # A pair with both its measures first: a mean held to an SLO has no reference_mean.
+        pair = next((p for p in found if prefix + p[0] in m), found[0])
+        return prefix + pair[1], m.get(prefix + pair[0]), m[prefix + pair[1]], pair in _SLO_PAIRS
     worst = next((k.removeprefix("worst.") for k in m if k.startswith("worst.")), None)
     if worst is not None and f"rate.{worst}" in m:  # per-label rates: the worst label decides
-        return f"rate.{worst}", m.get(f"baseline_rate.{worst}"), m[f"rate.{worst}"]
+        return f"rate.{worst}", m.get(f"baseline_rate.{worst}"), m[f"rate.{worst}"], False
     return None
 
 
@@ -138,12 +143,13 @@ def alert_value(detection: Detection) -> AlertValue:
     ('current_rate', 0.2, 0.871)
     """
     judged = _judged(detection)
-    measurement, reference, current = judged if judged else (None, None, detection.statistic)
+    measurement, reference, current, is_slo = judged if judged else (None, None, detection.statistic, False)
     return AlertValue(
         detection_id=detection.detection_id,
         detector_id=detection.detector_id,
         measurement=measurement,
         reference_value=reference,
+        reference_is_slo=is_slo,
         current_value=current,
         effect_size=detection.effect_size,
         p_value=detection.measurements.get("p_value_adjusted", detection.p_value),
@@ -157,17 +163,26 @@ def alert_value(detection: Detection) -> AlertValue:
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
+    # Three significant digits; a latency of 3504.9 ms reads 3,505, not 3.5e+03 (trial 12u).
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def describe_value(value: AlertValue) -> str:
-    """One detection's numbers in a phrase: ``current_rate 0.2 -> 0.871, effect 0.67, p 2e-09, n 400/62``."""
+    """One detection's numbers in a phrase: ``current_rate 0.2 -> 0.871, effect 0.67, p 2e-09, n 400/62``;
+    held to an SLO: ``p95.observed_ms 3,505 vs SLO 2,000, ..., n 50`` (there is no reference window)."""
     name = value.measurement or "statistic"
+    if value.reference_is_slo:
+        compared = f"{_number(value.current_value)} vs SLO {_number(value.reference_value)}"
+        sizes = f"{value.current_size}"
+    else:
+        compared = f"{_number(value.reference_value)} -> {_number(value.current_value)}"
+        sizes = f"{value.reference_size}/{value.current_size}"
     return (
-        f"{value.detector_id} {name} {_number(value.reference_value)} -> {_number(value.current_value)},"
-        f" effect {_number(value.effect_size)}, p {_number(value.p_value)}, n {value.reference_size}"
-        f"/{value.current_size}, window {value.window_start.isoformat()}..{value.window_end.isoformat()}"
-        f" {value.verdict}"
+        f"{value.detector_id} {name} {compared}, effect {_number(value.effect_size)},"
+        f" p {_number(value.p_value)}, n {sizes},"
+        f" window {value.window_start.isoformat()}..{value.window_end.isoformat()} {value.verdict}"
     )
 
 

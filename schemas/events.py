@@ -494,7 +494,12 @@ class AlertValue(_Event):
     measurement: str | None = Field(
         None, description="The measure the detector judges, e.g. current_rate (null: only its statistic)"
     )
-    reference_value: float | None = Field(None, description="Its value on the reference window")
+    reference_value: float | None = Field(
+        None, description="Its value on the reference window, or the SLO it is held to (reference_is_slo)"
+    )
+    reference_is_slo: bool = Field(
+        False, description="reference_value is an SLO (a configured bound), not a reference window's value"
+    )
     current_value: float | None = Field(None, description="Its value on the current window")
     effect_size: float | None = None
     p_value: float | None = None

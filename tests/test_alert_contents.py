@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from retrain_trigger.alerts import alert_value, firing_counts, transition_line
+from retrain_trigger.alerts import alert_value, describe_value, firing_counts, transition_line
 from retrain_trigger.notify import alertmanager_payload, pagerduty_payload, slack_payload, webhook_payload
 from retrain_trigger.pipeline import Decider
 from retrain_trigger.stable import StableVersionMarked
@@ -152,15 +152,27 @@ def _detection(detector: str, measurements: dict[str, float], statistic: float |
             9.1,
             ("rate_current", 0.01, 0.2),
         ),
+        ("quality.cost.v1", {"current_mean": 0.031, "slo": 0.02}, 0.031, ("current_mean", 0.02, 0.031)),
         ("drift.ks.v1", {"p_value_adjusted": 0.003}, 0.41, (None, None, 0.41)),
     ],
-    ids=["rate", "worst-label", "deciding-check", "flag-rate", "statistic-only"],
+    ids=["rate", "worst-label", "deciding-check", "flag-rate", "cost-slo", "statistic-only"],
 )
 def test_the_judged_value_of_each_detector_family(
     detector: str, measurements: dict[str, float], statistic: float | None, expected: tuple[Any, ...]
 ) -> None:
     value = alert_value(_detection(detector, measurements, statistic))
     assert (value.measurement, value.reference_value, value.current_value) == expected
+
+
+def test_a_value_held_to_an_slo_reads_against_it() -> None:
+    latency = {"p95.observed_ms": 3504.9, "p95.slo_ms": 2000, "decided_by.p95": 1.0}
+    value = alert_value(_detection("quality.latency.v1", latency, 3504.9))
+    assert value.reference_is_slo
+    line = describe_value(value)
+    assert "quality.latency.v1 p95.observed_ms 3,505 vs SLO 2,000, effect" in line
+    assert f", n {value.current_size}, window" in line and "->" not in line
+    rate = alert_value(_detection("quality.error_rate.v1", {"reference_rate": 0.01, "current_rate": 0.09}))
+    assert not rate.reference_is_slo and "current_rate 0.01 -> 0.09" in describe_value(rate)
 
 
 def test_the_adjusted_p_value_is_the_one_reported() -> None:
