@@ -30,7 +30,6 @@ from pydantic import (
     Strict,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.config import JsonDict, JsonValue
 from pydantic.json_schema import JsonSchemaValue
@@ -217,6 +216,9 @@ _KIND_RULES: list[JsonValue] = [
 ]
 
 
+_Value = bool | float | str | None
+
+
 class Feedback(_Event):
     """A user's (or annotator's) verdict on one request, sent to ``llm.feedback.v1``.
 
@@ -233,8 +235,8 @@ class Feedback(_Event):
     request_id: Id
     timestamp: Timestamp
     kind: FeedbackKind
-    value: Boolean | Number | Text | None = None
-    correction: Text | None = None
+    value: Boolean | Number | Text | None = Field(None, validate_default=True)
+    correction: Text | None = Field(None, validate_default=True)
     comment: Annotated[str, Field(max_length=10_000)] | None = None
     source: Literal["user", "annotator", "automatic"] = "user"
     user_id: (
@@ -260,16 +262,26 @@ class Feedback(_Event):
             )
         return value
 
-    @model_validator(mode="after")
-    def _value_fits_kind(self) -> Feedback:
-        value, number = self.value, not isinstance(self.value, bool) and isinstance(self.value, int | float)
-        if self.kind == "thumbs" and not (isinstance(value, bool) or (number and value in (1, -1))):
+    # Field validators, not one on the model: an error names the field it is about (trial 12u: a
+    # thumbs "value": "yes" was reported under "(message)"). They run on the default too (no value).
+    @field_validator("value")
+    @classmethod
+    def _value_fits_kind(
+        cls, value: bool | float | str | None, info: ValidationInfo
+    ) -> bool | float | str | None:
+        kind, number = info.data.get("kind"), not isinstance(value, bool) and isinstance(value, int | float)
+        if kind == "thumbs" and not (isinstance(value, bool) or (number and value in (1, -1))):
             raise ValueError("thumbs feedback needs value true/false or 1/-1")
-        if self.kind == "rating" and not number:
+        if kind == "rating" and not number:
             raise ValueError("rating feedback needs a numeric value")
-        if self.kind == "correction" and not self.correction:
+        return value
+
+    @field_validator("correction")
+    @classmethod
+    def _correction_fits_kind(cls, correction: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("kind") == "correction" and not correction:
             raise ValueError("correction feedback needs the corrected text in 'correction'")
-        return self
+        return correction
 
     def is_negative(self) -> bool:
         """Thumbs-down, a correction, or a flag."""

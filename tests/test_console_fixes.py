@@ -71,7 +71,7 @@ def test_the_segment_page_counts_windows_not_detections_and_labels_the_minimum_e
     ("url", "status", "message"),
     [
         ("/nope", 404, "no such page: /nope"),
-        ("/overview?day=bad", 422, "day: Input should be a valid date"),
+        ("/overview?day=bad", 422, "day: a day like 2026-12-04, not &#39;bad&#39;"),
         ("/segments/nope", 400, "is not model|version|app|route|tenant"),
     ],
 )

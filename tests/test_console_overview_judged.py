@@ -135,7 +135,10 @@ def test_the_overview_counts_windows_not_judged_as_the_segment_page_does(client:
     assert (counts["inference"]["not_judged"], counts["inference"]["windows"]) == (7, 8)
     assert (counts["feedback"]["not_judged"], counts["feedback"]["windows"]) == (9, 9)
     assert counts["feedback"]["detectors"] == [FEEDBACK] and counts["feedback"]["of"] == 1  # not rating
-    said = "7 of 8 windows by the 2 inference detectors; 9 of 9 windows by quality.negative_feedback.v1"
+    said = (
+        "7 of 8 inference windows by the 2 inference detectors;"
+        " 9 of 9 feedback windows by quality.negative_feedback.v1"
+    )
     assert row["not_judged_said"] == said
     assert escape(said) in client.get("/overview").text
     segment = client.get("/api/segments/" + quote(KEY, safe="")).json()
@@ -180,7 +183,9 @@ def test_a_detector_that_judged_nothing_beside_others_of_its_kind_is_named_alone
     rows += [(FEEDBACK, n, n == 0, 5, 40) for n in range(3)] + [(RATING, n, False, 0, 40) for n in range(3)]
     [judged] = judged_per_segment(_detections(rows), kinds).values()
     assert judged.fed == {"a.v1": "inference", "b.v1": "inference", FEEDBACK: "feedback"}  # not RATING
-    assert judged.said() == "3 of 3 windows by b.v1; 2 of 3 windows by quality.negative_feedback.v1"
+    assert judged.said() == (
+        "3 of 3 inference windows by b.v1; 2 of 3 feedback windows by quality.negative_feedback.v1"
+    )
     assert judged.scope() == "b.v1 judged no window"
     # A lead that names b.v1 already (its pooled rate, in bold): the scope does not say it again.
     assert judged.scope(led="b.v1") is None

@@ -169,8 +169,8 @@ def test_a_rating_history_without_sums_says_precisely_what_is_missing(tmp_path: 
     rows, _ = _overview(tmp_path, windows=windows, detections=_rating_rows(with_sums=False))
     [rating] = rows["v1"]["unjudged_inputs"]
     assert rating["note"].endswith(
-        ": 200 ratings in all; no mean: a window too small to judge keeps its rating count, not the"
-        " ratings' sum (current_sum and reference_sum are not in its measurements)"
+        ": 200 ratings in all; no mean rating: a window too small to judge records how many ratings it"
+        " had, not their sum (current_sum and reference_sum are not in its measurements)"
     )
 
 

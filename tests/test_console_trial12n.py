@@ -216,8 +216,9 @@ def test_the_not_judged_counts_name_a_lone_detector_and_say_a_slow_one_s_reach()
         ],
     )
     assert judged.said(frozenset({mmd})) == (
-        f"1 of 9 windows by {mmd} (slow: the 9 windows it reached so far);"
-        f" 1 of 16 windows by 2 of 3 inference detectors (all but {mmd}); 16 of 16 windows by {FEEDBACK}"
+        f"1 of 9 inference windows by {mmd} (slow: the 9 windows it reached so far);"
+        f" 1 of 16 inference windows by 2 of 3 inference detectors (all but {mmd});"
+        f" 16 of 16 feedback windows by {FEEDBACK}"
     )
 
 

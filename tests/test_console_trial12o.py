@@ -59,7 +59,7 @@ def test_windows_the_slow_queue_skipped_are_said_skipped_not_still_queued(tmp_pa
     assert segment["pending"] == [] and len(segment["skipped"]) == 2  # what the Segment page says
     assert (
         row["not_judged_said"]
-        == f"1 of 5 windows by {EMBEDDING} (slow: the 5 windows it reached; 2 skipped (queue full))"
+        == f"1 of 5 inference windows by {EMBEDDING} (slow: the 5 windows it reached; 2 skipped (queue full))"
     )
 
 
@@ -69,8 +69,8 @@ def test_only_windows_the_segment_page_counts_as_pending_are_said_still_queued(t
         [pending] = client.get("/api/segments/" + quote(KEY, safe="")).json()["pending"]
     assert pending["windows"] == 3
     assert row["not_judged_said"] == (
-        f"1 of 2 windows by {EMBEDDING} (slow: the 2 windows it reached so far; 2 skipped (queue full);"
-        " 3 still queued)"
+        f"1 of 2 inference windows by {EMBEDDING} (slow: the 2 windows it reached so far;"
+        " 2 skipped (queue full); 3 still queued)"
     )
 
 
@@ -106,7 +106,7 @@ def test_one_window_is_said_singular() -> None:
         {TEXT: "inference", EMBEDDING: "inference"},
         [NotJudged(kind="inference", not_judged=1, windows=1, detectors=[TEXT], of=2)],
     )
-    assert judged.said() == f"1 of 1 window by {TEXT}"
+    assert judged.said() == f"1 of 1 inference window by {TEXT}"
 
 
 def test_up_help_names_the_console_and_its_port_setting() -> None:

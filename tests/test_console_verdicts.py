@@ -83,7 +83,12 @@ def test_each_detector_is_drawn_against_the_bound_on_its_own_scale(client):
     assert (script["value_label"], script["threshold_kind"]) == ("effect size", "min_effect_size")
     assert script["value"][0] == script["effect_size"][0]
     latency = series["quality.latency.v1"]  # the observed percentile against its SLO, in ms
-    assert (latency["value_label"], latency["threshold"][0]) == ("statistic", 2000.0)
+    # Its one deciding check (p95) names the lines: not "statistic" against "threshold" (trial 12u).
+    assert (latency["value_label"], latency["threshold"][0]) == ("v2 p95 latency", 2000.0)
+    assert (latency["threshold_label"], latency["axis_title"]) == (
+        "p95 latency SLO",
+        "p95 latency (milliseconds)",
+    )
     assert latency["value"][0] == latency["statistic"][0]
     for d in series.values():
         assert not [name for name in d["measurements"] if "samples" in name], d["measurements"]

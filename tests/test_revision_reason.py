@@ -179,12 +179,12 @@ def test_a_backdated_replay_says_its_events_were_stamped_before_they_were_read()
     )
     notes = close_notes_of(replay)
     assert notes[0] == (
-        "closed 9 min 58 s after its end in window time (its events were stamped ~10 min before they"
-        " were read) by the watermark"
+        "closed 9 min 58 s after its end in window time (the segment's events were stamped a median"
+        " ~10 min before they were read) by the watermark"
     )
     assert str(notes[4]).startswith(
-        "first judged 9 min 58 s after its end in window time (its events were stamped ~10 min before"
-        " they were read), once its late events went quiet"
+        "first judged 9 min 58 s after its end in window time (the segment's events were stamped a"
+        " median ~10 min before they were read), once its late events went quiet"
     )
     # Live traffic with one window held back: that one waited for its events, nothing was backdated.
     live = _rows(

@@ -83,3 +83,20 @@ def test_a_validator_s_own_words_come_without_pydantic_s_value_error_prefix() ->
     assert outcome.error.startswith("invalid Feedback: user_id: user_id must be a hashed id")
     assert "Value error" not in outcome.error
     assert [d["message"] for d in outcome.detail if "Value error" in d["message"]] == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        (b'"kind":"thumbs","value":"yes"}', "value", "thumbs feedback needs value true/false or 1/-1"),
+        (b'"kind":"thumbs"}', "value", "thumbs feedback needs value true/false or 1/-1"),
+        (b'"kind":"rating","value":true}', "value", "rating feedback needs a numeric value"),
+        (b'"kind":"correction"}', "correction", "correction feedback needs the corrected text"),
+    ],
+)
+def test_a_value_that_does_not_fit_its_kind_names_its_field(fields: bytes, field: str, words: str) -> None:
+    # Trial 12u: a thumbs "value": "yes" was reported under "(message)", not under value.
+    raw = b'{"schema_version":"1","event_id":"e","request_id":"r","timestamp":"2026-11-01T10:00:00Z",'
+    outcome = rejected(raw + fields, Feedback)
+    assert outcome.error.startswith(f"invalid Feedback: {field}: {words}")
+    assert [d["field"] for d in outcome.detail] == [field]

@@ -100,6 +100,16 @@ def instant(at: datetime | None) -> str:
     return "" if at is None else str(at.replace(microsecond=0))
 
 
+def _parameter_error(error: Mapping[str, Any]) -> str:
+    """``day: a day like 2026-12-04, not '2026-12-04T10:00:00'``: one message for every bad day (trial
+    12u: a time of day got pydantic's "Datetimes provided to dates should have zero time", a word
+    "valid date or datetime"); other parameters say what pydantic says."""
+    name = ".".join(str(p) for p in error["loc"] if p != "query")
+    if str(error["type"]).startswith("date_"):
+        return f"{name}: a day like 2026-12-04, not {error.get('input')!r}"
+    return f"{name}: {error['msg']}"
+
+
 def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     """The console app over ``console``; with ``token``, every request must carry it."""
     app = FastAPI(
@@ -141,8 +151,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, exc: RequestValidationError) -> Response:
-        messages = [f"{'.'.join(str(p) for p in e['loc'] if p != 'query')}: {e['msg']}" for e in exc.errors()]
-        return error(request, "; ".join(messages), 422)
+        return error(request, "; ".join(_parameter_error(e) for e in exc.errors()), 422)
 
     def span(day: date | None, days: int, *shown: str) -> DayRange:
         return resolve_range(console.history, day, days, shown or ("windows",))

@@ -39,6 +39,7 @@ from services.console.reader import HistoryReader
 from services.console.series import judged_mask
 from services.console.slow_reach import SlowReach, reach_said, windows_said
 from services.console.unjudged import worse_rate
+from services.console.window_close import KINDS
 from services.console.window_counts import (
     WindowCounts,
     of_kind,
@@ -73,7 +74,7 @@ HITS_SAID = {
 MEAN_SAID = {"quality.rating.v1": "ratings"}
 #: Why no mean rating is given: what the history lacks, and what the detector should write.
 NO_MEAN = (
-    "no mean: a window too small to judge keeps its rating count, not the ratings' sum"
+    "no mean rating: a window too small to judge records how many ratings it had, not their sum"
     " (current_sum and reference_sum are not in its measurements)"
 )
 #: The check whose counts a detector of several checks keeps for the Overview (its measurements are
@@ -211,12 +212,15 @@ class SegmentJudged:
     def said(
         self, slow: frozenset[str] = frozenset(), reach: Mapping[str, SlowReach] | None = None
     ) -> str | None:
-        """``7 of 8 windows by the 2 inference detectors; 9 of 9 windows by quality.canary.v1``
+        """``7 of 8 inference windows by the 2 inference detectors; 9 of 9 feedback windows by
+        quality.negative_feedback.v1``
         (``slow``: the slow detectors, whose windows not reached are not counted; ``reach``: why not)."""
         said = []
         for r in self.counts:
             fed = [d for d, kind in self.fed.items() if kind == r.kind]
-            said.append(f"{r.not_judged} of {windows_said(r.windows)} by {_who(r, fed, slow, reach)}")
+            # Of its kind's windows: "4 of 4 windows" beside a segment of 5 read as a miscount (trial 12u).
+            of = windows_said(r.windows, r.kind if r.kind in KINDS else "")
+            said.append(f"{r.not_judged} of {of} by {_who(r, fed, slow, reach)}")
         return "; ".join(said) or None
 
     def scope(self, led: str | None = None) -> str | None:

@@ -45,6 +45,7 @@ from services.console.measures import (
     is_bound,
     is_rate,
     measure_labels,
+    measure_words,
     measurement_unit,
     quality_measurements,
 )
@@ -268,6 +269,33 @@ def _name_versions(series: DetectorSeries, group: pa.Table, version: str) -> Non
         by_unit.setdefault(series.units[name], []).append(name)
     for names in by_unit.values():
         series.styles.update(line_styles(names, series.bounds))
+    _name_the_deciding_check(series)
+
+
+def _name_the_deciding_check(series: DetectorSeries) -> None:
+    """A detector of several checks that one check decided in every window says which: its chart read
+    "statistic" against "threshold" where it drew the p95 latency against its SLO (trial 12u)."""
+    checks = {c for c in series.decided_by if c}
+    if series.threshold_kind != "threshold" or len(checks) != 1:
+        return
+    check = checks.pop() + "."
+    bounds = [b for b in series.bounds if b.startswith(check)]
+    if len(bounds) != 1:
+        return
+    [bound] = bounds
+    drawn = [
+        name
+        for name, values in series.measurements.items()
+        if name.startswith(check)
+        and name != bound
+        and series.units[name] == series.units[bound]
+        and all(s is None or v == s for v, s in zip(values, series.statistic, strict=True))
+    ]
+    if len(drawn) != 1:
+        return
+    series.value_label = series.labels[drawn[0]]
+    series.threshold_label = measure_words(series.detector_id, bound)[0]
+    series.axis_title = f"{measure_words(series.detector_id, drawn[0])[0]} ({series.units[bound]})"
 
 
 def _revised_notes(

@@ -26,9 +26,9 @@ class SlowReach:
     skipped: int
 
 
-def windows_said(n: int) -> str:
-    """``1 window``, ``3 windows``."""
-    return f"{n} window{'' if n == 1 else 's'}"
+def windows_said(n: int, kind: str = "") -> str:
+    """``1 window``, ``3 windows``; of a kind: ``4 inference windows``."""
+    return f"{n} {kind + ' ' if kind else ''}window{'' if n == 1 else 's'}"
 
 
 def slow_reach(

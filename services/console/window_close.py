@@ -14,8 +14,8 @@ time: they were judged again when the stable window of their time closed after t
 its end, when its reference (v1, stable) window closed``. A replay of backdated traffic (the demo's)
 closes every window minutes after its end in window time; when a segment's windows closed by their
 watermarks all that far after their end, its events were read that long after their times, not held
-back, and the note says so: ``closed 9 min 58 s after its end in window time (its events were stamped
-~10 min before they were read) by the watermark``.
+back, and the note says so: ``closed 9 min 58 s after its end in window time (the segment's events were
+stamped a median ~10 min before they were read) by the watermark``.
 """
 
 from __future__ import annotations
@@ -82,11 +82,12 @@ def reference_words(reference: str | None) -> str:
 
 
 def behind_note(behind: float | None) -> str:
-    """`` in window time (its events were stamped ~10 min before they were read)``, or "" (not behind)."""
+    """`` in window time (the segment's events were stamped a median ~10 min before they were read)``,
+    or "" (not behind): the segment's, not each window's own (trial 12u read it as the window's)."""
     if behind is None:
         return ""
     about = f"{round(behind / 3600)} h" if behind >= 5400 else f"{max(1, round(behind / 60))} min"
-    return f" in window time (its events were stamped ~{about} before they were read)"
+    return f" in window time (the segment's events were stamped a median ~{about} before they were read)"
 
 
 def events_behind(windows: pa.Table) -> float | None:
