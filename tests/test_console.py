@@ -202,6 +202,26 @@ def test_the_openapi_document_describes_every_api_route_and_no_page_loads_a_cdn(
     assert client.get("/vendor/plotly.min.js").text.startswith("/**")
 
 
+def test_the_openapi_document_says_the_errors_the_api_answers(client):
+    # Trial 22: it listed FastAPI's {"detail": [...]} 422 only, which the console never sends.
+    document = client.get("/api/openapi.json").json()
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    for path, operations in document["paths"].items():
+        responses = operations["get"]["responses"]
+        assert {"200", "400", "401", "404", "422"} <= set(responses), path
+        assert responses["422"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ApiError"
+        }
+    response = client.get("/api/overview?days=0")
+    assert response.status_code == 422 and set(response.json()) == {"error"}
+    # The document itself refuses a parameter it does not take, as every other /api/ route does.
+    response = client.get("/api/openapi.json?x=1")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "unknown query parameter x: /api/openapi.json takes no query parameter"
+    }
+
+
 def test_with_a_token_every_request_needs_it_by_header_or_cookie(console_data):
     token = "s3cret-token"
     with TestClient(create_app(_console(console_data), token=token), follow_redirects=False) as client:

@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -110,6 +111,33 @@ def _parameter_error(error: Mapping[str, Any]) -> str:
     return f"{name}: {error['msg']}"
 
 
+class ApiError(BaseModel):
+    """What every failed /api/ request answers (a generated client parses errors with it)."""
+
+    error: str = Field(
+        description="What is wrong, in words: unknown query parameter x: /api/datasets takes ..."
+    )
+
+
+#: The failures every /api/ route can answer, in the OpenAPI document (in place of FastAPI's
+#: ``HTTPValidationError``, which the console never sends: trial 22).
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ApiError,
+        "description": "An unknown or repeated query parameter, or a day range out of bounds",
+    },
+    401: {
+        "model": ApiError,
+        "description": "LOOPWATCH_CONSOLE_TOKEN is set and the request did not carry it",
+    },
+    404: {"model": ApiError, "description": "No such segment, table, version, report or route"},
+    422: {
+        "model": ApiError,
+        "description": "A query parameter's value is not valid, e.g. days=0 or day=yesterday",
+    },
+}
+
+
 def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     """The console app over ``console``; with ``token``, every request must carry it."""
     app = FastAPI(
@@ -119,6 +147,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
         openapi_url="/api/openapi.json",
         docs_url=None,  # Swagger UI loads its scripts from a CDN: the console serves none
         redoc_url=None,
+        responses=API_ERRORS,
     )
     templates = Jinja2Templates(directory=_HERE / "templates")
     templates.env.globals["closed_by_means"] = CLOSED_BY_MEANS  # the Segment page's table of closes
@@ -291,10 +320,12 @@ def _refuse_odd_parameters(app: FastAPI, error: Callable[[Request, str, int], Re
 def _parameter_problem(app: FastAPI, request: Request) -> str | None:
     """What is wrong with the request's query parameters for the route it matches (None: nothing)."""
     for route in app.routes:
-        if not isinstance(route, APIRoute) or route.matches(request.scope)[0] != Match.FULL:
+        if route.matches(request.scope)[0] != Match.FULL:
             continue
-        # Its routes take no Depends: their own query parameters are all there is (and the token's).
-        taken = {p.alias for p in route.dependant.query_params} | {"token"}
+        # Its routes take no Depends: their own query parameters are all there is (and the token's);
+        # the OpenAPI document's route takes none.
+        query = route.dependant.query_params if isinstance(route, APIRoute) else []
+        taken = {p.alias for p in query} | {"token"}
         names = [name for name, _ in request.query_params.multi_items()]
         unknown = sorted({n for n in names if n not in taken})
         if unknown:

@@ -103,13 +103,22 @@ def latest_revision_rows(
         detections.schema.get_field_index("config_id"), "config_id", pc.fill_null(detections["config_id"], "")
     )
     revision = pc.fill_null(detections["revision"], 0)
-    # Revisions are rare: the latest per key of the revised rows only, joined back (hash built on those).
-    top = detections.filter(pc.greater(revision, 0)).group_by(names, use_threads=False)
-    joined = detections.join(
+    revised = pc.greater(revision, 0)
+    # Revisions are rare: only rows sharing a revised row's window start can be superseded. Their latest
+    # revision per key is joined back on the keys and row numbers alone (hash built on the revised rows);
+    # every other row is its window's only revision.
+    maybe = pc.is_in(detections["window_start"], pc.unique(pc.filter(detections["window_start"], revised)))
+    rows = pa.array(np.arange(detections.num_rows, dtype=np.int64))
+    keyed = pa.table({**{name: detections[name] for name in names}, "revision": revision, "row": rows})
+    keyed = keyed.filter(maybe)
+    top = keyed.filter(pc.greater(keyed["revision"], 0)).group_by(names, use_threads=False)
+    joined = keyed.join(
         top.aggregate([("revision", "max")]), names, join_type="left outer", use_threads=False
     )
-    latest = pc.fill_null(pc.equal(pc.fill_null(joined["revision"], 0), joined["revision_max"]), True)
-    return joined.filter(latest).drop_columns(["revision_max"])
+    latest = pc.fill_null(pc.equal(joined["revision"], joined["revision_max"]), True)
+    # Built from the chunks: given two ChunkedArrays, pa.chunked_array iterates them value by value.
+    kept = pa.chunked_array([*pc.filter(rows, pc.invert(maybe)).chunks, *joined.filter(latest)["row"].chunks])
+    return detections.take(pc.take(kept, pc.sort_indices(kept)))  # in the table's order
 
 
 def one_per_detection(detections: pa.Table) -> pa.Table:
@@ -134,7 +143,7 @@ def one_per_detection(detections: pa.Table) -> pa.Table:
     if firsts.num_rows == detections.num_rows:
         return detections
     named = firsts.filter(pc.is_valid(firsts["detection_id"]))["row_min"]
-    kept = pa.chunked_array([named, pc.filter(rows, pc.is_null(ids))], pa.int64())
+    kept = pa.chunked_array([*named.chunks, *pc.filter(rows, pc.is_null(ids)).chunks], pa.int64())
     return detections.take(pc.take(kept, pc.sort_indices(kept)))  # in the table's order
 
 

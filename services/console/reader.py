@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -164,15 +164,17 @@ class HistoryReader:
         model: str | None = None,
         columns: Sequence[str] | None = None,
         match: Mapping[str, str] | None = None,
+        models: Collection[str] | None = None,
     ) -> pa.Table:
-        """The rows of ``name`` on ``days`` (and of ``model``) whose columns equal ``match``.
+        """The rows of ``name`` on ``days`` (and of ``model``, or ``models``) whose columns equal ``match``.
 
-        Only the files of those partitions are opened.
+        Only the files of those partitions are opened, in one scan.
         """
         schema = SCHEMAS[name]
         wanted = list(columns) if columns is not None else schema.names
         files = self._files(name)
-        fragments = _fragments(files, days, model) if files is not None else []
+        wanted_models = {model} if model is not None else models
+        fragments = _fragments(files, days, wanted_models) if files is not None else []
         if files is None or not fragments:
             return schema.empty_table().select(wanted)
         match = dict(match or {})
@@ -196,12 +198,12 @@ class HistoryReader:
         return table.select(wanted)
 
 
-def _fragments(files: _Files, days: Sequence[date], model: str | None) -> list[ds.Fragment]:
-    """The files of these days (and model), each told its partition values (the columns it lacks)."""
+def _fragments(files: _Files, days: Sequence[date], models: Collection[str] | None) -> list[ds.Fragment]:
+    """The files of these days (and models), each told its partition values (the columns it lacks)."""
     fragments = []
     for day in sorted(set(days)):
         for part, paths in files.by_day.get(day, {}).items():
-            if model is not None and files.by_model and part != model:
+            if models is not None and files.by_model and part not in models:
                 continue
             where = ds.field("day") == pa.scalar(day, pa.date32())
             if files.by_model:

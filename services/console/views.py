@@ -27,6 +27,7 @@ from services.console.incidents import (
 )
 from services.console.overview_judged import (
     BUILT_IN_KINDS,
+    DETAIL_COLUMNS,
     JudgedScope,
     judged_per_segment,
     judged_scope,
@@ -53,14 +54,9 @@ _SEGMENT_COLUMNS = ["segment", "model", "model_version", "app", "route", "tenant
 _OVERVIEW_WINDOW_COLUMNS = [*_SEGMENT_COLUMNS, "window_start", "window_end", "events", "outcome", "reference"]
 _OVERVIEW_WINDOW_COLUMNS += ["kind"]  # the slow detectors' windows skipped, per the kind each reads
 _OVERVIEW_DETECTION_COLUMNS = ["segment", "window_start", "verdict", "judged", "samples", "min_samples"]
-_OVERVIEW_DETECTION_COLUMNS += [
-    "revision",
-    "detector_id",
-    "config_id",
-    "reference_size",
-    "current_size",
-    *MEASURED,
-]
+_OVERVIEW_DETECTION_COLUMNS += [*MEASURED, "detection_id"]
+# With the columns the not-judged detectors' numbers and the pooled rates read: one scan for both.
+_OVERVIEW_DETECTION_COLUMNS += [c for c in DETAIL_COLUMNS if c not in _OVERVIEW_DETECTION_COLUMNS]
 
 
 class DayRange(BaseModel):
@@ -270,7 +266,7 @@ def overview_view(
     judged_at = last_judged(latest)
     outcomes = last_outcomes(windows, per_segment)
     counted = judged_per_segment(latest, kinds or BUILT_IN_KINDS)
-    unjudged_numbers = unjudged_rows(history, days, counted)
+    unjudged_numbers = unjudged_rows(history, days, counted, detections)
     unjudged_by = slow_never_judged(windows, detections, slow)
     rows: list[SegmentRow] = []
     for seg in per_segment.to_pylist():
