@@ -351,10 +351,9 @@ def unjudged_rows(
     detections: pa.Table | None = None,
 ) -> dict[str, pa.Table]:
     """Per segment: its latest detections of the fed detectors that judged no window and of the quality
-    rate detectors, with their measurements (read again, one read per model: the Overview reads no
-    measurements otherwise), and the quality rows of the stable segment it was compared with; the
-    table's ``segment`` metadata names whose it is (:func:`judged_scope` splits it). ``detections``: the
-    days' detections (with :data:`DETAIL_COLUMNS`) when the caller read them already."""
+    rate detectors, with their measurements, and the quality rows of the stable segment it was compared
+    with; the table's ``segment`` metadata names whose it is (:func:`judged_scope` splits it).
+    ``detections``: the days' detections (with :data:`DETAIL_COLUMNS`) when the caller read them already."""
     wanted = {s: {*j.judged_none(), *(QUALITY_IDS & set(j.fed))} for s, j in judged.items()}
     rows = detector_rows(history, days, wanted, detections)
     out = {}

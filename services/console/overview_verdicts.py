@@ -97,7 +97,8 @@ def last_judged(detections: pa.Table) -> dict[str, tuple[datetime, Verdict]]:
 def latest_revision_rows(
     detections: pa.Table, keys: tuple[str, ...] = ("segment", "window_start", "detector_id", "config_id")
 ) -> pa.Table:
-    """The rows of the latest revision of each window's verdict (per detector config: ``keys``)."""
+    """The rows of the latest revision of each window's verdict (per detector config: ``keys``, which
+    hold ``window_start``)."""
     names = list(keys)
     detections = detections.set_column(
         detections.schema.get_field_index("config_id"), "config_id", pc.fill_null(detections["config_id"], "")
