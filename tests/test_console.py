@@ -220,6 +220,8 @@ def test_the_openapi_document_says_the_errors_the_api_answers(client):
     assert response.json() == {
         "error": "unknown query parameter x: /api/openapi.json takes no query parameter"
     }
+    response = client.get("/reports?segment=s&day=2026-12-01&day=2026-12-02&detection=d")
+    assert response.json() == {"error": "query parameter day given more than once: give it once"}
 
 
 def test_with_a_token_every_request_needs_it_by_header_or_cookie(console_data):

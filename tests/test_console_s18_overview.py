@@ -93,15 +93,15 @@ def test_the_overview_says_the_pooled_serving_rates_next_to_the_stable_version_s
     windows = [window(v, n) for v in ("v1", "v2") for n in range(3)]
     rows, html = _overview(tmp_path, windows=windows, detections=detections)
     assert rows["v2"]["quality_said"] == (
-        "errors 8% (6 of 80 in 2 windows) vs 1% on v1 (stable); empty or refusal replies 20% (16 of 80"
-        " in 2 windows) vs 2% on v1 (stable); latency p95 4.4 s (median of 3 windows' p95) vs 1.4 s on v1"
-        " (stable)"
+        "errors 8% (6 of 80 in 2 windows) vs 1% (1 of 120 in 2 windows) on v1 (stable); empty or refusal"
+        " replies 20% (16 of 80 in 2 windows) vs 2% (3 of 120 in 2 windows) on v1 (stable); latency p95"
+        " 4.4 s (median of 3 windows' p95) vs 1.4 s on v1 (stable)"
     )
     assert rows["v1"]["quality_said"].startswith(
         "errors 1% (1 of 120 in 2 windows); empty or refusal replies 2%"
     )
     assert [q["stable"] for q in rows["v2"]["quality"]][2] == 1400.0
-    assert "errors 8% (6 of 80 in 2 windows) vs 1% on v1 (stable)" in html
+    assert "errors 8% (6 of 80 in 2 windows) vs 1% (1 of 120 in 2 windows) on v1 (stable)" in html
 
 
 def test_a_latency_no_window_could_judge_is_unknown_not_unmeasured(tmp_path: Path) -> None:
@@ -127,10 +127,10 @@ def test_the_thumbs_down_rate_leads_the_pooled_rates(tmp_path: Path) -> None:
     windows = [window(v, n) for v in ("v1", "v2") for n in range(2)]
     rows, html = _overview(tmp_path, windows=windows, detections=detections)
     assert rows["v2"]["quality_said"] == (
-        "thumbs down 69% (69 of 100 in 2 windows) vs 2% on v1 (stable); errors 8% (6 of 80 in 2 windows)"
-        " vs 1% on v1 (stable)"
+        "thumbs down 69% (69 of 100 in 2 windows) vs 2% (2 of 100 in 2 windows) on v1 (stable); errors 8%"
+        " (6 of 80 in 2 windows) vs 1% (1 of 120 in 2 windows) on v1 (stable)"
     )
-    assert "thumbs down 69% (69 of 100 in 2 windows) vs 2% on v1 (stable)" in html
+    assert "thumbs down 69% (69 of 100 in 2 windows) vs 2% (2 of 100 in 2 windows) on v1 (stable)" in html
 
 
 def _oasst_ratings() -> list[int]:

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -131,10 +131,20 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "LOOPWATCH_CONSOLE_TOKEN is set and the request did not carry it",
     },
     404: {"model": ApiError, "description": "No such segment, table, version, report or route"},
+    405: {"model": ApiError, "description": "A method other than GET (the answer's Allow header says so)"},
     422: {
         "model": ApiError,
         "description": "A query parameter's value is not valid, e.g. days=0 or day=yesterday",
     },
+}
+
+#: The same, for a route whose answer is not JSON (FastAPI would file the errors under its media type).
+_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": response["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}},
+    }
+    for status, response in API_ERRORS.items()
 }
 
 
@@ -156,13 +166,14 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     templates.env.filters["instant"] = instant
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
 
-    def error(request: Request, message: str, status: int) -> Response:
+    def error(
+        request: Request, message: str, status: int, headers: Mapping[str, str] | None = None
+    ) -> Response:
         """``{"error": ...}`` for the API and scripts, an HTML page for a browser opening a page."""
         if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
-            return JSONResponse({"error": message}, status_code=status)
-        return templates.TemplateResponse(
-            request, "error.html", {"page": "error", "status": status, "message": message}, status_code=status
-        )
+            return JSONResponse({"error": message}, status_code=status, headers=headers)
+        context = {"page": "error", "status": status, "message": message}
+        return templates.TemplateResponse(request, "error.html", context, status_code=status, headers=headers)
 
     if token is not None:
         _require_token(app, token, error)
@@ -176,7 +187,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown routes and methods answer like every other error, not with Starlette's {"detail": ...}.
         message = f"no such page: {request.url.path}" if exc.status_code == 404 else str(exc.detail)
-        return error(request, message, exc.status_code)
+        return error(request, message, exc.status_code, exc.headers)  # a 405's Allow header kept
 
     @app.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, exc: RequestValidationError) -> Response:
@@ -264,7 +275,8 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
         """The first rows of one table version."""
         return preview_view(console.datasets, table, version, limit)
 
-    @app.get("/reports", tags=["pages"])
+    # The report is HTML; its errors are JSON as every route's are (a browser gets an HTML error page).
+    @app.get("/reports", tags=["pages"], response_class=HTMLResponse, responses=_JSON_ERRORS)
     def report(segment: str, day: date, detection: str) -> Response:
         """The Evidently report of one window (a file the detection names)."""
         path = Path(report_path(console.history, segment, day, detection))
@@ -302,7 +314,7 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
 
 
 def _refuse_odd_parameters(app: FastAPI, error: Callable[[Request, str, int], Response]) -> None:
-    """An /api/ request with an unknown or repeated query parameter gets a 400 naming it.
+    """An /api/ (or /reports) request with an unknown or repeated query parameter gets a 400 naming it.
 
     FastAPI ignores a parameter a route does not take and keeps the last of a repeated one: a script
     asking ``?day=A&day=B`` or ``?limit=x`` of a route without a limit would get an answer it did not ask for.
@@ -310,7 +322,7 @@ def _refuse_odd_parameters(app: FastAPI, error: Callable[[Request, str, int], Re
 
     @app.middleware("http")
     async def _check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.startswith("/api/"):
+        if request.url.path.startswith("/api/") or request.url.path == "/reports":  # the documented routes
             problem = _parameter_problem(app, request)
             if problem is not None:
                 return error(request, problem, 400)
