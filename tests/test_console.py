@@ -166,6 +166,14 @@ def test_datasets_list_versions_with_row_counts_tags_preview_and_export_command(
         ("/api/overview?days=0", 422, "days: Input should be greater than or equal to 1"),
         ("/api/overview?days=many", 422, "days: Input should be a valid integer"),
         ("/api/incidents?day=yesterday", 422, "day: a day like 2026-12-04, not 'yesterday'"),
+        # Trial 24: pydantic's lax parsing took these as 2026-12-06 and 50 days.
+        (
+            "/api/overview?day=2026-12-06T00:00:00",
+            422,
+            "day: a day like 2026-12-04, not '2026-12-06T00:00:00'",
+        ),
+        ("/api/overview?days=5_0", 422, "days: Input should be a valid integer, in plain digits (e.g. 7)"),
+        ("/api/datasets/preference/rows?limit=%2B3", 422, "limit: Input should be a valid integer, in plain"),
         # A time of day is refused in the same words (trial 12u: pydantic's "should have zero time").
         (
             "/api/overview?day=2026-12-04T10:00:00",

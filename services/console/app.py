@@ -10,6 +10,7 @@ PyPI package) are served by the console itself: it works without internet.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -23,7 +24,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -52,8 +54,31 @@ TOKEN_HEADER = "x-loopwatch-token"
 #: The Datasets page lists this many newest versions per table, the older ones folded under a count.
 LATEST_VERSIONS = 10
 
-Day = Annotated[date | None, Query(description="Last day shown (UTC), default the newest in the history")]
-Days = Annotated[int, Query(ge=1, le=400, description="How many days to show, ending on `day`")]
+
+def _plain_day(value: Any) -> Any:
+    """A day as ``2026-12-04`` only: pydantic also takes ``2026-12-04T00:00:00`` (trial 24)."""
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise PydanticCustomError("date_format", "a day like 2026-12-04")
+    return value
+
+
+def _plain_count(value: Any) -> Any:
+    """A number in plain digits: pydantic also takes ``5_0`` (50) and ``+5`` (trial 24)."""
+    if isinstance(value, str) and not re.fullmatch(r"\d+", value):
+        raise PydanticCustomError("int_digits", "Input should be a valid integer, in plain digits (e.g. 7)")
+    return value
+
+
+Day = Annotated[
+    date | None,
+    BeforeValidator(_plain_day),
+    Query(description="Last day shown (UTC), default the newest in the history"),
+]
+Days = Annotated[
+    int,
+    BeforeValidator(_plain_count),
+    Query(ge=1, le=400, description="How many days to show, ending on `day`"),
+]
 
 
 @dataclass
@@ -269,8 +294,10 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
     @app.get("/api/datasets/{table}/rows", response_model=Preview, tags=["pages"])
     def api_dataset_rows(
         table: str,
-        version: Annotated[int | None, Query(ge=0, description="Delta version [latest]")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 20,
+        version: Annotated[
+            int | None, BeforeValidator(_plain_count), Query(ge=0, description="Delta version [latest]")
+        ] = None,
+        limit: Annotated[int, BeforeValidator(_plain_count), Query(ge=1, le=500)] = 20,
     ) -> Preview:
         """The first rows of one table version."""
         return preview_view(console.datasets, table, version, limit)
