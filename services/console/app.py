@@ -57,14 +57,14 @@ LATEST_VERSIONS = 10
 
 def _plain_day(value: Any) -> Any:
     """A day as ``2026-12-04`` only: pydantic also takes ``2026-12-04T00:00:00`` (trial 24)."""
-    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
         raise PydanticCustomError("date_format", "a day like 2026-12-04")
     return value
 
 
 def _plain_count(value: Any) -> Any:
     """A number in plain digits: pydantic also takes ``5_0`` (50) and ``+5`` (trial 24)."""
-    if isinstance(value, str) and not re.fullmatch(r"\d+", value):
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]+", value):
         raise PydanticCustomError("int_digits", "Input should be a valid integer, in plain digits (e.g. 7)")
     return value
 
@@ -167,7 +167,7 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
 _JSON_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {
         "description": response["description"],
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}},
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ApiError.__name__}"}}},
     }
     for status, response in API_ERRORS.items()
 }
@@ -341,7 +341,8 @@ def create_app(console: Console, *, token: str | None = None) -> FastAPI:
 
 
 def _refuse_odd_parameters(app: FastAPI, error: Callable[[Request, str, int], Response]) -> None:
-    """An /api/ (or /reports) request with an unknown or repeated query parameter gets a 400 naming it.
+    """A request to a documented route (/api/, /reports) with an unknown or repeated query parameter gets
+    a 400 naming it.
 
     FastAPI ignores a parameter a route does not take and keeps the last of a repeated one: a script
     asking ``?day=A&day=B`` or ``?limit=x`` of a route without a limit would get an answer it did not ask for.
@@ -349,18 +350,23 @@ def _refuse_odd_parameters(app: FastAPI, error: Callable[[Request, str, int], Re
 
     @app.middleware("http")
     async def _check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.startswith("/api/") or request.url.path == "/reports":  # the documented routes
-            problem = _parameter_problem(app, request)
-            if problem is not None:
-                return error(request, problem, 400)
+        problem = _parameter_problem(app, request)
+        if problem is not None:
+            return error(request, problem, 400)
         return await call_next(request)
 
 
 def _parameter_problem(app: FastAPI, request: Request) -> str | None:
-    """What is wrong with the request's query parameters for the route it matches (None: nothing)."""
+    """What is wrong with the request's query parameters for the route it matches (None: nothing).
+
+    Only the routes the OpenAPI document describes, and the document itself, are held to it: the
+    pages and static files are opened by browsers and links, which may add what they like.
+    """
     for route in app.routes:
         if route.matches(request.scope)[0] != Match.FULL:
             continue
+        if not getattr(route, "include_in_schema", False) and getattr(route, "path", None) != app.openapi_url:
+            return None
         # Its routes take no Depends: their own query parameters are all there is (and the token's);
         # the OpenAPI document's route takes none.
         query = route.dependant.query_params if isinstance(route, APIRoute) else []
